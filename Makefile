@@ -1,0 +1,74 @@
+# mambabyte: one binary, `mambabyte`, with subcommands. `make` builds it (optimised) in build/rel,
+# `make test` builds the ASan+UBSan variant in build/asan and runs every test against it.
+CC      ?= cc
+CXX     ?= c++
+ARCH    ?= -march=x86-64-v3
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
+CSTD    := -std=c11 -D_GNU_SOURCE
+INC     := -Imodel -Iconfig -Ispeculative -Iserver -I/usr/include/cjson
+LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -lm
+REL_FLAGS  := -O3 $(ARCH) -g
+ASAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+LIB_C   := $(wildcard model/*.c config/*.c speculative/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_CC  := $(wildcard speculative/*.cc)
+TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+
+.PHONY: all test test-unit test-http fuzz run bench format format-check clean deps
+all: build/rel/mambabyte
+
+define variant
+build/$(1)/%.o: %.c $$(wildcard */*.h)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CSTD) $$(WARN) $(2) $$(INC) -c $$< -o $$@
+build/$(1)/%.o: %.cc $$(wildcard */*.h)
+	@mkdir -p $$(dir $$@)
+	$$(CXX) -std=c++17 $$(WARN) $(2) $$(INC) -c $$< -o $$@
+build/$(1)/libmb.a: $$(patsubst %.c,build/$(1)/%.o,$$(LIB_C)) $$(patsubst %.cc,build/$(1)/%.o,$$(LIB_CC))
+	@rm -f $$@
+	ar rcs $$@ $$^
+build/$(1)/mambabyte: build/$(1)/server/main.o build/$(1)/libmb.a
+	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+build/$(1)/tests/%: build/$(1)/tests/unit/%.o build/$(1)/libmb.a
+	@mkdir -p $$(dir $$@)
+	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+endef
+$(eval $(call variant,rel,$(REL_FLAGS)))
+$(eval $(call variant,asan,$(ASAN_FLAGS)))
+
+# Every test (unit, then real HTTP against the daemon), under ASan+UBSan, then a bounded fuzz run.
+test: deps build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS))
+	MB_BIN=build/asan/mambabyte MB_BUILD=build/asan tests/run.sh
+	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-20}
+
+deps:
+	@tools/deps.sh
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(wildcard */*.h)
+	@mkdir -p build/fuzz
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined $(INC) -o $@ $< $(LIB_C) $(LIBS) -lstdc++
+fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus-$$t tests/fuzz/seeds-$$t >build/fuzz/$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/$$t.log; exit 1; }; \
+	  tail -1 build/fuzz/$$t.log; \
+	done
+
+# Serve the bundled default model on the CPU.
+run: deps build/rel/mambabyte
+	build/rel/mambabyte serve -m models/mambabyte-small $(if $(wildcard models/drafter-small/config.json),--draft models/drafter-small)
+
+bench: build/rel/mambabyte
+	bench/engine.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h' '*.cc')
+
+clean:
+	rm -rf build
