@@ -14,6 +14,7 @@ LIB_C   := $(wildcard model/*.c config/*.c speculative/*.c) $(filter-out server/
 LIB_CC  := $(wildcard speculative/*.cc)
 TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 
+.SECONDARY:
 .PHONY: all test test-unit test-http fuzz run bench format format-check clean deps
 all: build/rel/mambabyte
 

@@ -22,7 +22,8 @@ typedef enum { MB_F32 = 0, MB_F16 = 1, MB_BF16 = 2 } mb_dtype;
 /* The shape of a Mamba-1 language model, read from config.json in either the Hugging Face
  * MambaForCausalLM keys or the mamba_ssm keys. */
 typedef struct mb_config {
-    int n_vocab;   /* rows of the embedding and the head (padded vocabulary) */
+    int n_vocab;   /* vocabulary: logits per position (a padded head's extra rows are dropped) */
+    int n_rows;    /* rows of the embedding and the head (n_vocab rounded up to the padding) */
     int d_model;   /* hidden size */
     int n_layer;   /* number of Mamba blocks */
     int d_inner;   /* expand * d_model */
@@ -96,7 +97,8 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
 /* ---- sampling ----
  * temperature <= 0 is greedy (argmax, lowest index wins ties). Otherwise the logits are
  * scaled by 1/temperature, filtered by top_k (0: off), top_p (1: off) and min_p (0: off),
- * and one token is drawn with a uniform number that is a pure function of (seed, pos). */
+ * and one token is drawn with a uniform number that is a pure function of (seed, pos), where
+ * pos is the token's absolute position in its sequence (the number of tokens before it). */
 typedef struct mb_sampling {
     float temperature;
     int top_k;

@@ -1,0 +1,93 @@
+/* internal.h: what the engine's own files share: the model object, the pool, the thread team
+ * and the CPU kernels. Nothing outside model/ includes this. */
+#ifndef MB_INTERNAL_H
+#define MB_INTERNAL_H
+
+#include <stdint.h>
+
+#include "mambabyte.h"
+#include "safetensors.h"
+
+/* A weight matrix [rows, cols], row-major, held in F32 or BF16. */
+typedef struct mb_mat {
+    const void *w;
+    mb_dtype dtype; /* MB_F32 or MB_BF16 */
+    int rows, cols;
+} mb_mat;
+
+typedef struct mb_layer {
+    const float *norm_w, *norm_b; /* (d_model); norm_b NULL for RMSNorm */
+    mb_mat in_proj;               /* (2*d_inner, d_model): rows [0,E) give x, [E,2E) give z */
+    const float *in_b;            /* (2*d_inner) or NULL */
+    const float *conv_w;          /* (d_inner, d_conv) */
+    const float *conv_b;          /* (d_inner) */
+    mb_mat x_proj;                /* (dt_rank + 2*d_state, d_inner) */
+    mb_mat dt_proj;               /* (d_inner, dt_rank) */
+    const float *dt_b;            /* (d_inner) */
+    const float *A;               /* (d_inner, d_state) = -exp(A_log) */
+    const float *D;               /* (d_inner) */
+    mb_mat out_proj;              /* (d_model, d_inner) */
+    const float *out_b;           /* (d_model) or NULL */
+} mb_layer;
+
+typedef struct mb_threads mb_threads;
+
+struct mb_model {
+    mb_config c;
+    mb_mat embed;       /* (n_rows, d_model) */
+    mb_mat head;        /* (n_rows, d_model); the embedding when tied */
+    const float *nf_w;  /* final norm (d_model) */
+    const float *nf_b;  /* (d_model) or NULL */
+    mb_layer *layers;   /* (n_layer) */
+    mb_st_file files[16];
+    int n_files;
+    void **owned; /* buffers converted at load time, freed with the model */
+    int n_owned, cap_owned;
+    mb_threads *threads;
+};
+
+/* ---- state layout: per layer, conv window (d_inner, d_conv-1) then ssm (d_inner, d_state) ---- */
+static inline size_t mb_layer_state_floats(const mb_config *c) {
+    return (size_t)c->d_inner * (size_t)(c->d_conv - 1 + c->d_state);
+}
+
+struct mb_pool {
+    mb_model *m;
+    int n_slots, max_tokens;
+    size_t state_floats; /* per slot, all layers */
+    float *state;        /* (n_slots, 2, state_floats): two buffers per slot */
+    uint8_t *cur;        /* (n_slots) which buffer holds the current state */
+    /* The last forward's span inputs, for rollback: what the scan needs per position. */
+    float *j_xin;  /* (n_layer, max_tokens, d_inner) conv inputs */
+    float *j_dt;   /* (n_layer, max_tokens, d_inner) dt after softplus */
+    float *j_B;    /* (n_layer, max_tokens, d_state) */
+    int *j_start;  /* (n_slots) first token index of the slot in the last forward, -1 if none */
+    int *j_len;    /* (n_slots) tokens the last forward fed the slot */
+    int *j_at;     /* (n_slots) tokens of that span the current state reflects (after rollback) */
+    int *rows;     /* (max_tokens) token index of each logits row */
+    /* activations for up to max_tokens tokens */
+    float *h, *xn, *xz, *u, *dbl, *dt, *y;
+};
+
+static inline float *mb_slot_state(const mb_pool *p, int slot, int which) {
+    return p->state + ((size_t)slot * 2 + (size_t)which) * p->state_floats;
+}
+
+/* ---- thread team: fn(ctx, i, n) runs once on each of the n threads (the caller is i = 0) ---- */
+mb_threads *mb_threads_create(int n);
+void mb_threads_free(mb_threads *t);
+int mb_threads_count(const mb_threads *t);
+void mb_threads_run(mb_threads *t, void (*fn)(void *ctx, int i, int n), void *ctx);
+
+/* ---- CPU kernels (cpu.c), shared by the forward and the pool's rollback ---- */
+/* One conv + SiLU step for channels [c0,c1): window (E, K-1) in `win_in`, new input x (E);
+ * writes the shifted window to win_out (may equal win_in) and the activation to u. */
+void mb_conv_step(const mb_layer *L, const mb_config *c, const float *win_in, float *win_out,
+                  const float *x, float *u, int c0, int c1);
+/* One scan step for channels [c0,c1): s = exp(dt A) s + dt B u, from s_in into s_out (may be
+ * equal); if y is not NULL also y = s.C + D u. */
+void mb_scan_step(const mb_layer *L, const mb_config *c, const float *s_in, float *s_out,
+                  const float *u, const float *dt, const float *B, const float *C, float *y, int c0,
+                  int c1);
+
+#endif

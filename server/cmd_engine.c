@@ -1,0 +1,430 @@
+/* cmd_engine.c: the subcommands that drive the engine directly, without the server:
+ * `generate` (text out), `logits` (raw float32 logits for parity checks) and `eval` (bits per
+ * byte over the documents of a text file). */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cmd_engine.h"
+#include "mambabyte.h"
+
+#define CHUNK 512 /* tokens per forward when feeding a long input */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int die(const char *cmd, const char *msg) {
+    fprintf(stderr, "mambabyte %s: %s\n", cmd, msg);
+    return 1;
+}
+
+/* Reads a whole file (or stdin for "-"). */
+static uint8_t *slurp(const char *path, size_t *len) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            uint8_t *nb = realloc(buf, cap *= 2);
+            if (!nb) free(buf);
+            buf = nb;
+        }
+    }
+    if (f != stdin) fclose(f);
+    *len = n;
+    return buf;
+}
+
+static mb_model *load(const char *cmd, const char *dir, int threads) {
+    if (!dir) {
+        die(cmd, "-m MODEL_DIR is required");
+        return NULL;
+    }
+    mb_err e;
+    mb_backend_opts o = {threads};
+    mb_model *m = mb_model_load(dir, &o, &e);
+    if (!m) die(cmd, e.msg);
+    return m;
+}
+
+/* Feeds toks[0..n) to slot 0 in chunks; logits of every position go to `all` (n rows) if
+ * given, and the last position's to `last`. */
+static int feed(mb_model *m, mb_pool *p, const int32_t *toks, size_t n, float *all, float *last,
+                mb_err *e) {
+    const int V = mb_model_config(m)->n_vocab;
+    uint8_t *want = malloc(CHUNK);
+    if (!want) return mb_fail(e, "out of memory");
+    memset(want, 1, CHUNK);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i += CHUNK) {
+        int len = n - i < CHUNK ? (int)(n - i) : CHUNK, off[2] = {0, len}, slot = 0;
+        mb_batch b = {1, toks + i, off, &slot, all ? want : NULL};
+        float *out = all ? all + i * (size_t)V : last;
+        rc = mb_forward(m, p, &b, out, e);
+        if (!rc && all && last && i + (size_t)len == n)
+            memcpy(last, out + (size_t)(len - 1) * V, (size_t)V * sizeof(float));
+    }
+    free(want);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- generate */
+
+static const char generate_usage[] =
+    "usage: mambabyte generate -m MODEL_DIR -p TEXT [options]\n"
+    "Writes the bytes the model generates after TEXT to stdout (the prompt is not repeated).\n"
+    "  -m, --model DIR        model folder (config.json + safetensors) or a .safetensors file\n"
+    "  -p, --prompt TEXT      the prompt (bytes); --prompt-file FILE reads it from a file\n"
+    "  -n, --max-bytes N      bytes to generate (default 256)\n"
+    "      --temperature T    0 = greedy (default 0)\n"
+    "      --top-k K          keep the K most likely bytes (0 = off)\n"
+    "      --top-p P          nucleus sampling (1 = off)\n"
+    "      --min-p P          drop bytes below P x the most likely (0 = off)\n"
+    "      --seed S           seed of the sampler (default 0)\n"
+    "      --stop STR         stop before STR (repeatable)\n"
+    "      --threads N        worker threads (default: one per core)\n"
+    "      --stats            timings on stderr\n";
+
+int cmd_generate(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},  {"prompt", 1, 0, 'p'},       {"max-bytes", 1, 0, 'n'}, {"temperature", 1, 0, 't'},
+        {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},        {"min-p", 1, 0, 'M'},     {"seed", 1, 0, 's'},
+        {"stop", 1, 0, 'S'},   {"threads", 1, 0, 'j'},      {"stats", 0, 0, 'x'},     {"help", 0, 0, 'h'},
+        {"prompt-file", 1, 0, 'f'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *prompt = NULL, *prompt_file = NULL;
+    const char *stops[16];
+    int n_stops = 0, threads = 0, stats = 0, c;
+    long max_bytes = 256;
+    mb_sampling s;
+    mb_sampling_default(&s);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'f': prompt_file = optarg; break;
+        case 'n': max_bytes = strtol(optarg, NULL, 10); break;
+        case 't': s.temperature = strtof(optarg, NULL); break;
+        case 'k': s.top_k = atoi(optarg); break;
+        case 'P': s.top_p = strtof(optarg, NULL); break;
+        case 'M': s.min_p = strtof(optarg, NULL); break;
+        case 's': s.seed = strtoull(optarg, NULL, 10); break;
+        case 'S':
+            if (n_stops == 16) return die("generate", "at most 16 --stop strings");
+            stops[n_stops++] = optarg;
+            break;
+        case 'j': threads = atoi(optarg); break;
+        case 'x': stats = 1; break;
+        case 'h': fputs(generate_usage, stdout); return 0;
+        default: fputs(generate_usage, stderr); return 2;
+        }
+    }
+    if (max_bytes < 0 || s.temperature < 0 || s.top_k < 0 || !(s.top_p > 0 && s.top_p <= 1) ||
+        s.min_p < 0 || s.min_p > 1)
+        return die("generate", "an option is out of range (see --help)");
+    size_t plen = 0;
+    uint8_t *pbytes = NULL;
+    if (prompt_file) {
+        pbytes = slurp(prompt_file, &plen);
+        if (!pbytes) return die("generate", "cannot read the prompt file");
+    } else if (prompt) {
+        plen = strlen(prompt);
+        pbytes = (uint8_t *)strdup(prompt);
+    }
+    if (!plen) {
+        free(pbytes);
+        return die("generate", "a non-empty prompt is required (-p TEXT); a byte model has no start token");
+    }
+    mb_model *m = load("generate", dir, threads);
+    if (!m) {
+        free(pbytes);
+        return 1;
+    }
+    const mb_config *cfg = mb_model_config(m);
+    int rc = 0;
+    if (cfg->n_vocab != 256) {
+        rc = die("generate", "generate needs a byte-level model (vocabulary 256)");
+        free(pbytes);
+        mb_model_free(m);
+        return rc;
+    }
+    mb_err e;
+    mb_pool *p = mb_pool_create(m, 1, CHUNK, &e);
+    int32_t *toks = malloc((plen + 1) * sizeof *toks);
+    float *logits = malloc(256 * sizeof(float));
+    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    uint8_t *out = malloc((size_t)max_bytes + 1);
+    if (!p || !toks || !logits || !scratch || !out) {
+        rc = die("generate", p ? "out of memory" : e.msg);
+        goto done;
+    }
+    for (size_t i = 0; i < plen; i++) toks[i] = pbytes[i];
+    double t0 = now_s();
+    if (feed(m, p, toks, plen, NULL, logits, &e)) {
+        rc = die("generate", e.msg);
+        goto done;
+    }
+    double t1 = now_s();
+    size_t hold = 0; /* a stop string may still begin in the last hold bytes */
+    for (int i = 0; i < n_stops; i++)
+        if (strlen(stops[i]) > hold) hold = strlen(stops[i]);
+    hold = hold ? hold - 1 : 0;
+    size_t n = 0, written = 0;
+    while (n < (size_t)max_bytes) {
+        int tok = mb_sample(&s, logits, 256, plen + n, scratch);
+        out[n++] = (uint8_t)tok;
+        long stop = mb_stop_find(stops, n_stops, out, n);
+        if (stop >= 0) {
+            n = (size_t)stop;
+            break;
+        }
+        if (n > hold && n - hold > written) {
+            fwrite(out + written, 1, n - hold - written, stdout);
+            fflush(stdout);
+            written = n - hold;
+        }
+        if (n == (size_t)max_bytes) break;
+        int off[2] = {0, 1}, slot = 0;
+        int32_t t = tok;
+        mb_batch b = {1, &t, off, &slot, NULL};
+        if (mb_forward(m, p, &b, logits, &e)) {
+            rc = die("generate", e.msg);
+            goto done;
+        }
+    }
+    if (n > written) fwrite(out + written, 1, n - written, stdout);
+    fflush(stdout);
+    double t2 = now_s();
+    if (stats)
+        fprintf(stderr, "prompt: %zu bytes in %.3f s (%.1f bytes/s); generated: %zu bytes in %.3f s (%.1f bytes/s); threads %d\n",
+                plen, t1 - t0, (double)plen / (t1 - t0), n, t2 - t1, (double)n / (t2 - t1), mb_model_threads(m));
+done:
+    free(out);
+    free(scratch);
+    free(logits);
+    free(toks);
+    free(pbytes);
+    mb_pool_free(p);
+    mb_model_free(m);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- logits */
+
+static const char logits_usage[] =
+    "usage: mambabyte logits -m MODEL_DIR --input FILE --out FILE [--threads N]\n"
+    "Feeds FILE (its bytes for a byte model; little-endian int32 token ids otherwise) and writes\n"
+    "the next-token logits at every position as raw little-endian float32, shape [len, vocab].\n";
+
+int cmd_logits(int argc, char **argv) {
+    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"input", 1, 0, 'i'}, {"out", 1, 0, 'o'},
+                                         {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *in = NULL, *outp = NULL;
+    int threads = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:i:o:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'i': in = optarg; break;
+        case 'o': outp = optarg; break;
+        case 'j': threads = atoi(optarg); break;
+        case 'h': fputs(logits_usage, stdout); return 0;
+        default: fputs(logits_usage, stderr); return 2;
+        }
+    }
+    if (!in || !outp) return die("logits", "--input and --out are required");
+    size_t len;
+    uint8_t *data = slurp(in, &len);
+    if (!data) return die("logits", "cannot read the input file");
+    mb_model *m = load("logits", dir, threads);
+    if (!m) {
+        free(data);
+        return 1;
+    }
+    const int V = mb_model_config(m)->n_vocab, bytes = V == 256;
+    size_t n = bytes ? len : len / 4;
+    int rc = 0;
+    mb_err e;
+    int32_t *toks = malloc((n + 1) * sizeof *toks);
+    float *logits = malloc((n + 1) * (size_t)V * sizeof(float));
+    mb_pool *p = mb_pool_create(m, 1, CHUNK, &e);
+    FILE *f = NULL;
+    if (!bytes && len % 4)
+        rc = die("logits", "a subword model's input must hold little-endian int32 ids");
+    else if (!toks || !logits || !p)
+        rc = die("logits", p ? "out of memory" : e.msg);
+    else {
+        for (size_t i = 0; i < n; i++)
+            toks[i] = bytes ? data[i] : (int32_t)((uint32_t)data[4 * i] | (uint32_t)data[4 * i + 1] << 8 |
+                                                  (uint32_t)data[4 * i + 2] << 16 | (uint32_t)data[4 * i + 3] << 24);
+        if (feed(m, p, toks, n, logits, NULL, &e))
+            rc = die("logits", e.msg);
+        else if (!(f = fopen(outp, "wb")) || fwrite(logits, sizeof(float) * (size_t)V, n, f) != n)
+            rc = die("logits", strerror(errno));
+    }
+    if (f && fclose(f) && !rc) rc = die("logits", strerror(errno));
+    mb_pool_free(p);
+    free(logits);
+    free(toks);
+    free(data);
+    mb_model_free(m);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- eval */
+
+static const char eval_usage[] =
+    "usage: mambabyte eval -m MODEL_DIR --text FILE [--batch B] [--chunk C] [--threads N]\n"
+    "Bits per byte of a byte-level model on FILE. Documents are separated by lines holding only a\n"
+    "form feed; each is scored from a fresh state, every byte after its first predicted from the\n"
+    "bytes before it. B documents are fed side by side, C bytes each per forward.\n";
+
+typedef struct doc {
+    const uint8_t *p;
+    size_t len, fed;
+} doc;
+
+/* Splits text into documents at lines that hold only "\f". */
+static int split_docs(const uint8_t *t, size_t len, doc **out) {
+    int n = 0, cap = 16;
+    doc *d = malloc((size_t)cap * sizeof *d);
+    size_t start = 0;
+    for (size_t i = 0; d && i <= len; i++) {
+        int sep = i + 1 < len && t[i] == '\f' && t[i + 1] == '\n' && (i == 0 || t[i - 1] == '\n');
+        if (!sep && i < len) continue;
+        if (i > start) {
+            if (n == cap) {
+                doc *nd = realloc(d, (size_t)(cap *= 2) * sizeof *d);
+                if (!nd) free(d);
+                d = nd;
+                if (!d) break;
+            }
+            d[n++] = (doc){t + start, i - start, 0};
+        }
+        start = i + 2;
+        i++;
+    }
+    *out = d;
+    return d ? n : -1;
+}
+
+int cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"text", 1, 0, 't'},  {"batch", 1, 0, 'b'},
+                                         {"chunk", 1, 0, 'c'}, {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *dir = NULL, *text = NULL;
+    int threads = 0, batch = 8, chunk = 64, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 't': text = optarg; break;
+        case 'b': batch = atoi(optarg); break;
+        case 'c': chunk = atoi(optarg); break;
+        case 'j': threads = atoi(optarg); break;
+        case 'h': fputs(eval_usage, stdout); return 0;
+        default: fputs(eval_usage, stderr); return 2;
+        }
+    }
+    if (!text) return die("eval", "--text FILE is required");
+    if (batch < 1 || batch > 256 || chunk < 1 || chunk > 4096) return die("eval", "--batch or --chunk out of range");
+    size_t len;
+    uint8_t *data = slurp(text, &len);
+    if (!data) return die("eval", "cannot read the text file");
+    doc *docs = NULL;
+    int n_docs = split_docs(data, len, &docs);
+    mb_model *m = n_docs >= 0 ? load("eval", dir, threads) : NULL;
+    if (!m) {
+        free(docs);
+        free(data);
+        return n_docs < 0 ? die("eval", "out of memory") : 1;
+    }
+    int rc = 0;
+    mb_err e;
+    const int V = 256;
+    mb_pool *p = NULL;
+    int32_t *toks = malloc((size_t)batch * chunk * sizeof *toks);
+    float *logits = malloc((size_t)batch * chunk * V * sizeof(float));
+    int *off = malloc(((size_t)batch + 1) * sizeof(int)), *slot = malloc((size_t)batch * sizeof(int)),
+        *which = malloc((size_t)batch * sizeof(int));
+    uint8_t *want = malloc((size_t)batch * chunk);
+    if (mb_model_config(m)->n_vocab != V)
+        rc = die("eval", "eval needs a byte-level model (vocabulary 256)");
+    else if (!(p = mb_pool_create(m, batch, batch * chunk, &e)))
+        rc = die("eval", e.msg);
+    else if (!toks || !logits || !off || !slot || !which || !want)
+        rc = die("eval", "out of memory");
+    double bits = 0.0, t0 = now_s();
+    size_t scored = 0, fed_total = 0;
+    int next = 0, active[256];
+    for (int i = 0; i < batch; i++) active[i] = -1;
+    memset(want, 1, (size_t)batch * chunk);
+    while (!rc) {
+        /* refill free slots with the next documents (fresh state each) */
+        for (int i = 0; i < batch; i++)
+            if (active[i] < 0 && next < n_docs) {
+                active[i] = next++;
+                mb_pool_reset(p, i);
+            }
+        int ns = 0, T = 0;
+        off[0] = 0;
+        for (int i = 0; i < batch; i++) {
+            if (active[i] < 0) continue;
+            doc *d = &docs[active[i]];
+            int k = d->len - d->fed < (size_t)chunk ? (int)(d->len - d->fed) : chunk;
+            for (int j = 0; j < k; j++) toks[T + j] = d->p[d->fed + (size_t)j];
+            T += k;
+            slot[ns] = i;
+            which[ns] = active[i];
+            off[++ns] = T;
+        }
+        if (!ns) break;
+        mb_batch b = {ns, toks, off, slot, want};
+        if (mb_forward(m, p, &b, logits, &e)) {
+            rc = die("eval", e.msg);
+            break;
+        }
+        fed_total += (size_t)T;
+        for (int s = 0; s < ns; s++) {
+            doc *d = &docs[which[s]];
+            for (int t = off[s]; t < off[s + 1]; t++) {
+                size_t pos = d->fed + (size_t)(t - off[s]); /* logits at pos predict byte pos+1 */
+                if (pos + 1 >= d->len) continue;
+                const float *l = logits + (size_t)t * V;
+                double mx = l[0], sum = 0.0;
+                for (int v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
+                for (int v = 0; v < V; v++) sum += exp((double)l[v] - mx);
+                bits += (log(sum) + mx - (double)l[d->p[pos + 1]]) / log(2.0);
+                scored++;
+            }
+            d->fed += (size_t)(off[s + 1] - off[s]);
+            if (d->fed == d->len) active[slot[s]] = -1;
+        }
+    }
+    double dt = now_s() - t0;
+    if (!rc)
+        printf("bits_per_byte %.6f\nscored_bytes %zu\ndocuments %d\nbytes_per_second %.1f\nseconds %.2f\nthreads %d\n",
+               scored ? bits / (double)scored : 0.0, scored, n_docs, (double)fed_total / dt, dt,
+               mb_model_threads(m));
+    mb_pool_free(p);
+    free(want);
+    free(which);
+    free(slot);
+    free(off);
+    free(logits);
+    free(toks);
+    free(docs);
+    free(data);
+    mb_model_free(m);
+    return rc;
+}

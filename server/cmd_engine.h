@@ -1,0 +1,10 @@
+/* cmd_engine.h: subcommands that drive the engine without the server. Each takes the
+ * subcommand's own argv (argv[0] is its name) and returns the process exit status. */
+#ifndef CMD_ENGINE_H
+#define CMD_ENGINE_H
+
+int cmd_generate(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+#endif

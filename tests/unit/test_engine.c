@@ -1,0 +1,406 @@
+/* test_engine.c: the CPU engine against the reference fixtures (logits and states computed by
+ * Hugging Face transformers and mamba_ssm in float64), and the invariances the server relies
+ * on: step-by-step == one span, batched == alone, any thread count, rollback == feeding less. */
+#include <cJSON.h>
+#include <math.h>
+#include <string.h>
+
+#include "check.h"
+#include "internal.h"
+
+#define FIX "tests/fixtures/"
+
+typedef struct fixture {
+    int32_t toks[256];
+    int n;
+    int32_t greedy[256];
+    int n_greedy;
+} fixture;
+
+static int read_json_ids(const cJSON *a, int32_t *out) {
+    int n = 0;
+    for (const cJSON *j = a ? a->child : NULL; j && n < 256; j = j->next) out[n++] = (int32_t)j->valueint;
+    return n;
+}
+
+static void load_fixture(const char *name, fixture *f) {
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s/expected.json", name);
+    char *txt = read_file(path, NULL);
+    cJSON *o = txt ? cJSON_Parse(txt) : NULL;
+    CHECK(o != NULL, "cannot read %s", path);
+    f->n = read_json_ids(cJSON_GetObjectItem(o, "prompt_bytes"), f->toks);
+    f->n_greedy = read_json_ids(cJSON_GetObjectItem(o, "greedy_continuation"), f->greedy);
+    cJSON_Delete(o);
+    free(txt);
+}
+
+static mb_model *load(const char *path, int threads) {
+    mb_err e = {{0}};
+    mb_backend_opts o = {threads};
+    mb_model *m = mb_model_load(path, &o, &e);
+    CHECK(m != NULL, "load %s: %s", path, e.msg);
+    return m;
+}
+
+/* Feeds toks as one span into slot (optionally with every position's logits). */
+static void feed(mb_model *m, mb_pool *p, int slot, const int32_t *toks, int n, float *logits, int all) {
+    uint8_t want[512];
+    memset(want, 1, sizeof want);
+    int off[2] = {0, n};
+    mb_batch b = {1, toks, off, &slot, all ? want : NULL};
+    mb_err e;
+    int rc = mb_forward(m, p, &b, logits, &e);
+    CHECK(rc == 0, "forward: %s", e.msg);
+}
+
+static double rel_err(const float *got, const float *ref, size_t n) {
+    double max_ref = 0, max_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        max_ref = fmax(max_ref, fabs(ref[i]));
+        max_err = fmax(max_err, fabs((double)got[i] - ref[i]));
+    }
+    return max_err / max_ref;
+}
+
+static void check_logits(const char *name, const char *weights, const char *ref_file, double tol) {
+    fixture fx;
+    load_fixture(name, &fx);
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s/%s", name, weights);
+    mb_model *m = load(path, 0);
+    if (!m) return;
+    int V = mb_model_config(m)->n_vocab;
+    mb_pool *p = mb_pool_create(m, 1, 512, NULL);
+    float *got = malloc((size_t)fx.n * V * sizeof(float));
+    feed(m, p, 0, fx.toks, fx.n, got, 1);
+    snprintf(path, sizeof path, FIX "%s/%s", name, ref_file);
+    size_t len;
+    float *ref = read_file(path, &len);
+    CHECK(ref && len == (size_t)fx.n * V * 4, "%s: reference size", path);
+    if (ref) {
+        double err = rel_err(got, ref, (size_t)fx.n * V);
+        printf("     %s %s: max|err|/max|ref| = %.3g\n", name, weights, err);
+        CHECK(err < tol, "%s %s: relative error %g >= %g", name, weights, err, tol);
+    }
+    free(ref);
+    free(got);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
+static void test_fixture_logits(void) {
+    check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", 1e-4);
+    check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", 1e-3);
+    check_logits("tiny-byte-tied", "model.f16.safetensors", "logits.f16.f32", 1e-3);
+    check_logits("tiny-subword-1000", "model.safetensors", "logits.f32.f32", 1e-4);
+    check_logits("tiny-mambassm-layernorm", "model.safetensors", "logits.f32", 1e-4);
+}
+
+/* The recurrent state after the prompt equals HF's cache (conv: the last d_conv-1 inputs). */
+static void test_fixture_states(void) {
+    const char *names[] = {"tiny-byte-tied", "tiny-subword-1000"};
+    for (int k = 0; k < 2; k++) {
+        fixture fx;
+        load_fixture(names[k], &fx);
+        char path[256];
+        snprintf(path, sizeof path, FIX "%s", names[k]);
+        mb_model *m = load(path, 0);
+        if (!m) return;
+        const mb_config *c = mb_model_config(m);
+        mb_pool *p = mb_pool_create(m, 1, 512, NULL);
+        float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+        feed(m, p, 0, fx.toks, fx.n, logits, 0);
+        float *st = malloc(mb_pool_state_bytes(p));
+        mb_pool_read(p, 0, st);
+        const int E = c->d_inner, K = c->d_conv, N = c->d_state;
+        for (int l = 0; l < c->n_layer; l++) {
+            const float *win = st + (size_t)l * mb_layer_state_floats(c), *ssm = win + (size_t)E * (K - 1);
+            snprintf(path, sizeof path, FIX "%s/conv_state.%d.f32", names[k], l);
+            float *conv_ref = read_file(path, NULL);
+            snprintf(path, sizeof path, FIX "%s/ssm_state.%d.f32", names[k], l);
+            float *ssm_ref = read_file(path, NULL);
+            CHECK(conv_ref && ssm_ref, "state fixtures of %s", names[k]);
+            if (!conv_ref || !ssm_ref) break;
+            double ce = 0, cm = 0, se = 0, sm = 0;
+            for (int ch = 0; ch < E; ch++)
+                for (int j = 0; j < K - 1; j++) {
+                    ce = fmax(ce, fabs(win[ch * (K - 1) + j] - conv_ref[ch * K + j + 1]));
+                    cm = fmax(cm, fabs(conv_ref[ch * K + j + 1]));
+                }
+            for (int i = 0; i < E * N; i++) {
+                se = fmax(se, fabs(ssm[i] - ssm_ref[i]));
+                sm = fmax(sm, fabs(ssm_ref[i]));
+            }
+            CHECK(ce / cm < 1e-5 && se / sm < 1e-4, "%s layer %d: conv err %g, ssm err %g", names[k], l,
+                  ce / cm, se / sm);
+            free(conv_ref);
+            free(ssm_ref);
+        }
+        free(st);
+        free(logits);
+        mb_pool_free(p);
+        mb_model_free(m);
+    }
+}
+
+/* HF's greedy continuation (through its cache path) reproduced by decode steps. */
+static void test_greedy_continuation(void) {
+    const char *names[] = {"tiny-byte-tied", "tiny-subword-1000"};
+    for (int k = 0; k < 2; k++) {
+        fixture fx;
+        load_fixture(names[k], &fx);
+        char path[256];
+        snprintf(path, sizeof path, FIX "%s", names[k]);
+        mb_model *m = load(path, 0);
+        if (!m) return;
+        int V = mb_model_config(m)->n_vocab;
+        mb_pool *p = mb_pool_create(m, 1, 512, NULL);
+        float *logits = malloc((size_t)V * sizeof(float));
+        void *scratch = malloc(mb_sample_scratch_bytes(V));
+        mb_sampling s;
+        mb_sampling_default(&s);
+        feed(m, p, 0, fx.toks, fx.n, logits, 0);
+        for (int i = 0; i < fx.n_greedy; i++) {
+            int32_t t = mb_sample(&s, logits, V, (uint64_t)(fx.n + i), scratch);
+            CHECK(t == fx.greedy[i], "%s: greedy token %d is %d, HF says %d", names[k], i, t, fx.greedy[i]);
+            if (t != fx.greedy[i]) break;
+            feed(m, p, 0, &t, 1, logits, 0);
+        }
+        free(scratch);
+        free(logits);
+        mb_pool_free(p);
+        mb_model_free(m);
+    }
+    /* mamba_ssm fixture: its greedy next token after the prompt */
+    fixture fx;
+    load_fixture("tiny-mambassm-layernorm", &fx);
+    mb_model *m = load(FIX "tiny-mambassm-layernorm", 0);
+    if (!m) return;
+    mb_pool *p = mb_pool_create(m, 1, 512, NULL);
+    float logits[256];
+    feed(m, p, 0, fx.toks, fx.n, logits, 0);
+    mb_sampling s;
+    mb_sampling_default(&s);
+    char scratch[256 * 12];
+    CHECK(mb_sample(&s, logits, 256, 0, scratch) == 8, "mamba_ssm greedy_next");
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
+/* A deterministic pseudo-random byte string. */
+static void bytes_of(int32_t *t, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        t[i] = (int32_t)((seed >> 16) & 0xff);
+    }
+}
+
+/* Step-by-step == one span == split spans, bit for bit, logits and final state. */
+static void test_span_invariance(void) {
+    mb_model *m = load(FIX "tiny-byte-tied", 0);
+    if (!m) return;
+    enum { n = 40, V = 256 };
+    int32_t toks[n];
+    bytes_of(toks, n, 7);
+    mb_pool *p = mb_pool_create(m, 3, 512, NULL);
+    static float span[n * V], step[n * V], split[n * V];
+    feed(m, p, 0, toks, n, span, 1);
+    for (int i = 0; i < n; i++) feed(m, p, 1, toks + i, 1, step + i * V, 0);
+    feed(m, p, 2, toks, 13, split, 1);
+    feed(m, p, 2, toks + 13, n - 13, split + 13 * V, 1);
+    CHECK(!memcmp(span, step, sizeof span), "span vs step logits differ");
+    CHECK(!memcmp(span, split, sizeof span), "span vs split logits differ");
+    size_t sb = mb_pool_state_bytes(p);
+    char *s0 = malloc(sb), *s1 = malloc(sb), *s2 = malloc(sb);
+    mb_pool_read(p, 0, s0);
+    mb_pool_read(p, 1, s1);
+    mb_pool_read(p, 2, s2);
+    CHECK(!memcmp(s0, s1, sb) && !memcmp(s0, s2, sb), "states differ");
+    free(s0);
+    free(s1);
+    free(s2);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
+/* A batch of different sequences (different lengths and histories) == each alone, for 1, 2 and 3
+ * threads, bit for bit. */
+static void test_batch_invariance(void) {
+    enum { S = 5, V = 256 };
+    static const int lens[S] = {1, 17, 3, 33, 8};
+    int32_t toks[128];
+    int off[S + 1] = {0}, slots[S] = {4, 0, 3, 1, 2};
+    for (int s = 0; s < S; s++) off[s + 1] = off[s] + lens[s];
+    bytes_of(toks, off[S], 99);
+    static float alone[128 * V], batched[128 * V];
+    uint8_t want[128];
+    memset(want, 1, sizeof want);
+    for (int threads = 1; threads <= 3; threads++) {
+        mb_model *m = load(FIX "tiny-byte-tied", threads);
+        if (!m) return;
+        mb_pool *p = mb_pool_create(m, S, 128, NULL);
+        /* give each slot a different history first */
+        for (int s = 0; s < S; s++) {
+            int32_t h[5];
+            bytes_of(h, 5, (unsigned)s + 1);
+            feed(m, p, slots[s], h, 1 + s, alone, 0);
+        }
+        size_t sb = mb_pool_state_bytes(p);
+        char *saved = malloc(sb * S), *after = malloc(sb * S);
+        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], saved + sb * s);
+        for (int s = 0; s < S; s++) feed(m, p, slots[s], toks + off[s], lens[s], alone + off[s] * V, 1);
+        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], after + sb * s);
+        for (int s = 0; s < S; s++) mb_pool_write(p, slots[s], saved + sb * s);
+        mb_batch b = {S, toks, off, slots, want};
+        mb_err e;
+        CHECK(mb_forward(m, p, &b, batched, &e) == 0, "%s", e.msg);
+        CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4), "batched logits differ (threads %d)", threads);
+        for (int s = 0; s < S; s++) {
+            mb_pool_read(p, slots[s], saved);
+            CHECK(!memcmp(saved, after + sb * s, sb), "batched state %d differs (threads %d)", s, threads);
+        }
+        free(saved);
+        free(after);
+        mb_pool_free(p);
+        mb_model_free(m);
+    }
+}
+
+/* Results do not depend on the thread count either (compared against one thread). */
+static void test_thread_invariance(void) {
+    enum { n = 64, V = 256 };
+    int32_t toks[n];
+    bytes_of(toks, n, 3);
+    static float ref[n * V], got[n * V];
+    for (int threads = 1; threads <= 4; threads++) {
+        mb_model *m = load(FIX "tiny-byte-tied/model.bf16.safetensors", threads);
+        if (!m) return;
+        mb_pool *p = mb_pool_create(m, 1, n, NULL);
+        feed(m, p, 0, toks, n, threads == 1 ? ref : got, 1);
+        if (threads > 1) CHECK(!memcmp(ref, got, sizeof ref), "threads %d differ from 1", threads);
+        mb_pool_free(p);
+        mb_model_free(m);
+    }
+}
+
+/* rollback(n) == having fed only n tokens: same state, same next logits; repeated rollbacks. */
+static void test_rollback(void) {
+    mb_model *m = load(FIX "tiny-mambassm-layernorm", 0);
+    if (!m) return;
+    enum { n = 24, V = 256 };
+    int32_t toks[n + 1];
+    bytes_of(toks, n + 1, 11);
+    mb_pool *p = mb_pool_create(m, 2, 64, NULL);
+    size_t sb = mb_pool_state_bytes(p);
+    char *a = malloc(sb), *b = malloc(sb);
+    static float la[V], lb[V], all[n * V];
+    int keeps[] = {n, 5, 0, 17, n, 1};
+    for (size_t k = 0; k < sizeof keeps / sizeof keeps[0]; k++) {
+        int keep = keeps[k];
+        mb_pool_reset(p, 0);
+        mb_pool_reset(p, 1);
+        feed(m, p, 0, toks, 3, la, 0); /* some history before the span */
+        feed(m, p, 1, toks, 3, lb, 0);
+        feed(m, p, 0, toks + 3, n - 3, all, 1);
+        mb_err e;
+        CHECK(mb_pool_rollback(p, 0, keep - 3 < 0 ? 0 : keep - 3, &e) == 0, "%s", e.msg);
+        CHECK(mb_pool_rollback(p, 0, keep - 3 < 0 ? 0 : keep - 3, &e) == 0, "again: %s", e.msg);
+        int kept = keep - 3 < 0 ? 3 : keep;
+        if (kept > 3) feed(m, p, 1, toks + 3, kept - 3, lb, 0);
+        mb_pool_read(p, 0, a);
+        mb_pool_read(p, 1, b);
+        CHECK(!memcmp(a, b, sb), "rollback to %d: state differs", kept);
+        feed(m, p, 0, toks + kept, 1, la, 0);
+        feed(m, p, 1, toks + kept, 1, lb, 0);
+        CHECK(!memcmp(la, lb, sizeof la), "rollback to %d: next logits differ", kept);
+    }
+    mb_err e;
+    feed(m, p, 0, toks, 2, la, 0);
+    CHECK(mb_pool_rollback(p, 0, 2, &e) == 0, "rollback to the whole span: %s", e.msg);
+    CHECK(mb_pool_rollback(p, 0, 3, &e) == -1 && strstr(e.msg, "keep 3"), "keep > span: %s", e.msg);
+    CHECK(mb_pool_rollback(p, 1, 0, &e) == -1 && strstr(e.msg, "not fed"), "slot 1: %s", e.msg);
+    free(a);
+    free(b);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
+/* Save / load round trip; a corrupt, truncated or foreign file is refused. */
+static void test_pool_files(void) {
+    mb_model *m = load(FIX "tiny-byte-tied", 0), *other = load(FIX "tiny-subword-1000", 0);
+    if (!m || !other) return;
+    mb_pool *p = mb_pool_create(m, 2, 64, NULL), *q = mb_pool_create(other, 1, 8, NULL);
+    int32_t toks[20];
+    bytes_of(toks, 20, 5);
+    float l[256];
+    feed(m, p, 0, toks, 20, l, 0);
+    const char *path = "build/test_state.mbs";
+    mb_err e;
+    CHECK(mb_pool_save(p, 0, path, &e) == 0, "save: %s", e.msg);
+    CHECK(mb_pool_load(p, 1, path, &e) == 0, "load: %s", e.msg);
+    size_t sb = mb_pool_state_bytes(p), len;
+    char *a = malloc(sb), *b = malloc(sb);
+    mb_pool_read(p, 0, a);
+    mb_pool_read(p, 1, b);
+    CHECK(!memcmp(a, b, sb), "round trip differs");
+    CHECK(mb_pool_load(q, 0, path, &e) == -1 && strstr(e.msg, "another model"), "foreign: %s", e.msg);
+    unsigned char *raw = read_file(path, &len);
+    raw[100] ^= 1;
+    FILE *f = fopen(path, "wb");
+    fwrite(raw, 1, len, f);
+    fclose(f);
+    CHECK(mb_pool_load(p, 1, path, &e) == -1 && strstr(e.msg, "checksum"), "corrupt: %s", e.msg);
+    f = fopen(path, "wb");
+    fwrite(raw, 1, len / 2, f);
+    fclose(f);
+    CHECK(mb_pool_load(p, 1, path, &e) == -1 && strstr(e.msg, "truncated"), "truncated: %s", e.msg);
+    f = fopen(path, "wb");
+    fwrite("hello", 1, 5, f);
+    fclose(f);
+    CHECK(mb_pool_load(p, 1, path, &e) == -1 && strstr(e.msg, "not a mambabyte state"), "garbage: %s", e.msg);
+    CHECK(mb_pool_load(p, 1, "build/no-such-file", &e) == -1, "missing file");
+    remove(path);
+    free(raw);
+    free(a);
+    free(b);
+    mb_pool_free(p);
+    mb_pool_free(q);
+    mb_model_free(m);
+    mb_model_free(other);
+}
+
+/* Bad batches are refused before anything is touched. */
+static void test_bad_batches(void) {
+    mb_model *m = load(FIX "tiny-byte-tied", 0);
+    if (!m) return;
+    mb_pool *p = mb_pool_create(m, 2, 8, NULL);
+    float l[256 * 16];
+    int32_t toks[16] = {1, 2, 3, 300};
+    int off[3] = {0, 2, 3}, slots[2] = {0, 0}, big[2] = {0, 9};
+    mb_err e;
+    mb_batch dup = {2, toks, off, slots, NULL};
+    CHECK(mb_forward(m, p, &dup, l, &e) == -1 && strstr(e.msg, "twice"), "%s", e.msg);
+    int off_bad[2] = {0, 4}, s0 = 0, s9 = 9;
+    mb_batch bad_tok = {1, toks, off_bad, &s0, NULL};
+    CHECK(mb_forward(m, p, &bad_tok, l, &e) == -1 && strstr(e.msg, "token 300"), "%s", e.msg);
+    mb_batch bad_slot = {1, toks, off, &s9, NULL};
+    CHECK(mb_forward(m, p, &bad_slot, l, &e) == -1 && strstr(e.msg, "slot 9"), "%s", e.msg);
+    mb_batch too_many = {1, toks, big, &s0, NULL};
+    CHECK(mb_forward(m, p, &too_many, l, &e) == -1 && strstr(e.msg, "9 tokens"), "%s", e.msg);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
+int main(void) {
+    RUN(test_fixture_logits);
+    RUN(test_fixture_states);
+    RUN(test_greedy_continuation);
+    RUN(test_span_invariance);
+    RUN(test_batch_invariance);
+    RUN(test_thread_invariance);
+    RUN(test_rollback);
+    RUN(test_pool_files);
+    RUN(test_bad_batches);
+    return check_failures ? 1 : 0;
+}
