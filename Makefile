@@ -10,8 +10,11 @@ LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -lm
 REL_FLAGS  := -O3 $(ARCH) -g
 ASAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-LIB_C   := $(wildcard model/*.c config/*.c speculative/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
-LIB_CC  := $(wildcard speculative/*.cc)
+# the engine (model/, speculative/) and the application around it (server/, config/)
+ENG_C   := $(wildcard model/*.c speculative/*.c)
+ENG_CC  := $(wildcard speculative/*.cc)
+APP_C   := $(wildcard config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_C   := $(ENG_C) $(APP_C)
 TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 
 .SECONDARY:
@@ -25,12 +28,20 @@ build/$(1)/%.o: %.c $$(wildcard */*.h)
 build/$(1)/%.o: %.cc $$(wildcard */*.h)
 	@mkdir -p $$(dir $$@)
 	$$(CXX) -std=c++17 $$(WARN) $(2) $$(INC) -c $$< -o $$@
-build/$(1)/libmb.a: $$(patsubst %.c,build/$(1)/%.o,$$(LIB_C)) $$(patsubst %.cc,build/$(1)/%.o,$$(LIB_CC))
+build/$(1)/libengine.a: $$(patsubst %.c,build/$(1)/%.o,$$(ENG_C)) $$(patsubst %.cc,build/$(1)/%.o,$$(ENG_CC))
 	@rm -f $$@
 	ar rcs $$@ $$^
-build/$(1)/mambabyte: build/$(1)/server/main.o build/$(1)/libmb.a
+build/$(1)/libapp.a: $$(patsubst %.c,build/$(1)/%.o,$$(APP_C))
+	@rm -f $$@
+	ar rcs $$@ $$^
+build/$(1)/mambabyte: build/$(1)/server/main.o build/$(1)/libapp.a build/$(1)/libengine.a
 	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
-build/$(1)/tests/%: build/$(1)/tests/unit/%.o build/$(1)/libmb.a
+# engine tests link the engine alone; test_srv_* and test_cfg_* the application too
+build/$(1)/tests/test_srv_%: build/$(1)/tests/unit/test_srv_%.o build/$(1)/libapp.a build/$(1)/libengine.a
+	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+build/$(1)/tests/test_cfg_%: build/$(1)/tests/unit/test_cfg_%.o build/$(1)/libapp.a build/$(1)/libengine.a
+	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+build/$(1)/tests/%: build/$(1)/tests/unit/%.o build/$(1)/libengine.a
 	@mkdir -p $$(dir $$@)
 	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
 endef
@@ -47,14 +58,18 @@ deps:
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_CC := clang $(CSTD) $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer,address,undefined $(INC)
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(wildcard */*.h)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) -o $@ $< $(ENG_C) $(LIBS) -lstdc++
 build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(wildcard */*.h)
 	@mkdir -p build/fuzz
-	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined $(INC) -o $@ $< $(LIB_C) $(LIBS) -lstdc++
+	$(FUZZ_CC) -o $@ $< $(LIB_C) $(LIBS) -lstdc++
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \
 	  echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
-	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus-$$t tests/fuzz/seeds-$$t >build/fuzz/$$t.log 2>&1 \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -artifact_prefix=build/fuzz/ build/fuzz/corpus-$$t tests/fuzz/seeds-$$t >build/fuzz/$$t.log 2>&1 \
 	    || { tail -40 build/fuzz/$$t.log; exit 1; }; \
 	  tail -1 build/fuzz/$$t.log; \
 	done

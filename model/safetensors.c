@@ -98,8 +98,7 @@ static int parse_entry(const cJSON *j, mb_st_tensor *t, const uint8_t *data, siz
 }
 
 int mb_st_parse(mb_st_file *f, const uint8_t *buf, size_t len, const char *name, mb_err *e) {
-    f->t = NULL;
-    f->n = 0;
+    memset(f, 0, sizeof *f);
     if (len < 8) return mb_fail(e, "%s: %zu bytes, too short for a safetensors header", name, len);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
