@@ -1,0 +1,286 @@
+/* cfg.c: the settings table and its four layers (default.json < --config file < env < flags). */
+#include "cfg.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { K_STR, K_INT, K_DBL, K_BOOL } key_type;
+
+typedef struct key {
+    const char *name;
+    key_type type;
+    size_t off;  /* offset of the field in cfg */
+    size_t size; /* for strings: the field's capacity */
+    double min, max;
+    const char *def; /* built-in default, as text */
+    const char *help;
+} key;
+
+#define STR(f, d, h)                                                                               \
+    { #f, K_STR, offsetof(cfg, f), sizeof(((cfg *)0)->f), 0, 0, d, h }
+#define INT(f, lo, hi, d, h)                                                                       \
+    { #f, K_INT, offsetof(cfg, f), 0, lo, hi, d, h }
+#define DBL(f, lo, hi, d, h)                                                                       \
+    { #f, K_DBL, offsetof(cfg, f), 0, lo, hi, d, h }
+#define BOOL(f, d, h)                                                                              \
+    { #f, K_BOOL, offsetof(cfg, f), 0, 0, 1, d, h }
+
+static const key KEYS[] = {
+    STR(model, "models/mambabyte-small", "model directory (also -m)"),
+    STR(draft, "", "drafter model directory (speculative decoding)"),
+    STR(model_name, "", "model id in responses; empty: the model folder's name"),
+    STR(host, "127.0.0.1", "address to listen on"),
+    INT(port, 0, 65535, "8080", "TCP port (0: any free port)"),
+    STR(api_key, "", "require Authorization: Bearer <key>; empty: no key"),
+    INT(threads, 0, 1024, "0", "engine threads (0: one per core)"),
+    INT(slots, 1, 65536, "64", "state pool slots"),
+    INT(max_batch_tokens, 1, 1 << 20, "512", "tokens fed by one batched forward"),
+    INT(prefill_chunk, 1, 1 << 20, "128", "prompt bytes per sequence per step"),
+    INT(queue_limit, 0, 1 << 20, "1024", "requests waiting for a slot before 429"),
+    INT(max_body_bytes, 64, 1 << 30, "1048576", "largest request body (413 beyond)"),
+    INT(max_prompt_bytes, 1, 1 << 30, "262144", "longest prompt in bytes"),
+    INT(max_tokens_limit, 0, 1 << 24, "4096", "largest max_tokens (bytes) a request may ask"),
+    INT(default_max_tokens, 0, 1 << 24, "128", "max_tokens when a request gives none"),
+    INT(max_stop, 0, 64, "4", "stop strings per request"),
+    INT(max_stop_bytes, 1, 4096, "64", "bytes per stop string"),
+    DBL(request_timeout_s, 0.001, 1e6, "300", "deadline per request, arrival to last byte"),
+    DBL(shutdown_timeout_s, 0, 1e6, "30", "on SIGTERM, time running requests get to finish"),
+    INT(max_connections, 1, 1 << 20, "2048", "simultaneous HTTP connections"),
+    INT(connection_timeout_s, 0, 1 << 20, "60", "idle HTTP connections are closed after this"),
+    INT(max_sessions, 0, 1 << 24, "4096", "sessions held in memory (slots + host)"),
+    STR(session_dir, "sessions", "directory for saved sessions"),
+    BOOL(log_requests, "true", "one log line per request on stderr"),
+};
+#define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+
+static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Flags and env spell keys with dashes or upper case; the table uses lower snake case. */
+static const key *find_key(const char *name, size_t len) {
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *k = KEYS[i].name;
+        if (strlen(k) != len) continue;
+        size_t j = 0;
+        for (; j < len; j++) {
+            char c = (char)tolower((unsigned char)name[j]);
+            if (c == '-') c = '_';
+            if (c != k[j]) break;
+        }
+        if (j == len) return &KEYS[i];
+    }
+    return NULL;
+}
+
+static int set_string(cfg *c, const key *k, const char *v, const char *src, char *err, size_t n) {
+    char *dst = (char *)c + k->off;
+    size_t len = strlen(v);
+    if (len >= k->size)
+        return fail(err, n, "%s: %s is longer than %zu bytes", src, k->name, k->size - 1);
+    memcpy(dst, v, len + 1);
+    return 0;
+}
+
+static int set_number(cfg *c, const key *k, double v, const char *src, char *err, size_t n) {
+    if (!isfinite(v) || v < k->min || v > k->max)
+        return fail(err, n, "%s: %s must be in [%g, %g]", src, k->name, k->min, k->max);
+    if (k->type == K_DBL) {
+        *(double *)((char *)c + k->off) = v;
+        return 0;
+    }
+    if (v != floor(v)) return fail(err, n, "%s: %s must be an integer", src, k->name);
+    *(int *)((char *)c + k->off) = (int)v;
+    return 0;
+}
+
+/* Text from a flag, the environment or the table's defaults. */
+static int set_text(cfg *c, const key *k, const char *v, const char *src, char *err, size_t n) {
+    if (k->type == K_STR) return set_string(c, k, v, src, err, n);
+    if (k->type == K_BOOL) {
+        int b = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
+        if (!b && strcmp(v, "0") && strcmp(v, "false") && strcmp(v, "no"))
+            return fail(err, n, "%s: %s must be true or false", src, k->name);
+        *(int *)((char *)c + k->off) = b;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno)
+        return fail(err, n, "%s: %s must be a number, not \"%s\"", src, k->name, v);
+    return set_number(c, k, d, src, err, n);
+}
+
+void cfg_defaults(cfg *c) {
+    char err[256];
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_KEYS; i++) set_text(c, &KEYS[i], KEYS[i].def, "default", err, 1);
+}
+
+int cfg_apply_json(cfg *c, const char *text, size_t len, const char *source, char *err,
+                   size_t err_len) {
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root) return fail(err, err_len, "%s: not valid JSON", source);
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = fail(err, err_len, "%s: must be a JSON object", source);
+        goto out;
+    }
+    for (cJSON *it = root->child; it && !rc; it = it->next) {
+        const key *k = it->string ? find_key(it->string, strlen(it->string)) : NULL;
+        /* find_key accepts dashes for flags; a file must use the exact spelling. */
+        if (!k || strcmp(k->name, it->string)) {
+            rc = fail(err, err_len, "%s: unknown key \"%s\"", source, it->string ? it->string : "");
+        } else if (k->type == K_STR) {
+            rc = cJSON_IsString(it)
+                     ? set_string(c, k, it->valuestring, source, err, err_len)
+                     : fail(err, err_len, "%s: %s must be a string", source, k->name);
+        } else if (k->type == K_BOOL) {
+            if (cJSON_IsBool(it))
+                *(int *)((char *)c + k->off) = cJSON_IsTrue(it);
+            else
+                rc = fail(err, err_len, "%s: %s must be true or false", source, k->name);
+        } else {
+            rc = cJSON_IsNumber(it)
+                     ? set_number(c, k, it->valuedouble, source, err, err_len)
+                     : fail(err, err_len, "%s: %s must be a number", source, k->name);
+        }
+    }
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int apply_file(cfg *c, const char *path, char *err, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, n, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *nb = cap < (1u << 24) ? realloc(buf, cap * 2) : NULL;
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!buf) return fail(err, n, "%s: too large or out of memory", path);
+    int rc = cfg_apply_json(c, buf, len, path, err, n);
+    free(buf);
+    return rc;
+}
+
+/* config/default.json is looked for in the working directory, then relative to the binary
+ * (build/<variant>/mambabyte in a checkout), then in /etc/mambabyte (the deploy image). The
+ * built-in table says the same, so running without it anywhere is fine. */
+static const char *find_default_json(char *buf, size_t n) {
+    if (access("config/default.json", R_OK) == 0) return "config/default.json";
+    ssize_t len = readlink("/proc/self/exe", buf, n - 32);
+    if (len > 0) {
+        buf[len] = 0;
+        char *slash = strrchr(buf, '/');
+        if (slash) {
+            strcpy(slash, "/../../config/default.json");
+            if (access(buf, R_OK) == 0) return buf;
+        }
+    }
+    if (access("/etc/mambabyte/default.json", R_OK) == 0) return "/etc/mambabyte/default.json";
+    return NULL;
+}
+
+static int is_flag(const char *a) {
+    return a[0] == '-' && a[1];
+}
+
+int cfg_load(cfg *c, int argc, char **argv, char *err, size_t err_len) {
+    cfg_defaults(c);
+    char pathbuf[4096];
+    const char *def = find_default_json(pathbuf, sizeof pathbuf);
+    if (def && apply_file(c, def, err, err_len)) return -1;
+
+    /* The config file is named by a flag or MAMBABYTE_CONFIG; find it before the other flags. */
+    const char *file = getenv("MAMBABYTE_CONFIG");
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) return fail(err, err_len, "--config needs a file");
+            file = argv[++i];
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            file = argv[i] + 9;
+        }
+    }
+    if (file && *file && apply_file(c, file, err, err_len)) return -1;
+
+    extern char **environ;
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "MAMBABYTE_", 10)) continue;
+        const char *name = *e + 10, *eq = strchr(name, '=');
+        if (!eq || !strncmp(name, "CONFIG=", 7)) continue;
+        const key *k = find_key(name, (size_t)(eq - name));
+        if (!k) return fail(err, err_len, "environment: unknown setting %.*s", (int)(eq - *e), *e);
+        char src[128];
+        snprintf(src, sizeof src, "environment MAMBABYTE_%.*s", (int)(eq - name), name);
+        if (set_text(c, k, eq + 1, src, err, err_len)) return -1;
+    }
+
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--config=", 9)) continue;
+        if (!is_flag(a)) return fail(err, err_len, "unexpected argument \"%s\"", a);
+        const key *k;
+        const char *v = NULL;
+        if (!strcmp(a, "-m")) {
+            k = find_key("model", 5);
+        } else if (a[1] == '-') {
+            const char *name = a + 2, *eq = strchr(name, '=');
+            k = find_key(name, eq ? (size_t)(eq - name) : strlen(name));
+            if (eq) v = eq + 1;
+        } else {
+            k = NULL;
+        }
+        if (!k) return fail(err, err_len, "unknown flag %s (see --help)", a);
+        if (!v) {
+            if (i + 1 >= argc) return fail(err, err_len, "%s needs a value", a);
+            v = argv[++i];
+        }
+        if (set_text(c, k, v, a, err, err_len)) return -1;
+    }
+    if (c->default_max_tokens > c->max_tokens_limit)
+        return fail(err, err_len, "default_max_tokens (%d) exceeds max_tokens_limit (%d)",
+                    c->default_max_tokens, c->max_tokens_limit);
+    /* A chunk larger than a whole forward could never be fed; it means "as much as fits". */
+    if (c->prefill_chunk > c->max_batch_tokens) c->prefill_chunk = c->max_batch_tokens;
+    return 0;
+}
+
+void cfg_usage(FILE *f) {
+    fprintf(f, "usage: mambabyte serve -m MODEL_DIR [--draft DIR] [--host H] [--port P] "
+               "[--config FILE] [--<key> VALUE]...\n\n"
+               "Settings (flag --key, env MAMBABYTE_KEY, config file key; default):\n");
+    for (size_t i = 0; i < N_KEYS; i++)
+        fprintf(f, "  --%-22s %s (default: %s)\n", KEYS[i].name, KEYS[i].help,
+                *KEYS[i].def ? KEYS[i].def : "\"\"");
+}

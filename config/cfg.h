@@ -1,0 +1,53 @@
+/* cfg.h: the server's settings. Every key has a type, a range and a built-in default, and is
+ * set, from lowest to highest precedence, by config/default.json, a --config file, environment
+ * variables MAMBABYTE_<KEY> and command-line flags --<key> (underscores may be dashes).
+ * Unknown keys, wrong types and out-of-range values are errors that name the key and source. */
+#ifndef CFG_H
+#define CFG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct cfg {
+    char model[1024];     /* model directory (-m) */
+    char draft[1024];     /* drafter directory (--draft), empty: none */
+    char model_name[128]; /* id reported by /v1/models; empty: the model folder's name */
+    char host[256];       /* address to listen on */
+    int port;             /* 0: any free port */
+    char api_key[256];    /* empty: no authentication */
+    int threads;          /* engine threads, 0: one per core */
+    int slots;            /* state pool slots (sequences resident at once) */
+    int max_batch_tokens; /* tokens fed by one forward, all sequences together */
+    int prefill_chunk;    /* prompt bytes one sequence feeds per step */
+    int queue_limit;      /* requests waiting for a slot before 429 */
+    int max_body_bytes;   /* larger request bodies get 413 */
+    int max_prompt_bytes; /* longer prompts get 400 */
+    int max_tokens_limit; /* largest max_tokens a request may ask for (bytes) */
+    int default_max_tokens;
+    int max_stop;              /* stop strings per request */
+    int max_stop_bytes;        /* bytes per stop string */
+    double request_timeout_s;  /* deadline of a request from arrival to its last byte */
+    double shutdown_timeout_s; /* SIGTERM: how long running requests may finish */
+    int max_connections;
+    int connection_timeout_s; /* idle HTTP connections are closed after this */
+    int max_sessions;         /* sessions in memory, resident in slots or spilled to host */
+    char session_dir[1024];   /* where sessions are saved */
+    int log_requests;         /* one line per request on stderr */
+} cfg;
+
+/* Fills c from the layers above. argv holds only the flags (no subcommand name); the first
+ * argument that is not a flag is an error. Returns 0, or -1 with a message in err. */
+int cfg_load(cfg *c, int argc, char **argv, char *err, size_t err_len);
+
+/* Applies one JSON object of settings (a config file's text) on top of c; source names the
+ * file in error messages. Exposed for the tests and the fuzzer. */
+int cfg_apply_json(cfg *c, const char *text, size_t len, const char *source, char *err,
+                   size_t err_len);
+
+/* The built-in defaults, which config/default.json restates. */
+void cfg_defaults(cfg *c);
+
+/* Writes the usage text of the flags. */
+void cfg_usage(FILE *f);
+
+#endif

@@ -1,0 +1,77 @@
+/* srv_job.h: one unit of work passed from an HTTP thread to the scheduler, and the results
+ * passed back. The HTTP side submits and waits; the scheduler admits, fills and finishes.
+ * Reference counted: both sides hold one reference while they need the job. */
+#ifndef SRV_JOB_H
+#define SRV_JOB_H
+
+#include "srv_request.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef enum {
+    SRV_JOB_GENERATE,
+    SRV_JOB_SESSION_CREATE,
+    SRV_JOB_SESSION_LIST,
+    SRV_JOB_SESSION_INFO,
+    SRV_JOB_SESSION_DELETE,
+    SRV_JOB_SESSION_FORK,
+    SRV_JOB_SESSION_SAVE,
+    SRV_JOB_SESSION_RESTORE,
+} srv_job_kind;
+
+typedef enum {
+    SRV_FINISH_NONE,
+    SRV_FINISH_LENGTH,    /* max_tokens bytes written */
+    SRV_FINISH_STOP,      /* a stop string appeared */
+    SRV_FINISH_TIMEOUT,   /* the request's deadline passed while it ran */
+    SRV_FINISH_CANCELLED, /* the client went away */
+} srv_finish;
+
+typedef struct srv_job {
+    /* Set by the submitter, read-only afterwards. */
+    srv_job_kind kind;
+    srv_gen_req req;
+    char id[SRV_ID_MAX];       /* request id, "cmpl-..." */
+    char session[SRV_ID_MAX];  /* the session a session job is about */
+    double t_arrive, deadline; /* srv_now() seconds */
+    atomic_int cancelled;      /* set by the HTTP side when the client leaves */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    int admitted; /* the scheduler took it (or failed it): the response status is known */
+    int done;
+    int failed; /* err holds the error */
+    srv_error err;
+    uint8_t *out;       /* req.max_tokens + 1 bytes; the scheduler writes past out_len only */
+    size_t out_len;     /* bytes generated so far */
+    size_t out_visible; /* bytes that may be shown: never shrinks */
+    srv_finish finish;
+    char *result;                 /* session jobs: the JSON body of the answer */
+    char session_out[SRV_ID_MAX]; /* session jobs: the session created, forked or restored */
+    double t_admit, t_prefilled, t_first, t_done;
+} srv_job;
+
+double srv_now(void); /* CLOCK_MONOTONIC seconds */
+
+/* A new job with one reference; NULL when out of memory. A generation job takes ownership of
+ * *req (zeroing it). */
+srv_job *srv_job_new(srv_job_kind kind, srv_gen_req *req);
+void srv_job_ref(srv_job *j);
+void srv_job_unref(srv_job *j);
+
+/* Scheduler side. */
+void srv_job_admit(srv_job *j);
+void srv_job_fail(srv_job *j, const srv_error *e);
+/* Makes out[0..out_len) known, of which the first `visible` bytes may be shown. */
+void srv_job_publish(srv_job *j, size_t out_len, size_t visible);
+void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result);
+
+/* HTTP side. Waits until the job is admitted (what == SRV_WAIT_ADMITTED), shows more than
+ * `seen` bytes or is done (SRV_WAIT_MORE), or is done (SRV_WAIT_DONE). Every 100 ms it checks
+ * whether the client on socket fd (-1: none) hung up; returns -1 if so, 0 otherwise. */
+typedef enum { SRV_WAIT_ADMITTED, SRV_WAIT_MORE, SRV_WAIT_DONE } srv_wait;
+int srv_job_wait(srv_job *j, srv_wait what, size_t seen, int fd);
+
+#endif

@@ -1,0 +1,246 @@
+/* srv_request.c: the request parser. Everything a client sends passes through here first, so
+ * every field is checked for type and range and every failure names the field. */
+#include "srv_request.h"
+#include "srv_base64.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int srv_error_set(srv_error *e, int status, const char *type, const char *code, const char *fmt,
+                  ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    e->status = status, e->type = type, e->code = code;
+    return -1;
+}
+
+char *srv_error_json(const srv_error *e) {
+    cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(err, "message", e->message);
+    cJSON_AddStringToObject(err, "type", e->type);
+    cJSON_AddStringToObject(err, "code", e->code);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+int srv_id_valid(const char *s) {
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return n >= 1 && n < SRV_ID_MAX;
+}
+
+static int bad(srv_error *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad(srv_error *e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    e->status = 400, e->type = "invalid_request_error", e->code = "invalid_value";
+    return -1;
+}
+
+/* A number field within [lo, hi]; integer when asked. Absent: leaves *out as it is. */
+static int number_field(const cJSON *o, const char *name, double lo, double hi, int integer,
+                        double *out, srv_error *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v)) return bad(e, "'%s' must be a number", name);
+    double d = v->valuedouble;
+    if (!isfinite(d) || d < lo || d > hi) return bad(e, "'%s' must be in [%g, %g]", name, lo, hi);
+    if (integer && d != floor(d)) return bad(e, "'%s' must be an integer", name);
+    *out = d;
+    return 0;
+}
+
+/* OpenAI fields this server accepts only at their default: anything else is refused, not
+ * silently ignored, so a client never believes it got what it did not. */
+static int default_only(const cJSON *o, srv_error *e) {
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "n")) && !cJSON_IsNull(v) &&
+        !(cJSON_IsNumber(v) && v->valuedouble == 1))
+        return bad(e, "'n' must be 1");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "best_of")) && !cJSON_IsNull(v) &&
+        !(cJSON_IsNumber(v) && v->valuedouble == 1))
+        return bad(e, "'best_of' must be 1");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "echo")) && !cJSON_IsNull(v) && !cJSON_IsFalse(v))
+        return bad(e, "'echo' is not supported");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "logprobs")) && !cJSON_IsNull(v) &&
+        !(cJSON_IsNumber(v) && v->valuedouble == 0))
+        return bad(e, "'logprobs' is not supported");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "suffix")) && !cJSON_IsNull(v))
+        return bad(e, "'suffix' is not supported");
+    const char *zero[] = {"presence_penalty", "frequency_penalty"};
+    for (int i = 0; i < 2; i++)
+        if ((v = cJSON_GetObjectItemCaseSensitive(o, zero[i])) && !cJSON_IsNull(v) &&
+            !(cJSON_IsNumber(v) && v->valuedouble == 0))
+            return bad(e, "'%s' must be 0", zero[i]);
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "logit_bias")) && !cJSON_IsNull(v) &&
+        !(cJSON_IsObject(v) && !v->child))
+        return bad(e, "'logit_bias' is not supported");
+    return 0;
+}
+
+static int known_field(srv_api api, const char *name) {
+    static const char *const common[] = {"prompt", "max_tokens", "temperature", "top_p",
+                                         "top_k",  "min_p",      "seed",        "stop",
+                                         "stream", "user",       "model"};
+    static const char *const openai[] = {"n",
+                                         "best_of",
+                                         "echo",
+                                         "logprobs",
+                                         "suffix",
+                                         "presence_penalty",
+                                         "frequency_penalty",
+                                         "logit_bias"};
+    static const char *const native[] = {"prompt_base64", "session", "timeout"};
+    if (api == SRV_API_SESSION_CREATE)
+        return !strcmp(name, "prompt") || !strcmp(name, "prompt_base64");
+    for (size_t i = 0; i < sizeof common / sizeof *common; i++)
+        if (!strcmp(name, common[i])) return 1;
+    const char *const *extra = api == SRV_API_COMPLETIONS ? openai : native;
+    size_t n = api == SRV_API_COMPLETIONS ? sizeof openai / sizeof *openai
+                                          : sizeof native / sizeof *native;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, extra[i])) return 1;
+    return 0;
+}
+
+static int parse_prompt(const cJSON *o, srv_api api, const srv_limits *lim, srv_gen_req *r,
+                        srv_error *e) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "prompt_base64");
+    if (p && b) return bad(e, "give 'prompt' or 'prompt_base64', not both");
+    if (p) {
+        if (!cJSON_IsString(p)) return bad(e, "'prompt' must be a string");
+        r->prompt_len = strlen(p->valuestring);
+        r->prompt = (uint8_t *)strdup(p->valuestring);
+    } else if (b) {
+        if (!cJSON_IsString(b)) return bad(e, "'prompt_base64' must be a string");
+        r->prompt = srv_base64_decode(b->valuestring, strlen(b->valuestring), &r->prompt_len);
+        if (!r->prompt) return bad(e, "'prompt_base64' is not valid base64");
+    } else if (api == SRV_API_COMPLETIONS) {
+        return bad(e, "'prompt' is required");
+    } else {
+        r->prompt = (uint8_t *)strdup("");
+    }
+    if (!r->prompt) return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    if (r->prompt_len > (size_t)lim->max_prompt_bytes)
+        return bad(e, "the prompt has %zu bytes; at most %d are allowed", r->prompt_len,
+                   lim->max_prompt_bytes);
+    return 0;
+}
+
+static int parse_stop(const cJSON *o, const srv_limits *lim, srv_gen_req *r, srv_error *e) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "stop");
+    if (!s || cJSON_IsNull(s)) return 0;
+    int n = cJSON_IsString(s) ? 1 : cJSON_IsArray(s) ? cJSON_GetArraySize(s) : -1;
+    if (n < 0) return bad(e, "'stop' must be a string or an array of strings");
+    if (n > lim->max_stop) return bad(e, "'stop' has %d entries; at most %d", n, lim->max_stop);
+    r->stops = calloc((size_t)n + 1, sizeof *r->stops);
+    if (!r->stops) return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    const cJSON *it = cJSON_IsString(s) ? s : s->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsString(it)) return bad(e, "'stop' entries must be strings");
+        size_t len = strlen(it->valuestring);
+        if (len == 0) return bad(e, "'stop' entries must not be empty");
+        if (len > (size_t)lim->max_stop_bytes)
+            return bad(e, "'stop' entries may have at most %d bytes", lim->max_stop_bytes);
+        if (!(r->stops[i] = strdup(it->valuestring)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        r->n_stops = i + 1;
+    }
+    return 0;
+}
+
+static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, srv_gen_req *r,
+                        srv_error *e) {
+    for (const cJSON *it = o->child; it; it = it->next)
+        if (!known_field(api, it->string)) return bad(e, "unknown field '%s'", it->string);
+    if (parse_prompt(o, api, lim, r, e)) return -1;
+    if (api == SRV_API_SESSION_CREATE) return 0;
+    if (api == SRV_API_COMPLETIONS && default_only(o, e)) return -1;
+
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "model")) && !cJSON_IsString(v))
+        return bad(e, "'model' must be a string");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "user")) && !cJSON_IsString(v))
+        return bad(e, "'user' must be a string");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "stream")) && !cJSON_IsNull(v)) {
+        if (!cJSON_IsBool(v)) return bad(e, "'stream' must be true or false");
+        r->stream = cJSON_IsTrue(v);
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "session")) && !cJSON_IsNull(v)) {
+        if (!cJSON_IsString(v) || !srv_id_valid(v->valuestring))
+            return bad(e, "'session' must be a session id (1-64 of A-Z a-z 0-9 _ -)");
+        strcpy(r->session, v->valuestring);
+    }
+
+    double d = lim->default_max_tokens;
+    if (number_field(o, "max_tokens", 0, lim->max_tokens_limit, 1, &d, e)) return -1;
+    r->max_tokens = (int)d;
+    d = 1;
+    if (number_field(o, "temperature", 0, 2, 0, &d, e)) return -1;
+    r->sampling.temperature = (float)d;
+    d = 1;
+    if (number_field(o, "top_p", 0, 1, 0, &d, e)) return -1;
+    if (d <= 0) return bad(e, "'top_p' must be in (0, 1]");
+    r->sampling.top_p = (float)d;
+    d = 0;
+    if (number_field(o, "top_k", 0, 256, 1, &d, e)) return -1;
+    r->sampling.top_k = (int)d;
+    d = 0;
+    if (number_field(o, "min_p", 0, 1, 0, &d, e)) return -1;
+    r->sampling.min_p = (float)d;
+    d = -1;
+    /* JSON numbers are doubles: seeds above 2^53 would silently change. */
+    if (number_field(o, "seed", 0, 9007199254740992.0, 1, &d, e)) return -1;
+    r->seed_given = d >= 0;
+    r->sampling.seed = d >= 0 ? (uint64_t)d : 0;
+    d = lim->max_timeout_s;
+    if (number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e)) return -1;
+    r->timeout_s = d;
+    if (api == SRV_API_GENERATE && !r->session[0] && r->prompt_len == 0)
+        return bad(e, "'prompt' must not be empty without a session");
+    if (api == SRV_API_COMPLETIONS && r->prompt_len == 0)
+        return bad(e, "'prompt' must not be empty");
+    return parse_stop(o, lim, r, e);
+}
+
+int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
+                      srv_gen_req *r, srv_error *e) {
+    memset(r, 0, sizeof *r);
+    r->api = api;
+    mb_sampling_default(&r->sampling);
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    int rc;
+    if (!root)
+        rc = srv_error_set(e, 400, "invalid_request_error", "invalid_json",
+                           "the body is not valid JSON");
+    else if (!cJSON_IsObject(root))
+        rc = bad(e, "the body must be a JSON object");
+    else
+        rc = parse_object(root, api, lim, r, e);
+    cJSON_Delete(root);
+    if (rc) srv_gen_req_free(r);
+    return rc;
+}
+
+void srv_gen_req_free(srv_gen_req *r) {
+    free(r->prompt);
+    if (r->stops)
+        for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    free(r->stops);
+    memset(r, 0, sizeof *r);
+}

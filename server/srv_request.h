@@ -1,0 +1,65 @@
+/* srv_request.h: request bodies, parsed and validated with cJSON before anything queues them,
+ * and the JSON error every failure turns into. */
+#ifndef SRV_REQUEST_H
+#define SRV_REQUEST_H
+
+#include "mambabyte.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SRV_ID_MAX 65 /* session and request ids: up to 64 of [A-Za-z0-9_-] */
+
+/* {"error": {"message", "type", "code"}} with the HTTP status it goes out with. */
+typedef struct srv_error {
+    int status;
+    const char *type;
+    const char *code;
+    char message[256];
+} srv_error;
+
+/* Fills e and returns -1, for `return srv_error_set(...)`. */
+int srv_error_set(srv_error *e, int status, const char *type, const char *code, const char *fmt,
+                  ...) __attribute__((format(printf, 5, 6)));
+/* The error as a malloc'd JSON body. */
+char *srv_error_json(const srv_error *e);
+
+typedef enum {
+    SRV_API_COMPLETIONS,    /* POST /v1/completions (OpenAI) */
+    SRV_API_GENERATE,       /* POST /v1/generate (native) */
+    SRV_API_SESSION_CREATE, /* POST /v1/sessions: an optional prompt to prefill */
+} srv_api;
+
+typedef struct srv_limits {
+    int max_prompt_bytes;
+    int max_tokens_limit;
+    int default_max_tokens;
+    int max_stop;
+    int max_stop_bytes;
+    double max_timeout_s;
+} srv_limits;
+
+typedef struct srv_gen_req {
+    srv_api api;
+    uint8_t *prompt; /* prompt_len bytes (+ a NUL), exact: from a JSON string or base64 */
+    size_t prompt_len;
+    int max_tokens; /* output bytes */
+    mb_sampling sampling;
+    int seed_given; /* 0: the caller draws a seed and reports it */
+    char **stops;
+    int n_stops;
+    int stream;
+    char session[SRV_ID_MAX]; /* "" when the request has no session */
+    double timeout_s;         /* the request's deadline, from arrival */
+} srv_gen_req;
+
+/* Parses body for api. On success fills r (free with srv_gen_req_free) and returns 0; otherwise
+ * fills e (400 with a message naming the field) and returns -1, leaving nothing to free. */
+int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
+                      srv_gen_req *r, srv_error *e);
+void srv_gen_req_free(srv_gen_req *r);
+
+/* 1 if s is a well-formed id (1..64 of [A-Za-z0-9_-]): ids become file names. */
+int srv_id_valid(const char *s);
+
+#endif

@@ -1,0 +1,241 @@
+/* srv_response.c: JSON bodies and SSE framing for generation answers. */
+#include "srv_response.h"
+#include "srv_base64.h"
+#include "srv_text.h"
+
+#include <cJSON.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *srv_finish_name(srv_finish f) {
+    switch (f) {
+    case SRV_FINISH_LENGTH:
+        return "length";
+    case SRV_FINISH_STOP:
+        return "stop";
+    case SRV_FINISH_TIMEOUT:
+        return "timeout";
+    case SRV_FINISH_CANCELLED:
+        return "cancelled";
+    default:
+        return NULL;
+    }
+}
+
+/* bytes as text (invalid UTF-8 replaced) in a JSON string literal, added raw: cJSON strings
+ * stop at NUL, and a byte model may well write one. */
+static void add_text(cJSON *o, const char *name, const uint8_t *b, size_t n, int final,
+                     size_t *used) {
+    char *t = malloc(3 * n + 1);
+    size_t u = 0, len = t ? srv_utf8_text(b, n, final, t, &u) : 0;
+    char *q = t ? srv_json_quote(t, len) : NULL;
+    cJSON_AddRawToObject(o, name, q ? q : "\"\"");
+    free(t);
+    free(q);
+    if (used) *used = t ? u : n;
+}
+
+static void add_base64(cJSON *o, const char *name, const uint8_t *b, size_t n) {
+    char *s = srv_base64_encode(b, n);
+    cJSON_AddStringToObject(o, name, s ? s : "");
+    free(s);
+}
+
+static double ms(double a, double b) {
+    return a > 0 && b > 0 && b >= a ? (b - a) * 1e3 : 0;
+}
+
+static void add_timings(cJSON *o, const srv_job *j) {
+    cJSON *t = cJSON_AddObjectToObject(o, "timings");
+    cJSON_AddNumberToObject(t, "queue_ms", ms(j->t_arrive, j->t_admit));
+    cJSON_AddNumberToObject(t, "prefill_ms", ms(j->t_admit, j->t_prefilled));
+    cJSON_AddNumberToObject(t, "ttfb_ms", ms(j->t_arrive, j->t_first));
+    double decode = ms(j->t_first, j->t_done);
+    cJSON_AddNumberToObject(t, "decode_ms", decode);
+    cJSON_AddNumberToObject(t, "total_ms", ms(j->t_arrive, j->t_done));
+    cJSON_AddNumberToObject(t, "bytes_per_second",
+                            decode > 0 && j->out_len > 1 ? (double)(j->out_len - 1) * 1e3 / decode
+                                                         : 0);
+}
+
+static void add_usage(cJSON *o, const srv_job *j) {
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    double p = (double)j->req.prompt_len, c = (double)j->out_visible;
+    if (j->req.api == SRV_API_COMPLETIONS) {
+        /* For a byte model a token is a byte. */
+        cJSON_AddNumberToObject(u, "prompt_tokens", p);
+        cJSON_AddNumberToObject(u, "completion_tokens", c);
+        cJSON_AddNumberToObject(u, "total_tokens", p + c);
+    } else {
+        cJSON_AddNumberToObject(u, "prompt_bytes", p);
+        cJSON_AddNumberToObject(u, "completion_bytes", c);
+        cJSON_AddNumberToObject(u, "generated_bytes", (double)j->out_len);
+    }
+}
+
+static cJSON *head(const srv_job *j, const char *object, const char *model, long created) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "model", model);
+    return o;
+}
+
+static void add_native_tail(cJSON *o, const srv_job *j) {
+    const char *f = srv_finish_name(j->finish);
+    if (f)
+        cJSON_AddStringToObject(o, "finish_reason", f);
+    else
+        cJSON_AddNullToObject(o, "finish_reason");
+    cJSON_AddNumberToObject(o, "seed", (double)j->req.sampling.seed);
+    if (j->req.session[0]) cJSON_AddStringToObject(o, "session", j->req.session);
+    add_usage(o, j);
+    add_timings(o, j);
+}
+
+static cJSON *completion_choice(cJSON *o, const uint8_t *b, size_t n, int final, size_t *used,
+                                const char *finish) {
+    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(ch, c);
+    add_text(c, "text", b, n, final, used);
+    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNullToObject(c, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    return c;
+}
+
+static char *print_free(cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+char *srv_response_body(const srv_job *j, const char *model, long created) {
+    if (j->req.api == SRV_API_COMPLETIONS) {
+        cJSON *o = head(j, "text_completion", model, created);
+        completion_choice(o, j->out, j->out_visible, 1, NULL, srv_finish_name(j->finish));
+        add_usage(o, j);
+        return print_free(o);
+    }
+    cJSON *o = head(j, "generation", model, created);
+    add_text(o, "text", j->out, j->out_visible, 1, NULL);
+    add_base64(o, "bytes_base64", j->out, j->out_visible);
+    add_native_tail(o, j);
+    return print_free(o);
+}
+
+/* ---- Server-Sent Events ---- */
+
+struct srv_stream {
+    srv_job *job;
+    char model[256];
+    long created;
+    int fd;
+    size_t *sent;
+    size_t seen;  /* out_visible when last looked at */
+    size_t taken; /* bytes of output already sent as text */
+    char *buf;    /* framed events not yet handed to MHD */
+    size_t len, off, cap;
+    int ended;
+};
+
+srv_stream *srv_stream_new(srv_job *j, const char *model, long created, int fd, size_t *sent) {
+    srv_stream *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    srv_job_ref(j);
+    st->job = j;
+    snprintf(st->model, sizeof st->model, "%s", model);
+    st->created = created, st->fd = fd, st->sent = sent;
+    return st;
+}
+
+void srv_stream_free(void *cls) {
+    srv_stream *st = cls;
+    srv_job_unref(st->job);
+    free(st->buf);
+    free(st);
+}
+
+/* Appends "data: <json>\n\n"; frees json. */
+static int event(srv_stream *st, char *json) {
+    const char *s = json ? json : "{}";
+    size_t n = strlen(s) + 8;
+    if (st->len + n + 1 > st->cap) {
+        size_t cap = (st->len + n + 1) * 2;
+        char *b = realloc(st->buf, cap);
+        if (!b) {
+            free(json);
+            return -1;
+        }
+        st->buf = b, st->cap = cap;
+    }
+    st->len += (size_t)sprintf(st->buf + st->len, "data: %s\n\n", s);
+    free(json);
+    return 0;
+}
+
+/* Events for out[taken..visible), and the closing events once the job is done. */
+static int frame(srv_stream *st, size_t visible, int done) {
+    srv_job *j = st->job;
+    const uint8_t *b = j->out + st->taken;
+    size_t n = visible - st->taken, used = 0;
+    int native = j->req.api != SRV_API_COMPLETIONS;
+    if (n > 0) {
+        cJSON *o = head(j, native ? "generation.chunk" : "text_completion", st->model, st->created);
+        if (native) {
+            add_text(o, "text", b, n, done, &used);
+            add_base64(o, "bytes_base64", b, used);
+        } else {
+            completion_choice(o, b, n, done, &used, NULL);
+        }
+        /* A chunk that is only the start of a UTF-8 sequence waits for the rest. */
+        if (used > 0) {
+            if (event(st, print_free(o))) return -1;
+        } else {
+            cJSON_Delete(o);
+        }
+        st->taken += used;
+    }
+    if (!done) return 0;
+    if (j->failed) {
+        if (event(st, srv_error_json(&j->err))) return -1;
+    } else if (native) {
+        cJSON *o = head(j, "generation.done", st->model, st->created);
+        add_native_tail(o, j);
+        if (event(st, print_free(o))) return -1;
+    } else {
+        cJSON *o = head(j, "text_completion", st->model, st->created);
+        completion_choice(o, NULL, 0, 1, NULL, srv_finish_name(j->finish));
+        add_usage(o, j);
+        if (event(st, print_free(o))) return -1;
+    }
+    st->ended = 1;
+    return event(st, strdup("[DONE]"));
+}
+
+ssize_t srv_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    srv_stream *st = cls;
+    while (st->off == st->len) {
+        if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+        st->off = st->len = 0;
+        if (srv_job_wait(st->job, SRV_WAIT_MORE, st->seen, st->fd))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        pthread_mutex_lock(&st->job->mu);
+        size_t visible = st->job->out_visible;
+        int done = st->job->done;
+        pthread_mutex_unlock(&st->job->mu);
+        st->seen = visible;
+        if (frame(st, visible, done)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = st->len - st->off < max ? st->len - st->off : max;
+    memcpy(buf, st->buf + st->off, n);
+    st->off += n;
+    *st->sent += n;
+    return (ssize_t)n;
+}

@@ -1,0 +1,597 @@
+/* srv_sched.c: the scheduler thread: admission from the queue, session operations, and the
+ * step loop of continuous batching over the engine's state pool. */
+#include "srv_sched.h"
+#include "srv_base64.h"
+#include "srv_id.h"
+#include "srv_session.h"
+#include "srv_text.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* A generation in progress: its slot, its input and how far it has got. */
+typedef struct seq {
+    srv_job *job;
+    srv_session *sess; /* NULL: a one-off request in a slot of its own */
+    int slot;
+    uint8_t *input; /* the session's pending byte, then the prompt */
+    size_t input_len;
+    size_t feed_target; /* input bytes to feed: all, or all but the last when nothing is sampled */
+    size_t fed_input;   /* input bytes fed so far */
+    size_t fed_total;   /* all bytes fed into the slot by this request (input and output) */
+    unsigned long long hist_base; /* session bytes already in the state before this request */
+    size_t n_out;
+    size_t max_stop_len;
+    double t_last; /* when the last byte was generated */
+} seq;
+
+typedef struct job_list {
+    srv_job **j;
+    int n, cap;
+} job_list;
+
+struct srv_sched {
+    mb_model *model;
+    mb_pool *pool;
+    srv_slots *slots;
+    srv_metrics *mx;
+    cfg c;
+    int n_vocab, n_slots;
+    pthread_t thread;
+    int started;
+
+    pthread_mutex_t mu; /* guards the fields down to n_free */
+    pthread_cond_t cv;
+    job_list incoming; /* generation jobs not yet seen by the scheduler */
+    job_list control;  /* session jobs */
+    int n_waiting;     /* generation jobs submitted and not yet admitted or failed */
+    int n_running;
+    int n_free; /* slots not held by running requests, as of the last step */
+    int draining, cancel_all, stopping;
+
+    /* Owned by the scheduler thread. */
+    job_list waiting;
+    seq *run; /* n_run of n_slots, in order of admission */
+    int n_run;
+    int rr; /* where the next decode round starts when not all running sequences fit */
+    int32_t *tokens;
+    int *off, *slot_of;          /* n_slots + 1, n_slots: the mb_batch */
+    int *seq_of, *took, *row_of; /* per batch entry: run[] index, tokens fed, logits row or -1 */
+    int *entry_of;               /* per run[] index: its batch entry or -1 */
+    uint8_t *want;
+    float *logits;
+    void *scratch;
+};
+
+static int list_push(job_list *l, srv_job *j) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 64;
+        srv_job **nj = realloc(l->j, (size_t)cap * sizeof *nj);
+        if (!nj) return -1;
+        l->j = nj, l->cap = cap;
+    }
+    l->j[l->n++] = j;
+    return 0;
+}
+
+static void list_remove(job_list *l, int i) {
+    memmove(l->j + i, l->j + i + 1, (size_t)(l->n - i - 1) * sizeof *l->j);
+    l->n--;
+}
+
+int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e) {
+    int gen = j->kind == SRV_JOB_GENERATE, rc = 0;
+    pthread_mutex_lock(&s->mu);
+    if (s->draining) {
+        rc = srv_error_set(e, 503, "server_error", "shutting_down", "the server is shutting down");
+    } else if (gen && s->n_waiting - s->n_free >= s->c.queue_limit) {
+        rc = srv_error_set(e, 429, "rate_limit_error", "queue_full",
+                           "too many requests are waiting (queue_limit %d); retry later",
+                           s->c.queue_limit);
+    } else if (list_push(gen ? &s->incoming : &s->control, j)) {
+        rc = srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    } else {
+        srv_job_ref(j);
+        s->n_waiting += gen;
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static void waiting_done(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    s->n_waiting--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- session jobs ---- */
+
+static cJSON *session_json(const srv_session *x) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", x->id);
+    cJSON_AddStringToObject(o, "object", "session");
+    cJSON_AddNumberToObject(o, "n_bytes", (double)x->n_bytes);
+    cJSON_AddBoolToObject(o, "resident", x->slot >= 0);
+    cJSON_AddBoolToObject(o, "busy", x->busy);
+    return o;
+}
+
+static char *print_free(cJSON *o) {
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return t;
+}
+
+static char *session_result(const srv_session *x) {
+    return print_free(session_json(x));
+}
+
+/* Runs one session job; returns its JSON answer or NULL with e filled. */
+static char *session_op(srv_sched *s, srv_job *j, srv_error *e) {
+    srv_session *x = NULL;
+    char id[SRV_ID_MAX];
+    if (j->kind == SRV_JOB_SESSION_LIST) {
+        cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "data");
+        cJSON_AddStringToObject(o, "object", "list");
+        for (int i = 0; i < srv_session_count(s->slots); i++)
+            cJSON_AddItemToArray(a, session_json(srv_session_at(s->slots, i)));
+        return print_free(o);
+    }
+    if (j->kind == SRV_JOB_SESSION_CREATE) {
+        srv_new_id("sess-", id, sizeof id);
+        if (!(x = srv_session_add(s->slots, id))) {
+            srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
+                          "%d sessions are held; delete some", s->c.max_sessions);
+            return NULL;
+        }
+        snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
+        return session_result(x);
+    }
+    if (j->kind == SRV_JOB_SESSION_RESTORE) {
+        if (!(x = srv_session_restore(s->slots, j->session, s->c.session_dir, e))) return NULL;
+        snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
+        return session_result(x);
+    }
+    if (!(x = srv_session_find(s->slots, j->session))) {
+        srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s", j->session);
+        return NULL;
+    }
+    if (j->kind == SRV_JOB_SESSION_INFO) return session_result(x);
+    if (x->busy) {
+        srv_error_set(e, 409, "conflict_error", "session_busy",
+                      "session %s is in use by a running request", x->id);
+        return NULL;
+    }
+    if (j->kind == SRV_JOB_SESSION_DELETE) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", x->id);
+        cJSON_AddStringToObject(o, "object", "session");
+        cJSON_AddBoolToObject(o, "deleted", 1);
+        srv_session_remove(s->slots, x);
+        return print_free(o);
+    }
+    if (j->kind == SRV_JOB_SESSION_FORK) {
+        srv_new_id("sess-", id, sizeof id);
+        srv_session *y = srv_session_fork(s->slots, x, id);
+        if (!y) {
+            srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
+                          "%d sessions are held; delete some", s->c.max_sessions);
+            return NULL;
+        }
+        snprintf(j->session_out, sizeof j->session_out, "%s", y->id);
+        return session_result(y);
+    }
+    if (srv_session_save(s->slots, x, s->c.session_dir, e)) return NULL;
+    cJSON *o = session_json(x);
+    cJSON_AddBoolToObject(o, "saved", 1);
+    return print_free(o);
+}
+
+static void run_control(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    job_list l = s->control;
+    memset(&s->control, 0, sizeof s->control);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < l.n; i++) {
+        srv_error e;
+        char *r = session_op(s, l.j[i], &e);
+        if (r)
+            srv_job_finish(l.j[i], SRV_FINISH_NONE, 0, r);
+        else
+            srv_job_fail(l.j[i], &e);
+        srv_job_unref(l.j[i]);
+    }
+    free(l.j);
+}
+
+/* ---- admission ---- */
+
+/* 1: admitted, 0: must wait for a slot, -1: failed (e filled). */
+static int admit(srv_sched *s, srv_job *j, srv_error *e) {
+    srv_gen_req *r = &j->req;
+    srv_session *x = NULL;
+    if (r->session[0]) {
+        if (!(x = srv_session_find(s->slots, r->session)))
+            return srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s",
+                                 r->session);
+        if (x->busy)
+            return srv_error_set(e, 409, "conflict_error", "session_busy",
+                                 "session %s is in use by a running request", x->id);
+        if (!x->has_pending && r->prompt_len == 0 && r->max_tokens > 0)
+            return srv_error_set(e, 400, "invalid_request_error", "invalid_value",
+                                 "session %s has nothing to continue from; give a prompt", x->id);
+        if (srv_session_resident(s->slots, x)) return 0;
+    }
+    int slot = x ? x->slot : srv_slot_take(s->slots);
+    if (slot < 0) return 0;
+    size_t pend = x && x->has_pending;
+    seq q = {.job = j, .sess = x, .slot = slot, .input_len = pend + r->prompt_len};
+    if (!(q.input = malloc(q.input_len + 1))) {
+        if (!x) srv_slot_release(s->slots, slot);
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    }
+    if (pend) q.input[0] = x->pending;
+    memcpy(q.input + pend, r->prompt, r->prompt_len);
+    /* Without output, the last input byte stays pending: it is the one that will give logits. */
+    q.feed_target = r->max_tokens > 0 || !q.input_len ? q.input_len : q.input_len - 1;
+    for (int i = 0; i < r->n_stops; i++) {
+        size_t l = strlen(r->stops[i]);
+        if (l > q.max_stop_len) q.max_stop_len = l;
+    }
+    if (x) {
+        x->busy = 1;
+        q.hist_base = x->n_bytes - pend;
+    }
+    q.t_last = srv_now();
+    s->run[s->n_run++] = q;
+    srv_job_admit(j);
+    return 1;
+}
+
+static void admit_waiting(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->incoming.n; i++) list_push(&s->waiting, s->incoming.j[i]);
+    s->incoming.n = 0;
+    int cancel_all = s->cancel_all;
+    pthread_mutex_unlock(&s->mu);
+    double now = srv_now();
+    for (int i = 0; i < s->waiting.n;) {
+        srv_job *j = s->waiting.j[i];
+        srv_error e;
+        int rc;
+        if (cancel_all)
+            rc = srv_error_set(&e, 503, "server_error", "shutting_down",
+                               "the server is shutting down");
+        else if (atomic_load(&j->cancelled))
+            rc = srv_error_set(&e, 499, "invalid_request_error", "cancelled",
+                               "the client closed the connection");
+        else if (now > j->deadline)
+            rc = srv_error_set(&e, 503, "server_error", "timeout",
+                               "the request waited past its deadline for a slot");
+        else if (s->n_run == s->n_slots)
+            rc = 0;
+        else
+            rc = admit(s, j, &e);
+        if (rc == 0) {
+            i++;
+            continue;
+        }
+        if (rc < 0) {
+            srv_job_fail(j, &e);
+            srv_job_unref(j);
+        }
+        list_remove(&s->waiting, i);
+        waiting_done(s);
+    }
+}
+
+/* ---- retiring ---- */
+
+static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
+    seq *q = &s->run[i];
+    srv_session *x = q->sess;
+    if (x) {
+        /* The state holds every byte fed; a byte sampled last and not fed yet stays pending. */
+        if (q->n_out > 0) {
+            x->has_pending = 1;
+            x->pending = q->job->out[q->n_out - 1];
+        } else if (q->feed_target < q->input_len && q->fed_input == q->feed_target) {
+            x->has_pending = 1;
+            x->pending = q->input[q->input_len - 1];
+        } else {
+            x->has_pending = 0;
+        }
+        x->n_bytes = q->hist_base + q->fed_total + (unsigned)x->has_pending;
+        x->busy = 0;
+    } else {
+        srv_slot_release(s->slots, q->slot);
+    }
+    if (why != SRV_FINISH_NONE) srv_job_finish(q->job, why, visible, NULL);
+    srv_job_unref(q->job);
+    free(q->input);
+    memmove(s->run + i, s->run + i + 1, (size_t)(s->n_run - i - 1) * sizeof *s->run);
+    s->n_run--;
+}
+
+/* An engine failure leaves the states of the batch unknown: sessions start over empty. */
+static void fail_running(srv_sched *s, const char *msg) {
+    srv_error e;
+    srv_error_set(&e, 500, "server_error", "engine_error", "%s", msg);
+    while (s->n_run) {
+        srv_session *x = s->run[0].sess;
+        srv_job_fail(s->run[0].job, &e);
+        retire(s, 0, SRV_FINISH_NONE, 0);
+        if (x) {
+            mb_pool_reset(s->pool, x->slot);
+            x->n_bytes = 0;
+            x->has_pending = 0;
+        }
+    }
+}
+
+static void check_running(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int cancel_all = s->cancel_all;
+    pthread_mutex_unlock(&s->mu);
+    double now = srv_now();
+    for (int i = 0; i < s->n_run;) {
+        srv_job *j = s->run[i].job;
+        size_t vis = j->out_visible;
+        if (cancel_all || atomic_load(&j->cancelled))
+            retire(s, i, SRV_FINISH_CANCELLED, vis);
+        else if (now > j->deadline)
+            retire(s, i, SRV_FINISH_TIMEOUT, vis);
+        else if (s->run[i].fed_input == s->run[i].feed_target && j->req.max_tokens == 0)
+            retire(s, i, SRV_FINISH_LENGTH, 0);
+        else
+            i++;
+    }
+}
+
+/* ---- the step ---- */
+
+/* Appends the byte sampled for run[i], checks stop strings and the length, retiring it when done.
+ */
+static void take_byte(srv_sched *s, int i, const float *row, double now) {
+    seq *q = &s->run[i];
+    srv_job *j = q->job;
+    const srv_gen_req *r = &j->req;
+    /* The draw depends on the byte's position in the whole history (session included), so the
+     * output never depends on batching, and a continued session equals one long request. */
+    uint64_t pos = q->hist_base + q->input_len + q->n_out;
+    int b = mb_sample(&r->sampling, row, s->n_vocab, pos, s->scratch);
+    j->out[q->n_out++] = (uint8_t)b;
+    if (q->n_out == 1) {
+        j->t_first = now;
+        srv_metrics_observe(s->mx, SRV_H_TTFB, now - j->t_arrive);
+    } else {
+        srv_metrics_observe(s->mx, SRV_H_BYTE_LATENCY, now - q->t_last);
+    }
+    q->t_last = now;
+    const char *const *stops = (const char *const *)r->stops;
+    /* Checked after every byte, a stop string can only end at the newest byte. */
+    size_t from = q->n_out > q->max_stop_len ? q->n_out - q->max_stop_len : 0;
+    long at = r->n_stops ? mb_stop_find(stops, r->n_stops, j->out + from, q->n_out - from) : -1;
+    if (at >= 0) {
+        srv_job_publish(j, q->n_out, 0);
+        retire(s, i, SRV_FINISH_STOP, from + (size_t)at);
+    } else if (q->n_out == (size_t)r->max_tokens) {
+        srv_job_publish(j, q->n_out, q->n_out);
+        retire(s, i, SRV_FINISH_LENGTH, q->n_out);
+    } else {
+        size_t hold = srv_stop_holdback(stops, r->n_stops, j->out, q->n_out);
+        srv_job_publish(j, q->n_out, q->n_out - hold);
+    }
+}
+
+/* Builds one batch within max_batch_tokens: a byte for decoding sequences first (taking turns
+ * when they do not all fit), then prompt chunks in order of arrival; runs it and samples. */
+static void step(srv_sched *s) {
+    int budget = s->c.max_batch_tokens, n = 0, nt = 0, served = 0;
+    size_t prompt_bytes = 0;
+    for (int k = 0; k < s->n_run && budget > 0; k++) {
+        int i = (s->rr + k) % s->n_run;
+        seq *q = &s->run[i];
+        if (q->n_out == 0) continue;
+        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->took[n] = 1, s->off[n] = nt;
+        s->want[nt] = 1;
+        s->tokens[nt++] = q->job->out[q->n_out - 1];
+        n++, budget--, served++;
+    }
+    if (s->n_run) s->rr = (s->rr + served) % s->n_run;
+    for (int i = 0; i < s->n_run && budget > 0; i++) {
+        seq *q = &s->run[i];
+        if (q->n_out > 0 || q->fed_input == q->feed_target) continue;
+        size_t left = q->feed_target - q->fed_input, take = (size_t)s->c.prefill_chunk;
+        if (take > left) take = left;
+        if (take > (size_t)budget) take = (size_t)budget;
+        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->took[n] = (int)take, s->off[n] = nt;
+        for (size_t t = 0; t < take; t++) {
+            s->want[nt] = 0;
+            s->tokens[nt++] = q->input[q->fed_input + t];
+        }
+        /* Logits only for the last prompt byte, and only when something is sampled from it. */
+        if (take == left && q->job->req.max_tokens > 0) s->want[nt - 1] = 1;
+        n++, budget -= (int)take, prompt_bytes += take;
+    }
+    if (n == 0) return;
+    s->off[n] = nt;
+    mb_batch b = {
+        .n_seq = n, .tokens = s->tokens, .off = s->off, .slot = s->slot_of, .want = s->want};
+    double t0 = srv_now();
+    mb_err e;
+    if (mb_forward(s->model, s->pool, &b, s->logits, &e)) {
+        fprintf(stderr, "mambabyte: forward failed: %s\n", e.msg);
+        fail_running(s, e.msg);
+        return;
+    }
+    double now = srv_now();
+    int row = 0, sampled = 0;
+    for (int i = 0; i < s->n_run; i++) s->entry_of[i] = -1;
+    for (int k = 0; k < n; k++) {
+        seq *q = &s->run[s->seq_of[k]];
+        s->entry_of[s->seq_of[k]] = k;
+        if (q->n_out == 0) q->fed_input += (size_t)s->took[k];
+        q->fed_total += (size_t)s->took[k];
+        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row++ : -1;
+        if (q->n_out == 0 && q->fed_input == q->feed_target) q->job->t_prefilled = now;
+    }
+    /* Sampling may retire a sequence, which shifts run[] above it: go from the top down. */
+    for (int i = s->n_run - 1; i >= 0; i--) {
+        int k = s->entry_of[i];
+        if (k < 0 || s->row_of[k] < 0) continue;
+        take_byte(s, i, s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab, now);
+        sampled++;
+    }
+    srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, now - t0);
+}
+
+static void publish_gauges(srv_sched *s) {
+    srv_gauges g = {.slots_total = s->n_slots, .sessions = srv_session_count(s->slots)};
+    srv_slots_counts(s->slots, &g.slots_active, &g.slots_idle, &g.sessions_spilled);
+    pthread_mutex_lock(&s->mu);
+    g.queue_depth = s->n_waiting;
+    s->n_running = s->n_run;
+    s->n_free = s->n_slots - g.slots_active;
+    pthread_mutex_unlock(&s->mu);
+    srv_metrics_set_gauges(s->mx, &g);
+}
+
+static void *sched_main(void *arg) {
+    srv_sched *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stopping && !s->control.n && !s->incoming.n && !s->n_run && !s->waiting.n &&
+               !s->cancel_all) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+        int stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop) break;
+        run_control(s);
+        check_running(s);
+        admit_waiting(s);
+        check_running(s);
+        step(s);
+        publish_gauges(s);
+        /* Only waiting jobs and nothing running: they wait for a deadline; do not spin. */
+        if (!s->n_run && s->waiting.n) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e) {
+    srv_sched *s = calloc(1, sizeof *s);
+    if (!s) {
+        mb_fail(e, "out of memory");
+        return NULL;
+    }
+    s->model = m, s->mx = mx, s->c = *c;
+    s->n_vocab = mb_model_config(m)->n_vocab;
+    s->n_slots = c->slots;
+    s->n_free = c->slots;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (!(s->pool = mb_pool_create(m, c->slots, c->max_batch_tokens, e))) goto fail;
+    size_t ns = (size_t)c->slots, nb = (size_t)c->max_batch_tokens;
+    s->slots = srv_slots_new(s->pool, c->max_sessions);
+    s->run = calloc(ns, sizeof *s->run);
+    s->tokens = calloc(nb, sizeof *s->tokens);
+    s->want = calloc(nb, 1);
+    s->off = calloc(ns + 1, sizeof(int));
+    s->slot_of = calloc(ns, sizeof(int));
+    s->seq_of = calloc(ns, sizeof(int));
+    s->took = calloc(ns, sizeof(int));
+    s->row_of = calloc(ns, sizeof(int));
+    s->entry_of = calloc(ns, sizeof(int));
+    s->logits = calloc(ns * (size_t)s->n_vocab, sizeof(float));
+    s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
+    if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||
+        !s->took || !s->row_of || !s->entry_of || !s->logits || !s->scratch) {
+        mb_fail(e, "out of memory for %d slots", c->slots);
+        goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, sched_main, s)) {
+        mb_fail(e, "cannot start the scheduler thread");
+        goto fail;
+    }
+    s->started = 1;
+    return s;
+fail:
+    srv_sched_stop(s);
+    return NULL;
+}
+
+void srv_sched_drain(srv_sched *s, double deadline) {
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    pthread_mutex_unlock(&s->mu);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int busy = s->n_running + s->n_waiting + s->incoming.n + s->control.n;
+        if (srv_now() > deadline) s->cancel_all = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        if (!busy) return;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void fail_list(job_list *l) {
+    srv_error e;
+    srv_error_set(&e, 503, "server_error", "shutting_down", "the server is shutting down");
+    for (int i = 0; i < l->n; i++) {
+        srv_job_fail(l->j[i], &e);
+        srv_job_unref(l->j[i]);
+    }
+    free(l->j);
+}
+
+void srv_sched_stop(srv_sched *s) {
+    if (!s) return;
+    if (s->started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    while (s->n_run)
+        retire(s, s->n_run - 1, SRV_FINISH_CANCELLED, s->run[s->n_run - 1].job->out_visible);
+    fail_list(&s->waiting);
+    fail_list(&s->incoming);
+    fail_list(&s->control);
+    srv_slots_free(s->slots);
+    if (s->pool) mb_pool_free(s->pool);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->run);
+    free(s->tokens);
+    free(s->want);
+    free(s->off);
+    free(s->slot_of);
+    free(s->seq_of);
+    free(s->took);
+    free(s->row_of);
+    free(s->entry_of);
+    free(s->logits);
+    free(s->scratch);
+    free(s);
+}

@@ -1,0 +1,91 @@
+/* srv_serve.c: `mambabyte serve`: settings, then the HTTP daemon (answering /health with 503
+ * while the model loads), the model and the scheduler, then wait for SIGTERM/SIGINT and shut
+ * down gracefully: refuse new work, let running requests finish until shutdown_timeout_s, then
+ * cancel the rest. */
+#include "serve.h"
+#include "cfg.h"
+#include "srv_http.h"
+#include "srv_metrics.h"
+#include "srv_sched.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *base_name(const char *path, char *buf, size_t n) {
+    snprintf(buf, n, "%s", path);
+    size_t len = strlen(buf);
+    while (len > 1 && buf[len - 1] == '/') buf[--len] = 0;
+    const char *slash = strrchr(buf, '/');
+    return slash ? slash + 1 : buf;
+}
+
+int srv_main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            cfg_usage(stdout);
+            return 0;
+        }
+    cfg c;
+    char err[512];
+    if (cfg_load(&c, argc - 1, argv + 1, err, sizeof err)) {
+        fprintf(stderr, "mambabyte serve: %s\n", err);
+        return 2;
+    }
+    /* Signals are taken by sigwait below; every thread started from here inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    srv_metrics *mx = srv_metrics_new();
+    srv_http *h = mx ? srv_http_start(&c, mx, err, sizeof err) : NULL;
+    if (!h) {
+        fprintf(stderr, "mambabyte serve: %s\n", mx ? err : "out of memory");
+        srv_metrics_free(mx);
+        return 1;
+    }
+    fprintf(stderr, "mambabyte serve: listening on http://%s:%d, loading %s\n", c.host,
+            srv_http_port(h), c.model);
+    if (c.draft[0])
+        fprintf(stderr,
+                "mambabyte serve: speculative decoding is not built yet; serving %s "
+                "without the drafter %s\n",
+                c.model, c.draft);
+    mb_err e;
+    mb_backend_opts o = {.n_threads = c.threads};
+    mb_model *m = mb_model_load(c.model, &o, &e);
+    srv_sched *s = NULL;
+    int rc = 1;
+    if (!m) {
+        fprintf(stderr, "mambabyte serve: %s\n", e.msg);
+    } else if (mb_model_config(m)->n_vocab != 256) {
+        fprintf(stderr,
+                "mambabyte serve: %s has a vocabulary of %d; the server needs a byte "
+                "model (256)\n",
+                c.model, mb_model_config(m)->n_vocab);
+    } else if (!(s = srv_sched_start(m, &c, mx, &e))) {
+        fprintf(stderr, "mambabyte serve: %s\n", e.msg);
+    } else {
+        char buf[1024];
+        const char *name = c.model_name[0] ? c.model_name : base_name(c.model, buf, sizeof buf);
+        srv_http_ready(h, s, name, mb_model_config(m));
+        fprintf(stderr, "mambabyte serve: ready: model %s, %d slots, %d engine threads\n", name,
+                c.slots, mb_model_threads(m));
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        fprintf(stderr, "mambabyte serve: %s: finishing running requests (up to %gs)\n",
+                strsignal(sig), c.shutdown_timeout_s);
+        srv_http_draining(h);
+        srv_sched_drain(s, srv_now() + c.shutdown_timeout_s);
+        rc = 0;
+    }
+    srv_http_stop(h);
+    srv_sched_stop(s);
+    mb_model_free(m);
+    srv_metrics_free(mx);
+    if (!rc) fprintf(stderr, "mambabyte serve: stopped\n");
+    return rc;
+}
