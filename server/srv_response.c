@@ -90,7 +90,10 @@ static void add_native_tail(cJSON *o, const srv_job *j) {
         cJSON_AddStringToObject(o, "finish_reason", f);
     else
         cJSON_AddNullToObject(o, "finish_reason");
-    cJSON_AddNumberToObject(o, "seed", (double)j->req.sampling.seed);
+    /* Raw: cJSON prints doubles with 15 significant digits, which would change a 53-bit seed. */
+    char seed[24];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)j->req.sampling.seed);
+    cJSON_AddRawToObject(o, "seed", seed);
     if (j->req.session[0]) cJSON_AddStringToObject(o, "session", j->req.session);
     add_usage(o, j);
     add_timings(o, j);

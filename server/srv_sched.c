@@ -527,6 +527,7 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
         mb_fail(e, "out of memory for %d slots", c->slots);
         goto fail;
     }
+    publish_gauges(s);
     if (pthread_create(&s->thread, NULL, sched_main, s)) {
         mb_fail(e, "cannot start the scheduler thread");
         goto fail;
