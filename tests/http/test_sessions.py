@@ -1,0 +1,139 @@
+"""Sessions: a session continued over 3 requests equals one request over the whole text; fork,
+list, info, delete; more sessions than slots (idle states spill to host memory and come back
+unchanged); save, restart the daemon, restore, continue."""
+import base64
+
+from mbserver import Server, b64, run
+
+SRV = None
+PARTS = [b"Once upon a time", b" and then", b"\xc3\xa9\x00 the end?"]
+
+
+def gen(prompt, session=None, n=40, seed=7):
+    body = {"prompt_base64": base64.b64encode(prompt).decode(), "max_tokens": n, "seed": seed}
+    if session:
+        body["session"] = session
+    return SRV.post("/v1/generate", body)
+
+
+def continue_three(session, seed=7):
+    """Feeds PARTS to the session one request each; returns the whole text and the last output."""
+    whole = b""
+    for i, p in enumerate(PARTS):
+        out = b64(gen(p, session, seed=seed)["bytes_base64"])
+        whole += p
+        if i < len(PARTS) - 1:
+            whole += out
+    return whole, out
+
+
+def new_session(prompt=None):
+    body = {} if prompt is None else {"prompt_base64": base64.b64encode(prompt).decode()}
+    s = SRV.post("/v1/sessions", body)
+    assert s["object"] == "session" and s["n_bytes"] == len(prompt or b""), s
+    return s["id"]
+
+
+def test_three_requests_equal_one():
+    for seed in (7, 8):
+        sid = new_session()
+        whole, last = continue_three(sid, seed)
+        one = b64(gen(whole, seed=seed)["bytes_base64"])
+        assert one == last, (seed, one, last)
+        info = SRV.request("GET", f"/v1/sessions/{sid}")[1]
+        assert info["n_bytes"] == len(whole) + len(last) and info["busy"] is False, info
+
+
+def test_create_with_prompt_and_continue_streamed():
+    sid = new_session(PARTS[0])
+    ev = SRV.stream("/v1/generate", {"prompt": "", "session": sid, "max_tokens": 30, "seed": 3})
+    streamed = b"".join(b64(e["bytes_base64"]) for e in ev[:-2])
+    assert ev[-2]["session"] == sid
+    assert streamed == b64(gen(PARTS[0], n=30, seed=3)["bytes_base64"])
+
+
+def test_fork_list_delete():
+    sid = new_session(PARTS[0])
+    fork = SRV.post(f"/v1/sessions/{sid}/fork", {})
+    assert fork["id"] != sid and fork["n_bytes"] == len(PARTS[0])
+    a = gen(PARTS[1], sid)["bytes_base64"]
+    b = gen(PARTS[1], fork["id"])["bytes_base64"]
+    assert a == b, "a fork continues exactly like its source"
+    ids = {s["id"] for s in SRV.request("GET", "/v1/sessions")[1]["data"]}
+    assert {sid, fork["id"]} <= ids
+    st, body, _ = SRV.request("DELETE", f"/v1/sessions/{sid}")
+    assert st == 200 and body["deleted"] is True
+    st, body, _ = SRV.request("GET", f"/v1/sessions/{sid}")
+    assert st == 404 and body["error"]["code"] == "session_not_found", body
+    st, body, _ = SRV.request("POST", "/v1/generate", {"prompt": "x", "session": sid})
+    assert st == 404, body
+    SRV.request("DELETE", f"/v1/sessions/{fork['id']}")
+
+
+def test_more_sessions_than_slots_spill():
+    # 10 sessions on 4 slots, advanced in turns: each must still equal its one-request twin.
+    sids = [new_session() for _ in range(10)]
+    wholes = [b""] * 10
+    lasts = [b""] * 10
+    for i, p in enumerate(PARTS):
+        for k, sid in enumerate(sids):
+            out = b64(gen(p + bytes([65 + k]), sid, n=20, seed=k)["bytes_base64"])
+            wholes[k] += p + bytes([65 + k])
+            if i < len(PARTS) - 1:
+                wholes[k] += out
+            lasts[k] = out
+    m = SRV.metrics()
+    assert m["mambabyte_sessions_spilled"] >= 6, m
+    for k in range(10):
+        assert b64(gen(wholes[k], n=20, seed=k)["bytes_base64"]) == lasts[k], k
+    for sid in sids:
+        SRV.request("DELETE", f"/v1/sessions/{sid}")
+
+
+def test_save_restart_restore():
+    global SRV
+    sid = new_session()
+    gen(PARTS[0], sid)
+    gen(PARTS[1], sid)
+    saved = SRV.post(f"/v1/sessions/{sid}/save", {})
+    assert saved["saved"] is True
+    # what continuing would give without a restart, on a fork
+    fork = SRV.post(f"/v1/sessions/{sid}/fork", {})["id"]
+    expect = gen(PARTS[2], fork)["bytes_base64"]
+    dir_ = SRV.session_dir
+    SRV.stop()
+    SRV = Server("--slots", "4", session_dir=dir_)
+    st, body, _ = SRV.request("GET", f"/v1/sessions/{sid}")
+    assert st == 404, "sessions in memory do not survive a restart by themselves"
+    restored = SRV.post(f"/v1/sessions/{sid}/restore", {})
+    assert restored["id"] == sid and restored["n_bytes"] == saved["n_bytes"], restored
+    assert gen(PARTS[2], sid)["bytes_base64"] == expect
+    st, body, _ = SRV.request("POST", f"/v1/sessions/{sid}/restore", {})
+    assert st == 409, body
+    st, body, _ = SRV.request("POST", "/v1/sessions/never-saved/restore", {})
+    assert st == 404 and body["error"]["code"] == "session_not_found", body
+    # a corrupt file is refused with an error, not a crash
+    with open(f"{dir_}/{sid}.state", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xfe\xfd\xfc")
+    SRV.request("DELETE", f"/v1/sessions/{sid}")
+    st, body, _ = SRV.request("POST", f"/v1/sessions/{sid}/restore", {})
+    assert st == 400 and body["error"]["code"] == "session_corrupt", body
+    SRV.wait_idle()
+
+
+def main():
+    global SRV
+    SRV = Server("--slots", "4")
+    try:
+        run([test_three_requests_equal_one, test_create_with_prompt_and_continue_streamed, test_fork_list_delete,
+             test_more_sessions_than_slots_spill, test_save_restart_restore])
+        SRV.stop()
+    finally:
+        if SRV.proc.poll() is None:
+            SRV.proc.kill()
+            print(SRV.output()[-3000:])
+
+
+if __name__ == "__main__":
+    main()
