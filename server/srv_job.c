@@ -77,8 +77,11 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible) {
     pthread_mutex_lock(&j->mu);
     j->out_len = out_len;
-    if (visible > j->out_visible) j->out_visible = visible;
-    pthread_cond_broadcast(&j->cv);
+    /* Only a stream waits for bytes; a whole answer waits for the end and sleeps on. */
+    if (visible > j->out_visible) {
+        j->out_visible = visible;
+        if (j->waiting_for == SRV_WAIT_MORE) pthread_cond_broadcast(&j->cv);
+    }
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -108,15 +111,20 @@ static int ready(const srv_job *j, srv_wait what, size_t seen) {
 }
 
 int srv_job_wait(srv_job *j, srv_wait what, size_t seen, int fd) {
+    double next_check = srv_now() + 0.1;
     pthread_mutex_lock(&j->mu);
+    j->waiting_for = what;
     while (!ready(j, what, seen)) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_nsec += 100 * 1000 * 1000;
         if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        if (pthread_cond_timedwait(&j->cv, &j->mu, &ts) && !ready(j, what, seen)) {
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        /* Checked by the clock, not only on timeouts: wake-ups must not hide a hang-up. */
+        if (!ready(j, what, seen) && srv_now() >= next_check) {
             pthread_mutex_unlock(&j->mu);
             if (client_gone(fd)) return -1;
+            next_check = srv_now() + 0.1;
             pthread_mutex_lock(&j->mu);
         }
     }

@@ -28,6 +28,8 @@ typedef enum {
     SRV_FINISH_CANCELLED, /* the client went away */
 } srv_finish;
 
+typedef enum { SRV_WAIT_ADMITTED, SRV_WAIT_MORE, SRV_WAIT_DONE } srv_wait;
+
 typedef struct srv_job {
     /* Set by the submitter, read-only afterwards. */
     srv_job_kind kind;
@@ -51,6 +53,7 @@ typedef struct srv_job {
     char *result;                 /* session jobs: the JSON body of the answer */
     char session_out[SRV_ID_MAX]; /* session jobs: the session created, forked or restored */
     double t_admit, t_prefilled, t_first, t_done;
+    srv_wait waiting_for; /* what the HTTP side waits for */
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -71,7 +74,6 @@ void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result);
 /* HTTP side. Waits until the job is admitted (what == SRV_WAIT_ADMITTED), shows more than
  * `seen` bytes or is done (SRV_WAIT_MORE), or is done (SRV_WAIT_DONE). Every 100 ms it checks
  * whether the client on socket fd (-1: none) hung up; returns -1 if so, 0 otherwise. */
-typedef enum { SRV_WAIT_ADMITTED, SRV_WAIT_MORE, SRV_WAIT_DONE } srv_wait;
 int srv_job_wait(srv_job *j, srv_wait what, size_t seen, int fd);
 
 #endif

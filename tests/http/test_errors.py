@@ -202,7 +202,7 @@ def test_queue_limit_429():
         statuses = []
 
         def one():
-            st, body, _ = s.request("POST", "/v1/completions", {"prompt": "q", "max_tokens": 20000})
+            st, body, _ = s.request("POST", "/v1/completions", {"prompt": "q", "max_tokens": 4000})
             statuses.append((st, body))
 
         threads = [threading.Thread(target=one) for _ in range(8)]
