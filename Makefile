@@ -78,6 +78,8 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 run: deps build/rel/mambabyte
 	build/rel/mambabyte serve -m models/mambabyte-small $(if $(wildcard models/drafter-small/config.json),--draft models/drafter-small)
 
+build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm
 bench: build/rel/mambabyte
 	bench/engine.sh
 

@@ -19,7 +19,7 @@ typedef struct mb_layer {
     const float *norm_w, *norm_b; /* (d_model); norm_b NULL for RMSNorm */
     mb_mat in_proj;               /* (2*d_inner, d_model): rows [0,E) give x, [E,2E) give z */
     const float *in_b;            /* (2*d_inner) or NULL */
-    const float *conv_w;          /* (d_inner, d_conv) */
+    const float *conv_w;          /* (d_conv, d_inner): tap-major, transposed at load */
     const float *conv_b;          /* (d_inner) */
     mb_mat x_proj;                /* (dt_rank + 2*d_state, d_inner) */
     mb_mat dt_proj;               /* (d_inner, dt_rank) */
@@ -46,7 +46,8 @@ struct mb_model {
     mb_threads *threads;
 };
 
-/* ---- state layout: per layer, conv window (d_inner, d_conv-1) then ssm (d_inner, d_state) ---- */
+/* ---- state layout: per layer, conv window (d_conv-1, d_inner), oldest input first, then the
+ * ssm state (d_inner, d_state) ---- */
 static inline size_t mb_layer_state_floats(const mb_config *c) {
     return (size_t)c->d_inner * (size_t)(c->d_conv - 1 + c->d_state);
 }
@@ -80,7 +81,7 @@ int mb_threads_count(const mb_threads *t);
 void mb_threads_run(mb_threads *t, void (*fn)(void *ctx, int i, int n), void *ctx);
 
 /* ---- CPU kernels (cpu.c), shared by the forward and the pool's rollback ---- */
-/* One conv + SiLU step for channels [c0,c1): window (E, K-1) in `win_in`, new input x (E);
+/* One conv + SiLU step for channels [c0,c1): window (K-1, E) in `win_in`, new input x (E);
  * writes the shifted window to win_out (may equal win_in) and the activation to u. */
 void mb_conv_step(const mb_layer *L, const mb_config *c, const float *win_in, float *win_out,
                   const float *x, float *u, int c0, int c1);

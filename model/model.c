@@ -246,7 +246,13 @@ static int load_layer(const loader *ld, int i, mb_layer *L, int layer_norm, mb_e
     if (layer_norm && load_vec(ld, NAME("norm.bias"), dD, 0, &L->norm_b, e)) return -1;
     if (load_mat(ld, NAME("mixer.in_proj.weight"), (int)(2 * E), (int)D, &L->in_proj, e)) return -1;
     if (load_vec(ld, NAME("mixer.in_proj.bias"), d2E, 1, &L->in_b, e)) return -1;
-    if (load_vec(ld, NAME("mixer.conv1d.weight"), dconv, 0, &L->conv_w, e)) return -1;
+    const float *conv;
+    if (load_vec(ld, NAME("mixer.conv1d.weight"), dconv, 0, &conv, e)) return -1;
+    float *conv_t = own(ld->m, (size_t)(E * K) * sizeof(float)); /* (E, K) -> (K, E) */
+    if (!conv_t) return mb_fail(e, "out of memory");
+    for (int64_t ch = 0; ch < E; ch++)
+        for (int64_t k = 0; k < K; k++) conv_t[k * E + ch] = conv[ch * K + k];
+    L->conv_w = conv_t;
     if (load_vec(ld, NAME("mixer.conv1d.bias"), dE, 0, &L->conv_b, e)) return -1;
     if (load_mat(ld, NAME("mixer.x_proj.weight"), (int)(R + 2 * N), (int)E, &L->x_proj, e)) return -1;
     if (load_mat(ld, NAME("mixer.dt_proj.weight"), (int)E, (int)R, &L->dt_proj, e)) return -1;

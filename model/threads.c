@@ -3,12 +3,13 @@
  * microseconds) and then sleep on a condition variable so an idle server costs no CPU. */
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "internal.h"
 
-#define SPINS 20000
+#define SPINS 4000 /* pauses before a worker yields its core, then sleeps */
 
 struct mb_threads {
     int n;
@@ -38,6 +39,10 @@ static void *worker(void *p) {
         while (atomic_load_explicit(&t->gen, memory_order_acquire) == seen) {
             if (++spins < SPINS) {
                 _mm_pause();
+                continue;
+            }
+            if (spins < 2 * SPINS) { /* a busy machine: let whoever holds the core run */
+                sched_yield();
                 continue;
             }
             pthread_mutex_lock(&t->mu);
@@ -104,5 +109,9 @@ void mb_threads_run(mb_threads *t, void (*fn)(void *ctx, int i, int n), void *ct
     atomic_store_explicit(&t->pending, t->n - 1, memory_order_relaxed);
     wake(t);
     fn(ctx, 0, t->n);
-    while (atomic_load_explicit(&t->pending, memory_order_acquire)) _mm_pause();
+    for (int spins = 0; atomic_load_explicit(&t->pending, memory_order_acquire); spins++)
+        if (spins < SPINS)
+            _mm_pause();
+        else
+            sched_yield();
 }

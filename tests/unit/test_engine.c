@@ -125,7 +125,7 @@ static void test_fixture_states(void) {
             double ce = 0, cm = 0, se = 0, sm = 0;
             for (int ch = 0; ch < E; ch++)
                 for (int j = 0; j < K - 1; j++) {
-                    ce = fmax(ce, fabs(win[ch * (K - 1) + j] - conv_ref[ch * K + j + 1]));
+                    ce = fmax(ce, fabs(win[j * E + ch] - conv_ref[ch * K + j + 1]));
                     cm = fmax(cm, fabs(conv_ref[ch * K + j + 1]));
                 }
             for (int i = 0; i < E * N; i++) {
