@@ -15,17 +15,18 @@ ENG_C   := $(wildcard model/*.c speculative/*.c)
 ENG_CC  := $(wildcard speculative/*.cc)
 APP_C   := $(wildcard config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_C   := $(ENG_C) $(APP_C)
+HDRS    := $(wildcard */*.h tests/*/*.h)
 TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 
 .SECONDARY:
-.PHONY: all test test-unit test-http fuzz run bench format format-check clean deps
+.PHONY: all test fuzz run bench format format-check clean deps test-deps
 all: build/rel/mambabyte
 
 define variant
-build/$(1)/%.o: %.c $$(wildcard */*.h)
+build/$(1)/%.o: %.c $$(HDRS)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CSTD) $$(WARN) $(2) $$(INC) -c $$< -o $$@
-build/$(1)/%.o: %.cc $$(wildcard */*.h)
+build/$(1)/%.o: %.cc $$(HDRS)
 	@mkdir -p $$(dir $$@)
 	$$(CXX) -std=c++17 $$(WARN) $(2) $$(INC) -c $$< -o $$@
 build/$(1)/libengine.a: $$(patsubst %.c,build/$(1)/%.o,$$(ENG_C)) $$(patsubst %.cc,build/$(1)/%.o,$$(ENG_CC))
@@ -49,20 +50,23 @@ $(eval $(call variant,rel,$(REL_FLAGS)))
 $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
 # Every test (unit, then real HTTP against the daemon), under ASan+UBSan, then a bounded fuzz run.
-test: deps build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS))
+test: test-deps
+	$(MAKE) build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS))
 	MB_BIN=build/asan/mambabyte MB_BUILD=build/asan tests/run.sh
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-20}
 
 deps:
 	@tools/deps.sh
+test-deps:
+	@tools/deps.sh --test
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_CC := clang $(CSTD) $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer,address,undefined $(INC)
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(wildcard */*.h)
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(HDRS)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) -o $@ $< $(ENG_C) $(LIBS) -lstdc++
-build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(wildcard */*.h)
+build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(HDRS)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) -o $@ $< $(LIB_C) $(LIBS) -lstdc++
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
@@ -75,7 +79,8 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	done
 
 # Serve the bundled default model on the CPU.
-run: deps build/rel/mambabyte
+run: deps
+	$(MAKE) build/rel/mambabyte
 	build/rel/mambabyte serve -m models/mambabyte-small $(if $(wildcard models/drafter-small/config.json),--draft models/drafter-small)
 
 build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a

@@ -108,7 +108,7 @@ typedef struct mb_sampling {
 } mb_sampling;
 
 void mb_sampling_default(mb_sampling *s); /* greedy */
-/* scratch: at least 2 * n_vocab floats' worth of bytes (mb_sample_scratch_bytes). */
+/* scratch: mb_sample_scratch_bytes(n_vocab) bytes, 8-byte aligned (malloc'd). */
 size_t mb_sample_scratch_bytes(int n_vocab);
 int mb_sample(const mb_sampling *s, const float *logits, int n_vocab, uint64_t pos, void *scratch);
 /* The uniform draw in [0, 1) for (seed, pos): a counter-based generator. */

@@ -44,8 +44,8 @@ static int by_logit_desc(const void *a, const void *b) {
  * min-p and top-p over the temperature-scaled distribution; the draw walks the kept mass. */
 int mb_sample(const mb_sampling *s, const float *logits, int n, uint64_t pos, void *scratch) {
     if (!(s->temperature > 0.0f) || s->top_k == 1) return argmax(logits, n);
-    int *idx = scratch;
-    double *pr = (double *)(idx + n);
+    double *pr = scratch; /* doubles first: scratch is 8-byte aligned, n may be odd */
+    int *idx = (int *)(pr + n);
     for (int i = 0; i < n; i++) idx[i] = i;
     cmp_logits = logits;
     qsort(idx, (size_t)n, sizeof *idx, by_logit_desc);

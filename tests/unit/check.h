@@ -37,6 +37,7 @@ static inline void *read_file(const char *path, size_t *len) {
         buf = NULL;
     }
     fclose(f);
+    if (buf) ((char *)buf)[n] = 0; /* text files can go straight to a parser */
     if (len) *len = (size_t)n;
     return buf;
 }

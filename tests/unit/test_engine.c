@@ -182,7 +182,7 @@ static void test_greedy_continuation(void) {
     feed(m, p, 0, fx.toks, fx.n, logits, 0);
     mb_sampling s;
     mb_sampling_default(&s);
-    char scratch[256 * 12];
+    double scratch[256 * 2];
     CHECK(mb_sample(&s, logits, 256, 0, scratch) == 8, "mamba_ssm greedy_next");
     mb_pool_free(p);
     mb_model_free(m);

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""The `mambabyte` CLI end to end (generate, logits, eval, --help, errors), against the reference
+fixtures. Runs $MB_BIN (default build/rel/mambabyte); Python standard library only."""
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+BIN = os.environ.get("MB_BIN", "build/rel/mambabyte")
+FIX = "tests/fixtures"
+failures = []
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+        print("FAIL", msg)
+
+
+def run(*args, input=None):
+    return subprocess.run([BIN, *args], input=input, capture_output=True, timeout=300)
+
+
+def floats(path):
+    data = open(path, "rb").read()
+    return struct.unpack("<%df" % (len(data) // 4), data)
+
+
+def test_help_and_errors():
+    for cmd in ["generate", "logits", "eval", "serve"]:
+        r = run(cmd, "--help")
+        check(r.returncode == 0 and b"usage" in r.stdout.lower(), f"{cmd} --help")
+    r = run("nonsense")
+    check(r.returncode != 0 and b"unknown command" in r.stderr, "unknown command")
+    r = run("generate", "-m", "/nonexistent", "-p", "x")
+    check(r.returncode != 0 and b"/nonexistent" in r.stderr, "missing model names the path")
+    r = run("generate", "-m", f"{FIX}/tiny-byte-tied", "-p", "")
+    check(r.returncode != 0 and b"prompt" in r.stderr, "empty prompt is an error")
+    r = run("generate", "-m", f"{FIX}/tiny-byte-tied", "-p", "x", "--top-p", "2")
+    check(r.returncode != 0, "top-p out of range")
+    r = run("eval", "-m", f"{FIX}/tiny-subword-1000", "--text", f"{FIX}/tiny-byte-tied/config.json")
+    check(r.returncode != 0 and b"byte-level" in r.stderr, "eval refuses a subword model")
+
+
+def test_logits_match_reference(tmp):
+    for name, inp_kind in [("tiny-byte-tied", "bytes"), ("tiny-subword-1000", "ids")]:
+        exp = json.load(open(f"{FIX}/{name}/expected.json"))
+        ids = exp["prompt_bytes"]
+        inp = os.path.join(tmp, name + ".in")
+        with open(inp, "wb") as f:
+            f.write(bytes(ids) if inp_kind == "bytes" else struct.pack("<%di" % len(ids), *ids))
+        out = os.path.join(tmp, name + ".out")
+        r = run("logits", "-m", f"{FIX}/{name}", "--input", inp, "--out", out)
+        check(r.returncode == 0, f"logits {name}: {r.stderr.decode()}")
+        got, ref = floats(out), floats(f"{FIX}/{name}/logits.f32.f32")
+        check(len(got) == len(ref), f"logits {name}: {len(got)} values, reference {len(ref)}")
+        err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(b) for b in ref)
+        check(err < 1e-4, f"logits {name}: relative error {err}")
+
+
+def test_generate_greedy_matches_hf(tmp):
+    exp = json.load(open(f"{FIX}/tiny-byte-tied/expected.json"))
+    pf = os.path.join(tmp, "prompt.bin")
+    open(pf, "wb").write(bytes(exp["prompt_bytes"]))
+    n = len(exp["greedy_continuation"])
+    r = run("generate", "-m", f"{FIX}/tiny-byte-tied", "--prompt-file", pf, "-n", str(n))
+    check(r.returncode == 0 and r.stdout == bytes(exp["greedy_continuation"]), "greedy continuation != HF")
+
+
+def test_generate_seeded_and_stop():
+    args = ["generate", "-m", f"{FIX}/tiny-byte-tied/model.bf16.safetensors", "-p", "The story",
+            "-n", "64", "--temperature", "1.0", "--top-k", "40", "--seed", "7"]
+    a, b = run(*args, "--threads", "1"), run(*args, "--threads", "2")
+    check(a.returncode == 0 and len(a.stdout) == 64, "seeded generate runs")
+    check(a.stdout == b.stdout, "seeded output depends on the thread count")
+    c = run(*args[:-2], "--seed", "8")
+    check(c.stdout != a.stdout, "a different seed gives different bytes")
+    stop = a.stdout[20:23]
+    d = run(*args, "--stop", stop)  # raw bytes: a stop need not be UTF-8
+    cut = a.stdout.find(stop)
+    check(d.returncode == 0 and d.stdout == a.stdout[:cut], "stop string cuts the output before it")
+
+
+def test_eval_matches_logits(tmp):
+    text = b"The quick brown fox.\nJumps over\n\f\nA second document\twith a tab.\n\f\nx\n"
+    tf = os.path.join(tmp, "t.txt")
+    open(tf, "wb").write(text)
+    # independent computation: per document, logits of every position, bits of the next byte
+    bits, n = 0.0, 0
+    for doc in text.split(b"\f\n"):
+        if not doc:
+            continue
+        inp, out = os.path.join(tmp, "d.in"), os.path.join(tmp, "d.out")
+        open(inp, "wb").write(doc)
+        run("logits", "-m", f"{FIX}/tiny-byte-tied", "--input", inp, "--out", out)
+        lg = floats(out)
+        for i in range(len(doc) - 1):
+            row = lg[256 * i: 256 * (i + 1)]
+            m = max(row)
+            lse = m + math.log(sum(math.exp(v - m) for v in row))
+            bits += (lse - row[doc[i + 1]]) / math.log(2)
+            n += 1
+    want = bits / n
+    outs = []
+    for extra in [[], ["--batch", "1", "--chunk", "5"], ["--batch", "3", "--chunk", "2", "--threads", "1"]]:
+        r = run("eval", "-m", f"{FIX}/tiny-byte-tied", "--text", tf, *extra)
+        check(r.returncode == 0, f"eval {extra}: {r.stderr.decode()}")
+        kv = dict(line.split() for line in r.stdout.decode().splitlines())
+        outs.append(kv["bits_per_byte"])
+        check(int(kv["scored_bytes"]) == n and int(kv["documents"]) == 3, f"eval counts {kv}")
+        check(abs(float(kv["bits_per_byte"]) - want) < 1e-4, f"eval {kv['bits_per_byte']} vs {want}")
+    check(len(set(outs)) == 1, f"eval depends on batching: {outs}")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        test_help_and_errors()
+        test_logits_match_reference(tmp)
+        test_generate_greedy_matches_hf(tmp)
+        test_generate_seeded_and_stop()
+        test_eval_matches_logits(tmp)
+    if failures:
+        print(f"{len(failures)} failures")
+        sys.exit(1)
+    print("ok   test_cli")
+
+
+if __name__ == "__main__":
+    main()
