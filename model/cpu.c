@@ -7,6 +7,7 @@
  * sequences, and whatever the number of threads. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -180,26 +181,37 @@ static void matmul_worker(void *ctx, int ti, int nt) {
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
     int r_begin = g0 * ROW_GROUP, r_end = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
     float out[ROW_GROUP * TOKEN_BLOCK];
+    /* Several tokens and BF16 weights: widen each row group to F32 once, not once per token
+     * (exact, so the sums are the same bits). */
+    float *wide = m->W->dtype == MB_BF16 && m->T > 1 ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4) : NULL;
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
         int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
         const float *X = m->X + (size_t)t0 * (size_t)m->ldx;
         for (int r = r_begin; r < r_end; r += ROW_GROUP) {
-            int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
-            int q = 0;
+            int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP, q = 0, rw = r;
+            mb_mat Wf = *m->W;
+            if (wide) {
+                size_t n = (size_t)rows * (size_t)Wf.cols, base = (size_t)r * (size_t)Wf.cols;
+                for (size_t i = 0; i < n; i++) wide[i] = load1(m->W->w, MB_BF16, base + i);
+                Wf.w = wide;
+                Wf.dtype = MB_F32;
+                rw = 0;
+            }
+            const mb_mat *W = &Wf;
             if (nt_blk == 1) /* decode: 8 rows at once streams the weights */
-                for (; q + 8 <= rows; q += 8) dot_block(m->W, r + q, X, m->ldx, out + q, ROW_GROUP, 8, 1);
+                for (; q + 8 <= rows; q += 8) dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 8, 1);
             for (; q + 4 <= rows; q += 4) {
                 int t = 0;
                 for (; t + 3 <= nt_blk; t += 3)
-                    dot_block(m->W, r + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
                               ROW_GROUP, 4, 3);
                 for (; t < nt_blk; t++)
-                    dot_block(m->W, r + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
                               ROW_GROUP, 4, 1);
             }
             for (; q < rows; q++)
                 for (int t = 0; t < nt_blk; t++)
-                    dot_block(m->W, r + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
                               ROW_GROUP, 1, 1);
             for (int t = 0; t < nt_blk; t++) {
                 float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
@@ -219,6 +231,7 @@ static void matmul_worker(void *ctx, int ti, int nt) {
             }
         }
     }
+    free(wide);
 }
 
 static void matmul(mb_threads *th, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
