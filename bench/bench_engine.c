@@ -140,9 +140,10 @@ int main(int argc, char **argv) {
     mb_pool_free(p1);
     double wbytes = (double)mb_model_weight_bytes(m);
     double bw = bandwidth(th);
-    printf("model %s: d_model %d, layers %d, d_inner %d, d_state %d, weights %s (%.1f MB per step), state %.2f MB, threads %d\n",
-           argv[1], c->d_model, c->n_layer, c->d_inner, c->d_state, mb_model_dtype(m) == MB_F32 ? "f32" : "bf16",
-           wbytes / 1e6, state / 1e6, th);
+    printf("model %s: d_model %d, layers %d, d_inner %d, d_state %d, weights %s (%.1f MB per "
+           "step), state %.2f MB, threads %d\n",
+           argv[1], c->d_model, c->n_layer, c->d_inner, c->d_state,
+           mb_model_dtype(m) == MB_F32 ? "f32" : "bf16", wbytes / 1e6, state / 1e6, th);
     printf("read bandwidth: %.1f GB/s\n", bw);
     int batches[] = {1, 8, 32};
     for (int i = 0; i < 3; i++) {
@@ -150,8 +151,8 @@ int main(int argc, char **argv) {
         double bps = decode(m, B, B == 1 ? 200 : 40, 5);
         /* per step: the weights once, each sequence's state read and written */
         double bound = bw * 1e9 / (wbytes + 2.0 * state * B) * B;
-        printf("decode batch %2d: %8.1f bytes/s  (bandwidth bound %.1f, %.0f%% of it)\n", B, bps, bound,
-               100.0 * bps / bound);
+        printf("decode batch %2d: %8.1f bytes/s  (bandwidth bound %.1f, %.0f%% of it)\n", B, bps,
+               bound, 100.0 * bps / bound);
     }
     printf("prefill (chunks of 512): %8.1f bytes/s\n", prefill(m, 512, 4, 3));
     mb_model_free(m);

@@ -33,9 +33,13 @@ static inline float fast_expf(float x) {
     return p * scale;
 }
 
-static inline float silu(float x) { return x / (1.0f + fast_expf(-x)); }
+static inline float silu(float x) {
+    return x / (1.0f + fast_expf(-x));
+}
 
-static inline float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+static inline float softplus(float x) {
+    return x > 20.0f ? x : log1pf(expf(x));
+}
 
 /* exp on 8 lanes: the same reduction and polynomial as fast_expf, with FMAs. */
 static inline __m256 exp8(__m256 x) {
@@ -51,7 +55,8 @@ static inline __m256 exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
@@ -59,9 +64,11 @@ static inline __m256 exp8(__m256 x) {
  * polynomial in m - 1 (relative error about 1e-7). */
 static inline __m256 log8(__m256 x) {
     __m256i xi = _mm256_castps_si256(x);
-    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(126)));
-    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(xi, _mm256_set1_epi32(0x007fffff)),
-                                                   _mm256_set1_epi32(0x3f000000))); /* [0.5, 1) */
+    __m256 e =
+        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(126)));
+    __m256 m =
+        _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(xi, _mm256_set1_epi32(0x007fffff)),
+                                            _mm256_set1_epi32(0x3f000000))); /* [0.5, 1) */
     __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
     e = _mm256_sub_ps(e, _mm256_and_ps(small, _mm256_set1_ps(1.0f)));
     m = _mm256_sub_ps(_mm256_add_ps(m, _mm256_and_ps(small, m)), _mm256_set1_ps(1.0f));
@@ -94,7 +101,6 @@ static inline __m256 softplus8(__m256 x) {
     return _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, _mm256_set1_ps(20.0f), _CMP_GT_OQ));
 }
 
-
 /* ---------------------------------------------------------------- matrix x vectors */
 
 static inline __m256 load8(const void *w, mb_dtype dt, size_t i) {
@@ -119,12 +125,14 @@ static inline float hsum(__m256 a) {
 }
 
 /* out[t * ldo + r] = W[r0 + r, :] . X[t, :] for R rows and T tokens (R, T and the dtype are
- * compile-time constants after inlining). Every (row, token) pair has one 8-lane accumulator over the 8-float chunks
- * in order, a fixed horizontal sum and a scalar tail: the same bits for every R and T. R x T
- * independent chains keep the FMA units busy; each weight chunk is loaded once per T tokens. */
-static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, int r0, const float *X,
-                                                               int ldx, float *out, int ldo, const int R,
-                                                               const int T, const mb_dtype dt) {
+ * compile-time constants after inlining). Every (row, token) pair has one 8-lane accumulator over
+ * the 8-float chunks in order, a fixed horizontal sum and a scalar tail: the same bits for every R
+ * and T. R x T independent chains keep the FMA units busy; each weight chunk is loaded once per T
+ * tokens. */
+static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, int r0,
+                                                               const float *X, int ldx, float *out,
+                                                               int ldo, const int R, const int T,
+                                                               const mb_dtype dt) {
     const int n = W->cols;
     const size_t ld = (size_t)n;
     __m256 acc[12]; /* R * T <= 12: with the R weight chunks, all in the 16 ymm registers */
@@ -149,8 +157,8 @@ static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, 
 }
 
 static inline __attribute__((always_inline)) void dot_block(const mb_mat *W, int r0, const float *X,
-                                                            int ldx, float *out, int ldo, const int R,
-                                                            const int T) {
+                                                            int ldx, float *out, int ldo,
+                                                            const int R, const int T) {
     if (W->dtype == MB_F32)
         dot_block_dt(W, r0, X, ldx, out, ldo, R, T, MB_F32);
     else
@@ -183,7 +191,9 @@ static void matmul_worker(void *ctx, int ti, int nt) {
     float out[ROW_GROUP * TOKEN_BLOCK];
     /* Several tokens and BF16 weights: widen each row group to F32 once, not once per token
      * (exact, so the sums are the same bits). */
-    float *wide = m->W->dtype == MB_BF16 && m->T > 1 ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4) : NULL;
+    float *wide = m->W->dtype == MB_BF16 && m->T > 1
+                      ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4)
+                      : NULL;
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
         int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
         const float *X = m->X + (size_t)t0 * (size_t)m->ldx;
@@ -199,20 +209,21 @@ static void matmul_worker(void *ctx, int ti, int nt) {
             }
             const mb_mat *W = &Wf;
             if (nt_blk == 1) /* decode: 8 rows at once streams the weights */
-                for (; q + 8 <= rows; q += 8) dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 8, 1);
+                for (; q + 8 <= rows; q += 8)
+                    dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 8, 1);
             for (; q + 4 <= rows; q += 4) {
                 int t = 0;
                 for (; t + 3 <= nt_blk; t += 3)
-                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
-                              ROW_GROUP, 4, 3);
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
+                              out + t * ROW_GROUP + q, ROW_GROUP, 4, 3);
                 for (; t < nt_blk; t++)
-                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
-                              ROW_GROUP, 4, 1);
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
+                              out + t * ROW_GROUP + q, ROW_GROUP, 4, 1);
             }
             for (; q < rows; q++)
                 for (int t = 0; t < nt_blk; t++)
-                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx, out + t * ROW_GROUP + q,
-                              ROW_GROUP, 1, 1);
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
+                              out + t * ROW_GROUP + q, ROW_GROUP, 1, 1);
             for (int t = 0; t < nt_blk; t++) {
                 float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
                 const float *o = out + t * ROW_GROUP;
@@ -254,15 +265,18 @@ void mb_conv_step(const mb_layer *L, const mb_config *c, const float *win_in, fl
                                   _mm256_loadu_ps(win_in + (size_t)k * E + ch), acc);
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(L->conv_w + (size_t)W * E + ch), xv, acc);
         for (int k = 0; k + 1 < W; k++)
-            _mm256_storeu_ps(win_out + (size_t)k * E + ch, _mm256_loadu_ps(win_in + (size_t)(k + 1) * E + ch));
+            _mm256_storeu_ps(win_out + (size_t)k * E + ch,
+                             _mm256_loadu_ps(win_in + (size_t)(k + 1) * E + ch));
         if (W) _mm256_storeu_ps(win_out + (size_t)(W - 1) * E + ch, xv);
         _mm256_storeu_ps(u + ch, silu8(acc));
     }
     for (; ch < c1; ch++) {
         float acc = L->conv_b[ch];
-        for (int k = 0; k < W; k++) acc += L->conv_w[(size_t)k * E + ch] * win_in[(size_t)k * E + ch];
+        for (int k = 0; k < W; k++)
+            acc += L->conv_w[(size_t)k * E + ch] * win_in[(size_t)k * E + ch];
         acc += L->conv_w[(size_t)W * E + ch] * x[ch];
-        for (int k = 0; k + 1 < W; k++) win_out[(size_t)k * E + ch] = win_in[(size_t)(k + 1) * E + ch];
+        for (int k = 0; k + 1 < W; k++)
+            win_out[(size_t)k * E + ch] = win_in[(size_t)(k + 1) * E + ch];
         if (W) win_out[(size_t)(W - 1) * E + ch] = x[ch];
         u[ch] = silu(acc);
     }
@@ -282,7 +296,8 @@ void mb_scan_step(const mb_layer *L, const mb_config *c, const float *s_in, floa
             __m256 ya = _mm256_setzero_ps();
             for (int n = 0; n < N; n += 8) {
                 __m256 dA = exp8(_mm256_mul_ps(d, _mm256_loadu_ps(A + n)));
-                __m256 s = _mm256_fmadd_ps(dA, _mm256_loadu_ps(si + n), _mm256_mul_ps(_mm256_loadu_ps(B + n), du));
+                __m256 s = _mm256_fmadd_ps(dA, _mm256_loadu_ps(si + n),
+                                           _mm256_mul_ps(_mm256_loadu_ps(B + n), du));
                 _mm256_storeu_ps(so + n, s);
                 if (y) ya = _mm256_fmadd_ps(s, _mm256_loadu_ps(C + n), ya);
             }
@@ -307,8 +322,8 @@ typedef struct fwd {
     mb_pool *p;
     const mb_batch *b;
     int T, layer;
-    int n_out;        /* rows of logits */
-    const int *rows;  /* token index of each logits row */
+    int n_out;       /* rows of logits */
+    const int *rows; /* token index of each logits row */
 } fwd;
 
 static inline void channel_range(int E, int ti, int nt, int *c0, int *c1) {
@@ -318,7 +333,8 @@ static inline void channel_range(int E, int ti, int nt, int *c0, int *c1) {
     if (*c1 > E) *c1 = E;
 }
 
-static void norm_row(const float *x, float *out, const float *w, const float *bias, int n, float eps) {
+static void norm_row(const float *x, float *out, const float *w, const float *bias, int n,
+                     float eps) {
     if (!bias) { /* RMSNorm */
         float ss = 0.0f;
         for (int i = 0; i < n; i++) ss += x[i] * x[i];
@@ -341,11 +357,12 @@ static void norm_worker(void *ctx, int ti, int nt) {
     if (f->layer < c->n_layer) {
         const mb_layer *L = &f->m->layers[f->layer];
         for (int t = ti; t < f->T; t += nt)
-            norm_row(f->p->h + (size_t)t * D, f->p->xn + (size_t)t * D, L->norm_w, L->norm_b, D, c->norm_eps);
+            norm_row(f->p->h + (size_t)t * D, f->p->xn + (size_t)t * D, L->norm_w, L->norm_b, D,
+                     c->norm_eps);
     } else {
         for (int i = ti; i < f->n_out; i += nt)
-            norm_row(f->p->h + (size_t)f->rows[i] * D, f->p->xn + (size_t)i * D, f->m->nf_w, f->m->nf_b,
-                     D, c->norm_eps);
+            norm_row(f->p->h + (size_t)f->rows[i] * D, f->p->xn + (size_t)i * D, f->m->nf_w,
+                     f->m->nf_b, D, c->norm_eps);
     }
 }
 
@@ -377,7 +394,8 @@ static void scan_worker(void *ctx, int ti, int nt) {
     const mb_layer *L = &f->m->layers[f->layer];
     mb_pool *p = f->p;
     const int E = c->d_inner, N = c->d_state, R = c->dt_rank, ld = R + 2 * N;
-    const size_t lofs = (size_t)f->layer * mb_layer_state_floats(c) + (size_t)E * (size_t)(c->d_conv - 1);
+    const size_t lofs =
+        (size_t)f->layer * mb_layer_state_floats(c) + (size_t)E * (size_t)(c->d_conv - 1);
     const float *dt = p->j_dt + (size_t)f->layer * (size_t)p->max_tokens * E;
     int c0, c1;
     channel_range(E, ti, nt, &c0, &c1);
@@ -388,12 +406,13 @@ static void scan_worker(void *ctx, int ti, int nt) {
         for (int t = f->b->off[s]; t < f->b->off[s + 1]; t++) {
             const float *dbl = p->dbl + (size_t)t * ld;
             float *y = p->y + (size_t)t * E;
-            mb_scan_step(L, c, t == f->b->off[s] ? src : dst, dst, p->u + (size_t)t * E, dt + (size_t)t * E,
-                         dbl + R, dbl + R + N, y, c0, c1);
+            mb_scan_step(L, c, t == f->b->off[s] ? src : dst, dst, p->u + (size_t)t * E,
+                         dt + (size_t)t * E, dbl + R, dbl + R + N, y, c0, c1);
             const float *z = p->xz + (size_t)t * 2 * E + E;
             int ch = c0;
             for (; ch + 8 <= c1; ch += 8)
-                _mm256_storeu_ps(y + ch, _mm256_mul_ps(_mm256_loadu_ps(y + ch), silu8(_mm256_loadu_ps(z + ch))));
+                _mm256_storeu_ps(
+                    y + ch, _mm256_mul_ps(_mm256_loadu_ps(y + ch), silu8(_mm256_loadu_ps(z + ch))));
             for (; ch < c1; ch++) y[ch] *= silu(z[ch]);
         }
     }
@@ -411,17 +430,20 @@ static void embed_worker(void *ctx, int ti, int nt) {
 }
 
 static int check_batch(const mb_model *m, const mb_pool *p, const mb_batch *b, mb_err *e) {
-    if (b->n_seq < 0 || (b->n_seq && (!b->off || !b->slot || !b->tokens)) || (b->n_seq && b->off[0] != 0))
+    if (b->n_seq < 0 || (b->n_seq && (!b->off || !b->slot || !b->tokens)) ||
+        (b->n_seq && b->off[0] != 0))
         return mb_fail(e, "batch: bad sequence list");
     for (int s = 0; s < b->n_seq; s++) {
         if (b->off[s + 1] <= b->off[s]) return mb_fail(e, "batch: sequence %d has no tokens", s);
         if (b->slot[s] < 0 || b->slot[s] >= p->n_slots)
             return mb_fail(e, "batch: slot %d out of range [0, %d)", b->slot[s], p->n_slots);
         for (int q = 0; q < s; q++)
-            if (b->slot[q] == b->slot[s]) return mb_fail(e, "batch: slot %d appears twice", b->slot[s]);
+            if (b->slot[q] == b->slot[s])
+                return mb_fail(e, "batch: slot %d appears twice", b->slot[s]);
     }
     int T = b->n_seq ? b->off[b->n_seq] : 0;
-    if (T > p->max_tokens) return mb_fail(e, "batch: %d tokens, the pool takes %d per forward", T, p->max_tokens);
+    if (T > p->max_tokens)
+        return mb_fail(e, "batch: %d tokens, the pool takes %d per forward", T, p->max_tokens);
     for (int t = 0; t < T; t++)
         if (b->tokens[t] < 0 || b->tokens[t] >= m->c.n_vocab)
             return mb_fail(e, "batch: token %d out of range [0, %d)", b->tokens[t], m->c.n_vocab);
@@ -456,7 +478,8 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
         matmul(th, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
         float *jB = p->j_B + (size_t)l * (size_t)p->max_tokens * N;
         for (int t = 0; t < T; t++)
-            memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R, (size_t)N * sizeof(float));
+            memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R,
+                   (size_t)N * sizeof(float));
         /* selective scan, then y * silu(z) */
         mb_threads_run(th, scan_worker, &f);
         /* residual connection: h += out_proj(y) */

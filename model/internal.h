@@ -34,11 +34,11 @@ typedef struct mb_threads mb_threads;
 
 struct mb_model {
     mb_config c;
-    mb_mat embed;       /* (n_rows, d_model) */
-    mb_mat head;        /* (n_rows, d_model); the embedding when tied */
-    const float *nf_w;  /* final norm (d_model) */
-    const float *nf_b;  /* (d_model) or NULL */
-    mb_layer *layers;   /* (n_layer) */
+    mb_mat embed;      /* (n_rows, d_model) */
+    mb_mat head;       /* (n_rows, d_model); the embedding when tied */
+    const float *nf_w; /* final norm (d_model) */
+    const float *nf_b; /* (d_model) or NULL */
+    mb_layer *layers;  /* (n_layer) */
     mb_st_file files[16];
     int n_files;
     void **owned; /* buffers converted at load time, freed with the model */
@@ -59,13 +59,13 @@ struct mb_pool {
     float *state;        /* (n_slots, 2, state_floats): two buffers per slot */
     uint8_t *cur;        /* (n_slots) which buffer holds the current state */
     /* The last forward's span inputs, for rollback: what the scan needs per position. */
-    float *j_xin;  /* (n_layer, max_tokens, d_inner) conv inputs */
-    float *j_dt;   /* (n_layer, max_tokens, d_inner) dt after softplus */
-    float *j_B;    /* (n_layer, max_tokens, d_state) */
-    int *j_start;  /* (n_slots) first token index of the slot in the last forward, -1 if none */
-    int *j_len;    /* (n_slots) tokens the last forward fed the slot */
-    int *j_at;     /* (n_slots) tokens of that span the current state reflects (after rollback) */
-    int *rows;     /* (max_tokens) token index of each logits row */
+    float *j_xin; /* (n_layer, max_tokens, d_inner) conv inputs */
+    float *j_dt;  /* (n_layer, max_tokens, d_inner) dt after softplus */
+    float *j_B;   /* (n_layer, max_tokens, d_state) */
+    int *j_start; /* (n_slots) first token index of the slot in the last forward, -1 if none */
+    int *j_len;   /* (n_slots) tokens the last forward fed the slot */
+    int *j_at;    /* (n_slots) tokens of that span the current state reflects (after rollback) */
+    int *rows;    /* (max_tokens) token index of each logits row */
     /* activations for up to max_tokens tokens */
     float *h, *xn, *xz, *u, *dbl, *dt, *y;
 };

@@ -46,7 +46,7 @@ typedef struct mb_model mb_model;
 mb_model *mb_model_load(const char *dir, const mb_backend_opts *o, mb_err *e);
 void mb_model_free(mb_model *m);
 const mb_config *mb_model_config(const mb_model *m);
-mb_dtype mb_model_dtype(const mb_model *m);    /* dtype the weights are held in */
+mb_dtype mb_model_dtype(const mb_model *m);      /* dtype the weights are held in */
 size_t mb_model_weight_bytes(const mb_model *m); /* bytes read by one decode step */
 int mb_model_threads(const mb_model *m);
 

@@ -77,14 +77,17 @@ static int parse_config(const char *path, mb_config *c, int *pad_mult, int *rms_
     rc = rc ? rc : cfg_int(s, "conv_kernel", "d_conv", 4, &c->d_conv, path, e);
     rc = rc ? rc : cfg_int(s, "expand", NULL, 2, &expand, path, e);
     rc = rc ? rc : cfg_int(o, "intermediate_size", NULL, expand * c->d_model, &c->d_inner, path, e);
-    rc = rc ? rc : cfg_int(o, "pad_vocab_size_multiple", NULL, cJSON_IsObject(ssm) ? 8 : 1, pad_mult, path, e);
+    rc = rc ? rc
+            : cfg_int(o, "pad_vocab_size_multiple", NULL, cJSON_IsObject(ssm) ? 8 : 1, pad_mult,
+                      path, e);
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(s, "time_step_rank");
     if (!r) r = cJSON_GetObjectItemCaseSensitive(s, "dt_rank");
     if (!rc && (!r || cJSON_IsNull(r) || (cJSON_IsString(r) && !strcmp(r->valuestring, "auto"))))
         c->dt_rank = (c->d_model + 15) / 16;
     else if (!rc)
-        rc = cfg_int(s, cJSON_GetObjectItemCaseSensitive(s, "time_step_rank") ? "time_step_rank" : "dt_rank",
-                     NULL, -1, &c->dt_rank, path, e);
+        rc = cfg_int(
+            s, cJSON_GetObjectItemCaseSensitive(s, "time_step_rank") ? "time_step_rank" : "dt_rank",
+            NULL, -1, &c->dt_rank, path, e);
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "layer_norm_epsilon");
     if (!eps) eps = cJSON_GetObjectItemCaseSensitive(o, "norm_epsilon");
     c->norm_eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
@@ -174,14 +177,18 @@ static const mb_st_tensor *get(const loader *ld, const char *name, const int64_t
     if (!ok) {
         char want[96] = "", have[96] = "";
         for (int d = 0; d < nd; d++)
-            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "", (long long)dims[d]);
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "",
+                     (long long)dims[d]);
         for (int d = 0; d < t->n_dims; d++)
-            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        mb_fail(e, "%s: tensor '%s' has shape [%s], the config needs [%s]", file_of(ld, t), t->name, have, want);
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", d ? ", " : "",
+                     (long long)t->shape[d]);
+        mb_fail(e, "%s: tensor '%s' has shape [%s], the config needs [%s]", file_of(ld, t), t->name,
+                have, want);
         return NULL;
     }
     if (t->dtype == MB_ST_OTHER) {
-        mb_fail(e, "%s: tensor '%s' has an unsupported dtype (F32, F16 and BF16 are)", file_of(ld, t), t->name);
+        mb_fail(e, "%s: tensor '%s' has an unsupported dtype (F32, F16 and BF16 are)",
+                file_of(ld, t), t->name);
         return NULL;
     }
     return t;
@@ -216,7 +223,8 @@ static int load_vec(const loader *ld, const char *name, const int64_t *dims, int
 
 /* A weight matrix: F32 and BF16 are used in place from the mapping when aligned; F16 is
  * widened to F32 once at load. */
-static int load_mat(const loader *ld, const char *name, int rows, int cols, mb_mat *out, mb_err *e) {
+static int load_mat(const loader *ld, const char *name, int rows, int cols, mb_mat *out,
+                    mb_err *e) {
     const int64_t dims[] = {rows, cols, 0};
     const mb_st_tensor *t = get(ld, name, dims, 0, e);
     if (!t) return -1;
@@ -254,7 +262,8 @@ static int load_layer(const loader *ld, int i, mb_layer *L, int layer_norm, mb_e
         for (int64_t k = 0; k < K; k++) conv_t[k * E + ch] = conv[ch * K + k];
     L->conv_w = conv_t;
     if (load_vec(ld, NAME("mixer.conv1d.bias"), dE, 0, &L->conv_b, e)) return -1;
-    if (load_mat(ld, NAME("mixer.x_proj.weight"), (int)(R + 2 * N), (int)E, &L->x_proj, e)) return -1;
+    if (load_mat(ld, NAME("mixer.x_proj.weight"), (int)(R + 2 * N), (int)E, &L->x_proj, e))
+        return -1;
     if (load_mat(ld, NAME("mixer.dt_proj.weight"), (int)E, (int)R, &L->dt_proj, e)) return -1;
     if (load_vec(ld, NAME("mixer.dt_proj.bias"), dE, 0, &L->dt_b, e)) return -1;
     const float *A_log;
@@ -327,10 +336,12 @@ mb_model *mb_model_load(const char *path, const mb_backend_opts *o, mb_err *e) {
     loader ld = {m, "", dir};
     if (!find(&ld, "backbone.norm_f.weight")) ld.prefix = "module.";
     const char *emb_name = find(&ld, "backbone.embeddings.weight") ? "backbone.embeddings.weight"
-                                                                    : "backbone.embedding.weight";
+                                                                   : "backbone.embedding.weight";
     const mb_st_tensor *et = find(&ld, emb_name);
     if (!et) {
-        mb_fail(e, "%s: missing tensor 'backbone.embeddings.weight' (or 'backbone.embedding.weight')", dir);
+        mb_fail(e,
+                "%s: missing tensor 'backbone.embeddings.weight' (or 'backbone.embedding.weight')",
+                dir);
         goto fail;
     }
     int padded = (c->n_vocab + pad_mult - 1) / pad_mult * pad_mult;
@@ -379,9 +390,15 @@ void mb_model_free(mb_model *m) {
     free(m);
 }
 
-const mb_config *mb_model_config(const mb_model *m) { return &m->c; }
-mb_dtype mb_model_dtype(const mb_model *m) { return m->layers[0].in_proj.dtype; }
-int mb_model_threads(const mb_model *m) { return mb_threads_count(m->threads); }
+const mb_config *mb_model_config(const mb_model *m) {
+    return &m->c;
+}
+mb_dtype mb_model_dtype(const mb_model *m) {
+    return m->layers[0].in_proj.dtype;
+}
+int mb_model_threads(const mb_model *m) {
+    return mb_threads_count(m->threads);
+}
 
 static size_t mat_bytes(const mb_mat *w) {
     return (size_t)w->rows * (size_t)w->cols * (w->dtype == MB_F32 ? 4 : 2);

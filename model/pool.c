@@ -77,9 +77,15 @@ void mb_pool_free(mb_pool *p) {
     free(p);
 }
 
-int mb_pool_slots(const mb_pool *p) { return p->n_slots; }
-int mb_pool_max_tokens(const mb_pool *p) { return p->max_tokens; }
-size_t mb_pool_state_bytes(const mb_pool *p) { return p->state_floats * sizeof(float); }
+int mb_pool_slots(const mb_pool *p) {
+    return p->n_slots;
+}
+int mb_pool_max_tokens(const mb_pool *p) {
+    return p->max_tokens;
+}
+size_t mb_pool_state_bytes(const mb_pool *p) {
+    return p->state_floats * sizeof(float);
+}
 
 void mb_pool_reset(mb_pool *p, int slot) {
     memset(mb_slot_state(p, slot, p->cur[slot]), 0, mb_pool_state_bytes(p));
@@ -88,7 +94,8 @@ void mb_pool_reset(mb_pool *p, int slot) {
 
 int mb_pool_rollback(mb_pool *p, int slot, int n_keep, mb_err *e) {
     if (slot < 0 || slot >= p->n_slots) return mb_fail(e, "rollback: slot %d out of range", slot);
-    if (p->j_start[slot] < 0) return mb_fail(e, "rollback: slot %d was not fed by the last forward", slot);
+    if (p->j_start[slot] < 0)
+        return mb_fail(e, "rollback: slot %d was not fed by the last forward", slot);
     if (n_keep < 0 || n_keep > p->j_len[slot])
         return mb_fail(e, "rollback: keep %d of a span of %d", n_keep, p->j_len[slot]);
     if (n_keep == p->j_at[slot]) return 0;
@@ -116,7 +123,8 @@ int mb_pool_rollback(mb_pool *p, int slot, int n_keep, mb_err *e) {
 int mb_pool_copy(mb_pool *p, int dst, int src) {
     if (dst < 0 || src < 0 || dst >= p->n_slots || src >= p->n_slots) return -1;
     if (dst == src) return 0;
-    memcpy(mb_slot_state(p, dst, p->cur[dst]), mb_slot_state(p, src, p->cur[src]), mb_pool_state_bytes(p));
+    memcpy(mb_slot_state(p, dst, p->cur[dst]), mb_slot_state(p, src, p->cur[src]),
+           mb_pool_state_bytes(p));
     p->j_start[dst] = -1;
     return 0;
 }
@@ -146,7 +154,7 @@ static uint64_t fnv1a(uint64_t h, const void *buf, size_t n) {
 
 static void state_header(const mb_pool *p, uint8_t *hdr) {
     const mb_config *c = &p->m->c;
-    uint32_t f[STATE_FIELDS] = {STATE_VERSION,       (uint32_t)c->d_model, (uint32_t)c->n_layer,
+    uint32_t f[STATE_FIELDS] = {STATE_VERSION,        (uint32_t)c->d_model, (uint32_t)c->n_layer,
                                 (uint32_t)c->d_inner, (uint32_t)c->d_state, (uint32_t)c->d_conv,
                                 (uint32_t)c->n_vocab, (uint32_t)c->dt_rank};
     uint64_t n = mb_pool_state_bytes(p);

@@ -56,7 +56,8 @@ static void free_tensors(mb_st_file *f) {
 /* Reads one header entry into t; the data pointer is checked against the file afterwards. */
 static int parse_entry(const cJSON *j, mb_st_tensor *t, const uint8_t *data, size_t data_len,
                        const char *name, mb_err *e) {
-    if (!cJSON_IsObject(j)) return mb_fail(e, "%s: tensor '%s': entry is not an object", name, t->name);
+    if (!cJSON_IsObject(j))
+        return mb_fail(e, "%s: tensor '%s': entry is not an object", name, t->name);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shape");
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(j, "data_offsets");
@@ -68,30 +69,38 @@ static int parse_entry(const cJSON *j, mb_st_tensor *t, const uint8_t *data, siz
             t->dtype = dtypes[k].dtype;
             esize = dtypes[k].size;
         }
-    if (!esize) return mb_fail(e, "%s: tensor '%s': unknown dtype '%.32s'", name, t->name, dt->valuestring);
+    if (!esize)
+        return mb_fail(e, "%s: tensor '%s': unknown dtype '%.32s'", name, t->name, dt->valuestring);
     int nd = cJSON_GetArraySize(sh);
     if (nd > MB_ST_MAX_DIMS)
-        return mb_fail(e, "%s: tensor '%s': %d dimensions (at most %d)", name, t->name, nd, MB_ST_MAX_DIMS);
+        return mb_fail(e, "%s: tensor '%s': %d dimensions (at most %d)", name, t->name, nd,
+                       MB_ST_MAX_DIMS);
     t->n_dims = nd;
     uint64_t numel = 1;
     for (int d = 0; d < nd; d++) {
         uint64_t v;
         if (json_uint(cJSON_GetArrayItem(sh, d), &v))
-            return mb_fail(e, "%s: tensor '%s': shape[%d] is not a non-negative integer", name, t->name, d);
+            return mb_fail(e, "%s: tensor '%s': shape[%d] is not a non-negative integer", name,
+                           t->name, d);
         t->shape[d] = (int64_t)v;
-        if (v && numel > UINT64_MAX / v) return mb_fail(e, "%s: tensor '%s': shape overflows", name, t->name);
+        if (v && numel > UINT64_MAX / v)
+            return mb_fail(e, "%s: tensor '%s': shape overflows", name, t->name);
         numel *= v;
     }
     uint64_t b, en;
     if (cJSON_GetArraySize(off) != 2 || json_uint(cJSON_GetArrayItem(off, 0), &b) ||
         json_uint(cJSON_GetArrayItem(off, 1), &en) || b > en)
-        return mb_fail(e, "%s: tensor '%s': data_offsets must be [begin, end] with begin <= end", name, t->name);
+        return mb_fail(e, "%s: tensor '%s': data_offsets must be [begin, end] with begin <= end",
+                       name, t->name);
     if (en > data_len)
-        return mb_fail(e, "%s: tensor '%s': data [%llu, %llu) runs past the end of the file (%zu data bytes): truncated?",
+        return mb_fail(e,
+                       "%s: tensor '%s': data [%llu, %llu) runs past the end of the file (%zu data "
+                       "bytes): truncated?",
                        name, t->name, (unsigned long long)b, (unsigned long long)en, data_len);
     if (numel > UINT64_MAX / esize || numel * esize != en - b)
-        return mb_fail(e, "%s: tensor '%s': shape x dtype size is %llu bytes but its span is %llu", name,
-                       t->name, (unsigned long long)(numel * esize), (unsigned long long)(en - b));
+        return mb_fail(e, "%s: tensor '%s': shape x dtype size is %llu bytes but its span is %llu",
+                       name, t->name, (unsigned long long)(numel * esize),
+                       (unsigned long long)(en - b));
     t->data = data + b;
     t->n_bytes = (size_t)(en - b);
     return 0;
@@ -103,7 +112,8 @@ int mb_st_parse(mb_st_file *f, const uint8_t *buf, size_t len, const char *name,
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen > MB_ST_MAX_HEADER)
-        return mb_fail(e, "%s: header length %llu is absurd (limit %u)", name, (unsigned long long)hlen, MB_ST_MAX_HEADER);
+        return mb_fail(e, "%s: header length %llu is absurd (limit %u)", name,
+                       (unsigned long long)hlen, MB_ST_MAX_HEADER);
     if (hlen > len - 8)
         return mb_fail(e, "%s: header length %llu but the file has %zu bytes: truncated?", name,
                        (unsigned long long)hlen, len);
@@ -137,7 +147,8 @@ int mb_st_parse(mb_st_file *f, const uint8_t *buf, size_t len, const char *name,
         qsort(f->t, (size_t)f->n, sizeof *f->t, by_offset);
         for (int i = 1; i < f->n && !rc; i++)
             if (f->t[i - 1].data + f->t[i - 1].n_bytes > f->t[i].data)
-                rc = mb_fail(e, "%s: tensors '%s' and '%s' overlap", name, f->t[i - 1].name, f->t[i].name);
+                rc = mb_fail(e, "%s: tensors '%s' and '%s' overlap", name, f->t[i - 1].name,
+                             f->t[i].name);
         for (int i = 0; i < f->n && !rc; i++)
             for (int k = i + 1; k < f->n; k++)
                 if (!strcmp(f->t[i].name, f->t[k].name)) {

@@ -9,8 +9,8 @@
 
 #include "mambabyte.h"
 
-#define MB_ST_MAX_DIMS    8
-#define MB_ST_MAX_HEADER  (100u << 20) /* a header larger than this is refused as absurd */
+#define MB_ST_MAX_DIMS   8
+#define MB_ST_MAX_HEADER (100u << 20) /* a header larger than this is refused as absurd */
 
 typedef enum { MB_ST_F32, MB_ST_F16, MB_ST_BF16, MB_ST_OTHER } mb_st_dtype;
 

@@ -23,7 +23,9 @@ double mb_uniform(uint64_t seed, uint64_t pos) {
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-size_t mb_sample_scratch_bytes(int n_vocab) { return (size_t)n_vocab * (sizeof(int) + sizeof(double)); }
+size_t mb_sample_scratch_bytes(int n_vocab) {
+    return (size_t)n_vocab * (sizeof(int) + sizeof(double));
+}
 
 static int argmax(const float *x, int n) {
     int best = 0;

@@ -16,8 +16,8 @@ struct mb_threads {
     pthread_t *th;
     void (*fn)(void *, int, int);
     void *ctx;
-    atomic_uint gen;     /* bumped once per parallel region */
-    atomic_int pending;  /* workers still running the current region */
+    atomic_uint gen;    /* bumped once per parallel region */
+    atomic_int pending; /* workers still running the current region */
     atomic_int stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -97,7 +97,9 @@ void mb_threads_free(mb_threads *t) {
     free(t);
 }
 
-int mb_threads_count(const mb_threads *t) { return t->n; }
+int mb_threads_count(const mb_threads *t) {
+    return t->n;
+}
 
 void mb_threads_run(mb_threads *t, void (*fn)(void *ctx, int i, int n), void *ctx) {
     if (t->n == 1) {

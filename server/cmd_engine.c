@@ -97,9 +97,10 @@ static const char generate_usage[] =
 
 int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},  {"prompt", 1, 0, 'p'},       {"max-bytes", 1, 0, 'n'}, {"temperature", 1, 0, 't'},
-        {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},        {"min-p", 1, 0, 'M'},     {"seed", 1, 0, 's'},
-        {"stop", 1, 0, 'S'},   {"threads", 1, 0, 'j'},      {"stats", 0, 0, 'x'},     {"help", 0, 0, 'h'},
+        {"model", 1, 0, 'm'},       {"prompt", 1, 0, 'p'}, {"max-bytes", 1, 0, 'n'},
+        {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},
+        {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},
+        {"threads", 1, 0, 'j'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
         {"prompt-file", 1, 0, 'f'}, {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL;
     const char *stops[16];
@@ -110,23 +111,49 @@ int cmd_generate(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'f': prompt_file = optarg; break;
-        case 'n': max_bytes = strtol(optarg, NULL, 10); break;
-        case 't': s.temperature = strtof(optarg, NULL); break;
-        case 'k': s.top_k = atoi(optarg); break;
-        case 'P': s.top_p = strtof(optarg, NULL); break;
-        case 'M': s.min_p = strtof(optarg, NULL); break;
-        case 's': s.seed = strtoull(optarg, NULL, 10); break;
+        case 'm':
+            dir = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 'f':
+            prompt_file = optarg;
+            break;
+        case 'n':
+            max_bytes = strtol(optarg, NULL, 10);
+            break;
+        case 't':
+            s.temperature = strtof(optarg, NULL);
+            break;
+        case 'k':
+            s.top_k = atoi(optarg);
+            break;
+        case 'P':
+            s.top_p = strtof(optarg, NULL);
+            break;
+        case 'M':
+            s.min_p = strtof(optarg, NULL);
+            break;
+        case 's':
+            s.seed = strtoull(optarg, NULL, 10);
+            break;
         case 'S':
             if (n_stops == 16) return die("generate", "at most 16 --stop strings");
             stops[n_stops++] = optarg;
             break;
-        case 'j': threads = atoi(optarg); break;
-        case 'x': stats = 1; break;
-        case 'h': fputs(generate_usage, stdout); return 0;
-        default: fputs(generate_usage, stderr); return 2;
+        case 'j':
+            threads = atoi(optarg);
+            break;
+        case 'x':
+            stats = 1;
+            break;
+        case 'h':
+            fputs(generate_usage, stdout);
+            return 0;
+        default:
+            fputs(generate_usage, stderr);
+            return 2;
         }
     }
     if (max_bytes < 0 || s.temperature < 0 || s.top_k < 0 || !(s.top_p > 0 && s.top_p <= 1) ||
@@ -143,7 +170,8 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!plen) {
         free(pbytes);
-        return die("generate", "a non-empty prompt is required (-p TEXT); a byte model has no start token");
+        return die("generate",
+                   "a non-empty prompt is required (-p TEXT); a byte model has no start token");
     }
     mb_model *m = load("generate", dir, threads);
     if (!m) {
@@ -206,8 +234,11 @@ int cmd_generate(int argc, char **argv) {
     fflush(stdout);
     double t2 = now_s();
     if (stats)
-        fprintf(stderr, "prompt: %zu bytes in %.3f s (%.1f bytes/s); generated: %zu bytes in %.3f s (%.1f bytes/s); threads %d\n",
-                plen, t1 - t0, (double)plen / (t1 - t0), n, t2 - t1, (double)n / (t2 - t1), mb_model_threads(m));
+        fprintf(stderr,
+                "prompt: %zu bytes in %.3f s (%.1f bytes/s); generated: %zu bytes in %.3f s (%.1f "
+                "bytes/s); threads %d\n",
+                plen, t1 - t0, (double)plen / (t1 - t0), n, t2 - t1, (double)n / (t2 - t1),
+                mb_model_threads(m));
 done:
     free(out);
     free(scratch);
@@ -227,19 +258,32 @@ static const char logits_usage[] =
     "the next-token logits at every position as raw little-endian float32, shape [len, vocab].\n";
 
 int cmd_logits(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"input", 1, 0, 'i'}, {"out", 1, 0, 'o'},
-                                         {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"input", 1, 0, 'i'},
+                                         {"out", 1, 0, 'o'},   {"threads", 1, 0, 'j'},
+                                         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *dir = NULL, *in = NULL, *outp = NULL;
     int threads = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:i:o:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 'i': in = optarg; break;
-        case 'o': outp = optarg; break;
-        case 'j': threads = atoi(optarg); break;
-        case 'h': fputs(logits_usage, stdout); return 0;
-        default: fputs(logits_usage, stderr); return 2;
+        case 'm':
+            dir = optarg;
+            break;
+        case 'i':
+            in = optarg;
+            break;
+        case 'o':
+            outp = optarg;
+            break;
+        case 'j':
+            threads = atoi(optarg);
+            break;
+        case 'h':
+            fputs(logits_usage, stdout);
+            return 0;
+        default:
+            fputs(logits_usage, stderr);
+            return 2;
         }
     }
     if (!in || !outp) return die("logits", "--input and --out are required");
@@ -265,8 +309,10 @@ int cmd_logits(int argc, char **argv) {
         rc = die("logits", p ? "out of memory" : e.msg);
     else {
         for (size_t i = 0; i < n; i++)
-            toks[i] = bytes ? data[i] : (int32_t)((uint32_t)data[4 * i] | (uint32_t)data[4 * i + 1] << 8 |
-                                                  (uint32_t)data[4 * i + 2] << 16 | (uint32_t)data[4 * i + 3] << 24);
+            toks[i] = bytes ? data[i]
+                            : (int32_t)((uint32_t)data[4 * i] | (uint32_t)data[4 * i + 1] << 8 |
+                                        (uint32_t)data[4 * i + 2] << 16 |
+                                        (uint32_t)data[4 * i + 3] << 24);
         if (feed(m, p, toks, n, logits, NULL, &e))
             rc = die("logits", e.msg);
         else if (!(f = fopen(outp, "wb")) || fwrite(logits, sizeof(float) * (size_t)V, n, f) != n)
@@ -319,25 +365,40 @@ static int split_docs(const uint8_t *t, size_t len, doc **out) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"text", 1, 0, 't'},  {"batch", 1, 0, 'b'},
-                                         {"chunk", 1, 0, 'c'}, {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},   {"text", 1, 0, 't'}, {"batch", 1, 0, 'b'}, {"chunk", 1, 0, 'c'},
+        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     const char *dir = NULL, *text = NULL;
     int threads = 0, batch = 8, chunk = 64, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 't': text = optarg; break;
-        case 'b': batch = atoi(optarg); break;
-        case 'c': chunk = atoi(optarg); break;
-        case 'j': threads = atoi(optarg); break;
-        case 'h': fputs(eval_usage, stdout); return 0;
-        default: fputs(eval_usage, stderr); return 2;
+        case 'm':
+            dir = optarg;
+            break;
+        case 't':
+            text = optarg;
+            break;
+        case 'b':
+            batch = atoi(optarg);
+            break;
+        case 'c':
+            chunk = atoi(optarg);
+            break;
+        case 'j':
+            threads = atoi(optarg);
+            break;
+        case 'h':
+            fputs(eval_usage, stdout);
+            return 0;
+        default:
+            fputs(eval_usage, stderr);
+            return 2;
         }
     }
     if (!text) return die("eval", "--text FILE is required");
-    if (batch < 1 || batch > 256 || chunk < 1 || chunk > 4096) return die("eval", "--batch or --chunk out of range");
+    if (batch < 1 || batch > 256 || chunk < 1 || chunk > 4096)
+        return die("eval", "--batch or --chunk out of range");
     size_t len;
     uint8_t *data = slurp(text, &len);
     if (!data) return die("eval", "cannot read the text file");
@@ -355,8 +416,8 @@ int cmd_eval(int argc, char **argv) {
     mb_pool *p = NULL;
     int32_t *toks = malloc((size_t)batch * chunk * sizeof *toks);
     float *logits = malloc((size_t)batch * chunk * V * sizeof(float));
-    int *off = malloc(((size_t)batch + 1) * sizeof(int)), *slot = malloc((size_t)batch * sizeof(int)),
-        *which = malloc((size_t)batch * sizeof(int));
+    int *off = malloc(((size_t)batch + 1) * sizeof(int)),
+        *slot = malloc((size_t)batch * sizeof(int)), *which = malloc((size_t)batch * sizeof(int));
     uint8_t *want = malloc((size_t)batch * chunk);
     if (mb_model_config(m)->n_vocab != V)
         rc = die("eval", "eval needs a byte-level model (vocabulary 256)");
@@ -413,7 +474,8 @@ int cmd_eval(int argc, char **argv) {
     }
     double dt = now_s() - t0;
     if (!rc)
-        printf("bits_per_byte %.6f\nscored_bytes %zu\ndocuments %d\nbytes_per_second %.1f\nseconds %.2f\nthreads %d\n",
+        printf("bits_per_byte %.6f\nscored_bytes %zu\ndocuments %d\nbytes_per_second %.1f\nseconds "
+               "%.2f\nthreads %d\n",
                scored ? bits / (double)scored : 0.0, scored, n_docs, (double)fed_total / dt, dt,
                mb_model_threads(m));
     mb_pool_free(p);

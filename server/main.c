@@ -16,8 +16,12 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"serve", srv_main}, {"generate", cmd_generate}, {"eval", cmd_eval}, {"logits", cmd_logits}};
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    } cmds[] = {{"serve", srv_main},
+                {"generate", cmd_generate},
+                {"eval", cmd_eval},
+                {"logits", cmd_logits}};
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }

@@ -19,7 +19,8 @@ typedef struct fixture {
 
 static int read_json_ids(const cJSON *a, int32_t *out) {
     int n = 0;
-    for (const cJSON *j = a ? a->child : NULL; j && n < 256; j = j->next) out[n++] = (int32_t)j->valueint;
+    for (const cJSON *j = a ? a->child : NULL; j && n < 256; j = j->next)
+        out[n++] = (int32_t)j->valueint;
     return n;
 }
 
@@ -44,7 +45,8 @@ static mb_model *load(const char *path, int threads) {
 }
 
 /* Feeds toks as one span into slot (optionally with every position's logits). */
-static void feed(mb_model *m, mb_pool *p, int slot, const int32_t *toks, int n, float *logits, int all) {
+static void feed(mb_model *m, mb_pool *p, int slot, const int32_t *toks, int n, float *logits,
+                 int all) {
     uint8_t want[512];
     memset(want, 1, sizeof want);
     int off[2] = {0, n};
@@ -115,7 +117,8 @@ static void test_fixture_states(void) {
         mb_pool_read(p, 0, st);
         const int E = c->d_inner, K = c->d_conv, N = c->d_state;
         for (int l = 0; l < c->n_layer; l++) {
-            const float *win = st + (size_t)l * mb_layer_state_floats(c), *ssm = win + (size_t)E * (K - 1);
+            const float *win = st + (size_t)l * mb_layer_state_floats(c),
+                        *ssm = win + (size_t)E * (K - 1);
             snprintf(path, sizeof path, FIX "%s/conv_state.%d.f32", names[k], l);
             float *conv_ref = read_file(path, NULL);
             snprintf(path, sizeof path, FIX "%s/ssm_state.%d.f32", names[k], l);
@@ -132,8 +135,8 @@ static void test_fixture_states(void) {
                 se = fmax(se, fabs(ssm[i] - ssm_ref[i]));
                 sm = fmax(sm, fabs(ssm_ref[i]));
             }
-            CHECK(ce / cm < 1e-5 && se / sm < 1e-4, "%s layer %d: conv err %g, ssm err %g", names[k], l,
-                  ce / cm, se / sm);
+            CHECK(ce / cm < 1e-5 && se / sm < 1e-4, "%s layer %d: conv err %g, ssm err %g",
+                  names[k], l, ce / cm, se / sm);
             free(conv_ref);
             free(ssm_ref);
         }
@@ -163,7 +166,8 @@ static void test_greedy_continuation(void) {
         feed(m, p, 0, fx.toks, fx.n, logits, 0);
         for (int i = 0; i < fx.n_greedy; i++) {
             int32_t t = mb_sample(&s, logits, V, (uint64_t)(fx.n + i), scratch);
-            CHECK(t == fx.greedy[i], "%s: greedy token %d is %d, HF says %d", names[k], i, t, fx.greedy[i]);
+            CHECK(t == fx.greedy[i], "%s: greedy token %d is %d, HF says %d", names[k], i, t,
+                  fx.greedy[i]);
             if (t != fx.greedy[i]) break;
             feed(m, p, 0, &t, 1, logits, 0);
         }
@@ -249,16 +253,19 @@ static void test_batch_invariance(void) {
         size_t sb = mb_pool_state_bytes(p);
         char *saved = malloc(sb * S), *after = malloc(sb * S);
         for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], saved + sb * s);
-        for (int s = 0; s < S; s++) feed(m, p, slots[s], toks + off[s], lens[s], alone + off[s] * V, 1);
+        for (int s = 0; s < S; s++)
+            feed(m, p, slots[s], toks + off[s], lens[s], alone + off[s] * V, 1);
         for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], after + sb * s);
         for (int s = 0; s < S; s++) mb_pool_write(p, slots[s], saved + sb * s);
         mb_batch b = {S, toks, off, slots, want};
         mb_err e;
         CHECK(mb_forward(m, p, &b, batched, &e) == 0, "%s", e.msg);
-        CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4), "batched logits differ (threads %d)", threads);
+        CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4), "batched logits differ (threads %d)",
+              threads);
         for (int s = 0; s < S; s++) {
             mb_pool_read(p, slots[s], saved);
-            CHECK(!memcmp(saved, after + sb * s, sb), "batched state %d differs (threads %d)", s, threads);
+            CHECK(!memcmp(saved, after + sb * s, sb), "batched state %d differs (threads %d)", s,
+                  threads);
         }
         free(saved);
         free(after);
@@ -344,7 +351,8 @@ static void test_pool_files(void) {
     mb_pool_read(p, 0, a);
     mb_pool_read(p, 1, b);
     CHECK(!memcmp(a, b, sb), "round trip differs");
-    CHECK(mb_pool_load(q, 0, path, &e) == -1 && strstr(e.msg, "another model"), "foreign: %s", e.msg);
+    CHECK(mb_pool_load(q, 0, path, &e) == -1 && strstr(e.msg, "another model"), "foreign: %s",
+          e.msg);
     unsigned char *raw = read_file(path, &len);
     raw[100] ^= 1;
     FILE *f = fopen(path, "wb");
@@ -358,7 +366,8 @@ static void test_pool_files(void) {
     f = fopen(path, "wb");
     fwrite("hello", 1, 5, f);
     fclose(f);
-    CHECK(mb_pool_load(p, 1, path, &e) == -1 && strstr(e.msg, "not a mambabyte state"), "garbage: %s", e.msg);
+    CHECK(mb_pool_load(p, 1, path, &e) == -1 && strstr(e.msg, "not a mambabyte state"),
+          "garbage: %s", e.msg);
     CHECK(mb_pool_load(p, 1, "build/no-such-file", &e) == -1, "missing file");
     remove(path);
     free(raw);

@@ -33,7 +33,9 @@ static void write_with_header(const char *hdr, uint64_t claimed_len) {
     free(buf);
 }
 
-static cJSON *header(void) { return cJSON_ParseWithLength((const char *)orig + 8, orig_hlen); }
+static cJSON *header(void) {
+    return cJSON_ParseWithLength((const char *)orig + 8, orig_hlen);
+}
 
 static void write_json(cJSON *h) {
     char *s = cJSON_PrintUnformatted(h);
@@ -49,8 +51,8 @@ static void expect_error(const char *what, const char *n1, const char *n2) {
     mb_model *m = mb_model_load(DIR, &o, &e);
     CHECK(m == NULL, "%s: loaded a bad checkpoint", what);
     mb_model_free(m);
-    CHECK(strstr(e.msg, n1) && (!n2 || strstr(e.msg, n2)), "%s: message '%s' lacks '%s' / '%s'", what,
-          e.msg, n1, n2 ? n2 : "");
+    CHECK(strstr(e.msg, n1) && (!n2 || strstr(e.msg, n2)), "%s: message '%s' lacks '%s' / '%s'",
+          what, e.msg, n1, n2 ? n2 : "");
     printf("     %-22s -> %s\n", what, e.msg);
 }
 
@@ -89,19 +91,23 @@ static void test_bad_checkpoints(void) {
     expect_error("missing tensor", "backbone.layers.1.mixer.D", "missing");
 
     h = header();
-    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.A_log"), "dtype", cJSON_CreateString("Q4_K"));
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.A_log"), "dtype",
+                              cJSON_CreateString("Q4_K"));
     write_json(h);
     expect_error("unknown dtype", "backbone.layers.0.mixer.A_log", "Q4_K");
 
     h = header();
-    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.D"), "dtype", cJSON_CreateString("I32"));
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.D"), "dtype",
+                              cJSON_CreateString("I32"));
     write_json(h);
     expect_error("unsupported dtype", "backbone.layers.0.mixer.D", "unsupported dtype");
 
     h = header();
-    cJSON *off = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.D"), "data_offsets");
+    cJSON *off =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.D"), "data_offsets");
     int b = cJSON_GetArrayItem(off, 0)->valueint;
-    cJSON *off2 = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.A_log"), "data_offsets");
+    cJSON *off2 = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "backbone.layers.0.mixer.A_log"),
+                                      "data_offsets");
     cJSON_ReplaceItemInArray(off2, 0, cJSON_CreateNumber(b + 4));
     cJSON_ReplaceItemInArray(off2, 1, cJSON_CreateNumber(b + 4 + 128 * 16 * 4));
     write_json(h);
@@ -143,14 +149,17 @@ static void test_parser_edges(void) {
     CHECK(mb_st_parse(&f, tiny, 4, "x", &e) == -1 && strstr(e.msg, "too short"), "%s", e.msg);
     uint8_t lie[16] = {200};
     CHECK(mb_st_parse(&f, lie, 16, "x", &e) == -1 && strstr(e.msg, "truncated"), "%s", e.msg);
-    const char *h = "{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"__metadata__\":{}}";
+    const char *h =
+        "{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"__metadata__\":{}}";
     uint8_t buf[256] = {0};
     size_t hl = strlen(h);
     buf[0] = (uint8_t)hl;
     memcpy(buf + 8, h, hl);
-    CHECK(mb_st_parse(&f, buf, 8 + hl + 8, "x", &e) == 0 && f.n == 1 && f.t[0].n_bytes == 8, "%s", e.msg);
+    CHECK(mb_st_parse(&f, buf, 8 + hl + 8, "x", &e) == 0 && f.n == 1 && f.t[0].n_bytes == 8, "%s",
+          e.msg);
     mb_st_close(&f);
-    CHECK(mb_st_parse(&f, buf, 8 + hl + 4, "x", &e) == -1 && strstr(e.msg, "past the end"), "%s", e.msg);
+    CHECK(mb_st_parse(&f, buf, 8 + hl + 4, "x", &e) == -1 && strstr(e.msg, "past the end"), "%s",
+          e.msg);
 }
 
 int main(void) {

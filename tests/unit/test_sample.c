@@ -31,13 +31,16 @@ static void test_distribution(void) {
     CHECK(fabs(count[0] / (double)n - 0.5) < 0.02 && fabs(count[2] / (double)n - 0.2) < 0.02,
           "frequencies %d %d %d", count[0], count[1], count[2]);
     s.top_k = 2;
-    for (int i = 0; i < n; i++) CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "top_k 2 kept index 2");
+    for (int i = 0; i < n; i++)
+        CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "top_k 2 kept index 2");
     s.top_k = 0;
     s.top_p = 0.7f;
-    for (int i = 0; i < n; i++) CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "top_p 0.7 kept index 2");
+    for (int i = 0; i < n; i++)
+        CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "top_p 0.7 kept index 2");
     s.top_p = 1.0f;
     s.min_p = 0.5f; /* keeps p >= 0.25: indices 0 and 1 */
-    for (int i = 0; i < n; i++) CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "min_p kept index 2");
+    for (int i = 0; i < n; i++)
+        CHECK(mb_sample(&s, l, 3, (uint64_t)i, scratch) != 2, "min_p kept index 2");
     s.min_p = 0.0f;
     s.temperature = 0.05f; /* nearly greedy */
     int zeros = 0;
@@ -55,7 +58,8 @@ static void test_seeded(void) {
     }
     CHECK(fabs(sum / 100000 - 0.5) < 0.01, "mean %g", sum / 100000);
     CHECK(mb_uniform(1, 5) == mb_uniform(1, 5), "pure");
-    CHECK(mb_uniform(1, 5) != mb_uniform(2, 5) && mb_uniform(1, 5) != mb_uniform(1, 6), "depends on both");
+    CHECK(mb_uniform(1, 5) != mb_uniform(2, 5) && mb_uniform(1, 5) != mb_uniform(1, 6),
+          "depends on both");
     float l[256];
     for (int i = 0; i < 256; i++) l[i] = (float)(i % 17) * 0.1f;
     mb_sampling s;
