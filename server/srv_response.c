@@ -4,6 +4,7 @@
 #include "srv_text.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,9 +56,9 @@ static void add_timings(cJSON *o, const srv_job *j) {
     double decode = ms(j->t_first, j->t_done);
     cJSON_AddNumberToObject(t, "decode_ms", decode);
     cJSON_AddNumberToObject(t, "total_ms", ms(j->t_arrive, j->t_done));
-    cJSON_AddNumberToObject(t, "bytes_per_second",
-                            decode > 0 && j->out_len > 1 ? (double)(j->out_len - 1) * 1e3 / decode
-                                                         : 0);
+    cJSON_AddNumberToObject(
+        t, "bytes_per_second",
+        decode > 0 && j->out_len > 1 ? round((double)(j->out_len - 1) * 1e4 / decode) / 10 : 0);
 }
 
 static void add_usage(cJSON *o, const srv_job *j) {
