@@ -279,8 +279,14 @@ int cfg_load(cfg *c, int argc, char **argv, char *err, size_t err_len) {
 void cfg_usage(FILE *f) {
     fprintf(f, "usage: mambabyte serve -m MODEL_DIR [--draft DIR] [--host H] [--port P] "
                "[--config FILE] [--<key> VALUE]...\n\n"
-               "Settings (flag --key, env MAMBABYTE_KEY, config file key; default):\n");
-    for (size_t i = 0; i < N_KEYS; i++)
-        fprintf(f, "  --%-22s %s (default: %s)\n", KEYS[i].name, KEYS[i].help,
+               "Settings: flag --key-name, env MAMBABYTE_KEY_NAME, config file \"key_name\"; "
+               "flags win over env, env over the --config file, that over config/default.json.\n");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "%s", KEYS[i].name);
+        for (char *p = flag; *p; p++)
+            if (*p == '_') *p = '-';
+        fprintf(f, "  --%-22s %s (default: %s)\n", flag, KEYS[i].help,
                 *KEYS[i].def ? KEYS[i].def : "\"\"");
+    }
 }
