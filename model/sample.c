@@ -47,7 +47,7 @@ static int by_logit_desc(const void *a, const void *b) {
 int mb_sample(const mb_sampling *s, const float *logits, int n, uint64_t pos, void *scratch) {
     if (!(s->temperature > 0.0f) || s->top_k == 1) return argmax(logits, n);
     double *pr = scratch; /* doubles first: scratch is 8-byte aligned, n may be odd */
-    int *idx = (int *)(pr + n);
+    int *idx = (void *)((char *)scratch + (size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) idx[i] = i;
     cmp_logits = logits;
     qsort(idx, (size_t)n, sizeof *idx, by_logit_desc);
