@@ -13,7 +13,7 @@ Backward: the same programs walk the chunks in reverse. Each chunk recomputes it
 checkpoint (a scan of the inputs shifted by one step gives s_{t-1}), the adjoint g_t = dL/ds_t comes
 from a reverse scan g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy'_t carried across chunks in registers,
 and every input gradient is formed from s_{t-1}, s_t and g_t. dB and dC sum over channels across
-programs (float32 atomics); dA and dD are written per batch row and summed by the caller.
+programs (per-block partials summed by the caller); dA and dD are written per batch row and summed by the caller.
 """
 import torch
 import triton
@@ -81,11 +81,12 @@ def _fwd_kernel(x_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, y_pt
 @triton.jit
 def _bwd_kernel(x_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dy_ptr,
                 dx_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-                L, E, NCH,
+                L, E, NCH, NBLK,
                 sxb, sxl, sxd, sdb, sdl, sdd, szb, szl, szd,
                 sBb, sBl, sBn, sCb, sCl, sCn, syb, syl, syd,
                 HAS_Z: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, N: tl.constexpr):
-    # dx, ddt, dz are contiguous (batch, L, E); dB, dC contiguous (batch, L, N) float32, zeroed;
+    # dx, ddt, dz are contiguous (batch, L, E); dB, dC are per-channel-block partials
+    # (batch, NBLK, L, N) float32 that the caller sums over the blocks;
     # dA (batch, E, N) and dD (batch, E) float32 partials.
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -149,13 +150,10 @@ def _bwd_kernel(x_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_p
         dln = tl.where(mn2, _softplus(drn + bias[None, :]), 0.0)
         an = tl.exp(dln[:, :, None] * A[None, :, :])
         h = Ct[:, None, :] * dyp[:, :, None]
-        # flip time so that a forward scan runs the recurrence backwards: index i <-> T-1-i
-        an_r = tl.flip(an, 0)
-        h_r = tl.flip(h, 0)
-        ga, gb = tl.associative_scan((an_r, h_r), axis=0, combine_fn=_affine)
-        # forward scan over reversed order composes later steps first: gb_i is the value of the
-        # recurrence started from 0 at the chunk end, ga_i the product of the a's it passed
-        gt = tl.flip(gb + ga * g[None, :, :], 0)
+        # reversed scan: the carry composes the later steps' maps first, then the step's own,
+        # so gb_i is the recurrence started from 0 at the chunk end and ga_i the product of a's
+        ga, gb = tl.associative_scan((an, h), axis=0, combine_fn=_affine, reverse=True)
+        gt = gb + ga * g[None, :, :]
         # gradients
         gsa = gt * sprev * a
         gB = tl.sum(gt * Bt[:, None, :], axis=2)
@@ -170,8 +168,9 @@ def _bwd_kernel(x_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_p
         tl.store(dx_ptr + b * L * E + tt[:, None] * E + od[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + b * L * E + tt[:, None] * E + od[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
         nm = tm[:, None] & (on[None, :] < N)
-        tl.atomic_add(dB_ptr + b * L * N + tt[:, None] * N + on[None, :], dBt, mask=nm)
-        tl.atomic_add(dC_ptr + b * L * N + tt[:, None] * N + on[None, :], dCt, mask=nm)
+        pofs = (b * NBLK + pid_d) * L * N + tt[:, None] * N + on[None, :]
+        tl.store(dB_ptr + pofs, dBt, mask=nm)
+        tl.store(dC_ptr + pofs, dCt, mask=nm)
         g = tl.sum(tl.where(first, gt, 0.0), axis=0)
     tl.store(dA_ptr + b * E * N + dn, dA_acc, mask=dm[:, None])
     tl.store(dD_ptr + b * E + od, dD_acc, mask=dm)
@@ -209,17 +208,18 @@ def scan_backward(dy, x, dt, A, B, C, D, z, dt_bias, ck):
     dx = torch.empty((bsz, L, E), device=x.device, dtype=x.dtype)
     ddt = torch.empty((bsz, L, E), device=x.device, dtype=dt.dtype)
     dz = torch.empty((bsz, L, E), device=x.device, dtype=z.dtype) if z is not None else dx
-    dB = torch.zeros((bsz, L, N), device=x.device, dtype=torch.float32)
-    dC = torch.zeros((bsz, L, N), device=x.device, dtype=torch.float32)
+    nblk = triton.cdiv(E, BD)
+    dB = torch.empty((bsz, nblk, L, N), device=x.device, dtype=torch.float32)
+    dC = torch.empty((bsz, nblk, L, N), device=x.device, dtype=torch.float32)
     dA = torch.empty((bsz, E, N), device=x.device, dtype=torch.float32)
     dD = torch.empty((bsz, E), device=x.device, dtype=torch.float32)
     A = A.float().contiguous(); Dc = D.float().contiguous(); bias = dt_bias.float().contiguous()
     zz = z if z is not None else x
-    grid = (triton.cdiv(E, BD), bsz)
-    _bwd_kernel[grid](x, dt, zz, B, C, A, Dc, bias, ck, dy, dx, ddt, dz, dB, dC, dA, dD, L, E, nch,
+    grid = (nblk, bsz)
+    _bwd_kernel[grid](x, dt, zz, B, C, A, Dc, bias, ck, dy, dx, ddt, dz, dB, dC, dA, dD, L, E, nch, nblk,
                       *x.stride(), *dt.stride(), *zz.stride(), *B.stride(), *C.stride(), *dy.stride(),
                       HAS_Z=z is not None, T=T, BD=BD, N=N, num_warps=W)
-    return dx, ddt, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype), dD.sum(0), (dz if z is not None else None), ddt.float().sum((0, 1))
+    return dx, ddt, dA.sum(0), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype), dD.sum(0), (dz if z is not None else None), ddt.float().sum((0, 1))
 
 
 class SelectiveScan(torch.autograd.Function):
