@@ -200,6 +200,7 @@ def main():
     ap.add_argument("--ckpt", help="checkpoint file (written every --ckpt-every steps and at the end)")
     ap.add_argument("--ckpt-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from the weights of an exported folder (fine-tuning)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval-seg", type=int, default=65536)
     ap.add_argument("--no-final-eval", action="store_true")
@@ -264,6 +265,11 @@ def main():
     cfg = MambaConfig(vocab_size=V, d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state,
                       expand=args.expand)
     model = MambaLM(cfg).to(device)
+    if args.init:
+        sd = {k: torch.from_numpy(v) for k, v in st_io.read(os.path.join(args.init, "model.safetensors")).items()}
+        load_hf_state_dict(model, sd)
+        model.to(device)
+        log(f"initialised from {args.init}")
     fwd_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
