@@ -1,5 +1,6 @@
 /* cfg.c: the settings table and its four layers (default.json < --config file < env < flags). */
 #include "cfg.h"
+#include "fileio.h"
 
 #include <cJSON.h>
 #include <ctype.h>
@@ -165,27 +166,11 @@ out:
 }
 
 static int apply_file(cfg *c, const char *path, char *err, size_t n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, n, "%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *nb = cap < (1u << 24) ? realloc(buf, cap * 2) : NULL;
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (!buf) return fail(err, n, "%s: too large or out of memory", path);
-    int rc = cfg_apply_json(c, buf, len, path, err, n);
+    mb_err e;
+    size_t len;
+    uint8_t *buf = mb_read_file(path, 1u << 24, &len, &e);
+    if (!buf) return fail(err, n, "%s", e.msg);
+    int rc = cfg_apply_json(c, (const char *)buf, len, path, err, n);
     free(buf);
     return rc;
 }

@@ -10,27 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "internal.h"
 
 /* ---------------------------------------------------------------- config.json */
-
-static char *read_small_file(const char *path, size_t limit, mb_err *e) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        mb_fail(e, "%s: cannot open", path);
-        return NULL;
-    }
-    char *buf = malloc(limit + 1);
-    size_t n = buf ? fread(buf, 1, limit + 1, f) : 0;
-    fclose(f);
-    if (!buf || n > limit) {
-        free(buf);
-        mb_fail(e, "%s: larger than %zu bytes", path, limit);
-        return NULL;
-    }
-    buf[n] = 0;
-    return buf;
-}
 
 /* An integer config value: the first of the keys present, or def (-1: required). */
 static int cfg_int(const cJSON *o, const char *k1, const char *k2, int def, int *out,
@@ -58,7 +41,7 @@ static int cfg_bool(const cJSON *o, const char *k1, const char *k2, int def) {
 /* Reads the shape from config.json, in HF keys or mamba_ssm keys (ssm_cfg nested). The vocab
  * padding (n_rows) and the norm kind are settled later against the tensors themselves. */
 static int parse_config(const char *path, mb_config *c, int *pad_mult, int *rms_key, mb_err *e) {
-    char *txt = read_small_file(path, 1 << 20, e);
+    char *txt = (char *)mb_read_file(path, 1 << 20, NULL, e);
     if (!txt) return -1;
     cJSON *o = cJSON_Parse(txt);
     free(txt);

@@ -10,9 +10,11 @@
 #include <time.h>
 
 #include "cmd_engine.h"
+#include "fileio.h"
 #include "mambabyte.h"
 
-#define CHUNK 512 /* tokens per forward when feeding a long input */
+#define CHUNK     512               /* tokens per forward when feeding a long input */
+#define MAX_INPUT ((size_t)1 << 32) /* bytes of an input file */
 
 static double now_s(void) {
     struct timespec ts;
@@ -23,26 +25,6 @@ static double now_s(void) {
 static int die(const char *cmd, const char *msg) {
     fprintf(stderr, "mambabyte %s: %s\n", cmd, msg);
     return 1;
-}
-
-/* Reads a whole file (or stdin for "-"). */
-static uint8_t *slurp(const char *path, size_t *len) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    uint8_t *buf = malloc(cap);
-    size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            uint8_t *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    if (f != stdin) fclose(f);
-    *len = n;
-    return buf;
 }
 
 static mb_model *load(const char *cmd, const char *dir, int threads) {
@@ -161,9 +143,10 @@ int cmd_generate(int argc, char **argv) {
         return die("generate", "an option is out of range (see --help)");
     size_t plen = 0;
     uint8_t *pbytes = NULL;
+    mb_err e;
     if (prompt_file) {
-        pbytes = slurp(prompt_file, &plen);
-        if (!pbytes) return die("generate", "cannot read the prompt file");
+        pbytes = mb_read_file(prompt_file, MAX_INPUT, &plen, &e);
+        if (!pbytes) return die("generate", e.msg);
     } else if (prompt) {
         plen = strlen(prompt);
         pbytes = (uint8_t *)strdup(prompt);
@@ -186,7 +169,6 @@ int cmd_generate(int argc, char **argv) {
         mb_model_free(m);
         return rc;
     }
-    mb_err e;
     mb_pool *p = mb_pool_create(m, 1, CHUNK, &e);
     int32_t *toks = malloc((plen + 1) * sizeof *toks);
     float *logits = malloc(256 * sizeof(float));
@@ -288,8 +270,9 @@ int cmd_logits(int argc, char **argv) {
     }
     if (!in || !outp) return die("logits", "--input and --out are required");
     size_t len;
-    uint8_t *data = slurp(in, &len);
-    if (!data) return die("logits", "cannot read the input file");
+    mb_err e;
+    uint8_t *data = mb_read_file(in, MAX_INPUT, &len, &e);
+    if (!data) return die("logits", e.msg);
     mb_model *m = load("logits", dir, threads);
     if (!m) {
         free(data);
@@ -298,7 +281,6 @@ int cmd_logits(int argc, char **argv) {
     const int V = mb_model_config(m)->n_vocab, bytes = V == 256;
     size_t n = bytes ? len : len / 4;
     int rc = 0;
-    mb_err e;
     int32_t *toks = malloc((n + 1) * sizeof *toks);
     float *logits = malloc((n + 1) * (size_t)V * sizeof(float));
     mb_pool *p = mb_pool_create(m, 1, CHUNK, &e);
@@ -400,8 +382,9 @@ int cmd_eval(int argc, char **argv) {
     if (batch < 1 || batch > 256 || chunk < 1 || chunk > 4096)
         return die("eval", "--batch or --chunk out of range");
     size_t len;
-    uint8_t *data = slurp(text, &len);
-    if (!data) return die("eval", "cannot read the text file");
+    mb_err e;
+    uint8_t *data = mb_read_file(text, MAX_INPUT, &len, &e);
+    if (!data) return die("eval", e.msg);
     doc *docs = NULL;
     int n_docs = split_docs(data, len, &docs);
     mb_model *m = n_docs >= 0 ? load("eval", dir, threads) : NULL;
@@ -411,7 +394,6 @@ int cmd_eval(int argc, char **argv) {
         return n_docs < 0 ? die("eval", "out of memory") : 1;
     }
     int rc = 0;
-    mb_err e;
     const int V = 256;
     mb_pool *p = NULL;
     int32_t *toks = malloc((size_t)batch * chunk * sizeof *toks);
