@@ -115,6 +115,28 @@ def test_eval_matches_logits(tmp):
     check(len(set(outs)) == 1, f"eval depends on batching: {outs}")
 
 
+def test_bundled_models_match_trainer(tmp):
+    """The C engine loads the shipped exports and gives the trainer's log-probabilities
+    (tests/train/ref_<model>.json, written by tools/train/train.py --ref-json)."""
+    for name, vocab in [("mambabyte-small", 256), ("drafter-small", 4096)]:
+        ref = json.load(open(f"tests/train/ref_{name}.json"))
+        ids = ref["ids"]
+        inp, out = os.path.join(tmp, name + ".in"), os.path.join(tmp, name + ".out")
+        with open(inp, "wb") as f:
+            f.write(bytes(ids) if vocab == 256 else struct.pack("<%di" % len(ids), *ids))
+        r = run("logits", "-m", f"models/{name}", "--input", inp, "--out", out)
+        check(r.returncode == 0, f"logits {name}: {r.stderr.decode()}")
+        lg = floats(out)
+        check(len(lg) == vocab * len(ids), f"{name}: logits shape")
+        worst = 0.0
+        for i in range(len(ids) - 1):
+            row = lg[vocab * i: vocab * (i + 1)]
+            m = max(row)
+            lse = m + math.log(sum(math.exp(v - m) for v in row))
+            worst = max(worst, abs(row[ids[i + 1]] - lse - ref["target_logprob"][i]))
+        check(worst < 2e-3, f"{name}: engine vs trainer log-prob differ by {worst}")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_help_and_errors()
@@ -122,6 +144,7 @@ def main():
         test_generate_greedy_matches_hf(tmp)
         test_generate_seeded_and_stop()
         test_eval_matches_logits(tmp)
+        test_bundled_models_match_trainer(tmp)
     if failures:
         print(f"{len(failures)} failures")
         sys.exit(1)
