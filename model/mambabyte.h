@@ -42,7 +42,9 @@ typedef struct mb_backend_opts {
 
 typedef struct mb_model mb_model;
 
-/* Loads config.json and model.safetensors (or every *.safetensors) from dir. */
+/* Loads config.json and model.safetensors (or every *.safetensors) from dir, or one .safetensors
+ * file with config.json beside it. A model owns a team of worker threads: drive it (and its
+ * pools) from one thread at a time, as the server's scheduler does. */
 mb_model *mb_model_load(const char *dir, const mb_backend_opts *o, mb_err *e);
 void mb_model_free(mb_model *m);
 const mb_config *mb_model_config(const mb_model *m);
