@@ -218,11 +218,24 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, srv_
     return parse_stop(o, lim, r, e);
 }
 
+/* cJSON ends its strings at a NUL, so a "\u0000" escape would silently cut a prompt or a stop
+ * string short: such bodies are refused instead (prompt_base64 carries any byte). */
+static int has_escaped_nul(const char *body, size_t len) {
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (body[i] != '\\') continue;
+        if (body[i + 1] == 'u' && i + 5 < len && !memcmp(body + i + 2, "0000", 4)) return 1;
+        i++; /* skip the escaped character, so an escaped backslash cannot start another escape */
+    }
+    return 0;
+}
+
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
                       srv_gen_req *r, srv_error *e) {
     memset(r, 0, sizeof *r);
     r->api = api;
     mb_sampling_default(&r->sampling);
+    if (has_escaped_nul(body, len))
+        return bad(e, "strings may not contain \\u0000 (NUL); send such a prompt as prompt_base64");
     cJSON *root = cJSON_ParseWithLength(body, len);
     int rc;
     if (!root)

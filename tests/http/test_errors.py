@@ -20,6 +20,9 @@ BAD = [
     ("/v1/completions", b"[1, 2]", 400, None),
     ("/v1/completions", b'"just a string"', 400, None),
     ("/v1/completions", b"{}", 400, None),
+    # a NUL would silently cut a cJSON string short: refused, not truncated
+    ("/v1/completions", b'{"prompt": "ab\\u0000cd"}', 400, None),
+    ("/v1/generate", b'{"prompt": "x", "stop": ["a\\u0000"]}', 400, None),
     ("/v1/completions", b'{"prompt": 5}', 400, None),
     ("/v1/completions", b'{"prompt": ["a", "b"]}', 400, None),
     ("/v1/completions", b'{"prompt": ""}', 400, None),
@@ -78,6 +81,8 @@ def test_bad_inputs():
         st, body, _ = SRV.request("POST", path, raw=raw)
         check_error(st, body, status, code, f"{path} {raw[:80]!r}")
     assert SRV.post("/v1/completions", {"prompt": "still serving", "max_tokens": 5})["choices"]
+    # an escaped backslash before "u0000" is not a NUL escape
+    assert SRV.post("/v1/completions", {"prompt": "a\\u0000b", "max_tokens": 1})["choices"]
 
 
 def test_routes_and_methods():
