@@ -34,13 +34,17 @@ typedef struct mb_threads mb_threads;
 
 struct mb_model {
     mb_config c;
-    mb_mat embed;      /* (n_rows, d_model) */
-    mb_mat head;       /* (n_rows, d_model); the embedding when tied */
-    const float *nf_w; /* final norm (d_model) */
-    const float *nf_b; /* (d_model) or NULL */
-    mb_layer *layers;  /* (n_layer) */
-    mb_st_file files[16];
+    mb_mat embed;         /* (n_rows, d_model) */
+    mb_mat head;          /* (n_rows, d_model); the embedding when tied */
+    const float *nf_w;    /* final norm (d_model) */
+    const float *nf_b;    /* (d_model) or NULL */
+    mb_layer *layers;     /* (n_layer) */
+    mb_st_file files[16]; /* open while loading */
     int n_files;
+    void *arena_map; /* the weight matrices (see model.c, arena_reserve) */
+    size_t arena_map_len;
+    uint8_t *arena; /* 2 MB aligned inside arena_map */
+    size_t arena_len, arena_used;
     void **owned; /* buffers converted at load time, freed with the model */
     int n_owned, cap_owned;
     mb_threads *threads;
