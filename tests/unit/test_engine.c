@@ -44,6 +44,14 @@ static mb_model *load(const char *path, int threads) {
     return m;
 }
 
+/* A fixture's prompt (and greedy continuation) and its float32 model. */
+static mb_model *fixture_model(const char *name, fixture *fx) {
+    char path[256];
+    load_fixture(name, fx);
+    snprintf(path, sizeof path, FIX "%s", name);
+    return load(path, 0);
+}
+
 /* Feeds toks as one span into slot (optionally with every position's logits). */
 static void feed(mb_model *m, mb_pool *p, int slot, const int32_t *toks, int n, float *logits,
                  int all) {
@@ -104,10 +112,7 @@ static void test_fixture_states(void) {
     const char *names[] = {"tiny-byte-tied", "tiny-subword-1000"};
     for (int k = 0; k < 2; k++) {
         fixture fx;
-        load_fixture(names[k], &fx);
-        char path[256];
-        snprintf(path, sizeof path, FIX "%s", names[k]);
-        mb_model *m = load(path, 0);
+        mb_model *m = fixture_model(names[k], &fx);
         if (!m) return;
         const mb_config *c = mb_model_config(m);
         mb_pool *p = mb_pool_create(m, 1, 512, NULL);
@@ -116,6 +121,7 @@ static void test_fixture_states(void) {
         float *st = malloc(mb_pool_state_bytes(p));
         mb_pool_read(p, 0, st);
         const int E = c->d_inner, K = c->d_conv, N = c->d_state;
+        char path[256];
         for (int l = 0; l < c->n_layer; l++) {
             const float *win = st + (size_t)l * mb_layer_state_floats(c),
                         *ssm = win + (size_t)E * (K - 1);
@@ -152,10 +158,7 @@ static void test_greedy_continuation(void) {
     const char *names[] = {"tiny-byte-tied", "tiny-subword-1000"};
     for (int k = 0; k < 2; k++) {
         fixture fx;
-        load_fixture(names[k], &fx);
-        char path[256];
-        snprintf(path, sizeof path, FIX "%s", names[k]);
-        mb_model *m = load(path, 0);
+        mb_model *m = fixture_model(names[k], &fx);
         if (!m) return;
         int V = mb_model_config(m)->n_vocab;
         mb_pool *p = mb_pool_create(m, 1, 512, NULL);
@@ -178,8 +181,7 @@ static void test_greedy_continuation(void) {
     }
     /* mamba_ssm fixture: its greedy next token after the prompt */
     fixture fx;
-    load_fixture("tiny-mambassm-layernorm", &fx);
-    mb_model *m = load(FIX "tiny-mambassm-layernorm", 0);
+    mb_model *m = fixture_model("tiny-mambassm-layernorm", &fx);
     if (!m) return;
     mb_pool *p = mb_pool_create(m, 1, 512, NULL);
     float logits[256];
