@@ -138,8 +138,17 @@ static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, 
     __m256 acc[12]; /* R * T <= 12: with the R weight chunks, all in the 16 ymm registers */
     for (int i = 0; i < R * T; i++) acc[i] = _mm256_setzero_ps();
     int k = 0;
+    const size_t esize = dt == MB_F32 ? 4 : 2;
     for (; k + 8 <= n; k += 8) {
         __m256 w[8];
+        /* Decode streams each row once and rows are short (1 KB for a bf16 row of 512): ask for
+         * the next row group's cache line now, or the hardware prefetcher starts too late
+         * (+20% at batch 1 with bf16 weights; a prefetch past the end is harmless). */
+        if (T == 1 && (size_t)k * esize % 64 == 0)
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)((uintptr_t)W->w +
+                                            ((size_t)(r0 + R + r) * ld + (size_t)k) * esize),
+                             _MM_HINT_T0);
         for (int r = 0; r < R; r++) w[r] = load8(W->w, dt, (size_t)(r0 + r) * ld + (size_t)k);
         for (int t = 0; t < T; t++) {
             __m256 x = _mm256_loadu_ps(X + (size_t)t * (size_t)ldx + (size_t)k);
