@@ -61,7 +61,6 @@ typedef struct mb_pool mb_pool;
 mb_pool *mb_pool_create(mb_model *m, int n_slots, int max_tokens, mb_err *e);
 void mb_pool_free(mb_pool *p);
 int mb_pool_slots(const mb_pool *p);
-int mb_pool_max_tokens(const mb_pool *p);
 /* Sets a slot to the empty history (all zeros). */
 void mb_pool_reset(mb_pool *p, int slot);
 /* After the last mb_forward on this pool fed k tokens to slot: make its state as if only the

@@ -80,9 +80,6 @@ void mb_pool_free(mb_pool *p) {
 int mb_pool_slots(const mb_pool *p) {
     return p->n_slots;
 }
-int mb_pool_max_tokens(const mb_pool *p) {
-    return p->max_tokens;
-}
 size_t mb_pool_state_bytes(const mb_pool *p) {
     return p->state_floats * sizeof(float);
 }

@@ -335,6 +335,27 @@ static void test_rollback(void) {
     mb_model_free(m);
 }
 
+/* A copied slot (a fork) continues exactly like its source; the copy cannot roll back. */
+static void test_pool_copy(void) {
+    mb_model *m = load(FIX "tiny-byte-tied", 0);
+    if (!m) return;
+    mb_pool *p = mb_pool_create(m, 2, 64, NULL);
+    int32_t toks[12];
+    bytes_of(toks, 12, 21);
+    float a[256], b[256];
+    feed(m, p, 0, toks, 10, a, 0);
+    feed(m, p, 1, toks + 5, 3, b, 0); /* slot 1 was fed last: it could roll back */
+    CHECK(mb_pool_copy(p, 1, 0) == 0, "copy");
+    mb_err e;
+    CHECK(mb_pool_rollback(p, 1, 0, &e) == -1, "a copy has no span to roll back");
+    feed(m, p, 0, toks + 10, 2, a, 0);
+    feed(m, p, 1, toks + 10, 2, b, 0);
+    CHECK(!memcmp(a, b, sizeof a), "fork diverged from its source");
+    CHECK(mb_pool_copy(p, 2, 0) == -1, "copy to a slot out of range");
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
 /* Save / load round trip; a corrupt, truncated or foreign file is refused. */
 static void test_pool_files(void) {
     mb_model *m = load(FIX "tiny-byte-tied", 0), *other = load(FIX "tiny-subword-1000", 0);
@@ -411,6 +432,7 @@ int main(void) {
     RUN(test_batch_invariance);
     RUN(test_thread_invariance);
     RUN(test_rollback);
+    RUN(test_pool_copy);
     RUN(test_pool_files);
     RUN(test_bad_batches);
     return check_failures ? 1 : 0;
