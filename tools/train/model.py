@@ -1,11 +1,15 @@
 """Mamba-1 language model for training (the maths of DESIGN.md, the layout of Hugging Face's
 MambaForCausalLM: RMSNorm, residual in float32, tied head)."""
+import importlib
 import math
 from dataclasses import dataclass, asdict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+KERNEL = "scan_triton"  # module of the scan kernel: scan_triton or scan_cuda (train.py --scan-impl)
 
 
 @dataclass
@@ -101,11 +105,11 @@ class MambaBlock(nn.Module):
             y, sT = scan_torch(x, dt, A, Bm, Cm, self.D, z, self.dt_proj.bias, None if state is None else state[1])
             y = y.to(x.dtype)
         elif state is None:
-            from scan_triton import selective_scan
-            y, sT = selective_scan(x, dt, A, Bm, Cm, self.D, z, self.dt_proj.bias.float()), None
+            k = importlib.import_module(KERNEL)
+            y, sT = k.selective_scan(x, dt, A, Bm, Cm, self.D, z, self.dt_proj.bias.float()), None
         else:
-            from scan_triton import scan_forward
-            y, _, sT = scan_forward(x, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(),
+            k = importlib.import_module(KERNEL)
+            y, _, sT = k.scan_forward(x, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(),
                                     s0=state[1], store_ck=False, return_state=True)
         out = self.out_proj(y)
         return h + out.float(), ((new_tail, sT) if state is not None else None)

@@ -1,9 +1,9 @@
-"""The Triton selective scan against the float64 sequential reference (values and gradients of
+"""The selective scan kernels against the float64 sequential reference (values and gradients of
 x, dt, A, B, C, D, z, dt_bias) on small random cases.
 
-Needs torch and triton. On a machine without a GPU run it through Triton's interpreter:
+Needs torch and triton. On a machine without a GPU run the Triton kernel through its interpreter:
     TRITON_INTERPRET=1 python3 tools/train/test_scan_triton.py
-On a GPU:  python3 tools/train/test_scan_triton.py
+On a GPU:  python3 tools/train/test_scan_triton.py [--impl triton|cuda]   (cuda: scan_cuda.cu, via nvcc)
 """
 import os
 import sys
@@ -13,7 +13,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scan_ref  # noqa: E402
-import scan_triton  # noqa: E402
+
+IMPL = sys.argv[sys.argv.index("--impl") + 1] if "--impl" in sys.argv else "triton"
+scan_triton = __import__("scan_" + IMPL)  # the kernel under test (both modules share the interface)
 
 DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
@@ -109,11 +111,20 @@ def main():
              (3, 50, 20, 8, True, False, 3), (2, 33, 24, 16, False, True, 4)]
     if not interp:
         cases += [(4, 600, 72, 16, True, True, 5), (2, 2049, 40, 16, True, False, 6)]
+    if IMPL == "cuda":  # d_state 16 only
+        cases = [cs for cs in cases if cs[3] == 16]
     for cs in cases:
         ok &= check(*cs)
-    ok &= check(2, 45, 20, 16, True, True, 9, cfg=dict(T_FWD=32, T_BWD=32, BD_FWD=8, BD_BWD=4))
-    ok &= check(2, 45, 20, 16, True, True, 10, cfg=dict(T_FWD=8, T_BWD=8, BD_FWD=32, BD_BWD=16))
-    scan_triton.CFG.update(T_FWD=16, T_BWD=16, BD_FWD=16, BD_BWD=8)
+    if IMPL == "triton":
+        ok &= check(2, 45, 20, 16, True, True, 9, cfg=dict(T_FWD=32, T_BWD=32, BD_FWD=8, BD_BWD=4))
+        ok &= check(2, 45, 20, 16, True, True, 10, cfg=dict(T_FWD=8, T_BWD=8, BD_FWD=32, BD_BWD=16))
+        scan_triton.CFG.update(T_FWD=16, T_BWD=16, BD_FWD=16, BD_BWD=8)
+    else:
+        ok &= check(2, 45, 20, 16, True, True, 9, cfg=dict(BD_FWD=16, BD_BWD=16, CH=16))
+        ok &= check(2, 77, 70, 16, True, True, 10, cfg=dict(BD_FWD=32, BD_BWD=32, CH=8))
+        ok &= check(3, 40, 24, 16, False, False, 12, cfg=dict(BD_FWD=16, BD_BWD=32, CH=8))
+        ok &= check(2, 300, 64, 16, True, True, 13, cfg=dict(BD_FWD=32, BD_BWD=16, CH=8), dtype=torch.bfloat16, tol=2e-2)
+        scan_triton.CFG.update(BD_FWD=32, BD_BWD=32, CH=8)
     ok &= check_state_io()
     if not interp:
         ok &= check(2, 300, 64, 16, True, True, 11, dtype=torch.bfloat16, tol=2e-2)

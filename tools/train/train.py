@@ -152,7 +152,7 @@ def hf_check(out_dir, model, ids, device):
     d1 = (a - b).abs().max().item()
     d2 = (a - c).abs().max().item()
     scale = a.abs().max().item()
-    return dict(max_abs_diff_hf_vs_trainer_torchscan=d1, max_abs_diff_hf_vs_trainer_triton=d2,
+    return dict(max_abs_diff_hf_vs_trainer_torchscan=d1, max_abs_diff_hf_vs_trainer_kernel=d2,
                 max_abs_logit=scale, n_positions=int(x.shape[1]))
 
 
@@ -207,7 +207,9 @@ def main():
     ap.add_argument("--hf-check", action="store_true")
     ap.add_argument("--ref-json", help="write reference log-probs of a short text (tests/train)")
     ap.add_argument("--check-ids", help=".npy of the valid split's ids from spm_encode, to compare with")
-    ap.add_argument("--scan-cfg", help='JSON tile settings for scan_triton.CFG, e.g. {"BD_FWD": 32}')
+    ap.add_argument("--scan-impl", choices=["triton", "cuda"], default="triton",
+                    help="scan kernel: scan_triton.py or scan_cuda.cu (built with nvcc on first use)")
+    ap.add_argument("--scan-cfg", help='JSON tile settings for the kernel module\'s CFG, e.g. {"BD_FWD": 32}')
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps and exit")
     args = ap.parse_args()
 
@@ -222,9 +224,10 @@ def main():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if rank:
         globals()["log"] = lambda *a: None
+    import model as model_mod
+    model_mod.KERNEL = "scan_" + args.scan_impl
     if args.scan_cfg:
-        import scan_triton
-        scan_triton.CFG.update(json.loads(args.scan_cfg))
+        __import__(model_mod.KERNEL).CFG.update(json.loads(args.scan_cfg))
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
