@@ -89,9 +89,9 @@ bench: build/rel/mambabyte
 	bench/engine.sh
 
 format:
-	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc' '*.cu')
 format-check:
-	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h' '*.cc')
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h' '*.cc' '*.cu')
 
 clean:
 	rm -rf build

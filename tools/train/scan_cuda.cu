@@ -1,328 +1,340 @@
 // Mamba-1 selective scan for training, forward and backward, in CUDA (loaded by scan_cuda.py
 // through ctypes; built with `nvcc -O3 -arch=sm_90 -shared -Xcompiler -fPIC`).
 //
-// One block per (batch row, BD channels); thread (channel c, state n) owns one element of the
-// state, s[c][n], and walks time in order, CH steps at a time: the chunk's inputs are staged in
-// shared memory (softplus, delta * x and the gate done once per (t, channel)), the state update
-// s = exp(delta A) s + delta x B is one FMA per thread and step, and y sums over n with shuffles.
-// The forward stores the state at the start of every chunk (the checkpoints, float32).
+// One block per (batch row, BD channels); four threads per channel, each owning four of its 16
+// states, walk time in order, CH steps at a time. A chunk's inputs are staged in shared memory
+// (softplus, delta * x and the gate done once per (t, channel)) while the next chunk's are loaded
+// into registers; a state update s = exp(delta A) s + delta x B is one ex2 and one FMA, and y sums
+// over the states in registers and then over the quad with two shuffles. The forward stores the
+// state at the start of every chunk (the checkpoints, float32).
 //
 // The backward walks the chunks in reverse. A chunk's CH states are recomputed from its
-// checkpoint into registers (with the decays a_t), then the adjoint g_t = dL/ds_t runs backwards,
+// checkpoint into registers, then the adjoint g_t = dL/ds_t runs backwards,
 // g_t = a_{t+1} g_{t+1} + C_t dy'_t, and every gradient comes from s_{t-1}, s_t, a_t and g_t.
-// Sums over channels (dB, dC) go per warp to shared memory, then per block to partials that the
-// caller sums (no atomics: the results do not depend on scheduling). dA, dD and dt_bias are per
-// batch row, summed by the caller.
+// Sums over channels (dB, dC) go by shuffles to two slots per warp in shared memory, then per
+// block to partials that the caller sums (no atomics: the results do not depend on scheduling).
+// dA, dD and dt_bias are per batch row, summed by the caller.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#define NS 16        /* d_state */
-#define Q 4          /* threads per channel */
+#define NS  16       /* d_state */
+#define Q   4        /* threads per channel */
 #define SPT (NS / Q) /* states per thread */
 #ifndef CH
-#define CH 16 /* steps per chunk and checkpoint interval (nvcc -DCH=8 for another) */
+#define CH 8 /* steps per chunk and checkpoint interval (scan_cuda.py passes -DCH) */
 #endif
 #define LOG2E 1.4426950408889634f
-#define FULL 0xffffffffu
+#define FULL  0xffffffffu
 
 struct ScanArgs {
-  const void *x, *dt, *z, *B, *C, *dy;
-  const float *A, *D, *bias, *s0;
-  void *y, *dx, *ddt, *dz;
-  float *ck, *sT, *dBp, *dCp, *dA, *dD, *dbias;
-  long long sxb, sxl, sdb, sdl, szb, szl, sBb, sBl, sCb, sCl;
-  int bsz, L, E, nck, nblk;
+    const void *x, *dt, *z, *B, *C, *dy;
+    const float *A, *D, *bias, *s0;
+    void *y, *dx, *ddt, *dz;
+    float *ck, *sT, *dBp, *dCp, *dA, *dD, *dbias;
+    long long sxb, sxl, sdb, sdl, szb, szl, sBb, sBl, sCb, sCl;
+    int bsz, L, E, nck, nblk;
 };
 
-__device__ __forceinline__ float ld(const float *p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, long long i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void st(float *p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(__nv_bfloat16 *p, long long i, float v) { p[i] = __float2bfloat16(v); }
+__device__ __forceinline__ float ld(const float *p, long long i) {
+    return p[i];
+}
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p, long long i) {
+    return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ void st(float *p, long long i, float v) {
+    p[i] = v;
+}
+__device__ __forceinline__ void st(__nv_bfloat16 *p, long long i, float v) {
+    p[i] = __float2bfloat16(v);
+}
 
 /* 2^v for v <= 0 (delta A is never positive) */
 __device__ __forceinline__ float ex2(float v) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
 }
 __device__ __forceinline__ float softplus(float v) {
-  return v > 20.f ? v : (v < -15.f ? __expf(v) : log1pf(__expf(v)));
+    return v > 20.f ? v : (v < -15.f ? __expf(v) : log1pf(__expf(v)));
 }
-__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+__device__ __forceinline__ float sigmoid(float v) {
+    return 1.f / (1.f + __expf(-v));
+}
 __device__ __forceinline__ float sum_quad(float v) {
-  v += __shfl_xor_sync(FULL, v, 1);
-  return v + __shfl_xor_sync(FULL, v, 2);
+    v += __shfl_xor_sync(FULL, v, 1);
+    return v + __shfl_xor_sync(FULL, v, 2);
 }
 
 /* The inputs of one chunk that one thread stages: PX (t, channel) elements and PB (t, n) ones,
    loaded into registers one chunk ahead. */
 template <typename T, int BD> struct Fetch {
-  static constexpr int NT = BD * Q, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
-  float x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB];
-  __device__ void load(const ScanArgs &a, long long b, int d0, int c0, bool bwd) {
-    const T *xp = (const T *)a.x, *dtp = (const T *)a.dt, *zp = (const T *)a.z, *dyp = (const T *)a.dy;
+    static constexpr int NT = BD * Q, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
+    float x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB];
+    __device__ void load(const ScanArgs &a, long long b, int d0, int c0, bool bwd) {
+        const T *xp = (const T *)a.x, *dtp = (const T *)a.dt, *zp = (const T *)a.z,
+                *dyp = (const T *)a.dy;
 #pragma unroll
-    for (int p = 0; p < PX; p++) {
-      const int i = threadIdx.x + p * NT, tt = c0 + i / BD, dd = d0 + i % BD;
-      const bool ok = tt < a.L && dd < a.E;
-      x[p] = ok ? ld(xp, b * a.sxb + tt * a.sxl + dd) : 0.f;
-      dt[p] = ok ? ld(dtp, b * a.sdb + tt * a.sdl + dd) : 0.f;
-      z[p] = ok && zp ? ld(zp, b * a.szb + tt * a.szl + dd) : 0.f;
-      dy[p] = ok && bwd ? ld(dyp, (b * a.L + tt) * a.E + dd) : 0.f;
-    }
+        for (int p = 0; p < PX; p++) {
+            const int i = threadIdx.x + p * NT, tt = c0 + i / BD, dd = d0 + i % BD;
+            const bool ok = tt < a.L && dd < a.E;
+            x[p] = ok ? ld(xp, b * a.sxb + tt * a.sxl + dd) : 0.f;
+            dt[p] = ok ? ld(dtp, b * a.sdb + tt * a.sdl + dd) : 0.f;
+            z[p] = ok && zp ? ld(zp, b * a.szb + tt * a.szl + dd) : 0.f;
+            dy[p] = ok && bwd ? ld(dyp, (b * a.L + tt) * a.E + dd) : 0.f;
+        }
 #pragma unroll
-    for (int p = 0; p < PB; p++) {
-      const int i = threadIdx.x + p * NT, tt = c0 + i / NS, j = i % NS;
-      const bool ok = i < CH * NS && tt < a.L;
-      B[p] = ok ? ld((const T *)a.B, b * a.sBb + tt * a.sBl + j) : 0.f;
-      C[p] = ok ? ld((const T *)a.C, b * a.sCb + tt * a.sCl + j) : 0.f;
+        for (int p = 0; p < PB; p++) {
+            const int i = threadIdx.x + p * NT, tt = c0 + i / NS, j = i % NS;
+            const bool ok = i < CH * NS && tt < a.L;
+            B[p] = ok ? ld((const T *)a.B, b * a.sBb + tt * a.sBl + j) : 0.f;
+            C[p] = ok ? ld((const T *)a.C, b * a.sCb + tt * a.sCl + j) : 0.f;
+        }
     }
-  }
 };
 
-template <typename T, int BD>
-__global__ void __launch_bounds__(BD *Q) scan_fwd(ScanArgs a) {
-  using F = Fetch<T, BD>;
-  constexpr int NT = F::NT;
-  __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS];
-  __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_z[CH][BD], s_y[CH][BD];
-  const int tid = threadIdx.x, q = tid % Q, c = tid / Q, L = a.L, E = a.E;
-  const int d0 = blockIdx.x * BD, d = d0 + c;
-  const long long b = blockIdx.y;
-  const bool dok = d < E;
-  float A2[SPT], s[SPT];
+template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(ScanArgs a) {
+    using F = Fetch<T, BD>;
+    constexpr int NT = F::NT;
+    __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS];
+    __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_z[CH][BD], s_y[CH][BD];
+    const int tid = threadIdx.x, q = tid % Q, c = tid / Q, L = a.L, E = a.E;
+    const int d0 = blockIdx.x * BD, d = d0 + c;
+    const long long b = blockIdx.y;
+    const bool dok = d < E;
+    float A2[SPT], s[SPT];
 #pragma unroll
-  for (int k = 0; k < SPT; k++) {
-    A2[k] = dok ? a.A[d * NS + q * SPT + k] * LOG2E : 0.f;
-    s[k] = a.s0 && dok ? a.s0[(b * E + d) * NS + q * SPT + k] : 0.f;
-  }
-  F f;
-  f.load(a, b, d0, 0, false);
-  for (int c0 = 0, ci = 0; c0 < L; c0 += CH, ci++) {
-    if (a.ck && dok)
-      *(float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
-    __syncthreads();
-#pragma unroll
-    for (int p = 0; p < F::PX; p++) {
-      const int i = tid + p * NT, t = i / BD, j = i % BD;
-      const bool ok = c0 + t < L && d0 + j < E;
-      const float dl = ok ? softplus(f.dt[p] + a.bias[d0 + j]) : 0.f;
-      s_dl[t][j] = dl;
-      s_u[t][j] = dl * f.x[p];
-      s_x[t][j] = f.x[p];
-      s_z[t][j] = f.z[p];
+    for (int k = 0; k < SPT; k++) {
+        A2[k] = dok ? a.A[d * NS + q * SPT + k] * LOG2E : 0.f;
+        s[k] = a.s0 && dok ? a.s0[(b * E + d) * NS + q * SPT + k] : 0.f;
     }
+    F f;
+    f.load(a, b, d0, 0, false);
+    for (int c0 = 0, ci = 0; c0 < L; c0 += CH, ci++) {
+        if (a.ck && dok)
+            *(float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT] =
+                make_float4(s[0], s[1], s[2], s[3]);
+        __syncthreads();
 #pragma unroll
-    for (int p = 0; p < F::PB; p++) {
-      const int i = tid + p * NT;
-      if (i < CH * NS) {
-        s_B[i / NS][i % NS] = f.B[p];
-        s_C[i / NS][i % NS] = f.C[p];
-      }
-    }
-    __syncthreads();
-    if (c0 + CH < L)
-      f.load(a, b, d0, c0 + CH, false);
-#pragma unroll
-    for (int t = 0; t < CH; t++) {
-      const float dl = s_dl[t][c], u = s_u[t][c];
-      const float4 Bv = *(const float4 *)&s_B[t][q * SPT], Cv = *(const float4 *)&s_C[t][q * SPT];
-      s[0] = fmaf(ex2(dl * A2[0]), s[0], u * Bv.x);
-      s[1] = fmaf(ex2(dl * A2[1]), s[1], u * Bv.y);
-      s[2] = fmaf(ex2(dl * A2[2]), s[2], u * Bv.z);
-      s[3] = fmaf(ex2(dl * A2[3]), s[3], u * Bv.w);
-      const float p = sum_quad(fmaf(s[0], Cv.x, fmaf(s[1], Cv.y, fmaf(s[2], Cv.z, s[3] * Cv.w))));
-      if (q == 0)
-        s_y[t][c] = p;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int p = 0; p < F::PX; p++) {
-      const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
-      if (tt < L && dd < E) {
-        float v = s_y[t][j] + a.D[dd] * s_x[t][j];
-        if (a.z) {
-          const float zv = s_z[t][j];
-          v *= zv * sigmoid(zv);
+        for (int p = 0; p < F::PX; p++) {
+            const int i = tid + p * NT, t = i / BD, j = i % BD;
+            const bool ok = c0 + t < L && d0 + j < E;
+            const float dl = ok ? softplus(f.dt[p] + a.bias[d0 + j]) : 0.f;
+            s_dl[t][j] = dl;
+            s_u[t][j] = dl * f.x[p];
+            s_x[t][j] = f.x[p];
+            s_z[t][j] = f.z[p];
         }
-        st((T *)a.y, (b * L + tt) * E + dd, v);
-      }
+#pragma unroll
+        for (int p = 0; p < F::PB; p++) {
+            const int i = tid + p * NT;
+            if (i < CH * NS) {
+                s_B[i / NS][i % NS] = f.B[p];
+                s_C[i / NS][i % NS] = f.C[p];
+            }
+        }
+        __syncthreads();
+        if (c0 + CH < L) f.load(a, b, d0, c0 + CH, false);
+#pragma unroll
+        for (int t = 0; t < CH; t++) {
+            const float dl = s_dl[t][c], u = s_u[t][c];
+            const float4 Bv = *(const float4 *)&s_B[t][q * SPT],
+                         Cv = *(const float4 *)&s_C[t][q * SPT];
+            s[0] = fmaf(ex2(dl * A2[0]), s[0], u * Bv.x);
+            s[1] = fmaf(ex2(dl * A2[1]), s[1], u * Bv.y);
+            s[2] = fmaf(ex2(dl * A2[2]), s[2], u * Bv.z);
+            s[3] = fmaf(ex2(dl * A2[3]), s[3], u * Bv.w);
+            const float p =
+                sum_quad(fmaf(s[0], Cv.x, fmaf(s[1], Cv.y, fmaf(s[2], Cv.z, s[3] * Cv.w))));
+            if (q == 0) s_y[t][c] = p;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < F::PX; p++) {
+            const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
+            if (tt < L && dd < E) {
+                float v = s_y[t][j] + a.D[dd] * s_x[t][j];
+                if (a.z) {
+                    const float zv = s_z[t][j];
+                    v *= zv * sigmoid(zv);
+                }
+                st((T *)a.y, (b * L + tt) * E + dd, v);
+            }
+        }
     }
-  }
-  if (a.sT && dok)
-    *(float4 *)&a.sT[(b * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
+    if (a.sT && dok)
+        *(float4 *)&a.sT[(b * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
 }
 
-template <typename T, int BD>
-__global__ void __launch_bounds__(BD *Q) scan_bwd(ScanArgs a) {
-  using F = Fetch<T, BD>;
-  constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
-  __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_dBw[SL][CH][NS], s_dCw[SL][CH][NS];
-  __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_dyp[CH][BD], s_sg[CH][BD], s_dzf[CH][BD];
-  __shared__ float s_ddl[CH][BD], s_gB[CH][BD], s_yp[CH][BD], s_red[2][NT];
-  const int tid = threadIdx.x, q = tid % Q, c = tid / Q, lane = tid % 32, w = tid / 32, L = a.L, E = a.E;
-  const int d0 = blockIdx.x * BD, d = d0 + c;
-  const long long b = blockIdx.y;
-  const bool dok = d < E;
-  float Av[SPT], A2[SPT], g[SPT], an[SPT], dA[SPT];
+template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_bwd(ScanArgs a) {
+    using F = Fetch<T, BD>;
+    constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
+    __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_dBw[SL][CH][NS], s_dCw[SL][CH][NS];
+    __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_dyp[CH][BD], s_sg[CH][BD],
+        s_dzf[CH][BD];
+    __shared__ float s_ddl[CH][BD], s_gB[CH][BD], s_yp[CH][BD], s_red[2][NT];
+    const int tid = threadIdx.x, q = tid % Q, c = tid / Q, lane = tid % 32, w = tid / 32, L = a.L,
+              E = a.E;
+    const int d0 = blockIdx.x * BD, d = d0 + c;
+    const long long b = blockIdx.y;
+    const bool dok = d < E;
+    float Av[SPT], A2[SPT], g[SPT], an[SPT], dA[SPT];
 #pragma unroll
-  for (int k = 0; k < SPT; k++) {
-    Av[k] = dok ? a.A[d * NS + q * SPT + k] : 0.f;
-    A2[k] = Av[k] * LOG2E;
-    g[k] = an[k] = dA[k] = 0.f;
-  }
-  float dDacc = 0.f, dbacc = 0.f;
-  F f;
-  f.load(a, b, d0, (a.nck - 1) * CH, true);
-  for (int ci = a.nck - 1; ci >= 0; ci--) {
-    const int c0 = ci * CH;
-    __syncthreads();
-#pragma unroll
-    for (int p = 0; p < F::PX; p++) {
-      const int i = tid + p * NT, t = i / BD, j = i % BD;
-      const bool ok = c0 + t < L && d0 + j < E;
-      const float v = f.dt[p] + (ok ? a.bias[d0 + j] : 0.f), zv = f.z[p];
-      const float dl = ok ? softplus(v) : 0.f, sz = sigmoid(zv);
-      s_dl[t][j] = dl;
-      s_u[t][j] = dl * f.x[p];
-      s_x[t][j] = f.x[p];
-      s_dyp[t][j] = a.z ? f.dy[p] * zv * sz : f.dy[p];
-      s_sg[t][j] = v > 20.f ? 1.f : sigmoid(v);
-      s_dzf[t][j] = f.dy[p] * sz * (1.f + zv * (1.f - sz));
+    for (int k = 0; k < SPT; k++) {
+        Av[k] = dok ? a.A[d * NS + q * SPT + k] : 0.f;
+        A2[k] = Av[k] * LOG2E;
+        g[k] = an[k] = dA[k] = 0.f;
     }
+    float dDacc = 0.f, dbacc = 0.f;
+    F f;
+    f.load(a, b, d0, (a.nck - 1) * CH, true);
+    for (int ci = a.nck - 1; ci >= 0; ci--) {
+        const int c0 = ci * CH;
+        __syncthreads();
 #pragma unroll
-    for (int p = 0; p < F::PB; p++) {
-      const int i = tid + p * NT;
-      if (i < CH * NS) {
-        s_B[i / NS][i % NS] = f.B[p];
-        s_C[i / NS][i % NS] = f.C[p];
-      }
-    }
-    __syncthreads();
-    if (ci > 0)
-      f.load(a, b, d0, c0 - CH, true);
-    float hs[CH][SPT], s[SPT];
-    if (dok) {
-      const float4 v = *(const float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT];
-      s[0] = v.x, s[1] = v.y, s[2] = v.z, s[3] = v.w;
-    } else {
-      s[0] = s[1] = s[2] = s[3] = 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < CH; t++) {
-      const float dl = s_dl[t][c], u = s_u[t][c];
-      const float4 Bv = *(const float4 *)&s_B[t][q * SPT];
-      const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
-#pragma unroll
-      for (int k = 0; k < SPT; k++) {
-        hs[t][k] = s[k]; /* s_{t-1} */
-        s[k] = fmaf(ex2(dl * A2[k]), s[k], u * bv[k]);
-      }
-    }
-#pragma unroll
-    for (int t = CH - 1; t >= 0; t--) {
-      const float dl = s_dl[t][c], u = s_u[t][c], dyp = s_dyp[t][c];
-      const float4 Bv = *(const float4 *)&s_B[t][q * SPT], Cv = *(const float4 *)&s_C[t][q * SPT];
-      const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, cv[SPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
-      float r1 = 0.f, r2 = 0.f, r3 = 0.f, qB[SPT], qC[SPT];
-#pragma unroll
-      for (int k = 0; k < SPT; k++) {
-        const float sc = t == CH - 1 ? s[k] : hs[t + 1][k]; /* s_t */
-        const float at = ex2(dl * A2[k]);
-        g[k] = fmaf(an[k], g[k], dyp * cv[k]);
-        an[k] = at;
-        const float gsa = g[k] * hs[t][k] * at;
-        dA[k] = fmaf(gsa, dl, dA[k]);
-        r1 = fmaf(gsa, Av[k], r1);
-        r2 = fmaf(g[k], bv[k], r2);
-        r3 = fmaf(sc, cv[k], r3);
-        qB[k] = g[k] * u;
-        qC[k] = sc * dyp;
-      }
-      r1 = sum_quad(r1), r2 = sum_quad(r2), r3 = sum_quad(r3);
-      if (q == 0) {
-        s_ddl[t][c] = r1 + s_x[t][c] * r2;
-        s_gB[t][c] = r2;
-        s_yp[t][c] = r3;
-      }
-#pragma unroll
-      for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
-        qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
-        qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
-        qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
-        qC[k] += __shfl_xor_sync(FULL, qC[k], 8);
-      }
-      if ((lane & 12) == 0) {
-        const int sl = 2 * w + (lane >> 4);
-        *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
-        *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int p = 0; p < F::PX; p++) {
-      const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
-      if (tt < L && dd < E) {
-        const float xv = s_x[t][j], dyp = s_dyp[t][j], Dv = a.D[dd];
-        const float gd = s_ddl[t][j] * s_sg[t][j];
-        const long long o = (b * L + tt) * E + dd;
-        st((T *)a.dx, o, dyp * Dv + s_dl[t][j] * s_gB[t][j]);
-        st((T *)a.ddt, o, gd);
-        if (a.z)
-          st((T *)a.dz, o, s_dzf[t][j] * (s_yp[t][j] + Dv * xv));
-        dDacc = fmaf(dyp, xv, dDacc);
-        dbacc += gd;
-      }
-    }
-    for (int i = tid; i < CH * NS; i += NT) {
-      const int t = i / NS, j = i % NS, tt = c0 + t;
-      if (tt < L) {
-        float sb = 0.f, sc = 0.f;
-#pragma unroll
-        for (int k = 0; k < SL; k++) {
-          sb += s_dBw[k][t][j];
-          sc += s_dCw[k][t][j];
+        for (int p = 0; p < F::PX; p++) {
+            const int i = tid + p * NT, t = i / BD, j = i % BD;
+            const bool ok = c0 + t < L && d0 + j < E;
+            const float v = f.dt[p] + (ok ? a.bias[d0 + j] : 0.f), zv = f.z[p];
+            const float dl = ok ? softplus(v) : 0.f, sz = sigmoid(zv);
+            s_dl[t][j] = dl;
+            s_u[t][j] = dl * f.x[p];
+            s_x[t][j] = f.x[p];
+            s_dyp[t][j] = a.z ? f.dy[p] * zv * sz : f.dy[p];
+            s_sg[t][j] = v > 20.f ? 1.f : sigmoid(v);
+            s_dzf[t][j] = f.dy[p] * sz * (1.f + zv * (1.f - sz));
         }
-        const long long o = ((b * a.nblk + blockIdx.x) * L + tt) * NS + j;
-        a.dBp[o] = sb;
-        a.dCp[o] = sc;
-      }
-    }
-  }
-  if (dok)
-    *(float4 *)&a.dA[(b * E + d) * NS + q * SPT] = make_float4(dA[0], dA[1], dA[2], dA[3]);
-  /* the output loops give thread tid the channel tid % BD */
-  s_red[0][tid] = dDacc;
-  s_red[1][tid] = dbacc;
-  __syncthreads();
-  if (tid < BD && d0 + tid < E) {
-    float sd = 0.f, sb = 0.f;
 #pragma unroll
-    for (int k = 0; k < Q; k++) {
-      sd += s_red[0][tid + k * BD];
-      sb += s_red[1][tid + k * BD];
+        for (int p = 0; p < F::PB; p++) {
+            const int i = tid + p * NT;
+            if (i < CH * NS) {
+                s_B[i / NS][i % NS] = f.B[p];
+                s_C[i / NS][i % NS] = f.C[p];
+            }
+        }
+        __syncthreads();
+        if (ci > 0) f.load(a, b, d0, c0 - CH, true);
+        float hs[CH][SPT], s[SPT];
+        if (dok) {
+            const float4 v = *(const float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT];
+            s[0] = v.x, s[1] = v.y, s[2] = v.z, s[3] = v.w;
+        } else {
+            s[0] = s[1] = s[2] = s[3] = 0.f;
+        }
+#pragma unroll
+        for (int t = 0; t < CH; t++) {
+            const float dl = s_dl[t][c], u = s_u[t][c];
+            const float4 Bv = *(const float4 *)&s_B[t][q * SPT];
+            const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
+#pragma unroll
+            for (int k = 0; k < SPT; k++) {
+                hs[t][k] = s[k]; /* s_{t-1} */
+                s[k] = fmaf(ex2(dl * A2[k]), s[k], u * bv[k]);
+            }
+        }
+#pragma unroll
+        for (int t = CH - 1; t >= 0; t--) {
+            const float dl = s_dl[t][c], u = s_u[t][c], dyp = s_dyp[t][c];
+            const float4 Bv = *(const float4 *)&s_B[t][q * SPT],
+                         Cv = *(const float4 *)&s_C[t][q * SPT];
+            const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, cv[SPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
+            float r1 = 0.f, r2 = 0.f, r3 = 0.f, qB[SPT], qC[SPT];
+#pragma unroll
+            for (int k = 0; k < SPT; k++) {
+                const float sc = t == CH - 1 ? s[k] : hs[t + 1][k]; /* s_t */
+                const float at = ex2(dl * A2[k]);
+                g[k] = fmaf(an[k], g[k], dyp * cv[k]);
+                an[k] = at;
+                const float gsa = g[k] * hs[t][k] * at;
+                dA[k] = fmaf(gsa, dl, dA[k]);
+                r1 = fmaf(gsa, Av[k], r1);
+                r2 = fmaf(g[k], bv[k], r2);
+                r3 = fmaf(sc, cv[k], r3);
+                qB[k] = g[k] * u;
+                qC[k] = sc * dyp;
+            }
+            r1 = sum_quad(r1), r2 = sum_quad(r2), r3 = sum_quad(r3);
+            if (q == 0) {
+                s_ddl[t][c] = r1 + s_x[t][c] * r2;
+                s_gB[t][c] = r2;
+                s_yp[t][c] = r3;
+            }
+#pragma unroll
+            for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
+                qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
+                qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
+                qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
+                qC[k] += __shfl_xor_sync(FULL, qC[k], 8);
+            }
+            if ((lane & 12) == 0) {
+                const int sl = 2 * w + (lane >> 4);
+                *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
+                *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < F::PX; p++) {
+            const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
+            if (tt < L && dd < E) {
+                const float xv = s_x[t][j], dyp = s_dyp[t][j], Dv = a.D[dd];
+                const float gd = s_ddl[t][j] * s_sg[t][j];
+                const long long o = (b * L + tt) * E + dd;
+                st((T *)a.dx, o, dyp * Dv + s_dl[t][j] * s_gB[t][j]);
+                st((T *)a.ddt, o, gd);
+                if (a.z) st((T *)a.dz, o, s_dzf[t][j] * (s_yp[t][j] + Dv * xv));
+                dDacc = fmaf(dyp, xv, dDacc);
+                dbacc += gd;
+            }
+        }
+        for (int i = tid; i < CH * NS; i += NT) {
+            const int t = i / NS, j = i % NS, tt = c0 + t;
+            if (tt < L) {
+                float sb = 0.f, sc = 0.f;
+#pragma unroll
+                for (int k = 0; k < SL; k++) {
+                    sb += s_dBw[k][t][j];
+                    sc += s_dCw[k][t][j];
+                }
+                const long long o = ((b * a.nblk + blockIdx.x) * L + tt) * NS + j;
+                a.dBp[o] = sb;
+                a.dCp[o] = sc;
+            }
+        }
     }
-    a.dD[b * E + d0 + tid] = sd;
-    a.dbias[b * E + d0 + tid] = sb;
-  }
+    if (dok) *(float4 *)&a.dA[(b * E + d) * NS + q * SPT] = make_float4(dA[0], dA[1], dA[2], dA[3]);
+    /* the output loops give thread tid the channel tid % BD */
+    s_red[0][tid] = dDacc;
+    s_red[1][tid] = dbacc;
+    __syncthreads();
+    if (tid < BD && d0 + tid < E) {
+        float sd = 0.f, sb = 0.f;
+#pragma unroll
+        for (int k = 0; k < Q; k++) {
+            sd += s_red[0][tid + k * BD];
+            sb += s_red[1][tid + k * BD];
+        }
+        a.dD[b * E + d0 + tid] = sd;
+        a.dbias[b * E + d0 + tid] = sb;
+    }
 }
 
 template <typename T, int BD> static int launch(const ScanArgs *a, int bwd, cudaStream_t stream) {
-  const dim3 grid((a->E + BD - 1) / BD, a->bsz);
-  if (bwd)
-    scan_bwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
-  else
-    scan_fwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
-  return (int)cudaGetLastError();
+    const dim3 grid((a->E + BD - 1) / BD, a->bsz);
+    if (bwd)
+        scan_bwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
+    else
+        scan_fwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
+    return (int)cudaGetLastError();
 }
 
 /* dtype: 0 float32, 1 bfloat16; bd: channels per block (16 or 32). Returns a cudaError_t. */
 extern "C" int mb_scan(const ScanArgs *a, int bwd, int dtype, int bd, void *stream) {
-  cudaStream_t s = (cudaStream_t)stream;
-  if (dtype == 0)
-    return bd == 16 ? launch<float, 16>(a, bwd, s) : launch<float, 32>(a, bwd, s);
-  return bd == 16 ? launch<__nv_bfloat16, 16>(a, bwd, s) : launch<__nv_bfloat16, 32>(a, bwd, s);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (dtype == 0) return bd == 16 ? launch<float, 16>(a, bwd, s) : launch<float, 32>(a, bwd, s);
+    return bd == 16 ? launch<__nv_bfloat16, 16>(a, bwd, s) : launch<__nv_bfloat16, 32>(a, bwd, s);
 }
 
-extern "C" int mb_scan_chunk(void) { return CH; }
+extern "C" int mb_scan_chunk(void) {
+    return CH;
+}
