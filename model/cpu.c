@@ -191,6 +191,7 @@ typedef struct matmul_task {
 
 #define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
 #define ROW_GROUP   8
+#define WIDEN_MIN_T 8 /* BF16 rows are widened to F32 once for this many tokens or more */
 
 static void matmul_worker(void *ctx, int ti, int nt) {
     const matmul_task *m = ctx;
@@ -198,9 +199,10 @@ static void matmul_worker(void *ctx, int ti, int nt) {
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
     int r_begin = g0 * ROW_GROUP, r_end = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
     float out[ROW_GROUP * TOKEN_BLOCK];
-    /* Several tokens and BF16 weights: widen each row group to F32 once, not once per token
-     * (exact, so the sums are the same bits). */
-    float *wide = m->W->dtype == MB_BF16 && m->T > 1
+    /* Many tokens and BF16 weights: widen each row group to F32 once, not once per token block
+     * (exact, so the sums are the same bits). A short span (a verification, a few prompt
+     * bytes) reads the BF16 rows directly: widening costs more than it saves there. */
+    float *wide = m->W->dtype == MB_BF16 && m->T >= WIDEN_MIN_T
                       ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4)
                       : NULL;
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
@@ -210,8 +212,11 @@ static void matmul_worker(void *ctx, int ti, int nt) {
             int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP, q = 0, rw = r;
             mb_mat Wf = *m->W;
             if (wide) {
-                size_t n = (size_t)rows * (size_t)Wf.cols, base = (size_t)r * (size_t)Wf.cols;
-                for (size_t i = 0; i < n; i++) wide[i] = load1(m->W->w, MB_BF16, base + i);
+                size_t n = (size_t)rows * (size_t)Wf.cols, base = (size_t)r * (size_t)Wf.cols,
+                       i = 0;
+                for (; i + 8 <= n; i += 8)
+                    _mm256_storeu_ps(wide + i, load8(m->W->w, MB_BF16, base + i));
+                for (; i < n; i++) wide[i] = load1(m->W->w, MB_BF16, base + i);
                 Wf.w = wide;
                 Wf.dtype = MB_F32;
                 rw = 0;
@@ -225,6 +230,11 @@ static void matmul_worker(void *ctx, int ti, int nt) {
                 for (; t + 3 <= nt_blk; t += 3)
                     dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
                               out + t * ROW_GROUP + q, ROW_GROUP, 4, 3);
+                if (nt_blk - t == 2) {
+                    dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
+                              out + t * ROW_GROUP + q, ROW_GROUP, 4, 2);
+                    t += 2;
+                }
                 for (; t < nt_blk; t++)
                     dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
                               out + t * ROW_GROUP + q, ROW_GROUP, 4, 1);

@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct mb_err {
     char msg[512];
 } mb_err;
@@ -119,4 +123,7 @@ double mb_uniform(uint64_t seed, uint64_t pos);
  * string starts), or -1 if none of the stops occurs in out[0..len). */
 long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, size_t len);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -12,6 +12,7 @@
 #include "cmd_engine.h"
 #include "fileio.h"
 #include "mambabyte.h"
+#include "spec.h"
 
 #define CHUNK     512               /* tokens per forward when feeding a long input */
 #define MAX_INPUT ((size_t)1 << 32) /* bytes of an input file */
@@ -74,8 +75,87 @@ static const char generate_usage[] =
     "      --min-p P          drop bytes below P x the most likely (0 = off)\n"
     "      --seed S           seed of the sampler (default 0)\n"
     "      --stop STR         stop before STR (repeatable)\n"
+    "      --draft DIR        speculative decoding with this drafter (a subword Mamba with its\n"
+    "                         tokenizer.model); the output is the same as without it\n"
+    "      --draft-tokens N   drafted tokens per round at most (default 8)\n"
+    "      --draft-bytes N    drafted bytes per round at most (default 32)\n"
     "      --threads N        worker threads (default: one per core)\n"
     "      --stats            timings on stderr\n";
+
+/* Output of generate: bytes go to stdout as they come, except the last ones that a stop string
+ * may still begin with; a stop string cuts the output where it starts. */
+typedef struct emitter {
+    uint8_t *out;
+    size_t n, written, hold, max;
+    const char *const *stops;
+    int n_stops;
+} emitter;
+
+/* Appends one byte; returns 1 when generation ends (a stop string or the byte limit). */
+static int emit(emitter *em, uint8_t b) {
+    em->out[em->n++] = b;
+    long stop = mb_stop_find(em->stops, em->n_stops, em->out, em->n);
+    if (stop >= 0) {
+        em->n = (size_t)stop;
+        return 1;
+    }
+    if (em->n > em->hold && em->n - em->hold > em->written) {
+        fwrite(em->out + em->written, 1, em->n - em->hold - em->written, stdout);
+        fflush(stdout);
+        em->written = em->n - em->hold;
+    }
+    return em->n == em->max;
+}
+
+typedef struct spec_stats {
+    long rounds, drafted, accepted;
+} spec_stats;
+
+/* Speculative decoding of up to em->max bytes after the prompt (DESIGN.md): the byte model's
+ * slot 0 holds the prompt but its last byte, which starts the first verification span. */
+static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, const mb_sampling *s, emitter *em,
+                    const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
+                    spec_stats *st, mb_err *e) {
+    uint8_t *draft = malloc((size_t)draft_bytes);
+    int32_t *span = malloc(((size_t)draft_bytes + 1) * sizeof *span);
+    uint8_t *want = malloc((size_t)draft_bytes + 1);
+    float *rows = malloc(((size_t)draft_bytes + 1) * 256 * sizeof(float));
+    int rc = -1;
+    if (!draft || !span || !want || !rows) {
+        mb_fail(e, "out of memory");
+        goto out;
+    }
+    memset(want, 1, (size_t)draft_bytes + 1);
+    if (mb_drafter_start(d, prompt, plen, e)) goto out;
+    int last = prompt[plen - 1], end = em->max == 0;
+    while (!end) {
+        size_t room = em->max - em->n - 1;
+        int k = mb_drafter_draft(d, draft, room < (size_t)draft_bytes ? (int)room : draft_bytes, e);
+        if (k < 0) goto out;
+        span[0] = last;
+        for (int i = 0; i < k; i++) span[i + 1] = draft[i];
+        int off[2] = {0, k + 1}, slot = 0, next;
+        mb_batch b = {1, span, off, &slot, want};
+        if (mb_forward(m, p, &b, rows, e)) goto out;
+        int j = mb_spec_verify(s, rows, 256, draft, k, plen + em->n, scratch, &next);
+        if (j < k && mb_pool_rollback(p, 0, j + 1, e)) goto out;
+        st->rounds++;
+        st->drafted += k;
+        st->accepted += j;
+        for (int i = 0; i < j && !end; i++) end = emit(em, draft[i]);
+        if (!end) end = emit(em, (uint8_t)next);
+        last = next;
+        if (!end && mb_drafter_commit(d, j, (const uint8_t *)&(uint8_t){(uint8_t)next}, 1, e))
+            goto out;
+    }
+    rc = 0;
+out:
+    free(rows);
+    free(want);
+    free(span);
+    free(draft);
+    return rc;
+}
 
 int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
@@ -83,8 +163,10 @@ int cmd_generate(int argc, char **argv) {
         {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},
         {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},
         {"threads", 1, 0, 'j'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
-        {"prompt-file", 1, 0, 'f'}, {0, 0, 0, 0}};
-    const char *dir = NULL, *prompt = NULL, *prompt_file = NULL;
+        {"prompt-file", 1, 0, 'f'}, {"draft", 1, 0, 'd'},  {"draft-tokens", 1, 0, 'D'},
+        {"draft-bytes", 1, 0, 'B'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
+    int draft_tokens = 8, draft_bytes = 32;
     const char *stops[16];
     int n_stops = 0, threads = 0, stats = 0, c;
     long max_bytes = 256;
@@ -130,6 +212,15 @@ int cmd_generate(int argc, char **argv) {
         case 'x':
             stats = 1;
             break;
+        case 'd':
+            draft_dir = optarg;
+            break;
+        case 'D':
+            draft_tokens = atoi(optarg);
+            break;
+        case 'B':
+            draft_bytes = atoi(optarg);
+            break;
         case 'h':
             fputs(generate_usage, stdout);
             return 0;
@@ -139,7 +230,8 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     if (max_bytes < 0 || s.temperature < 0 || s.top_k < 0 || !(s.top_p > 0 && s.top_p <= 1) ||
-        s.min_p < 0 || s.min_p > 1)
+        s.min_p < 0 || s.min_p > 1 || draft_tokens < 1 || draft_tokens > 256 || draft_bytes < 1 ||
+        draft_bytes > 4096)
         return die("generate", "an option is out of range (see --help)");
     size_t plen = 0;
     uint8_t *pbytes = NULL;
@@ -169,58 +261,86 @@ int cmd_generate(int argc, char **argv) {
         mb_model_free(m);
         return rc;
     }
+    mb_model *dm = NULL;
+    mb_spm *tok = NULL;
+    mb_drafter *d = NULL;
+    if (draft_dir) {
+        size_t dl = strlen(draft_dir) + sizeof "/tokenizer.model";
+        char *tp = malloc(dl);
+        if (!tp) {
+            free(pbytes);
+            mb_model_free(m);
+            return die("generate", "out of memory");
+        }
+        snprintf(tp, dl, "%s/tokenizer.model", draft_dir);
+        tok = mb_spm_load(tp, &e);
+        free(tp);
+        if (tok) dm = load("generate", draft_dir, threads);
+        if (dm) d = mb_drafter_create(dm, tok, draft_tokens, &e);
+        if (!d) {
+            if (!tok || dm) rc = die("generate", e.msg);
+            mb_model_free(dm);
+            mb_spm_free(tok);
+            free(pbytes);
+            mb_model_free(m);
+            return rc ? rc : 1;
+        }
+    }
     mb_pool *p = mb_pool_create(m, 1, CHUNK, &e);
     int32_t *toks = malloc((plen + 1) * sizeof *toks);
     float *logits = malloc(256 * sizeof(float));
     void *scratch = malloc(mb_sample_scratch_bytes(256));
     uint8_t *out = malloc((size_t)max_bytes + 1);
+    spec_stats st = {0, 0, 0};
     if (!p || !toks || !logits || !scratch || !out) {
         rc = die("generate", p ? "out of memory" : e.msg);
         goto done;
     }
     for (size_t i = 0; i < plen; i++) toks[i] = pbytes[i];
+    emitter em = {out, 0, 0, 0, (size_t)max_bytes, stops, n_stops};
+    for (int i = 0; i < n_stops; i++) /* a stop string may still begin in the last hold bytes */
+        if (strlen(stops[i]) > em.hold + 1) em.hold = strlen(stops[i]) - 1;
     double t0 = now_s();
-    if (feed(m, p, toks, plen, NULL, logits, &e)) {
+    /* speculative: all but the last prompt byte, which begins the first span */
+    if (feed(m, p, toks, d ? plen - 1 : plen, NULL, logits, &e)) {
         rc = die("generate", e.msg);
         goto done;
     }
     double t1 = now_s();
-    size_t hold = 0; /* a stop string may still begin in the last hold bytes */
-    for (int i = 0; i < n_stops; i++)
-        if (strlen(stops[i]) > hold) hold = strlen(stops[i]);
-    hold = hold ? hold - 1 : 0;
-    size_t n = 0, written = 0;
-    while (n < (size_t)max_bytes) {
-        int tok = mb_sample(&s, logits, 256, plen + n, scratch);
-        out[n++] = (uint8_t)tok;
-        long stop = mb_stop_find(stops, n_stops, out, n);
-        if (stop >= 0) {
-            n = (size_t)stop;
-            break;
-        }
-        if (n > hold && n - hold > written) {
-            fwrite(out + written, 1, n - hold - written, stdout);
-            fflush(stdout);
-            written = n - hold;
-        }
-        if (n == (size_t)max_bytes) break;
-        int off[2] = {0, 1}, slot = 0;
-        int32_t t = tok;
-        mb_batch b = {1, &t, off, &slot, NULL};
-        if (mb_forward(m, p, &b, logits, &e)) {
+    if (d) {
+        if (gen_spec(m, p, d, &s, &em, pbytes, plen, draft_bytes, scratch, &st, &e)) {
             rc = die("generate", e.msg);
             goto done;
         }
+    } else {
+        for (int end = max_bytes == 0; !end;) {
+            int t = mb_sample(&s, logits, 256, plen + em.n, scratch);
+            if ((end = emit(&em, (uint8_t)t))) break;
+            int off[2] = {0, 1}, slot = 0;
+            mb_batch b = {1, &t, off, &slot, NULL};
+            if (mb_forward(m, p, &b, logits, &e)) {
+                rc = die("generate", e.msg);
+                goto done;
+            }
+        }
     }
-    if (n > written) fwrite(out + written, 1, n - written, stdout);
+    if (em.n > em.written) fwrite(out + em.written, 1, em.n - em.written, stdout);
     fflush(stdout);
     double t2 = now_s();
-    if (stats)
+    if (stats) {
         fprintf(stderr,
                 "prompt: %zu bytes in %.3f s (%.1f bytes/s); generated: %zu bytes in %.3f s (%.1f "
                 "bytes/s); threads %d\n",
-                plen, t1 - t0, (double)plen / (t1 - t0), n, t2 - t1, (double)n / (t2 - t1),
+                plen, t1 - t0, (double)plen / (t1 - t0), em.n, t2 - t1, (double)em.n / (t2 - t1),
                 mb_model_threads(m));
+        if (d)
+            fprintf(stderr,
+                    "speculative: %ld rounds, %ld bytes drafted, %ld accepted (%.1f%%), %.2f "
+                    "bytes per round\n",
+                    st.rounds, st.drafted, st.accepted,
+                    st.drafted ? 100.0 * (double)st.accepted / (double)st.drafted : 0.0,
+                    st.rounds ? (double)em.n / (double)st.rounds : 0.0);
+    }
 done:
     free(out);
     free(scratch);
@@ -228,6 +348,9 @@ done:
     free(toks);
     free(pbytes);
     mb_pool_free(p);
+    mb_drafter_free(d);
+    mb_model_free(dm);
+    mb_spm_free(tok);
     mb_model_free(m);
     return rc;
 }

@@ -137,6 +137,38 @@ def test_bundled_models_match_trainer(tmp):
         check(worst < 2e-3, f"{name}: engine vs trainer log-prob differ by {worst}")
 
 
+def test_speculative_equals_plain():
+    """generate --draft (the bundled drafter proposes, the byte model verifies) writes exactly what
+    plain decoding writes: greedy and sampled, any draft length, prompts that end inside a token or
+    a UTF-8 character, byte limits down to 0 and 1, stop strings."""
+    M, DR = "models/mambabyte-small", "models/drafter-small"
+    cases = [("It was a dark and stormy night", [], ["--draft-bytes", "32", "--draft-tokens", "12"], "80", []),
+             ("The old man said: \"", ["--temperature", "0.8", "--seed", "5", "--top-k", "40"],
+              ["--draft-bytes", "5"], "60", ["--stop", "\n\n"]),
+             ("caf\u00e9 na\u00efve \u2014 ", ["--temperature", "1.0", "--top-p", "0.9", "--seed", "2"],
+              ["--draft-bytes", "3"], "40", []),
+             ("Chapter I.\n\nThe", [], ["--draft-bytes", "1"], "40", ["--stop", "the"]),
+             ("ends with a space ", ["--temperature", "0.7", "--min-p", "0.1"], [], "60", []),
+             ("x", [], ["--draft-bytes", "8"], "2", []),
+             ("x", [], [], "1", []),
+             ("It was", [], [], "0", [])]
+    for prompt, sm, dr, n, extra in cases:
+        plain = run("generate", "-m", M, "-p", prompt, "-n", n, *sm, *extra)
+        check(plain.returncode == 0, f"plain generate: {plain.stderr.decode()}")
+        r = run("generate", "-m", M, "--draft", DR, *dr, "-p", prompt, "-n", n, *sm, *extra, "--stats")
+        check(r.returncode == 0, f"speculative generate: {r.stderr.decode()}")
+        check(r.stdout == plain.stdout,
+              f"speculative != plain for {prompt!r} {sm} {dr} n={n}: {r.stdout[:80]!r} vs {plain.stdout[:80]!r}")
+        check(b"speculative:" in r.stderr, "--stats reports the speculation")
+    r = run("generate", "-m", M, "--draft", FIX + "/tiny-subword-1000", "-p", "x")
+    check(r.returncode != 0 and b"tokenizer.model" in r.stderr, "a drafter folder without tokenizer.model is refused")
+    r = run("generate", "-m", M, "--draft", M, "-p", "x")
+    check(r.returncode != 0, "a drafter whose vocabulary is not its tokenizer's is refused")
+    r = run("generate", "-m", M, "--draft", DR, "--draft-bytes", "0", "-p", "x")
+    check(r.returncode != 0 and b"out of range" in r.stderr, "--draft-bytes 0 is refused")
+    print(f"ok   test_speculative_equals_plain ({len(cases)} cases)")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_help_and_errors()
@@ -145,6 +177,7 @@ def main():
         test_generate_seeded_and_stop()
         test_eval_matches_logits(tmp)
         test_bundled_models_match_trainer(tmp)
+        test_speculative_equals_plain()
     if failures:
         print(f"{len(failures)} failures")
         sys.exit(1)
