@@ -63,12 +63,17 @@ test-deps:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_CC := clang $(CSTD) $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer,address,undefined $(INC)
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(HDRS)
+FUZZ_CXX := clang++ -std=c++17 $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr $(INC)
+FUZZ_CC_OBJ := $(patsubst %.cc,build/fuzz/%.o,$(ENG_CC))
+build/fuzz/%.o: %.cc $(HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) -c $< -o $@
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) -o $@ $< $(ENG_C) $(LIBS) -lstdc++
-build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(HDRS)
+	$(FUZZ_CC) -o $@ $< $(ENG_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
+build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) -o $@ $< $(LIB_C) $(LIBS) -lstdc++
+	$(FUZZ_CC) -o $@ $< $(LIB_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \

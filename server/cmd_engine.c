@@ -275,7 +275,9 @@ int cmd_generate(int argc, char **argv) {
         snprintf(tp, dl, "%s/tokenizer.model", draft_dir);
         tok = mb_spm_load(tp, &e);
         free(tp);
-        if (tok) dm = load("generate", draft_dir, threads);
+        /* the drafter runs on this thread alone: it is small, and a second team of spinning
+         * workers would take the cores from the byte model's */
+        if (tok) dm = load("generate", draft_dir, 1);
         if (dm) d = mb_drafter_create(dm, tok, draft_tokens, &e);
         if (!d) {
             if (!tok || dm) rc = die("generate", e.msg);

@@ -115,19 +115,23 @@ int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
     return append(&d->held, &d->n_held, &d->cap_held, text + n - hold, hold, e);
 }
 
-/* The most likely id; with a prefix, only ids whose bytes agree with it (are a prefix of it or
- * start with it), so that a draft re-cuts the held bytes the way the drafter prefers. */
+/* The most likely id. With held bytes, the most likely id whose bytes begin with all of them
+ * (a word the drafter would finish); only when there is none, the most likely id whose bytes are
+ * a part of them, so that the rest is cut again at the next step. Short pieces such as a bare
+ * space gather the mass of every rare word after them: they must not win over whole words. */
 static int pick(const mb_drafter *d, const uint8_t *pre, size_t n_pre) {
     int best = -1;
-    for (int id = 0; id < d->n_vocab; id++) {
-        int len;
-        const uint8_t *p = mb_spm_piece(d->tok, id, &len);
-        if (n_pre) {
-            size_t k = (size_t)len < n_pre ? (size_t)len : n_pre;
-            if (!len || memcmp(p, pre, k)) continue;
+    for (int pass = 0; pass < 2 && best < 0; pass++)
+        for (int id = 0; id < d->n_vocab; id++) {
+            int len;
+            const uint8_t *p = mb_spm_piece(d->tok, id, &len);
+            if (!len && n_pre) continue;
+            if (n_pre) {
+                int covers = (size_t)len >= n_pre;
+                if (covers == pass || memcmp(p, pre, covers ? n_pre : (size_t)len)) continue;
+            }
+            if (best < 0 || d->logits[id] > d->logits[best]) best = id;
         }
-        if (best < 0 || d->logits[id] > d->logits[best]) best = id;
-    }
     return best;
 }
 
