@@ -23,7 +23,7 @@ extern "C" mb_spm *mb_spm_load(const char *path, mb_err *e) {
     }
     const auto st = t->sp.Load(path);
     if (!st.ok()) {
-        mb_fail(e, "%s: not a SentencePiece model: %s", path, st.ToString().c_str());
+        mb_fail(e, "%s: cannot load the SentencePiece model: %s", path, st.ToString().c_str());
         delete t;
         return nullptr;
     }
