@@ -79,6 +79,9 @@ static const char generate_usage[] =
     "                         tokenizer.model); the output is the same as without it\n"
     "      --draft-tokens N   drafted tokens per round at most (default 8)\n"
     "      --draft-bytes N    drafted bytes per round at most (default 32)\n"
+    "      --lookup N         speculative decoding by prompt lookup: draft what followed the\n"
+    "                         latest earlier occurrence of the last N bytes (with --draft, the\n"
+    "                         drafter drafts when there is none); the output is the same\n"
     "      --threads N        worker threads (default: one per core)\n"
     "      --stats            timings on stderr\n";
 
@@ -108,30 +111,44 @@ static int emit(emitter *em, uint8_t b) {
 }
 
 typedef struct spec_stats {
-    long rounds, drafted, accepted;
+    long rounds, drafted, accepted, lookup_rounds;
 } spec_stats;
 
 /* Speculative decoding of up to em->max bytes after the prompt (DESIGN.md): the byte model's
- * slot 0 holds the prompt but its last byte, which starts the first verification span. */
-static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, const mb_sampling *s, emitter *em,
-                    const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
+ * slot 0 holds the prompt but its last byte, which starts the first verification span. Drafts
+ * come from prompt lookup (lookup > 0: the continuation of the latest earlier occurrence of the
+ * last `lookup` bytes) when it finds one, else from the drafter d (if any). */
+static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb_sampling *s,
+                    emitter *em, const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
                     spec_stats *st, mb_err *e) {
-    uint8_t *draft = malloc((size_t)draft_bytes);
+    uint8_t *draft = malloc((size_t)draft_bytes + 1);
     int32_t *span = malloc(((size_t)draft_bytes + 1) * sizeof *span);
     uint8_t *want = malloc((size_t)draft_bytes + 1);
     float *rows = malloc(((size_t)draft_bytes + 1) * 256 * sizeof(float));
+    uint8_t *ctx = malloc(plen + em->max + 1); /* the prompt and the output so far */
     int rc = -1;
-    if (!draft || !span || !want || !rows) {
+    if (!draft || !span || !want || !rows || !ctx) {
         mb_fail(e, "out of memory");
         goto out;
     }
     memset(want, 1, (size_t)draft_bytes + 1);
-    if (mb_drafter_start(d, prompt, plen, e)) goto out;
+    memcpy(ctx, prompt, plen);
+    size_t n_ctx = plen;
+    if (d && mb_drafter_start(d, prompt, plen, e)) goto out;
     int last = prompt[plen - 1], end = em->max == 0;
+    int lcap = 8; /* lookup drafts: doubled after a full acceptance, cut to what was kept */
     while (!end) {
         size_t room = em->max - em->n - 1;
-        int k = mb_drafter_draft(d, draft, room < (size_t)draft_bytes ? (int)room : draft_bytes, e);
-        if (k < 0) goto out;
+        int cap = room < (size_t)draft_bytes ? (int)room : draft_bytes, k = 0, model = 0;
+        if (lookup)
+            k = mb_lookup_draft(ctx, n_ctx, lookup, (size_t)1 << 16, draft,
+                                cap < lcap ? cap : lcap);
+        if (k) {
+            st->lookup_rounds++;
+        } else if (d) {
+            if ((k = mb_drafter_draft(d, draft, cap, e)) < 0) goto out;
+            model = 1;
+        }
         span[0] = last;
         for (int i = 0; i < k; i++) span[i + 1] = draft[i];
         int off[2] = {0, k + 1}, slot = 0, next;
@@ -142,14 +159,20 @@ static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, const mb_sampling *s
         st->rounds++;
         st->drafted += k;
         st->accepted += j;
-        for (int i = 0; i < j && !end; i++) end = emit(em, draft[i]);
-        if (!end) end = emit(em, (uint8_t)next);
+        if (k && !model) lcap = j == k ? 2 * lcap : j + 2;
+        draft[j] = (uint8_t)next; /* the round's bytes: draft[0..j] */
+        memcpy(ctx + n_ctx, draft, (size_t)j + 1);
+        n_ctx += (size_t)j + 1;
+        for (int i = 0; i <= j && !end; i++) end = emit(em, draft[i]);
         last = next;
-        if (!end && mb_drafter_commit(d, j, (const uint8_t *)&(uint8_t){(uint8_t)next}, 1, e))
+        if (!end && d &&
+            (model ? mb_drafter_commit(d, j, draft + j, 1, e)
+                   : mb_drafter_commit(d, 0, draft, j + 1, e)))
             goto out;
     }
     rc = 0;
 out:
+    free(ctx);
     free(rows);
     free(want);
     free(span);
@@ -164,9 +187,9 @@ int cmd_generate(int argc, char **argv) {
         {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},
         {"threads", 1, 0, 'j'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
         {"prompt-file", 1, 0, 'f'}, {"draft", 1, 0, 'd'},  {"draft-tokens", 1, 0, 'D'},
-        {"draft-bytes", 1, 0, 'B'}, {0, 0, 0, 0}};
+        {"draft-bytes", 1, 0, 'B'}, {"lookup", 1, 0, 'L'}, {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
-    int draft_tokens = 8, draft_bytes = 32;
+    int draft_tokens = 8, draft_bytes = 32, lookup = 0;
     const char *stops[16];
     int n_stops = 0, threads = 0, stats = 0, c;
     long max_bytes = 256;
@@ -221,6 +244,9 @@ int cmd_generate(int argc, char **argv) {
         case 'B':
             draft_bytes = atoi(optarg);
             break;
+        case 'L':
+            lookup = atoi(optarg);
+            break;
         case 'h':
             fputs(generate_usage, stdout);
             return 0;
@@ -231,7 +257,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (max_bytes < 0 || s.temperature < 0 || s.top_k < 0 || !(s.top_p > 0 && s.top_p <= 1) ||
         s.min_p < 0 || s.min_p > 1 || draft_tokens < 1 || draft_tokens > 256 || draft_bytes < 1 ||
-        draft_bytes > 4096)
+        draft_bytes > 4096 || lookup < 0 || lookup > 256)
         return die("generate", "an option is out of range (see --help)");
     size_t plen = 0;
     uint8_t *pbytes = NULL;
@@ -293,7 +319,7 @@ int cmd_generate(int argc, char **argv) {
     float *logits = malloc(256 * sizeof(float));
     void *scratch = malloc(mb_sample_scratch_bytes(256));
     uint8_t *out = malloc((size_t)max_bytes + 1);
-    spec_stats st = {0, 0, 0};
+    spec_stats st = {0, 0, 0, 0};
     if (!p || !toks || !logits || !scratch || !out) {
         rc = die("generate", p ? "out of memory" : e.msg);
         goto done;
@@ -304,13 +330,14 @@ int cmd_generate(int argc, char **argv) {
         if (strlen(stops[i]) > em.hold + 1) em.hold = strlen(stops[i]) - 1;
     double t0 = now_s();
     /* speculative: all but the last prompt byte, which begins the first span */
-    if (feed(m, p, toks, d ? plen - 1 : plen, NULL, logits, &e)) {
+    const int spec = d || lookup;
+    if (feed(m, p, toks, spec ? plen - 1 : plen, NULL, logits, &e)) {
         rc = die("generate", e.msg);
         goto done;
     }
     double t1 = now_s();
-    if (d) {
-        if (gen_spec(m, p, d, &s, &em, pbytes, plen, draft_bytes, scratch, &st, &e)) {
+    if (spec) {
+        if (gen_spec(m, p, d, lookup, &s, &em, pbytes, plen, draft_bytes, scratch, &st, &e)) {
             rc = die("generate", e.msg);
             goto done;
         }
@@ -335,11 +362,11 @@ int cmd_generate(int argc, char **argv) {
                 "bytes/s); threads %d\n",
                 plen, t1 - t0, (double)plen / (t1 - t0), em.n, t2 - t1, (double)em.n / (t2 - t1),
                 mb_model_threads(m));
-        if (d)
+        if (spec)
             fprintf(stderr,
-                    "speculative: %ld rounds, %ld bytes drafted, %ld accepted (%.1f%%), %.2f "
-                    "bytes per round\n",
-                    st.rounds, st.drafted, st.accepted,
+                    "speculative: %ld rounds (%ld drafted by lookup), %ld bytes drafted, %ld "
+                    "accepted (%.1f%%), %.2f bytes per round\n",
+                    st.rounds, st.lookup_rounds, st.drafted, st.accepted,
                     st.drafted ? 100.0 * (double)st.accepted / (double)st.drafted : 0.0,
                     st.rounds ? (double)em.n / (double)st.rounds : 0.0);
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #define FEED_CHUNK 256 /* ids per drafter forward when feeding committed text */
+#define HELD_MAX   32  /* held bytes beyond this are encoded (see mb_drafter_commit) */
 
 struct mb_drafter {
     mb_model *m;
@@ -21,6 +22,7 @@ struct mb_drafter {
     int n_draft;
     uint8_t *bytes;                    /* this round: the held bytes, then the drafted ones */
     size_t n_bytes, cap_bytes, n_lead; /* n_lead: how many of them were held */
+    int fed;                           /* slot 0 has been fed since the start */
     float *base;                       /* logits after slot 0's last id */
     float *logits;                     /* logits while drafting */
 };
@@ -95,24 +97,30 @@ static int append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *b, siz
     return 0;
 }
 
-int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
-    mb_pool_reset(d->pool, 0);
-    d->n_pend = d->n_held = d->n_bytes = d->n_lead = 0;
-    d->n_draft = 0;
-    if (mb_spm_bos(d->tok) >= 0 && push_id(d, mb_spm_bos(d->tok), e)) return -1;
+/* Encodes text[0..n) (committed bytes after the fed and pending ids) into pending ids, except
+ * its last piece, which is held back: the next draft may extend or re-cut it. */
+static int settle(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
     size_t n0 = d->n_pend;
     if (mb_spm_encode(d->tok, text, n, &d->pend, &d->n_pend, &d->cap_pend, e)) return -1;
-    /* the prompt's last piece is held back: the first draft may extend or re-cut it */
     int len = 0;
     const uint8_t *p = d->n_pend > n0 ? mb_spm_piece(d->tok, d->pend[d->n_pend - 1], &len) : NULL;
     size_t hold =
         len > 0 && (size_t)len <= n && !memcmp(p, text + n - len, (size_t)len) ? (size_t)len : 0;
     if (hold) d->n_pend--;
-    if (!d->n_pend) { /* no start id and one piece: feed it rather than nothing */
+    if (!d->n_pend && !d->fed) { /* nothing would give the first draft its logits */
         d->n_pend = n0 + 1;
         hold = 0;
     }
+    d->n_held = 0;
     return append(&d->held, &d->n_held, &d->cap_held, text + n - hold, hold, e);
+}
+
+int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
+    mb_pool_reset(d->pool, 0);
+    d->n_pend = d->n_held = d->n_bytes = d->n_lead = 0;
+    d->n_draft = d->fed = 0;
+    if (mb_spm_bos(d->tok) >= 0 && push_id(d, mb_spm_bos(d->tok), e)) return -1;
+    return settle(d, text, n, e);
 }
 
 /* The most likely id. With held bytes, the most likely id whose bytes begin with all of them
@@ -144,6 +152,7 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
         int off[2] = {0, len}, slot = 0;
         mb_batch b = {1, d->pend + i, off, &slot, NULL};
         if (mb_forward(d->m, d->pool, &b, d->base, e)) return -1;
+        d->fed = 1;
     }
     d->n_pend = 0;
     if (append(&d->bytes, &d->n_bytes, &d->cap_bytes, d->held, d->n_held, e)) return -1;
@@ -176,8 +185,18 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
 }
 
 int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_extra, mb_err *e) {
-    if (!d->n_bytes) /* no draft this round: the bytes join the held ones */
-        return append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e);
+    if (!d->n_bytes) { /* no draft this round: the bytes join the held ones */
+        if (append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e)) return -1;
+        if (d->n_held <= HELD_MAX) return 0;
+        /* many rounds without a draft (another drafter's): encode all but the last piece */
+        uint8_t *t = d->held;
+        size_t n = d->n_held;
+        d->held = NULL;
+        d->n_held = d->cap_held = 0;
+        int rc = settle(d, t, n, e);
+        free(t);
+        return rc;
+    }
     /* drafted ids whose bytes were all kept (a cut last id never is) */
     size_t kept = d->n_lead + (size_t)n_accept, done = 0;
     if (kept > d->n_bytes) kept = d->n_bytes;
@@ -193,6 +212,22 @@ int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_e
     if (append(&d->held, &d->n_held, &d->cap_held, d->bytes + done, kept - done, e)) return -1;
     d->n_bytes = d->n_lead = 0;
     return append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e);
+}
+
+int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
+                    int max_bytes) {
+    if (min_match < 1 || max_bytes < 1 || n <= (size_t)min_match) return 0;
+    const size_t m = (size_t)min_match;
+    const uint8_t *key = ctx + n - m;
+    size_t lo = n > window ? n - window : 0;
+    for (size_t i = n - m; i-- > lo;) { /* latest first: i + m <= n - 1 */
+        if (ctx[i] != key[0] || memcmp(ctx + i, key, m)) continue;
+        size_t k = n - (i + m);
+        if (k > (size_t)max_bytes) k = (size_t)max_bytes;
+        memcpy(out, ctx + i + m, k);
+        return (int)k;
+    }
+    return 0;
 }
 
 int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft,

@@ -30,6 +30,12 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
  * was committed after them. The next draft continues from there. */
 int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_extra, mb_err *e);
 
+/* Prompt lookup, a drafter without a model: finds the latest earlier place where the last
+ * min_match bytes of ctx[0..n) occur (in the last `window` bytes) and copies up to max_bytes of
+ * what followed it to out. Returns how many (0: no earlier occurrence). */
+int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
+                    int max_bytes);
+
 /* The verifier's rule. rows: k + 1 rows of n_vocab logits, row i after the byte model has fed
  * draft[0..i) (row 0: before the draft); pos0: the absolute position of draft[0]. Returns the
  * number j of draft bytes that equal the sampler's choice, and sets *next to the sampler's

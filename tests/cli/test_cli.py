@@ -138,9 +138,10 @@ def test_bundled_models_match_trainer(tmp):
 
 
 def test_speculative_equals_plain():
-    """generate --draft (the bundled drafter proposes, the byte model verifies) writes exactly what
-    plain decoding writes: greedy and sampled, any draft length, prompts that end inside a token or
-    a UTF-8 character, byte limits down to 0 and 1, stop strings."""
+    """generate --draft (the bundled drafter proposes, the byte model verifies) and --lookup
+    (prompt lookup, alone or with the drafter) write exactly what plain decoding writes: greedy
+    and sampled, any draft length, prompts that end inside a token or a UTF-8 character, byte
+    limits down to 0 and 1, stop strings."""
     M, DR = "models/mambabyte-small", "models/drafter-small"
     cases = [("It was a dark and stormy night", [], ["--draft-bytes", "32", "--draft-tokens", "12"], "80", []),
              ("The old man said: \"", ["--temperature", "0.8", "--seed", "5", "--top-k", "40"],
@@ -151,11 +152,16 @@ def test_speculative_equals_plain():
              ("ends with a space ", ["--temperature", "0.7", "--min-p", "0.1"], [], "60", []),
              ("x", [], ["--draft-bytes", "8"], "2", []),
              ("x", [], [], "1", []),
-             ("It was", [], [], "0", [])]
+             ("It was", [], [], "0", []),
+             ("CHAPTER I.\n\nThe", [], ["--lookup", "4"], "80", []),
+             ("It was a dark and stormy night", ["--temperature", "0.8", "--seed", "3"],
+              ["--lookup", "3", "--draft-bytes", "16"], "60", []),
+             ("CHAPTER I.\n\nThe", [], ["--lookup", "4", "--draft-bytes", "4"], "80", ["--stop", "story of the s"])]
     for prompt, sm, dr, n, extra in cases:
         plain = run("generate", "-m", M, "-p", prompt, "-n", n, *sm, *extra)
         check(plain.returncode == 0, f"plain generate: {plain.stderr.decode()}")
-        r = run("generate", "-m", M, "--draft", DR, *dr, "-p", prompt, "-n", n, *sm, *extra, "--stats")
+        r = run("generate", "-m", M, *([] if "--lookup" in dr and len(dr) == 2 else ["--draft", DR]), *dr,
+                "-p", prompt, "-n", n, *sm, *extra, "--stats")
         check(r.returncode == 0, f"speculative generate: {r.stderr.decode()}")
         check(r.stdout == plain.stdout,
               f"speculative != plain for {prompt!r} {sm} {dr} n={n}: {r.stdout[:80]!r} vs {plain.stdout[:80]!r}")
@@ -166,6 +172,8 @@ def test_speculative_equals_plain():
     check(r.returncode != 0, "a drafter whose vocabulary is not its tokenizer's is refused")
     r = run("generate", "-m", M, "--draft", DR, "--draft-bytes", "0", "-p", "x")
     check(r.returncode != 0 and b"out of range" in r.stderr, "--draft-bytes 0 is refused")
+    r = run("generate", "-m", M, "--lookup", "-1", "-p", "x")
+    check(r.returncode != 0 and b"out of range" in r.stderr, "--lookup -1 is refused")
     print(f"ok   test_speculative_equals_plain ({len(cases)} cases)")
 
 

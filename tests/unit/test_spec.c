@@ -90,9 +90,27 @@ static void test_verify(void) {
     free(scratch);
 }
 
+/* Prompt lookup copies what followed the latest earlier occurrence of the context's tail. */
+static void test_lookup(void) {
+    uint8_t out[16];
+    const uint8_t *c = (const uint8_t *)"ab1 ab2 ab";
+    int k = mb_lookup_draft(c, 10, 2, 64, out, 16);
+    CHECK(k == 4 && !memcmp(out, "2 ab", 4), "the latest occurrence of \"ab\": %d", k);
+    k = mb_lookup_draft(c, 10, 2, 64, out, 3);
+    CHECK(k == 3 && !memcmp(out, "2 a", 3), "capped at max_bytes: %d", k);
+    k = mb_lookup_draft(c, 10, 3, 64, out, 16);
+    CHECK(k == 4 && !memcmp(out, "2 ab", 4), "\" ab\" occurs once before: %d", k);
+    CHECK(mb_lookup_draft(c, 10, 4, 64, out, 16) == 0, "no earlier occurrence of \"2 ab\"");
+    CHECK(mb_lookup_draft(c, 10, 2, 5, out, 16) == 0, "outside the window");
+    CHECK(mb_lookup_draft((const uint8_t *)"aaaa", 4, 2, 64, out, 16) == 1 && out[0] == 'a',
+          "overlapping occurrences");
+    CHECK(mb_lookup_draft(c, 2, 2, 64, out, 16) == 0, "context no longer than the key");
+}
+
 int main(void) {
     RUN(test_round_trip);
     RUN(test_bad_files);
     RUN(test_verify);
+    RUN(test_lookup);
     return check_failures != 0;
 }
