@@ -44,6 +44,9 @@ static const key KEYS[] = {
     INT(slots, 1, 65536, "64", "state pool slots"),
     INT(max_batch_tokens, 1, 1 << 20, "512", "tokens fed by one batched forward"),
     INT(prefill_chunk, 1, 1 << 20, "128", "prompt bytes per sequence per step"),
+    INT(lookup, 0, 256, "0",
+        "speculative decoding by prompt lookup: draft what followed the latest earlier "
+        "occurrence of the last N bytes (0: off)"),
     INT(queue_limit, 0, 1 << 20, "1024", "requests waiting for a slot before 429"),
     INT(max_body_bytes, 64, 1 << 30, "1048576", "largest request body (413 beyond)"),
     INT(max_prompt_bytes, 1, 1 << 30, "262144", "longest prompt in bytes"),

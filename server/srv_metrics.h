@@ -34,6 +34,8 @@ void srv_metrics_observe(srv_metrics *m, srv_hist h, double v);
 /* One scheduler step: bytes read (prompts) and written (generated) in it, and its duration. */
 void srv_metrics_step(srv_metrics *m, int n_seq, int n_tokens, size_t prompt_bytes,
                       size_t gen_bytes, double seconds);
+/* Speculative decoding: drafts verified, their bytes, and the bytes kept. */
+void srv_metrics_drafts(srv_metrics *m, size_t drafts, size_t drafted, size_t accepted);
 void srv_metrics_set_gauges(srv_metrics *m, const srv_gauges *g);
 void srv_metrics_get_gauges(srv_metrics *m, srv_gauges *g);
 /* Prometheus text exposition, malloc'd. */

@@ -5,6 +5,7 @@
 #include "srv_id.h"
 #include "srv_session.h"
 #include "srv_text.h"
+#include "spec.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -26,7 +27,11 @@ typedef struct seq {
     size_t n_out;
     size_t max_stop_len;
     double t_last; /* when the last byte was generated */
+    int lcap;      /* prompt lookup: longest draft next time */
 } seq;
+
+#define LOOKUP_START 8  /* prompt lookup: first draft length; doubled after a full acceptance */
+#define LOOKUP_MAX   32 /* and never longer */
 
 typedef struct job_list {
     srv_job **j;
@@ -61,6 +66,8 @@ struct srv_sched {
     int *off, *slot_of;          /* n_slots + 1, n_slots: the mb_batch */
     int *seq_of, *took, *row_of; /* per batch entry: run[] index, tokens fed, logits row or -1 */
     int *entry_of;               /* per run[] index: its batch entry or -1 */
+    int *dlen;                   /* per batch entry: drafted bytes after the fed byte */
+    uint8_t *draft;              /* per batch entry: LOOKUP_MAX drafted bytes */
     uint8_t *want;
     float *logits;
     void *scratch;
@@ -247,6 +254,7 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
         q.hist_base = x->n_bytes - pend;
     }
     q.t_last = srv_now();
+    q.lcap = LOOKUP_START;
     s->run[s->n_run++] = q;
     srv_job_admit(j);
     return 1;
@@ -354,16 +362,19 @@ static void check_running(srv_sched *s) {
 
 /* ---- the step ---- */
 
-/* Appends the byte sampled for run[i], checks stop strings and the length, retiring it when done.
- */
-static void take_byte(srv_sched *s, int i, const float *row, double now) {
+/* The position of run[i]'s next byte in its whole history (session included): the sampler's
+ * draw depends on it, so the output never depends on batching or speculation, and a continued
+ * session equals one long request. */
+static uint64_t next_pos(const seq *q) {
+    return q->hist_base + q->input_len + q->n_out;
+}
+
+/* Appends byte b to run[i]'s output, checks stop strings and the length, retiring it when done;
+ * returns 1 when it was retired. */
+static int take_byte(srv_sched *s, int i, int b, double now) {
     seq *q = &s->run[i];
     srv_job *j = q->job;
     const srv_gen_req *r = &j->req;
-    /* The draw depends on the byte's position in the whole history (session included), so the
-     * output never depends on batching, and a continued session equals one long request. */
-    uint64_t pos = q->hist_base + q->input_len + q->n_out;
-    int b = mb_sample(&r->sampling, row, s->n_vocab, pos, s->scratch);
     j->out[q->n_out++] = (uint8_t)b;
     if (q->n_out == 1) {
         j->t_first = now;
@@ -379,13 +390,50 @@ static void take_byte(srv_sched *s, int i, const float *row, double now) {
     if (at >= 0) {
         srv_job_publish(j, q->n_out, 0);
         retire(s, i, SRV_FINISH_STOP, from + (size_t)at);
-    } else if (q->n_out == (size_t)r->max_tokens) {
+        return 1;
+    }
+    if (q->n_out == (size_t)r->max_tokens) {
         srv_job_publish(j, q->n_out, q->n_out);
         retire(s, i, SRV_FINISH_LENGTH, q->n_out);
-    } else {
-        size_t hold = srv_stop_holdback(stops, r->n_stops, j->out, q->n_out);
-        srv_job_publish(j, q->n_out, q->n_out - hold);
+        return 1;
     }
+    size_t hold = srv_stop_holdback(stops, r->n_stops, j->out, q->n_out);
+    srv_job_publish(j, q->n_out, q->n_out - hold);
+    return 0;
+}
+
+/* A speculative entry of the batch: run[i] fed its last byte and dlen drafted bytes, with logits
+ * at each. The bytes that equal the sampler's choices are kept, then the sampler's own byte (as
+ * plain decoding would give them); the slot is rolled back to what was kept. Before each byte is
+ * taken the slot's history is the bytes before it, so a retirement (stop, length) leaves the
+ * state a plain run would leave. Returns the bytes taken. */
+static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *draft, int dlen,
+                      double now) {
+    seq *q = &s->run[i];
+    const int slot = q->slot;
+    const size_t base = q->fed_total;
+    int next, j = mb_spec_verify(&q->job->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q),
+                                 s->scratch, &next);
+    srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)j);
+    int cap = j == dlen ? 2 * q->lcap : j + 2;
+    q->lcap = cap > LOOKUP_MAX ? LOOKUP_MAX : cap;
+    mb_err e;
+    for (int t = 0; t <= j; t++) {
+        q->fed_total = base + 1 + (size_t)t;
+        if (take_byte(s, i, t < j ? draft[t] : next, now)) { /* q is gone */
+            if (t < dlen && mb_pool_rollback(s->pool, slot, t + 1, &e)) {
+                fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
+                mb_pool_reset(s->pool, slot);
+            }
+            return t + 1;
+        }
+    }
+    if (j < dlen && mb_pool_rollback(s->pool, slot, j + 1, &e)) {
+        fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
+        fail_running(s, e.msg);
+        return -1;
+    }
+    return j + 1;
 }
 
 /* Builds one batch within max_batch_tokens: a byte for decoding sequences first (taking turns
@@ -397,10 +445,22 @@ static void step(srv_sched *s) {
         int i = (s->rr + k) % s->n_run;
         seq *q = &s->run[i];
         if (q->n_out == 0) continue;
-        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->took[n] = 1, s->off[n] = nt;
+        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->off[n] = nt;
         s->want[nt] = 1;
         s->tokens[nt++] = q->job->out[q->n_out - 1];
-        n++, budget--, served++;
+        uint8_t *d = s->draft + (size_t)n * LOOKUP_MAX;
+        int k = 0, cap = q->lcap < budget - 1 ? q->lcap : budget - 1;
+        size_t left = (size_t)q->job->req.max_tokens - q->n_out; /* bytes still to come */
+        if (cap > (int)left - 1) cap = (int)left - 1;
+        if (s->c.lookup && cap > 0)
+            k = mb_lookup_draft2(q->input, q->input_len, q->job->out, q->n_out, s->c.lookup,
+                                 (size_t)1 << 16, d, cap);
+        for (int t = 0; t < k; t++) {
+            s->want[nt] = 1;
+            s->tokens[nt++] = d[t];
+        }
+        s->dlen[n] = k, s->took[n] = 1 + k;
+        n++, budget -= 1 + k, served++;
     }
     if (s->n_run) s->rr = (s->rr + served) % s->n_run;
     for (int i = 0; i < s->n_run && budget > 0; i++) {
@@ -410,6 +470,7 @@ static void step(srv_sched *s) {
         if (take > left) take = left;
         if (take > (size_t)budget) take = (size_t)budget;
         s->seq_of[n] = i, s->slot_of[n] = q->slot, s->took[n] = (int)take, s->off[n] = nt;
+        s->dlen[n] = 0;
         for (size_t t = 0; t < take; t++) {
             s->want[nt] = 0;
             s->tokens[nt++] = q->input[q->fed_input + t];
@@ -436,15 +497,25 @@ static void step(srv_sched *s) {
         seq *q = &s->run[s->seq_of[k]];
         s->entry_of[s->seq_of[k]] = k;
         if (q->n_out == 0) q->fed_input += (size_t)s->took[k];
-        q->fed_total += (size_t)s->took[k];
-        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row++ : -1;
+        if (!s->dlen[k]) q->fed_total += (size_t)s->took[k]; /* else take_draft counts */
+        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row : -1;
+        row += s->dlen[k] ? 1 + s->dlen[k] : s->row_of[k] >= 0;
         if (q->n_out == 0 && q->fed_input == q->feed_target) q->job->t_prefilled = now;
     }
     /* Sampling may retire a sequence, which shifts run[] above it: go from the top down. */
     for (int i = s->n_run - 1; i >= 0; i--) {
         int k = s->entry_of[i];
         if (k < 0 || s->row_of[k] < 0) continue;
-        take_byte(s, i, s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab, now);
+        const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
+        if (s->dlen[k]) {
+            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
+            if (got < 0) return; /* every sequence was failed */
+            sampled += got;
+            continue;
+        }
+        seq *q = &s->run[i];
+        take_byte(s, i, mb_sample(&q->job->req.sampling, rows, s->n_vocab, next_pos(q), s->scratch),
+                  now);
         sampled++;
     }
     srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, now - t0);
@@ -520,10 +591,13 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
     s->took = calloc(ns, sizeof(int));
     s->row_of = calloc(ns, sizeof(int));
     s->entry_of = calloc(ns, sizeof(int));
-    s->logits = calloc(ns * (size_t)s->n_vocab, sizeof(float));
+    s->dlen = calloc(ns, sizeof(int));
+    s->draft = calloc(ns, LOOKUP_MAX);
+    s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||
-        !s->took || !s->row_of || !s->entry_of || !s->logits || !s->scratch) {
+        !s->took || !s->row_of || !s->entry_of || !s->dlen || !s->draft || !s->logits ||
+        !s->scratch) {
         mb_fail(e, "out of memory for %d slots", c->slots);
         goto fail;
     }
@@ -586,6 +660,8 @@ void srv_sched_stop(srv_sched *s) {
     free(s->run);
     free(s->tokens);
     free(s->want);
+    free(s->dlen);
+    free(s->draft);
     free(s->off);
     free(s->slot_of);
     free(s->seq_of);

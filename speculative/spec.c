@@ -214,20 +214,30 @@ int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_e
     return append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e);
 }
 
-int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
-                    int max_bytes) {
-    if (min_match < 1 || max_bytes < 1 || n <= (size_t)min_match) return 0;
-    const size_t m = (size_t)min_match;
-    const uint8_t *key = ctx + n - m;
-    size_t lo = n > window ? n - window : 0;
-    for (size_t i = n - m; i-- > lo;) { /* latest first: i + m <= n - 1 */
-        if (ctx[i] != key[0] || memcmp(ctx + i, key, m)) continue;
+static inline uint8_t at2(const uint8_t *a, size_t na, const uint8_t *b, size_t i) {
+    return i < na ? a[i] : b[i - na];
+}
+
+int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
+                     size_t window, uint8_t *out, int max_bytes) {
+    const size_t n = na + nb, m = (size_t)min_match;
+    if (min_match < 1 || max_bytes < 1 || n <= m) return 0;
+    const size_t key = n - m, lo = n > window ? n - window : 0;
+    for (size_t i = key; i-- > lo;) { /* latest first: i + m <= n - 1 */
+        size_t t = 0;
+        while (t < m && at2(a, na, b, i + t) == at2(a, na, b, key + t)) t++;
+        if (t < m) continue;
         size_t k = n - (i + m);
         if (k > (size_t)max_bytes) k = (size_t)max_bytes;
-        memcpy(out, ctx + i + m, k);
+        for (size_t u = 0; u < k; u++) out[u] = at2(a, na, b, i + m + u);
         return (int)k;
     }
     return 0;
+}
+
+int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
+                    int max_bytes) {
+    return mb_lookup_draft2(ctx, n, NULL, 0, min_match, window, out, max_bytes);
 }
 
 int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft,

@@ -35,6 +35,9 @@ int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_e
  * what followed it to out. Returns how many (0: no earlier occurrence). */
 int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
                     int max_bytes);
+/* The same over the context a[0..na) followed by b[0..nb) (a prompt and the output so far). */
+int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
+                     size_t window, uint8_t *out, int max_bytes);
 
 /* The verifier's rule. rows: k + 1 rows of n_vocab logits, row i after the byte model has fed
  * draft[0..i) (row 0: before the draft); pos0: the absolute position of draft[0]. Returns the
