@@ -14,8 +14,8 @@ struct mb_drafter {
     int max_tokens, n_vocab;
     int32_t *pend; /* committed whole ids not yet fed to slot 0 */
     size_t n_pend, cap_pend;
-    uint8_t
-        *held; /* committed bytes after the fed and pending ids: the next draft begins with them */
+    /* committed bytes after the fed and pending ids: the next draft begins with them */
+    uint8_t *held;
     size_t n_held, cap_held;
     int32_t *draft; /* this round's drafted ids */
     int *draft_end; /* where each drafted id's bytes end in `bytes` */
