@@ -14,8 +14,9 @@
 #include "mambabyte.h"
 #include "spec.h"
 
-#define CHUNK     512               /* tokens per forward when feeding a long input */
-#define MAX_INPUT ((size_t)1 << 32) /* bytes of an input file */
+#define CHUNK      512               /* tokens per forward when feeding a long input */
+#define LOOKUP_MAX 32                /* longest prompt lookup draft */
+#define MAX_INPUT  ((size_t)1 << 32) /* bytes of an input file */
 
 static double now_s(void) {
     struct timespec ts;
@@ -78,7 +79,8 @@ static const char generate_usage[] =
     "      --draft DIR        speculative decoding with this drafter (a subword Mamba with its\n"
     "                         tokenizer.model); the output is the same as without it\n"
     "      --draft-tokens N   drafted tokens per round at most (default 8)\n"
-    "      --draft-bytes N    drafted bytes per round at most (default 32)\n"
+    "      --draft-bytes N    bytes the drafter drafts per round at most (default 4: longer\n"
+    "                         drafts are mostly rejected and a span costs more than a step)\n"
     "      --lookup N         speculative decoding by prompt lookup: draft what followed the\n"
     "                         latest earlier occurrence of the last N bytes (with --draft, the\n"
     "                         drafter drafts when there is none); the output is the same\n"
@@ -121,28 +123,30 @@ typedef struct spec_stats {
 static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb_sampling *s,
                     emitter *em, const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
                     spec_stats *st, mb_err *e) {
-    uint8_t *draft = malloc((size_t)draft_bytes + 1);
-    int32_t *span = malloc(((size_t)draft_bytes + 1) * sizeof *span);
-    uint8_t *want = malloc((size_t)draft_bytes + 1);
-    float *rows = malloc(((size_t)draft_bytes + 1) * 256 * sizeof(float));
+    const size_t most = (size_t)(draft_bytes > LOOKUP_MAX ? draft_bytes : LOOKUP_MAX);
+    uint8_t *draft = malloc(most + 1);
+    int32_t *span = malloc((most + 1) * sizeof *span);
+    uint8_t *want = malloc(most + 1);
+    float *rows = malloc((most + 1) * 256 * sizeof(float));
     uint8_t *ctx = malloc(plen + em->max + 1); /* the prompt and the output so far */
     int rc = -1;
     if (!draft || !span || !want || !rows || !ctx) {
         mb_fail(e, "out of memory");
         goto out;
     }
-    memset(want, 1, (size_t)draft_bytes + 1);
+    memset(want, 1, most + 1);
     memcpy(ctx, prompt, plen);
     size_t n_ctx = plen;
     if (d && mb_drafter_start(d, prompt, plen, e)) goto out;
     int last = prompt[plen - 1], end = em->max == 0;
-    int lcap = 8; /* lookup drafts: doubled after a full acceptance, cut to what was kept */
+    int lcap = 8; /* lookup drafts: doubled after a full acceptance (to LOOKUP_MAX), cut to
+                     what was kept otherwise */
     while (!end) {
         size_t room = em->max - em->n - 1;
         int cap = room < (size_t)draft_bytes ? (int)room : draft_bytes, k = 0, model = 0;
         if (lookup)
             k = mb_lookup_draft(ctx, n_ctx, lookup, (size_t)1 << 16, draft,
-                                cap < lcap ? cap : lcap);
+                                room < (size_t)lcap ? (int)room : lcap);
         if (k) {
             st->lookup_rounds++;
         } else if (d) {
@@ -159,7 +163,7 @@ static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb
         st->rounds++;
         st->drafted += k;
         st->accepted += j;
-        if (k && !model) lcap = j == k ? 2 * lcap : j + 2;
+        if (k && !model) lcap = j == k ? (2 * lcap < LOOKUP_MAX ? 2 * lcap : LOOKUP_MAX) : j + 2;
         draft[j] = (uint8_t)next; /* the round's bytes: draft[0..j] */
         memcpy(ctx + n_ctx, draft, (size_t)j + 1);
         n_ctx += (size_t)j + 1;
@@ -189,7 +193,7 @@ int cmd_generate(int argc, char **argv) {
         {"prompt-file", 1, 0, 'f'}, {"draft", 1, 0, 'd'},  {"draft-tokens", 1, 0, 'D'},
         {"draft-bytes", 1, 0, 'B'}, {"lookup", 1, 0, 'L'}, {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
-    int draft_tokens = 8, draft_bytes = 32, lookup = 0;
+    int draft_tokens = 8, draft_bytes = 4, lookup = 0;
     const char *stops[16];
     int n_stops = 0, threads = 0, stats = 0, c;
     long max_bytes = 256;
