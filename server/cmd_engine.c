@@ -14,9 +14,8 @@
 #include "mambabyte.h"
 #include "spec.h"
 
-#define CHUNK      512               /* tokens per forward when feeding a long input */
-#define LOOKUP_MAX 32                /* longest prompt lookup draft */
-#define MAX_INPUT  ((size_t)1 << 32) /* bytes of an input file */
+#define CHUNK     512               /* tokens per forward when feeding a long input */
+#define MAX_INPUT ((size_t)1 << 32) /* bytes of an input file */
 
 static double now_s(void) {
     struct timespec ts;
@@ -123,7 +122,7 @@ typedef struct spec_stats {
 static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb_sampling *s,
                     emitter *em, const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
                     spec_stats *st, mb_err *e) {
-    const size_t most = (size_t)(draft_bytes > LOOKUP_MAX ? draft_bytes : LOOKUP_MAX);
+    const size_t most = (size_t)(draft_bytes > MB_LOOKUP_MAX ? draft_bytes : MB_LOOKUP_MAX);
     uint8_t *draft = malloc(most + 1);
     int32_t *span = malloc((most + 1) * sizeof *span);
     uint8_t *want = malloc(most + 1);
@@ -139,8 +138,7 @@ static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb
     size_t n_ctx = plen;
     if (d && mb_drafter_start(d, prompt, plen, e)) goto out;
     int last = prompt[plen - 1], end = em->max == 0;
-    int lcap = 8; /* lookup drafts: doubled after a full acceptance (to LOOKUP_MAX), cut to
-                     what was kept otherwise */
+    int lcap = MB_LOOKUP_START; /* see mb_lookup_next_cap */
     while (!end) {
         size_t room = em->max - em->n - 1;
         int cap = room < (size_t)draft_bytes ? (int)room : draft_bytes, k = 0, model = 0;
@@ -163,7 +161,7 @@ static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb
         st->rounds++;
         st->drafted += k;
         st->accepted += j;
-        if (k && !model) lcap = j == k ? (2 * lcap < LOOKUP_MAX ? 2 * lcap : LOOKUP_MAX) : j + 2;
+        if (k && !model) lcap = mb_lookup_next_cap(lcap, k, j);
         draft[j] = (uint8_t)next; /* the round's bytes: draft[0..j] */
         memcpy(ctx + n_ctx, draft, (size_t)j + 1);
         n_ctx += (size_t)j + 1;

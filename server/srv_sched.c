@@ -30,9 +30,6 @@ typedef struct seq {
     int lcap;      /* prompt lookup: longest draft next time */
 } seq;
 
-#define LOOKUP_START 8  /* prompt lookup: first draft length; doubled after a full acceptance */
-#define LOOKUP_MAX   32 /* and never longer */
-
 typedef struct job_list {
     srv_job **j;
     int n, cap;
@@ -67,7 +64,7 @@ struct srv_sched {
     int *seq_of, *took, *row_of; /* per batch entry: run[] index, tokens fed, logits row or -1 */
     int *entry_of;               /* per run[] index: its batch entry or -1 */
     int *dlen;                   /* per batch entry: drafted bytes after the fed byte */
-    uint8_t *draft;              /* per batch entry: LOOKUP_MAX drafted bytes */
+    uint8_t *draft;              /* per batch entry: MB_LOOKUP_MAX drafted bytes */
     uint8_t *want;
     float *logits;
     void *scratch;
@@ -254,7 +251,7 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
         q.hist_base = x->n_bytes - pend;
     }
     q.t_last = srv_now();
-    q.lcap = LOOKUP_START;
+    q.lcap = MB_LOOKUP_START;
     s->run[s->n_run++] = q;
     srv_job_admit(j);
     return 1;
@@ -415,8 +412,7 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
     int next, j = mb_spec_verify(&q->job->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q),
                                  s->scratch, &next);
     srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)j);
-    int cap = j == dlen ? 2 * q->lcap : j + 2;
-    q->lcap = cap > LOOKUP_MAX ? LOOKUP_MAX : cap;
+    q->lcap = mb_lookup_next_cap(q->lcap, dlen, j);
     mb_err e;
     for (int t = 0; t <= j; t++) {
         q->fed_total = base + 1 + (size_t)t;
@@ -448,7 +444,7 @@ static void step(srv_sched *s) {
         s->seq_of[n] = i, s->slot_of[n] = q->slot, s->off[n] = nt;
         s->want[nt] = 1;
         s->tokens[nt++] = q->job->out[q->n_out - 1];
-        uint8_t *d = s->draft + (size_t)n * LOOKUP_MAX;
+        uint8_t *d = s->draft + (size_t)n * MB_LOOKUP_MAX;
         int k = 0, cap = q->lcap < budget - 1 ? q->lcap : budget - 1;
         size_t left = (size_t)q->job->req.max_tokens - q->n_out; /* bytes still to come */
         if (cap > (int)left - 1) cap = (int)left - 1;
@@ -508,7 +504,7 @@ static void step(srv_sched *s) {
         if (k < 0 || s->row_of[k] < 0) continue;
         const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
         if (s->dlen[k]) {
-            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
+            int got = take_draft(s, i, rows, s->draft + (size_t)k * MB_LOOKUP_MAX, s->dlen[k], now);
             if (got < 0) return; /* every sequence was failed */
             sampled += got;
             continue;
@@ -592,7 +588,7 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
     s->row_of = calloc(ns, sizeof(int));
     s->entry_of = calloc(ns, sizeof(int));
     s->dlen = calloc(ns, sizeof(int));
-    s->draft = calloc(ns, LOOKUP_MAX);
+    s->draft = calloc(ns, MB_LOOKUP_MAX);
     s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||

@@ -240,6 +240,11 @@ int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, 
     return mb_lookup_draft2(ctx, n, NULL, 0, min_match, window, out, max_bytes);
 }
 
+int mb_lookup_next_cap(int cap, int drafted, int kept) {
+    int c = kept == drafted ? 2 * cap : kept + 2;
+    return c < MB_LOOKUP_MAX ? c : MB_LOOKUP_MAX;
+}
+
 int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft,
                    int k, uint64_t pos0, void *scratch, int *next) {
     int j = 0;

@@ -39,6 +39,13 @@ int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, 
 int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
                      size_t window, uint8_t *out, int max_bytes);
 
+/* How long a sequence's lookup drafts may be: MB_LOOKUP_START at first; after a draft of
+ * `drafted` bytes of which `kept` were kept, doubled when all were, else kept + 2; never more
+ * than MB_LOOKUP_MAX. */
+#define MB_LOOKUP_START 8
+#define MB_LOOKUP_MAX   32
+int mb_lookup_next_cap(int cap, int drafted, int kept);
+
 /* The verifier's rule. rows: k + 1 rows of n_vocab logits, row i after the byte model has fed
  * draft[0..i) (row 0: before the draft); pos0: the absolute position of draft[0]. Returns the
  * number j of draft bytes that equal the sampler's choice, and sets *next to the sampler's

@@ -105,6 +105,10 @@ static void test_lookup(void) {
     CHECK(mb_lookup_draft((const uint8_t *)"aaaa", 4, 2, 64, out, 16) == 1 && out[0] == 'a',
           "overlapping occurrences");
     CHECK(mb_lookup_draft(c, 2, 2, 64, out, 16) == 0, "context no longer than the key");
+    CHECK(mb_lookup_next_cap(MB_LOOKUP_START, 8, 8) == 16 && mb_lookup_next_cap(16, 16, 3) == 5 &&
+              mb_lookup_next_cap(MB_LOOKUP_MAX, 32, 31) == MB_LOOKUP_MAX &&
+              mb_lookup_next_cap(MB_LOOKUP_MAX, 32, 32) == MB_LOOKUP_MAX,
+          "the draft cap doubles, shrinks to what was kept, and stays within MB_LOOKUP_MAX");
     for (size_t cut = 0; cut <= 10; cut++) { /* a prompt and an output: any split, same draft */
         k = mb_lookup_draft2(c, cut, c + cut, 10 - cut, 2, 64, out, 16);
         CHECK(k == 4 && !memcmp(out, "2 ab", 4), "split at %zu: %d", cut, k);
