@@ -91,6 +91,17 @@ template <typename T, int BD> struct Fetch {
             C[p] = ok ? ld((const T *)a.C, b * a.sCb + tt * a.sCl + j) : 0.f;
         }
     }
+    /* The chunk's B and C rows (loaded by load()) into shared memory. */
+    __device__ void store_BC(float (*sB)[NS], float (*sC)[NS]) const {
+#pragma unroll
+        for (int p = 0; p < PB; p++) {
+            const int i = threadIdx.x + p * NT;
+            if (i < CH * NS) {
+                sB[i / NS][i % NS] = B[p];
+                sC[i / NS][i % NS] = C[p];
+            }
+        }
+    }
 };
 
 template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(ScanArgs a) {
@@ -125,14 +136,7 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(
             s_x[t][j] = f.x[p];
             s_z[t][j] = f.z[p];
         }
-#pragma unroll
-        for (int p = 0; p < F::PB; p++) {
-            const int i = tid + p * NT;
-            if (i < CH * NS) {
-                s_B[i / NS][i % NS] = f.B[p];
-                s_C[i / NS][i % NS] = f.C[p];
-            }
-        }
+        f.store_BC(s_B, s_C);
         __syncthreads();
         if (c0 + CH < L) f.load(a, b, d0, c0 + CH, false);
 #pragma unroll
@@ -204,14 +208,7 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_bwd(
             s_sg[t][j] = v > 20.f ? 1.f : sigmoid(v);
             s_dzf[t][j] = f.dy[p] * sz * (1.f + zv * (1.f - sz));
         }
-#pragma unroll
-        for (int p = 0; p < F::PB; p++) {
-            const int i = tid + p * NT;
-            if (i < CH * NS) {
-                s_B[i / NS][i % NS] = f.B[p];
-                s_C[i / NS][i % NS] = f.C[p];
-            }
-        }
+        f.store_BC(s_B, s_C);
         __syncthreads();
         if (ci > 0) f.load(a, b, d0, c0 - CH, true);
         float hs[CH][SPT], s[SPT];

@@ -15,6 +15,8 @@ import subprocess
 
 import torch
 
+from scan_triton import differentiable
+
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
 CFG = dict(BD_FWD=32, BD_BWD=32, CH=8)  # channels per block; steps per chunk (a build option)
 _libs = {}
@@ -132,20 +134,5 @@ def scan_backward(dy, x, dt, A, B, C, D, z, dt_bias, ck):
             dCp.sum(1).to(in_dtypes[3]), dD.sum(0), dz.to(in_dtypes[4]) if dz is not None else None, dbias.sum(0))
 
 
-class SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias):
-        y, ck, _ = scan_forward(x, dt, A, B, C, D, z, dt_bias)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ck)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, dt, A, B, C, D, z, dt_bias, ck = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dz, dbias = scan_backward(dy, x, dt, A, B, C, D, z, dt_bias, ck)
-        return dx, ddt, dA.to(A.dtype), dB, dC, dD.to(D.dtype), dz, dbias.to(dt_bias.dtype)
-
-
-def selective_scan(x, dt, A, B, C, D, z, dt_bias):
-    """y = selective scan (see scan_ref.py for the maths). Differentiable in every input."""
-    return SelectiveScan.apply(x, dt, A, B, C, D, z, dt_bias)
+selective_scan = differentiable(scan_forward, scan_backward)
+selective_scan.__doc__ = "y = selective scan (see scan_ref.py for the maths). Differentiable in every input."

@@ -222,20 +222,24 @@ def scan_backward(dy, x, dt, A, B, C, D, z, dt_bias, ck):
     return dx, ddt, dA.sum(0), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype), dD.sum(0), (dz if z is not None else None), ddt.float().sum((0, 1))
 
 
-class SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias):
-        y, ck, _ = scan_forward(x, dt, A, B, C, D, z, dt_bias)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ck)
-        return y
+def differentiable(fwd, bwd):
+    """selective_scan(x, dt, A, B, C, D, z, dt_bias) differentiable in every input, from a kernel
+    module's scan_forward (storing checkpoints) and scan_backward (shared by scan_cuda.py)."""
+    class SelectiveScan(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, dt, A, B, C, D, z, dt_bias):
+            y, ck, _ = fwd(x, dt, A, B, C, D, z, dt_bias)
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ck)
+            return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, dt, A, B, C, D, z, dt_bias, ck = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dz, dbias = scan_backward(dy.contiguous(), x, dt, A, B, C, D, z, dt_bias, ck)
-        return dx, ddt, dA.to(A.dtype), dB, dC, dD.to(D.dtype), dz, dbias.to(dt_bias.dtype)
+        @staticmethod
+        def backward(ctx, dy):
+            x, dt, A, B, C, D, z, dt_bias, ck = ctx.saved_tensors
+            dx, ddt, dA, dB, dC, dD, dz, dbias = bwd(dy.contiguous(), x, dt, A, B, C, D, z, dt_bias, ck)
+            return dx, ddt, dA.to(A.dtype), dB, dC, dD.to(D.dtype), dz, dbias.to(dt_bias.dtype)
+
+    return lambda x, dt, A, B, C, D, z, dt_bias: SelectiveScan.apply(x, dt, A, B, C, D, z, dt_bias)
 
 
-def selective_scan(x, dt, A, B, C, D, z, dt_bias):
-    """y = selective scan (see module doc). Differentiable in every input."""
-    return SelectiveScan.apply(x, dt, A, B, C, D, z, dt_bias)
+selective_scan = differentiable(scan_forward, scan_backward)
+selective_scan.__doc__ = "y = selective scan (see module doc). Differentiable in every input."
