@@ -218,13 +218,32 @@ static inline uint8_t at2(const uint8_t *a, size_t na, const uint8_t *b, size_t 
     return i < na ? a[i] : b[i - na];
 }
 
+/* The latest position in [lo, hi) of the context a ++ b holding byte c, or -1; memrchr over
+ * each part (the scheduler calls this for every decoding sequence at every step). */
+static long find_back(const uint8_t *a, size_t na, const uint8_t *b, size_t lo, size_t hi,
+                      uint8_t c) {
+    if (hi > na && hi > lo) {
+        size_t from = lo > na ? lo : na;
+        const uint8_t *p = memrchr(b + (from - na), c, hi - from);
+        if (p) return (long)(na + (size_t)(p - b));
+    }
+    if (lo < na && lo < hi) {
+        const uint8_t *p = memrchr(a + lo, c, (hi < na ? hi : na) - lo);
+        if (p) return (long)(p - a);
+    }
+    return -1;
+}
+
 int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
                      size_t window, uint8_t *out, int max_bytes) {
     const size_t n = na + nb, m = (size_t)min_match;
     if (min_match < 1 || max_bytes < 1 || n <= m) return 0;
     const size_t key = n - m, lo = n > window ? n - window : 0;
-    for (size_t i = key; i-- > lo;) { /* latest first: i + m <= n - 1 */
-        size_t t = 0;
+    const uint8_t k0 = at2(a, na, b, key);
+    for (long at = find_back(a, na, b, lo, key, k0); at >= 0;
+         at = find_back(a, na, b, lo, (size_t)at, k0)) { /* latest first: i + m <= n - 1 */
+        const size_t i = (size_t)at;
+        size_t t = 1;
         while (t < m && at2(a, na, b, i + t) == at2(a, na, b, key + t)) t++;
         if (t < m) continue;
         size_t k = n - (i + m);
