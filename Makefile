@@ -5,18 +5,39 @@ CXX     ?= c++
 ARCH    ?= -march=x86-64-v3
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 CSTD    := -std=c11 -D_GNU_SOURCE
-INC     := -Imodel -Iconfig -Ispeculative -Iserver -I/usr/include/cjson
-LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -lm
+INC     := -Imodel -Iconfig -Ispeculative -Iserver -Icli -I/usr/include/cjson
+LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -ldl -lm
 REL_FLAGS  := -O3 $(ARCH) -g
 ASAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # the engine (model/, speculative/) and the application around it (server/, config/)
 ENG_C   := $(wildcard model/*.c speculative/*.c)
 ENG_CC  := $(wildcard speculative/*.cc)
-APP_C   := $(wildcard config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+APP_C   := $(wildcard config/*.c) $(wildcard server/*.c)
+CLI_C   := $(wildcard cli/*.c)
 LIB_C   := $(ENG_C) $(APP_C)
 HDRS    := $(wildcard */*.h tests/*/*.h)
 TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+
+# The CUDA backend (kernels/): a shared object beside the binary, loaded at run time when a GPU
+# is usable, so the same binary runs without one. Built whenever nvcc is found; CUDA=0 turns it
+# off. SASS for sm_90 (H100, H200) and compute_90 PTX for later GPUs.
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CU_SRC  := $(wildcard kernels/*.cu)
+CUDA    ?= $(if $(and $(NVCC),$(CU_SRC)),1,0)
+CU_ARCH := -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVFLAGS := -std=c++17 -O3 -lineinfo --fmad=false $(CU_ARCH) -Imodel \
+           -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror,-Wno-unused-parameter
+ifeq ($(CUDA),1)
+CUDA_LIB_rel  := build/rel/libmambabyte_cuda.so
+CUDA_LIB_asan := build/asan/libmambabyte_cuda.so
+endif
+build/rel/libmambabyte_cuda.so: $(CU_SRC) $(wildcard kernels/*.h) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -shared -cudart static -o $@ $(CU_SRC)
+build/asan/libmambabyte_cuda.so: build/rel/libmambabyte_cuda.so
+	@mkdir -p $(dir $@)
+	cp $< $@
 
 .SECONDARY:
 .PHONY: all test fuzz run bench format format-check clean deps test-deps
@@ -35,8 +56,8 @@ build/$(1)/libengine.a: $$(patsubst %.c,build/$(1)/%.o,$$(ENG_C)) $$(patsubst %.
 build/$(1)/libapp.a: $$(patsubst %.c,build/$(1)/%.o,$$(APP_C))
 	@rm -f $$@
 	ar rcs $$@ $$^
-build/$(1)/mambabyte: build/$(1)/server/main.o build/$(1)/libapp.a build/$(1)/libengine.a
-	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+build/$(1)/mambabyte: $$(patsubst %.c,build/$(1)/%.o,$$(CLI_C)) build/$(1)/libapp.a build/$(1)/libengine.a $$(CUDA_LIB_$(1))
+	$$(CXX) $(2) -o $$@ $$(filter-out %.so,$$^) $$(LIBS)
 # engine tests link the engine alone; test_srv_* and test_cfg_* the application too
 build/$(1)/tests/test_srv_%: build/$(1)/tests/unit/test_srv_%.o build/$(1)/libapp.a build/$(1)/libengine.a
 	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)

@@ -109,7 +109,7 @@ static double prefill(mb_model *m, int chunk, int n_chunks, int reps) {
     float logits[256];
     double r[16];
     for (int rep = 0; rep < reps; rep++) {
-        mb_pool_reset(p, 0);
+        mb_pool_reset(p, 0, NULL);
         double t0 = now_s();
         for (int c = 0; c < n_chunks; c++) {
             int off[2] = {0, chunk}, slot = 0;
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     mb_err e;
-    mb_backend_opts o = {argc > 2 ? atoi(argv[2]) : 0};
+    mb_backend_opts o = {argc > 2 ? atoi(argv[2]) : 0, MB_DEVICE_CPU, 0};
     mb_model *m = mb_model_load(argv[1], &o, &e);
     if (!m) {
         fprintf(stderr, "%s\n", e.msg);

@@ -40,8 +40,11 @@ static const key KEYS[] = {
     STR(host, "127.0.0.1", "address to listen on"),
     INT(port, 0, 65535, "8080", "TCP port (0: any free port)"),
     STR(api_key, "", "require Authorization: Bearer <key>; empty: no key"),
-    INT(threads, 0, 1024, "0", "engine threads (0: one per core)"),
-    INT(slots, 1, 65536, "64", "state pool slots"),
+    STR(device, "auto", "auto (the GPU when one is usable), cpu, cuda or cuda:N"),
+    INT(threads, 0, 1024, "0", "CPU engine threads (0: one per core)"),
+    INT(slots, 0, 65536, "0",
+        "state pool slots (0: 64 on the CPU; on a GPU as many as fit in its memory, up to "
+        "1024)"),
     INT(max_batch_tokens, 1, 1 << 20, "512", "tokens fed by one batched forward"),
     INT(prefill_chunk, 1, 1 << 20, "128", "prompt bytes per sequence per step"),
     INT(lookup, 0, 256, "0",

@@ -15,8 +15,9 @@ typedef struct cfg {
     char host[256];       /* address to listen on */
     int port;             /* 0: any free port */
     char api_key[256];    /* empty: no authentication */
-    int threads;          /* engine threads, 0: one per core */
-    int slots;            /* state pool slots (sequences resident at once) */
+    char device[32];      /* auto, cpu, cuda or cuda:N */
+    int threads;          /* CPU engine threads, 0: one per core */
+    int slots;            /* state pool slots (sequences resident at once); 0: by device */
     int max_batch_tokens; /* tokens fed by one forward, all sequences together */
     int prefill_chunk;    /* prompt bytes one sequence feeds per step */
     int lookup;           /* speculative decoding by prompt lookup: key bytes, 0: off */

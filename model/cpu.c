@@ -7,8 +7,10 @@
  * sequences, and whatever the number of threads. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -452,38 +454,11 @@ static void embed_worker(void *ctx, int ti, int nt) {
     }
 }
 
-static int check_batch(const mb_model *m, const mb_pool *p, const mb_batch *b, mb_err *e) {
-    if (b->n_seq < 0 || (b->n_seq && (!b->off || !b->slot || !b->tokens)) ||
-        (b->n_seq && b->off[0] != 0))
-        return mb_fail(e, "batch: bad sequence list");
-    for (int s = 0; s < b->n_seq; s++) {
-        if (b->off[s + 1] <= b->off[s]) return mb_fail(e, "batch: sequence %d has no tokens", s);
-        if (b->slot[s] < 0 || b->slot[s] >= p->n_slots)
-            return mb_fail(e, "batch: slot %d out of range [0, %d)", b->slot[s], p->n_slots);
-        for (int q = 0; q < s; q++)
-            if (b->slot[q] == b->slot[s])
-                return mb_fail(e, "batch: slot %d appears twice", b->slot[s]);
-    }
-    int T = b->n_seq ? b->off[b->n_seq] : 0;
-    if (T > p->max_tokens)
-        return mb_fail(e, "batch: %d tokens, the pool takes %d per forward", T, p->max_tokens);
-    for (int t = 0; t < T; t++)
-        if (b->tokens[t] < 0 || b->tokens[t] >= m->c.n_vocab)
-            return mb_fail(e, "batch: token %d out of range [0, %d)", b->tokens[t], m->c.n_vocab);
-    return 0;
-}
-
-int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err *e) {
-    if (p->m != m) return mb_fail(e, "forward: the pool belongs to another model");
-    if (check_batch(m, p, b, e)) return -1;
+static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *rows, int n_out,
+                       float *logits, mb_err *e) {
     const mb_config *c = &m->c;
     const int T = b->n_seq ? b->off[b->n_seq] : 0, D = c->d_model, E = c->d_inner, N = c->d_state,
               R = c->dt_rank;
-    int *rows = (int *)p->rows;
-    int n_out = 0;
-    for (int s = 0; s < b->n_seq; s++)
-        for (int t = b->off[s]; t < b->off[s + 1]; t++)
-            if (b->want ? b->want[t] : t == b->off[s + 1] - 1) rows[n_out++] = t;
     fwd f = {m, p, b, T, 0, n_out, rows};
     mb_threads *th = m->threads;
     mb_threads_run(th, embed_worker, &f);
@@ -514,13 +489,124 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
         mb_threads_run(th, norm_worker, &f);
         matmul(th, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
     }
-    /* the new states become current; the old ones stay as the span's start for rollback */
-    for (int s = 0; s < p->n_slots; s++) p->j_start[s] = -1;
-    for (int s = 0; s < b->n_seq; s++) {
-        int slot = b->slot[s];
-        p->cur[slot] = !p->cur[slot];
-        p->j_start[slot] = b->off[s];
-        p->j_len[slot] = p->j_at[slot] = b->off[s + 1] - b->off[s];
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the pool */
+
+static void *zalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+static void cpu_pool_free(mb_pool *p) {
+    free(p->state);
+    free(p->j_xin);
+    free(p->j_dt);
+    free(p->j_B);
+    free(p->h);
+    free(p->xn);
+    free(p->xz);
+    free(p->u);
+    free(p->dbl);
+    free(p->y);
+}
+
+static int cpu_pool_init(mb_pool *p, mb_err *e) {
+    const mb_config *c = &p->m->c;
+    const size_t T = (size_t)p->max_tokens, L = (size_t)c->n_layer, E = (size_t)c->d_inner,
+                 D = (size_t)c->d_model, N = (size_t)c->d_state, F = sizeof(float);
+    p->state = zalloc((size_t)p->n_slots * 2 * p->state_floats * F);
+    p->j_xin = zalloc(L * T * E * F);
+    p->j_dt = zalloc(L * T * E * F);
+    p->j_B = zalloc(L * T * N * F);
+    p->h = zalloc(T * D * F);
+    p->xn = zalloc(T * D * F);
+    p->xz = zalloc(T * 2 * E * F);
+    p->u = zalloc(T * E * F);
+    p->dbl = zalloc(T * (size_t)(c->dt_rank + 2 * c->d_state) * F);
+    p->y = zalloc(T * E * F);
+    if (!p->state || !p->j_xin || !p->j_dt || !p->j_B || !p->h || !p->xn || !p->xz || !p->u ||
+        !p->dbl || !p->y)
+        return mb_fail(e, "pool: out of memory for %d slots x %d tokens", p->n_slots,
+                       p->max_tokens);
+    return 0;
+}
+
+static int cpu_rollback(mb_pool *p, int slot, int j_start, int n_keep, mb_err *e) {
+    const mb_config *c = &p->m->c;
+    const size_t E = (size_t)c->d_inner, N = (size_t)c->d_state, T = (size_t)p->max_tokens;
+    const size_t lsz = mb_layer_state_floats(c), wsz = E * (size_t)(c->d_conv - 1);
+    const float *start = mb_slot_state(p, slot, !p->cur[slot]);
+    float *st = mb_slot_state(p, slot, p->cur[slot]);
+    memcpy(st, start, mb_pool_state_bytes(p));
+    float *u = p->u; /* activation scratch is free between forwards */
+    for (int l = 0; l < c->n_layer; l++) {
+        const mb_layer *L = &p->m->layers[l];
+        float *win = st + (size_t)l * lsz, *ssm = win + wsz;
+        for (int i = 0; i < n_keep; i++) {
+            size_t t = (size_t)(j_start + i);
+            mb_conv_step(L, c, win, win, p->j_xin + ((size_t)l * T + t) * E, u, 0, (int)E);
+            mb_scan_step(L, c, ssm, ssm, u, p->j_dt + ((size_t)l * T + t) * E,
+                         p->j_B + ((size_t)l * T + t) * N, NULL, NULL, 0, (int)E);
+        }
     }
     return 0;
 }
+
+static int cpu_reset(mb_pool *p, int slot, mb_err *e) {
+    memset(mb_slot_state(p, slot, p->cur[slot]), 0, mb_pool_state_bytes(p));
+    return 0;
+}
+
+static int cpu_copy(mb_pool *p, int dst, int src, mb_err *e) {
+    memcpy(mb_slot_state(p, dst, p->cur[dst]), mb_slot_state(p, src, p->cur[src]),
+           mb_pool_state_bytes(p));
+    return 0;
+}
+
+static int cpu_read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+    memcpy(dst, mb_slot_state(p, slot, p->cur[slot]), mb_pool_state_bytes(p));
+    return 0;
+}
+
+static int cpu_write(mb_pool *p, int slot, const void *src, mb_err *e) {
+    memcpy(mb_slot_state(p, slot, p->cur[slot]), src, mb_pool_state_bytes(p));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the model */
+
+static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, size_t note_len,
+                          mb_err *e) {
+    int nt = o && o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m->threads = mb_threads_create(nt < 1 ? 1 : nt > 256 ? 256 : nt);
+    if (!m->threads) return mb_fail(e, "cannot start worker threads");
+    snprintf(note, note_len, "%d threads", mb_threads_count(m->threads));
+    return 0;
+}
+
+static void cpu_model_free(mb_model *m) {
+    if (m->threads) mb_threads_free(m->threads);
+    m->threads = NULL;
+}
+
+static int cpu_fit_slots(const mb_model *m, int max_tokens) {
+    return 0;
+}
+
+const mb_backend mb_cpu_backend = {
+    .name = "cpu",
+    .model_init = cpu_model_init,
+    .model_free = cpu_model_free,
+    .fit_slots = cpu_fit_slots,
+    .pool_init = cpu_pool_init,
+    .pool_free = cpu_pool_free,
+    .forward = cpu_forward,
+    .rollback = cpu_rollback,
+    .reset = cpu_reset,
+    .copy = cpu_copy,
+    .read = cpu_read,
+    .write = cpu_write,
+};

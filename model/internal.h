@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "backend.h"
 #include "mambabyte.h"
 #include "safetensors.h"
 
@@ -47,7 +48,13 @@ struct mb_model {
     size_t arena_len, arena_used;
     void **owned; /* buffers converted at load time, freed with the model */
     int n_owned, cap_owned;
-    mb_threads *threads;
+    mb_threads *threads;  /* CPU backend only */
+    const mb_backend *be; /* the backend that runs it */
+    void *dev;            /* the backend's own model data (device weights, streams) */
+    void *dl;             /* dlopen handle of the CUDA backend */
+    int dead;             /* set by a backend when its device has failed for good */
+    char device[192];     /* "cpu", "cuda:0 (NVIDIA H200, 139.8 GiB)" */
+    char device_note[600];
 };
 
 /* ---- state layout: per layer, conv window (d_conv-1, d_inner), oldest input first, then the
@@ -60,23 +67,31 @@ struct mb_pool {
     mb_model *m;
     int n_slots, max_tokens;
     size_t state_floats; /* per slot, all layers */
-    float *state;        /* (n_slots, 2, state_floats): two buffers per slot */
-    uint8_t *cur;        /* (n_slots) which buffer holds the current state */
-    /* The last forward's span inputs, for rollback: what the scan needs per position. */
-    float *j_xin; /* (n_layer, max_tokens, d_inner) conv inputs */
-    float *j_dt;  /* (n_layer, max_tokens, d_inner) dt after softplus */
-    float *j_B;   /* (n_layer, max_tokens, d_state) */
+    /* Kept by pool.c for every backend: */
+    uint8_t *cur; /* (n_slots) which of the slot's two state buffers is current */
     int *j_start; /* (n_slots) first token index of the slot in the last forward, -1 if none */
     int *j_len;   /* (n_slots) tokens the last forward fed the slot */
     int *j_at;    /* (n_slots) tokens of that span the current state reflects (after rollback) */
     int *rows;    /* (max_tokens) token index of each logits row */
+    /* The CPU backend's buffers (NULL on other backends): */
+    float *state; /* (n_slots, 2, state_floats): two buffers per slot */
+    /* The last forward's span inputs, for rollback: what the scan needs per position. */
+    float *j_xin; /* (n_layer, max_tokens, d_inner) conv inputs */
+    float *j_dt;  /* (n_layer, max_tokens, d_inner) dt after softplus */
+    float *j_B;   /* (n_layer, max_tokens, d_state) */
     /* activations for up to max_tokens tokens */
-    float *h, *xn, *xz, *u, *dbl, *dt, *y;
+    float *h, *xn, *xz, *u, *dbl, *y;
+    void *dev; /* another backend's pool data */
 };
 
 static inline float *mb_slot_state(const mb_pool *p, int slot, int which) {
     return p->state + ((size_t)slot * 2 + (size_t)which) * p->state_floats;
 }
+
+/* ---- backends (engine.c): picks and starts the backend for o->device after the host weights
+ * are loaded; releases it (and its shared object) with the model. ---- */
+int mb_backend_choose(mb_model *m, const mb_backend_opts *o, mb_err *e);
+void mb_backend_release(mb_model *m);
 
 /* ---- thread team: fn(ctx, i, n) runs once on each of the n threads (the caller is i = 0) ---- */
 mb_threads *mb_threads_create(int n);

@@ -1,6 +1,6 @@
 /* mambabyte.h: the engine interface. Everything above the engine (CLI, speculation, the
- * server's scheduler) calls only this. One backend today (the CPU); a device backend must
- * give the same answers for the same calls.
+ * server's scheduler) calls only this. Two backends sit behind it (model/backend.h): the CPU
+ * and CUDA (kernels/); they give the same answers for the same calls, within rounding.
  *
  * Errors: functions that can fail take an mb_err and return NULL or -1, with a message that
  * names the file and tensor at fault. Nothing here prints or exits. */
@@ -40,9 +40,18 @@ typedef struct mb_config {
     float norm_eps;
 } mb_config;
 
+/* Where a model runs. AUTO takes the first usable CUDA GPU (the CUDA backend is a shared object,
+ * libmambabyte_cuda.so, loaded at run time) and the CPU otherwise. */
+typedef enum { MB_DEVICE_AUTO = 0, MB_DEVICE_CPU = 1, MB_DEVICE_CUDA = 2 } mb_device;
+
 typedef struct mb_backend_opts {
-    int n_threads; /* 0: one per core */
+    int n_threads;    /* CPU: 0 = one per core */
+    mb_device device; /* AUTO (0) when zero-initialised */
+    int gpu;          /* CUDA device index */
 } mb_backend_opts;
+
+/* Parses "auto", "cpu", "cuda" or "cuda:N" into o->device and o->gpu; -1 if it is none of them. */
+int mb_device_parse(const char *s, mb_backend_opts *o);
 
 typedef struct mb_model mb_model;
 
@@ -54,7 +63,16 @@ void mb_model_free(mb_model *m);
 const mb_config *mb_model_config(const mb_model *m);
 mb_dtype mb_model_dtype(const mb_model *m);      /* dtype the weights are held in */
 size_t mb_model_weight_bytes(const mb_model *m); /* bytes read by one decode step */
-int mb_model_threads(const mb_model *m);
+int mb_model_threads(const mb_model *m); /* CPU worker threads; 0 on a GPU */
+/* The device the model runs on ("cpu", "cuda:0 (NVIDIA H200)") and why it was chosen. */
+const char *mb_model_device(const mb_model *m);
+const char *mb_model_device_note(const mb_model *m);
+int mb_model_on_gpu(const mb_model *m);
+/* 0 once the device has failed for good (a sticky CUDA error): every later call fails too. */
+int mb_model_usable(const mb_model *m);
+/* How many pool slots of a pool taking max_tokens per forward fit in the device memory left
+ * (keeping a margin); 0 on the CPU, where host memory is the limit. */
+int mb_model_fit_slots(const mb_model *m, int max_tokens);
 
 /* ---- state pool: one recurrent state (conv window + SSM state per layer) per slot ---- */
 
@@ -65,21 +83,24 @@ typedef struct mb_pool mb_pool;
 mb_pool *mb_pool_create(mb_model *m, int n_slots, int max_tokens, mb_err *e);
 void mb_pool_free(mb_pool *p);
 int mb_pool_slots(const mb_pool *p);
-/* Sets a slot to the empty history (all zeros). */
-void mb_pool_reset(mb_pool *p, int slot);
+/* Sets a slot to the empty history (all zeros). Fails only when the device has failed. */
+int mb_pool_reset(mb_pool *p, int slot, mb_err *e);
 /* After the last mb_forward on this pool fed k tokens to slot: make its state as if only the
  * first n_keep (0 <= n_keep <= k) had been fed. Replays conv and scan from the saved span
  * inputs; the dense layers are not re-run. Valid until the next mb_forward on the pool; may be
  * called again with another n_keep. Fails for a slot the last forward did not feed. */
 int mb_pool_rollback(mb_pool *p, int slot, int n_keep, mb_err *e);
 /* Copies the state of src into dst (fork); dst can no longer roll back. */
-int mb_pool_copy(mb_pool *p, int dst, int src);
-/* A slot's state as a flat blob, to spill to host memory and back. */
+int mb_pool_copy(mb_pool *p, int dst, int src, mb_err *e);
+/* A slot's state as a flat blob in host memory, to spill and back: per layer the conv window
+ * (d_conv-1, d_inner), oldest input first, then the SSM state (d_inner, d_state), float32.
+ * The same bytes on every backend. */
 size_t mb_pool_state_bytes(const mb_pool *p);
-void mb_pool_read(const mb_pool *p, int slot, void *dst);
-void mb_pool_write(mb_pool *p, int slot, const void *src);
+int mb_pool_read(const mb_pool *p, int slot, void *dst, mb_err *e);
+int mb_pool_write(mb_pool *p, int slot, const void *src, mb_err *e);
 /* A slot to a file and back: versioned header, model shape and checksum; a corrupt file or
- * one written for another model shape is rejected with an error. */
+ * one written for another model shape is rejected with an error. Files are the same on every
+ * backend: a state saved on the CPU continues on the GPU and back. */
 int mb_pool_save(const mb_pool *p, int slot, const char *path, mb_err *e);
 int mb_pool_load(mb_pool *p, int slot, const char *path, mb_err *e);
 

@@ -388,12 +388,7 @@ mb_model *mb_model_load(const char *path, const mb_backend_opts *o, mb_err *e) {
     /* everything is copied out: the files are no longer needed */
     for (int i = 0; i < m->n_files; i++) mb_st_close(&m->files[i]);
     m->n_files = 0;
-    int nt = o && o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    m->threads = mb_threads_create(nt < 1 ? 1 : nt > 256 ? 256 : nt);
-    if (!m->threads) {
-        mb_fail(e, "cannot start worker threads");
-        goto fail;
-    }
+    if (mb_backend_choose(m, o, e)) goto fail;
     return m;
 fail:
     mb_model_free(m);
@@ -402,7 +397,7 @@ fail:
 
 void mb_model_free(mb_model *m) {
     if (!m) return;
-    if (m->threads) mb_threads_free(m->threads);
+    mb_backend_release(m);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_files; i++) mb_st_close(&m->files[i]);
@@ -416,9 +411,6 @@ const mb_config *mb_model_config(const mb_model *m) {
 }
 mb_dtype mb_model_dtype(const mb_model *m) {
     return m->layers[0].in_proj.dtype;
-}
-int mb_model_threads(const mb_model *m) {
-    return mb_threads_count(m->threads);
 }
 
 static size_t mat_bytes(const mb_mat *w) {

@@ -1,19 +1,14 @@
-/* pool.c: recurrent states in slots. Each slot has two state buffers: a forward reads the
- * current one and writes the other, so the state before the span survives for free and
- * rollback replays the saved span inputs (conv inputs, dt, B) from it through the same conv and
- * scan steps the forward used: bit-identical to having fed only the kept tokens. */
+/* pool.c: recurrent states in slots, for every backend. Each slot has two state buffers: a
+ * forward reads the current one and writes the other, so the state before a span survives for
+ * free and rollback replays the saved span inputs (conv inputs, dt, B) from it through the
+ * same conv and scan steps the forward used: bit-identical to having fed only the kept tokens.
+ * This file checks arguments and keeps that bookkeeping once; the backend moves the bytes. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
-
-static void *zalloc(size_t n) {
-    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
-    if (p) memset(p, 0, n);
-    return p;
-}
 
 mb_pool *mb_pool_create(mb_model *m, int n_slots, int max_tokens, mb_err *e) {
     const mb_config *c = &m->c;
@@ -30,50 +25,32 @@ mb_pool *mb_pool_create(mb_model *m, int n_slots, int max_tokens, mb_err *e) {
     p->n_slots = n_slots;
     p->max_tokens = max_tokens;
     p->state_floats = (size_t)c->n_layer * mb_layer_state_floats(c);
-    const size_t T = (size_t)max_tokens, L = (size_t)c->n_layer, E = (size_t)c->d_inner,
-                 D = (size_t)c->d_model, N = (size_t)c->d_state, F = sizeof(float);
-    p->state = zalloc((size_t)n_slots * 2 * p->state_floats * F);
     p->cur = calloc((size_t)n_slots, 1);
-    p->j_xin = zalloc(L * T * E * F);
-    p->j_dt = zalloc(L * T * E * F);
-    p->j_B = zalloc(L * T * N * F);
     p->j_start = malloc((size_t)n_slots * sizeof(int));
     p->j_len = calloc((size_t)n_slots, sizeof(int));
     p->j_at = calloc((size_t)n_slots, sizeof(int));
-    p->rows = malloc(T * sizeof(int));
-    p->h = zalloc(T * D * F);
-    p->xn = zalloc(T * D * F);
-    p->xz = zalloc(T * 2 * E * F);
-    p->u = zalloc(T * E * F);
-    p->dbl = zalloc(T * (size_t)(c->dt_rank + 2 * c->d_state) * F);
-    p->y = zalloc(T * E * F);
-    if (!p->state || !p->cur || !p->j_xin || !p->j_dt || !p->j_B || !p->j_start || !p->j_len ||
-        !p->j_at || !p->rows || !p->h || !p->xn || !p->xz || !p->u || !p->dbl || !p->y) {
+    p->rows = malloc((size_t)max_tokens * sizeof(int));
+    if (!p->cur || !p->j_start || !p->j_len || !p->j_at || !p->rows) {
         mb_pool_free(p);
         mb_fail(e, "pool: out of memory for %d slots x %d tokens", n_slots, max_tokens);
         return NULL;
     }
     for (int s = 0; s < n_slots; s++) p->j_start[s] = -1;
+    if (m->be->pool_init(p, e)) {
+        mb_pool_free(p);
+        return NULL;
+    }
     return p;
 }
 
 void mb_pool_free(mb_pool *p) {
     if (!p) return;
-    free(p->state);
+    p->m->be->pool_free(p);
     free(p->cur);
-    free(p->j_xin);
-    free(p->j_dt);
-    free(p->j_B);
     free(p->j_start);
     free(p->j_len);
     free(p->j_at);
     free(p->rows);
-    free(p->h);
-    free(p->xn);
-    free(p->xz);
-    free(p->u);
-    free(p->dbl);
-    free(p->y);
     free(p);
 }
 
@@ -84,55 +61,45 @@ size_t mb_pool_state_bytes(const mb_pool *p) {
     return p->state_floats * sizeof(float);
 }
 
-void mb_pool_reset(mb_pool *p, int slot) {
-    memset(mb_slot_state(p, slot, p->cur[slot]), 0, mb_pool_state_bytes(p));
+static int bad_slot(const mb_pool *p, int slot, const char *what, mb_err *e) {
+    if (slot >= 0 && slot < p->n_slots) return 0;
+    return mb_fail(e, "%s: slot %d out of range [0, %d)", what, slot, p->n_slots);
+}
+
+int mb_pool_reset(mb_pool *p, int slot, mb_err *e) {
+    if (bad_slot(p, slot, "reset", e)) return -1;
     p->j_start[slot] = -1;
+    return p->m->be->reset(p, slot, e);
 }
 
 int mb_pool_rollback(mb_pool *p, int slot, int n_keep, mb_err *e) {
-    if (slot < 0 || slot >= p->n_slots) return mb_fail(e, "rollback: slot %d out of range", slot);
+    if (bad_slot(p, slot, "rollback", e)) return -1;
     if (p->j_start[slot] < 0)
         return mb_fail(e, "rollback: slot %d was not fed by the last forward", slot);
     if (n_keep < 0 || n_keep > p->j_len[slot])
         return mb_fail(e, "rollback: keep %d of a span of %d", n_keep, p->j_len[slot]);
     if (n_keep == p->j_at[slot]) return 0;
-    const mb_config *c = &p->m->c;
-    const size_t E = (size_t)c->d_inner, N = (size_t)c->d_state, T = (size_t)p->max_tokens;
-    const size_t lsz = mb_layer_state_floats(c), wsz = E * (size_t)(c->d_conv - 1);
-    const float *start = mb_slot_state(p, slot, !p->cur[slot]);
-    float *st = mb_slot_state(p, slot, p->cur[slot]);
-    memcpy(st, start, mb_pool_state_bytes(p));
-    float *u = p->u; /* activation scratch is free between forwards */
-    for (int l = 0; l < c->n_layer; l++) {
-        const mb_layer *L = &p->m->layers[l];
-        float *win = st + (size_t)l * lsz, *ssm = win + wsz;
-        for (int i = 0; i < n_keep; i++) {
-            size_t t = (size_t)(p->j_start[slot] + i);
-            mb_conv_step(L, c, win, win, p->j_xin + ((size_t)l * T + t) * E, u, 0, (int)E);
-            mb_scan_step(L, c, ssm, ssm, u, p->j_dt + ((size_t)l * T + t) * E,
-                         p->j_B + ((size_t)l * T + t) * N, NULL, NULL, 0, (int)E);
-        }
-    }
+    if (p->m->be->rollback(p, slot, p->j_start[slot], n_keep, e)) return -1;
     p->j_at[slot] = n_keep;
     return 0;
 }
 
-int mb_pool_copy(mb_pool *p, int dst, int src) {
-    if (dst < 0 || src < 0 || dst >= p->n_slots || src >= p->n_slots) return -1;
+int mb_pool_copy(mb_pool *p, int dst, int src, mb_err *e) {
+    if (bad_slot(p, dst, "copy", e) || bad_slot(p, src, "copy", e)) return -1;
     if (dst == src) return 0;
-    memcpy(mb_slot_state(p, dst, p->cur[dst]), mb_slot_state(p, src, p->cur[src]),
-           mb_pool_state_bytes(p));
     p->j_start[dst] = -1;
-    return 0;
+    return p->m->be->copy(p, dst, src, e);
 }
 
-void mb_pool_read(const mb_pool *p, int slot, void *dst) {
-    memcpy(dst, mb_slot_state(p, slot, p->cur[slot]), mb_pool_state_bytes(p));
+int mb_pool_read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+    if (bad_slot(p, slot, "read", e)) return -1;
+    return p->m->be->read(p, slot, dst, e);
 }
 
-void mb_pool_write(mb_pool *p, int slot, const void *src) {
-    memcpy(mb_slot_state(p, slot, p->cur[slot]), src, mb_pool_state_bytes(p));
+int mb_pool_write(mb_pool *p, int slot, const void *src, mb_err *e) {
+    if (bad_slot(p, slot, "write", e)) return -1;
     p->j_start[slot] = -1;
+    return p->m->be->write(p, slot, src, e);
 }
 
 /* ---------------------------------------------------------------- state files
@@ -166,16 +133,25 @@ int mb_pool_save(const mb_pool *p, int slot, const char *path, mb_err *e) {
     if (slot < 0 || slot >= p->n_slots) return mb_fail(e, "save: slot %d out of range", slot);
     uint8_t hdr[HDR_BYTES];
     state_header(p, hdr);
-    const float *st = mb_slot_state(p, slot, p->cur[slot]);
     size_t n = mb_pool_state_bytes(p);
+    float *st = malloc(n);
+    if (!st) return mb_fail(e, "out of memory");
+    if (mb_pool_read(p, slot, st, e)) {
+        free(st);
+        return -1;
+    }
     uint64_t sum = fnv1a(fnv1a(14695981039346656037ull, hdr, sizeof hdr), st, n);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
-    if (!f) return mb_fail(e, "%s: %s", tmp, strerror(errno));
+    if (!f) {
+        free(st);
+        return mb_fail(e, "%s: %s", tmp, strerror(errno));
+    }
     int ok = fwrite(hdr, 1, sizeof hdr, f) == sizeof hdr && fwrite(st, 1, n, f) == n &&
              fwrite(&sum, 1, 8, f) == 8;
     ok = (fclose(f) == 0) && ok;
+    free(st);
     if (!ok || rename(tmp, path)) {
         remove(tmp);
         return mb_fail(e, "%s: write failed: %s", path, strerror(errno));
@@ -204,7 +180,7 @@ int mb_pool_load(mb_pool *p, int slot, const char *path, mb_err *e) {
     else if (sum != fnv1a(fnv1a(14695981039346656037ull, hdr, sizeof hdr), buf, n))
         rc = mb_fail(e, "%s: checksum mismatch (corrupt)", path);
     fclose(f);
-    if (!rc) mb_pool_write(p, slot, buf);
+    if (!rc) rc = mb_pool_write(p, slot, buf, e);
     free(buf);
     return rc;
 }

@@ -331,7 +331,7 @@ static void fail_running(srv_sched *s, const char *msg) {
         srv_job_fail(s->run[0].job, &e);
         retire(s, 0, SRV_FINISH_NONE, 0);
         if (x) {
-            mb_pool_reset(s->pool, x->slot);
+            mb_pool_reset(s->pool, x->slot, NULL);
             x->n_bytes = 0;
             x->has_pending = 0;
         }
@@ -419,7 +419,7 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
         if (take_byte(s, i, t < j ? draft[t] : next, now)) { /* q is gone */
             if (t < dlen && mb_pool_rollback(s->pool, slot, t + 1, &e)) {
                 fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
-                mb_pool_reset(s->pool, slot);
+                mb_pool_reset(s->pool, slot, NULL);
             }
             return t + 1;
         }

@@ -20,6 +20,23 @@ static const char *base_name(const char *path, char *buf, size_t n) {
     return slash ? slash + 1 : buf;
 }
 
+/* slots = 0: 64 on the CPU; on a GPU as many as fit in its memory, up to 1024 (a scheduler
+ * step looks at every running sequence). */
+static int default_slots(const mb_model *m, int max_batch_tokens) {
+    if (!mb_model_on_gpu(m)) return 64;
+    int fit = mb_model_fit_slots(m, max_batch_tokens);
+    return fit > 1024 ? 1024 : fit;
+}
+
+/* Loads the model and says which device runs it and why. */
+static mb_model *load_model(const cfg *c, const mb_backend_opts *o, mb_err *e) {
+    mb_model *m = mb_model_load(c->model, o, e);
+    if (m)
+        fprintf(stderr, "mambabyte serve: device %s: %s\n", mb_model_device(m),
+                mb_model_device_note(m));
+    return m;
+}
+
 int srv_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -56,11 +73,17 @@ int srv_main(int argc, char **argv) {
                 c.model, c.draft);
     mb_err e;
     mb_backend_opts o = {.n_threads = c.threads};
-    mb_model *m = mb_model_load(c.model, &o, &e);
+    mb_model *m = NULL;
     srv_sched *s = NULL;
     int rc = 1;
-    if (!m) {
+    if (mb_device_parse(c.device, &o)) {
+        fprintf(stderr, "mambabyte serve: device: '%s' is not auto, cpu, cuda or cuda:N\n",
+                c.device);
+    } else if (!(m = load_model(&c, &o, &e))) {
         fprintf(stderr, "mambabyte serve: %s\n", e.msg);
+    } else if (!c.slots && !(c.slots = default_slots(m, c.max_batch_tokens))) {
+        fprintf(stderr, "mambabyte serve: not one slot fits in the memory of %s\n",
+                mb_model_device(m));
     } else if (mb_model_config(m)->n_vocab != 256) {
         fprintf(stderr,
                 "mambabyte serve: %s has a vocabulary of %d; the server needs a byte "
@@ -72,8 +95,8 @@ int srv_main(int argc, char **argv) {
         char buf[1024];
         const char *name = c.model_name[0] ? c.model_name : base_name(c.model, buf, sizeof buf);
         srv_http_ready(h, s, name, mb_model_config(m));
-        fprintf(stderr, "mambabyte serve: ready: model %s, %d slots, %d engine threads\n", name,
-                c.slots, mb_model_threads(m));
+        fprintf(stderr, "mambabyte serve: ready: model %s, %d slots on %s\n", name, c.slots,
+                mb_model_device(m));
         int sig = 0;
         sigwait(&sigs, &sig);
         fprintf(stderr, "mambabyte serve: %s: finishing running requests (up to %gs)\n",

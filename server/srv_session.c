@@ -59,7 +59,10 @@ static int spill_one(srv_slots *s) {
     if (!lru) return -1;
     void *host = malloc(mb_pool_state_bytes(s->pool));
     if (!host) return -1;
-    mb_pool_read(s->pool, lru->slot, host);
+    if (mb_pool_read(s->pool, lru->slot, host, NULL)) { /* the device failed: keep it resident */
+        free(host);
+        return -1;
+    }
     s->use[lru->slot] = SLOT_FREE;
     s->owner[lru->slot] = NULL;
     lru->host = host;
@@ -79,8 +82,8 @@ static int free_slot(srv_slots *s) {
 int srv_slot_take(srv_slots *s) {
     int slot = free_slot(s);
     if (slot < 0) return -1;
+    if (mb_pool_reset(s->pool, slot, NULL)) return -1;
     s->use[slot] = SLOT_REQUEST;
-    mb_pool_reset(s->pool, slot);
     return slot;
 }
 
@@ -122,13 +125,10 @@ int srv_session_resident(srv_slots *s, srv_session *x) {
     if (x->slot >= 0) return 0;
     int slot = free_slot(s);
     if (slot < 0) return -1;
-    if (x->host) {
-        mb_pool_write(s->pool, slot, x->host);
-        free(x->host);
-        x->host = NULL;
-    } else {
-        mb_pool_reset(s->pool, slot);
-    }
+    if (x->host ? mb_pool_write(s->pool, slot, x->host, NULL) : mb_pool_reset(s->pool, slot, NULL))
+        return -1; /* the device failed; the spilled state stays in host memory */
+    free(x->host);
+    x->host = NULL;
     s->use[slot] = SLOT_SESSION;
     s->owner[slot] = x;
     x->slot = slot;
@@ -141,9 +141,12 @@ srv_session *srv_session_fork(srv_slots *s, srv_session *src, const char *id) {
     /* The copy goes to host memory: a fork needs no slot until it is used. */
     if (src->slot >= 0 || src->host) {
         if (!(host = malloc(bytes))) return NULL;
-        if (src->slot >= 0)
-            mb_pool_read(s->pool, src->slot, host);
-        else
+        if (src->slot >= 0) {
+            if (mb_pool_read(s->pool, src->slot, host, NULL)) {
+                free(host);
+                return NULL;
+            }
+        } else
             memcpy(host, src->host, bytes);
     }
     srv_session *x = srv_session_add(s, id);

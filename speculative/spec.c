@@ -116,7 +116,7 @@ static int settle(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
 }
 
 int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
-    mb_pool_reset(d->pool, 0);
+    if (mb_pool_reset(d->pool, 0, e)) return -1;
     d->n_pend = d->n_held = d->n_bytes = d->n_lead = 0;
     d->n_draft = d->fed = 0;
     if (mb_spm_bos(d->tok) >= 0 && push_id(d, mb_spm_bos(d->tok), e)) return -1;
@@ -157,7 +157,7 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
     d->n_pend = 0;
     if (append(&d->bytes, &d->n_bytes, &d->cap_bytes, d->held, d->n_held, e)) return -1;
     d->n_lead = d->n_held;
-    if (mb_pool_copy(d->pool, 1, 0)) return mb_fail(e, "drafter: pool copy failed");
+    if (mb_pool_copy(d->pool, 1, 0, e)) return -1;
     memcpy(d->logits, d->base, (size_t)d->n_vocab * sizeof(float));
     size_t cov = 0; /* bytes covered by the drafted ids */
     int n = 0;      /* new bytes */

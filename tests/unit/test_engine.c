@@ -38,7 +38,7 @@ static void load_fixture(const char *name, fixture *f) {
 
 static mb_model *load(const char *path, int threads) {
     mb_err e = {{0}};
-    mb_backend_opts o = {threads};
+    mb_backend_opts o = {threads, MB_DEVICE_CPU, 0};
     mb_model *m = mb_model_load(path, &o, &e);
     CHECK(m != NULL, "load %s: %s", path, e.msg);
     return m;
@@ -119,7 +119,7 @@ static void test_fixture_states(void) {
         float *logits = malloc((size_t)c->n_vocab * sizeof(float));
         feed(m, p, 0, fx.toks, fx.n, logits, 0);
         float *st = malloc(mb_pool_state_bytes(p));
-        mb_pool_read(p, 0, st);
+        mb_pool_read(p, 0, st, NULL);
         const int E = c->d_inner, K = c->d_conv, N = c->d_state;
         char path[256];
         for (int l = 0; l < c->n_layer; l++) {
@@ -219,9 +219,9 @@ static void test_span_invariance(void) {
     CHECK(!memcmp(span, split, sizeof span), "span vs split logits differ");
     size_t sb = mb_pool_state_bytes(p);
     char *s0 = malloc(sb), *s1 = malloc(sb), *s2 = malloc(sb);
-    mb_pool_read(p, 0, s0);
-    mb_pool_read(p, 1, s1);
-    mb_pool_read(p, 2, s2);
+    mb_pool_read(p, 0, s0, NULL);
+    mb_pool_read(p, 1, s1, NULL);
+    mb_pool_read(p, 2, s2, NULL);
     CHECK(!memcmp(s0, s1, sb) && !memcmp(s0, s2, sb), "states differ");
     free(s0);
     free(s1);
@@ -254,18 +254,18 @@ static void test_batch_invariance(void) {
         }
         size_t sb = mb_pool_state_bytes(p);
         char *saved = malloc(sb * S), *after = malloc(sb * S);
-        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], saved + sb * s);
+        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], saved + sb * s, NULL);
         for (int s = 0; s < S; s++)
             feed(m, p, slots[s], toks + off[s], lens[s], alone + off[s] * V, 1);
-        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], after + sb * s);
-        for (int s = 0; s < S; s++) mb_pool_write(p, slots[s], saved + sb * s);
+        for (int s = 0; s < S; s++) mb_pool_read(p, slots[s], after + sb * s, NULL);
+        for (int s = 0; s < S; s++) mb_pool_write(p, slots[s], saved + sb * s, NULL);
         mb_batch b = {S, toks, off, slots, want};
         mb_err e;
         CHECK(mb_forward(m, p, &b, batched, &e) == 0, "%s", e.msg);
         CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4), "batched logits differ (threads %d)",
               threads);
         for (int s = 0; s < S; s++) {
-            mb_pool_read(p, slots[s], saved);
+            mb_pool_read(p, slots[s], saved, NULL);
             CHECK(!memcmp(saved, after + sb * s, sb), "batched state %d differs (threads %d)", s,
                   threads);
         }
@@ -307,8 +307,8 @@ static void test_rollback(void) {
     int keeps[] = {n, 5, 0, 17, n, 1};
     for (size_t k = 0; k < sizeof keeps / sizeof keeps[0]; k++) {
         int keep = keeps[k];
-        mb_pool_reset(p, 0);
-        mb_pool_reset(p, 1);
+        mb_pool_reset(p, 0, NULL);
+        mb_pool_reset(p, 1, NULL);
         feed(m, p, 0, toks, 3, la, 0); /* some history before the span */
         feed(m, p, 1, toks, 3, lb, 0);
         feed(m, p, 0, toks + 3, n - 3, all, 1);
@@ -317,8 +317,8 @@ static void test_rollback(void) {
         CHECK(mb_pool_rollback(p, 0, keep - 3 < 0 ? 0 : keep - 3, &e) == 0, "again: %s", e.msg);
         int kept = keep - 3 < 0 ? 3 : keep;
         if (kept > 3) feed(m, p, 1, toks + 3, kept - 3, lb, 0);
-        mb_pool_read(p, 0, a);
-        mb_pool_read(p, 1, b);
+        mb_pool_read(p, 0, a, NULL);
+        mb_pool_read(p, 1, b, NULL);
         CHECK(!memcmp(a, b, sb), "rollback to %d: state differs", kept);
         feed(m, p, 0, toks + kept, 1, la, 0);
         feed(m, p, 1, toks + kept, 1, lb, 0);
@@ -345,13 +345,13 @@ static void test_pool_copy(void) {
     float a[256], b[256];
     feed(m, p, 0, toks, 10, a, 0);
     feed(m, p, 1, toks + 5, 3, b, 0); /* slot 1 was fed last: it could roll back */
-    CHECK(mb_pool_copy(p, 1, 0) == 0, "copy");
+    CHECK(mb_pool_copy(p, 1, 0, NULL) == 0, "copy");
     mb_err e;
     CHECK(mb_pool_rollback(p, 1, 0, &e) == -1, "a copy has no span to roll back");
     feed(m, p, 0, toks + 10, 2, a, 0);
     feed(m, p, 1, toks + 10, 2, b, 0);
     CHECK(!memcmp(a, b, sizeof a), "fork diverged from its source");
-    CHECK(mb_pool_copy(p, 2, 0) == -1, "copy to a slot out of range");
+    CHECK(mb_pool_copy(p, 2, 0, NULL) == -1, "copy to a slot out of range");
     mb_pool_free(p);
     mb_model_free(m);
 }
@@ -371,8 +371,8 @@ static void test_pool_files(void) {
     CHECK(mb_pool_load(p, 1, path, &e) == 0, "load: %s", e.msg);
     size_t sb = mb_pool_state_bytes(p), len;
     char *a = malloc(sb), *b = malloc(sb);
-    mb_pool_read(p, 0, a);
-    mb_pool_read(p, 1, b);
+    mb_pool_read(p, 0, a, NULL);
+    mb_pool_read(p, 1, b, NULL);
     CHECK(!memcmp(a, b, sb), "round trip differs");
     CHECK(mb_pool_load(q, 0, path, &e) == -1 && strstr(e.msg, "another model"), "foreign: %s",
           e.msg);

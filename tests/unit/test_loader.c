@@ -47,7 +47,7 @@ static void write_json(cJSON *h) {
 /* Loads DIR and expects failure with every needle in the message. */
 static void expect_error(const char *what, const char *n1, const char *n2) {
     mb_err e = {{0}};
-    mb_backend_opts o = {1};
+    mb_backend_opts o = {1, MB_DEVICE_CPU, 0};
     mb_model *m = mb_model_load(DIR, &o, &e);
     CHECK(m == NULL, "%s: loaded a bad checkpoint", what);
     mb_model_free(m);

@@ -68,7 +68,7 @@ static void expect_error(int argc, char **argv, const char *needle) {
 static void test_errors(void) {
     char *a1[] = {"--no-such-key", "1"};
     expect_error(2, a1, "no-such-key");
-    char *a2[] = {"--slots", "0"};
+    char *a2[] = {"--slots", "-1"};
     expect_error(2, a2, "slots");
     char *a3[] = {"--port", "80x"};
     expect_error(2, a3, "port");

@@ -28,16 +28,28 @@ static int die(const char *cmd, const char *msg) {
     return 1;
 }
 
-static mb_model *load(const char *cmd, const char *dir, int threads) {
+/* Loads a model on the device of o and says on stderr which device runs it and why (unless the
+ * CPU was asked for by name). */
+static mb_model *load(const char *cmd, const char *dir, const mb_backend_opts *o) {
     if (!dir) {
         die(cmd, "-m MODEL_DIR is required");
         return NULL;
     }
     mb_err e;
-    mb_backend_opts o = {threads};
-    mb_model *m = mb_model_load(dir, &o, &e);
-    if (!m) die(cmd, e.msg);
+    mb_model *m = mb_model_load(dir, o, &e);
+    if (!m)
+        die(cmd, e.msg);
+    else if (o->device != MB_DEVICE_CPU)
+        fprintf(stderr, "mambabyte %s: device %s: %s\n", cmd, mb_model_device(m),
+                mb_model_device_note(m));
     return m;
+}
+
+/* --device VALUE into o; 0 or a message on stderr and -1. */
+static int device_opt(const char *cmd, const char *v, mb_backend_opts *o) {
+    if (!mb_device_parse(v, o)) return 0;
+    fprintf(stderr, "mambabyte %s: --device takes auto, cpu, cuda or cuda:N, not '%s'\n", cmd, v);
+    return -1;
 }
 
 /* Feeds toks[0..n) to slot 0 in chunks; logits of every position go to `all` (n rows) if
@@ -83,7 +95,8 @@ static const char generate_usage[] =
     "      --lookup N         speculative decoding by prompt lookup: draft what followed the\n"
     "                         latest earlier occurrence of the last N bytes (with --draft, the\n"
     "                         drafter drafts when there is none); the output is the same\n"
-    "      --threads N        worker threads (default: one per core)\n"
+    "      --threads N        CPU worker threads (default: one per core)\n"
+    "      --device D         auto (default: the GPU when one is usable), cpu, cuda or cuda:N\n"
     "      --stats            timings on stderr\n";
 
 /* Output of generate: bytes go to stdout as they come, except the last ones that a stop string
@@ -187,13 +200,14 @@ int cmd_generate(int argc, char **argv) {
         {"model", 1, 0, 'm'},       {"prompt", 1, 0, 'p'}, {"max-bytes", 1, 0, 'n'},
         {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},
         {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},
-        {"threads", 1, 0, 'j'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
+        {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
         {"prompt-file", 1, 0, 'f'}, {"draft", 1, 0, 'd'},  {"draft-tokens", 1, 0, 'D'},
         {"draft-bytes", 1, 0, 'B'}, {"lookup", 1, 0, 'L'}, {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
     int draft_tokens = 8, draft_bytes = 4, lookup = 0;
     const char *stops[16];
-    int n_stops = 0, threads = 0, stats = 0, c;
+    int n_stops = 0, stats = 0, c;
+    mb_backend_opts bo = {0};
     long max_bytes = 256;
     mb_sampling s;
     mb_sampling_default(&s);
@@ -232,7 +246,10 @@ int cmd_generate(int argc, char **argv) {
             stops[n_stops++] = optarg;
             break;
         case 'j':
-            threads = atoi(optarg);
+            bo.n_threads = atoi(optarg);
+            break;
+        case 'V':
+            if (device_opt("generate", optarg, &bo)) return 2;
             break;
         case 'x':
             stats = 1;
@@ -276,7 +293,7 @@ int cmd_generate(int argc, char **argv) {
         return die("generate",
                    "a non-empty prompt is required (-p TEXT); a byte model has no start token");
     }
-    mb_model *m = load("generate", dir, threads);
+    mb_model *m = load("generate", dir, &bo);
     if (!m) {
         free(pbytes);
         return 1;
@@ -305,7 +322,12 @@ int cmd_generate(int argc, char **argv) {
         free(tp);
         /* the drafter runs on this thread alone: it is small, and a second team of spinning
          * workers would take the cores from the byte model's */
-        if (tok) dm = load("generate", draft_dir, 1);
+        if (tok) { /* the drafter runs where the byte model runs: one thread on the CPU */
+            mb_backend_opts dbo = bo;
+            dbo.n_threads = 1;
+            if (!mb_model_on_gpu(m)) dbo.device = MB_DEVICE_CPU;
+            dm = load("generate", draft_dir, &dbo);
+        }
         if (dm) d = mb_drafter_create(dm, tok, draft_tokens, &e);
         if (!d) {
             if (!tok || dm) rc = die("generate", e.msg);
@@ -361,9 +383,9 @@ int cmd_generate(int argc, char **argv) {
     if (stats) {
         fprintf(stderr,
                 "prompt: %zu bytes in %.3f s (%.1f bytes/s); generated: %zu bytes in %.3f s (%.1f "
-                "bytes/s); threads %d\n",
+                "bytes/s); device %s\n",
                 plen, t1 - t0, (double)plen / (t1 - t0), em.n, t2 - t1, (double)em.n / (t2 - t1),
-                mb_model_threads(m));
+                mb_model_device(m));
         if (spec)
             fprintf(stderr,
                     "speculative: %ld rounds (%ld drafted by lookup), %ld bytes drafted, %ld "
@@ -389,16 +411,17 @@ done:
 /* ---------------------------------------------------------------- logits */
 
 static const char logits_usage[] =
-    "usage: mambabyte logits -m MODEL_DIR --input FILE --out FILE [--threads N]\n"
+    "usage: mambabyte logits -m MODEL_DIR --input FILE --out FILE [--threads N] [--device D]\n"
     "Feeds FILE (its bytes for a byte model; little-endian int32 token ids otherwise) and writes\n"
     "the next-token logits at every position as raw little-endian float32, shape [len, vocab].\n";
 
 int cmd_logits(int argc, char **argv) {
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"input", 1, 0, 'i'},
-                                         {"out", 1, 0, 'o'},   {"threads", 1, 0, 'j'},
+                                         {"out", 1, 0, 'o'},   {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'},
                                          {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *dir = NULL, *in = NULL, *outp = NULL;
-    int threads = 0, c;
+    int c;
+    mb_backend_opts bo = {0};
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:i:o:h", opts, NULL)) != -1) {
         switch (c) {
@@ -412,7 +435,10 @@ int cmd_logits(int argc, char **argv) {
             outp = optarg;
             break;
         case 'j':
-            threads = atoi(optarg);
+            bo.n_threads = atoi(optarg);
+            break;
+        case 'V':
+            if (device_opt("logits", optarg, &bo)) return 2;
             break;
         case 'h':
             fputs(logits_usage, stdout);
@@ -427,7 +453,7 @@ int cmd_logits(int argc, char **argv) {
     mb_err e;
     uint8_t *data = mb_read_file(in, MAX_INPUT, &len, &e);
     if (!data) return die("logits", e.msg);
-    mb_model *m = load("logits", dir, threads);
+    mb_model *m = load("logits", dir, &bo);
     if (!m) {
         free(data);
         return 1;
@@ -467,6 +493,7 @@ int cmd_logits(int argc, char **argv) {
 
 static const char eval_usage[] =
     "usage: mambabyte eval -m MODEL_DIR --text FILE [--batch B] [--chunk C] [--threads N]\n"
+    "                      [--device D]\n"
     "Bits per byte of a byte-level model on FILE. Documents are separated by lines holding only a\n"
     "form feed; each is scored from a fresh state, every byte after its first predicted from the\n"
     "bytes before it. B documents are fed side by side, C bytes each per forward.\n";
@@ -503,9 +530,10 @@ static int split_docs(const uint8_t *t, size_t len, doc **out) {
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},   {"text", 1, 0, 't'}, {"batch", 1, 0, 'b'}, {"chunk", 1, 0, 'c'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     const char *dir = NULL, *text = NULL;
-    int threads = 0, batch = 8, chunk = 64, c;
+    int batch = 8, chunk = 64, c;
+    mb_backend_opts bo = {0};
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
         switch (c) {
@@ -522,7 +550,10 @@ int cmd_eval(int argc, char **argv) {
             chunk = atoi(optarg);
             break;
         case 'j':
-            threads = atoi(optarg);
+            bo.n_threads = atoi(optarg);
+            break;
+        case 'V':
+            if (device_opt("eval", optarg, &bo)) return 2;
             break;
         case 'h':
             fputs(eval_usage, stdout);
@@ -541,7 +572,7 @@ int cmd_eval(int argc, char **argv) {
     if (!data) return die("eval", e.msg);
     doc *docs = NULL;
     int n_docs = split_docs(data, len, &docs);
-    mb_model *m = n_docs >= 0 ? load("eval", dir, threads) : NULL;
+    mb_model *m = n_docs >= 0 ? load("eval", dir, &bo) : NULL;
     if (!m) {
         free(docs);
         free(data);
@@ -571,7 +602,7 @@ int cmd_eval(int argc, char **argv) {
         for (int i = 0; i < batch; i++)
             if (active[i] < 0 && next < n_docs) {
                 active[i] = next++;
-                mb_pool_reset(p, i);
+                mb_pool_reset(p, i, NULL);
             }
         int ns = 0, T = 0;
         off[0] = 0;
@@ -611,9 +642,9 @@ int cmd_eval(int argc, char **argv) {
     double dt = now_s() - t0;
     if (!rc)
         printf("bits_per_byte %.6f\nscored_bytes %zu\ndocuments %d\nbytes_per_second %.1f\nseconds "
-               "%.2f\nthreads %d\n",
+               "%.2f\nthreads %d\ndevice %.*s\n",
                scored ? bits / (double)scored : 0.0, scored, n_docs, (double)fed_total / dt, dt,
-               mb_model_threads(m));
+               mb_model_threads(m), (int)strcspn(mb_model_device(m), " "), mb_model_device(m));
     mb_pool_free(p);
     free(want);
     free(which);
