@@ -40,7 +40,7 @@ build/asan/libmambabyte_cuda.so: build/rel/libmambabyte_cuda.so
 	cp $< $@
 
 .SECONDARY:
-.PHONY: all test fuzz run bench format format-check clean deps test-deps
+.PHONY: all test test-gpu fuzz run bench format format-check clean deps test-deps
 all: build/rel/mambabyte
 
 define variant
@@ -70,10 +70,22 @@ endef
 $(eval $(call variant,rel,$(REL_FLAGS)))
 $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
+# The GPU tests (tests/gpu): the optimised build, since ASan and the CUDA runtime do not mix;
+# on a machine without a usable GPU they print one "skipped" line. tests/gpu/run.sh also runs
+# the real-HTTP tests against `serve --device cuda`, eval parity and compute-sanitizer.
+build/%/tests/gpu/test_gpu: tests/gpu/test_gpu.c build/%/libengine.a $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(if $(findstring asan,$*),$(ASAN_FLAGS),$(REL_FLAGS)) $(INC) -Itests/unit -c $< -o $@.o
+	$(CXX) $(if $(findstring asan,$*),$(ASAN_FLAGS),$(REL_FLAGS)) -o $@ $@.o build/$*/libengine.a $(LIBS)
+test-gpu: build/rel/mambabyte build/rel/tests/gpu/test_gpu
+	tests/gpu/run.sh
+
 # Every test (unit, then real HTTP against the daemon), under ASan+UBSan, then a bounded fuzz run.
 test: test-deps
-	$(MAKE) build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS))
+	$(MAKE) build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS)) build/asan/tests/gpu/test_gpu
 	MB_BIN=build/asan/mambabyte MB_BUILD=build/asan tests/run.sh
+	@echo "== tests/gpu/test_gpu on the CPU backend (its checks, under ASan; make test-gpu: on a GPU)"
+	MB_GPU_TEST_DEVICE=cpu MB_GPU_TEST_QUICK=1 build/asan/tests/gpu/test_gpu
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-20}
 
 deps:
@@ -113,6 +125,11 @@ build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm
 bench: build/rel/mambabyte
 	bench/engine.sh
+# The GPU benchmark (bench/gpu.sh runs it on a machine with a GPU): the backend's kernels are
+# compiled in for the invariance-cost comparison against cuBLAS.
+build/rel/bench_gpu: bench/bench_gpu.cu kernels/cu_matmul.cu kernels/cu_kernels.h build/rel/libengine.a
+	$(NVCC) -std=c++17 -O3 --fmad=false $(CU_ARCH) -Imodel -o $@ bench/bench_gpu.cu \
+	  kernels/cu_matmul.cu build/rel/libengine.a -lcublas -lcjson -ldl -lpthread -lm
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc' '*.cu')

@@ -196,13 +196,25 @@ out:
 }
 
 int cmd_generate(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},       {"prompt", 1, 0, 'p'}, {"max-bytes", 1, 0, 'n'},
-        {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'},  {"top-p", 1, 0, 'P'},
-        {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},
-        {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'},     {"stats", 0, 0, 'x'},  {"help", 0, 0, 'h'},
-        {"prompt-file", 1, 0, 'f'}, {"draft", 1, 0, 'd'},  {"draft-tokens", 1, 0, 'D'},
-        {"draft-bytes", 1, 0, 'B'}, {"lookup", 1, 0, 'L'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"prompt", 1, 0, 'p'},
+                                         {"max-bytes", 1, 0, 'n'},
+                                         {"temperature", 1, 0, 't'},
+                                         {"top-k", 1, 0, 'k'},
+                                         {"top-p", 1, 0, 'P'},
+                                         {"min-p", 1, 0, 'M'},
+                                         {"seed", 1, 0, 's'},
+                                         {"stop", 1, 0, 'S'},
+                                         {"threads", 1, 0, 'j'},
+                                         {"device", 1, 0, 'V'},
+                                         {"stats", 0, 0, 'x'},
+                                         {"help", 0, 0, 'h'},
+                                         {"prompt-file", 1, 0, 'f'},
+                                         {"draft", 1, 0, 'd'},
+                                         {"draft-tokens", 1, 0, 'D'},
+                                         {"draft-bytes", 1, 0, 'B'},
+                                         {"lookup", 1, 0, 'L'},
+                                         {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
     int draft_tokens = 8, draft_bytes = 4, lookup = 0;
     const char *stops[16];
@@ -416,9 +428,9 @@ static const char logits_usage[] =
     "the next-token logits at every position as raw little-endian float32, shape [len, vocab].\n";
 
 int cmd_logits(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"input", 1, 0, 'i'},
-                                         {"out", 1, 0, 'o'},   {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'},
-                                         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},  {"input", 1, 0, 'i'}, {"out", 1, 0, 'o'}, {"threads", 1, 0, 'j'},
+        {"device", 1, 0, 'V'}, {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *dir = NULL, *in = NULL, *outp = NULL;
     int c;
     mb_backend_opts bo = {0};
@@ -529,8 +541,8 @@ static int split_docs(const uint8_t *t, size_t len, doc **out) {
 
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},   {"text", 1, 0, 't'}, {"batch", 1, 0, 'b'}, {"chunk", 1, 0, 'c'},
-        {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"model", 1, 0, 'm'},   {"text", 1, 0, 't'},   {"batch", 1, 0, 'b'}, {"chunk", 1, 0, 'c'},
+        {"threads", 1, 0, 'j'}, {"device", 1, 0, 'V'}, {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *dir = NULL, *text = NULL;
     int batch = 8, chunk = 64, c;
     mb_backend_opts bo = {0};

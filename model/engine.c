@@ -51,7 +51,9 @@ static const mb_backend *load_cuda(mb_model *m, char *why, size_t why_len) {
         if (slash) *slash = 0;
         snprintf(path, sizeof path, "%s/%s", exe, MB_CUDA_LIBRARY);
     }
-    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* Never unloaded (NODELETE): the CUDA runtime linked into it keeps threads and exit
+     * handlers that must outlive any one model. */
+    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!m->dl) {
         snprintf(why, why_len, "the CUDA backend cannot be loaded (%s; build it with nvcc: make)",
                  dlerror());

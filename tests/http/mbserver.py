@@ -29,7 +29,8 @@ class Server:
         self.session_dir = session_dir or tempfile.mkdtemp(prefix="mb-sessions-")
         self.log = tempfile.NamedTemporaryFile(prefix="mb-serve-", suffix=".log", delete=False)
         args = [BIN, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
-                "--session-dir", self.session_dir, "--threads", "1", *flags]
+                "--session-dir", self.session_dir, "--threads", "1",
+                "--device", os.environ.get("MB_DEVICE", "cpu"), *flags]
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=e)

@@ -1,0 +1,425 @@
+/* cu_backend.cu: the CUDA backend behind model/backend.h. Built into libmambabyte_cuda.so, which
+ * the engine loads at run time (model/engine.c); its one exported symbol is mb_cuda_backend.
+ *
+ * The weights go to the GPU once, in one allocation. A pool keeps every slot's two state
+ * buffers, the last forward's span inputs (for rollback) and the activations in GPU memory. A
+ * forward is one copy of the batch in (tokens, offsets, slots, current buffers, logits rows),
+ * about 6 launches per layer over all tokens of all sequences, and one copy of the wanted
+ * logits out: no per-sequence launch, no host round trip inside the step.
+ *
+ * Errors: every CUDA call is checked; a failure names the call and CUDA's reason and comes back
+ * as mb_err. Errors that leave the CUDA context unusable (an illegal address, a kernel fault)
+ * mark the model dead (m->dead), so every later call fails at once and the caller can stop. */
+#include <cuda_runtime.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cu_kernels.h"
+#include "internal.h"
+
+typedef struct cu_model {
+    int gpu;
+    cudaStream_t st;
+    char *weights; /* every tensor, 256-byte aligned pieces */
+    size_t weight_bytes;
+    cu_layer *layers;     /* (n_layer) device pointers, on the host */
+    cu_layer *layers_dev; /* the same table in device memory (rollback reads it) */
+    cu_mat embed, head;
+    const float *nf_w, *nf_b;
+} cu_model;
+
+typedef struct cu_pool {
+    float *state;                              /* (n_slots, 2, state_floats) */
+    float *j_xin, *j_dt, *j_B;                 /* (n_layer, max_tokens, E | E | N) span inputs */
+    float *h, *xn, *xz, *u, *dbl, *y, *logits; /* activations of up to max_tokens tokens */
+    int *batch_dev, *batch_host;               /* the batch: 5 max_tokens + 1 ints */
+    float *logits_host;                        /* pinned (max_tokens, n_vocab) */
+} cu_pool;
+
+static int fail(mb_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(mb_err *e, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Errors after which the context is lost: every later call would fail the same way. */
+static bool sticky(cudaError_t err) {
+    switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorDevicesUnavailable:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int cuda_fail(const mb_model *m, mb_err *e, const char *call, cudaError_t err) {
+    if (m && sticky(err)) ((mb_model *)m)->dead = 1;
+    return fail(e, "CUDA: %.160s failed: %s (%s)%s", call, cudaGetErrorString(err),
+                cudaGetErrorName(err), m && m->dead ? "; the GPU context is lost" : "");
+}
+
+#define CU(m, call)                                                                                \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        if (err_ != cudaSuccess) return cuda_fail(m, e, #call, err_);                              \
+    } while (0)
+
+static cu_model *CM(const mb_model *m) {
+    return static_cast<cu_model *>(m->dev);
+}
+static cu_pool *CP(const mb_pool *p) {
+    return static_cast<cu_pool *>(p->dev);
+}
+
+/* ---------------------------------------------------------------- weights */
+
+/* Lays the tensors out in one buffer: a first pass (base NULL) counts, the second copies. */
+typedef struct packer {
+    char *base;
+    size_t at;
+    cudaError_t err;
+} packer;
+
+static const void *pack(packer *k, const void *host, size_t bytes) {
+    size_t at = (k->at + 255) & ~(size_t)255;
+    k->at = at + bytes;
+    if (!k->base || !host) return nullptr; /* counting, or an absent tensor */
+    if (k->err == cudaSuccess)
+        k->err = cudaMemcpy(k->base + at, host, bytes, cudaMemcpyHostToDevice);
+    return k->base + at;
+}
+
+static size_t mat_bytes(const mb_mat *w) {
+    return (size_t)w->rows * (size_t)w->cols * (w->dtype == MB_F32 ? 4 : 2);
+}
+
+static cu_mat pack_mat(packer *k, const mb_mat *w) {
+    cu_mat d = {pack(k, w->w, mat_bytes(w)), (int)w->dtype, w->rows, w->cols};
+    return d;
+}
+
+static const float *pack_vec(packer *k, const float *v, size_t n) {
+    return static_cast<const float *>(pack(k, v, n * sizeof(float)));
+}
+
+static void pack_model(const mb_model *m, cu_model *cm, packer *k) {
+    const mb_config *c = &m->c;
+    const size_t D = (size_t)c->d_model, E = (size_t)c->d_inner, N = (size_t)c->d_state;
+    cm->embed = pack_mat(k, &m->embed);
+    cm->head = c->tied ? cm->embed : pack_mat(k, &m->head);
+    cm->nf_w = pack_vec(k, m->nf_w, D);
+    cm->nf_b = pack_vec(k, m->nf_b, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        const mb_layer *L = &m->layers[l];
+        cu_layer *d = &cm->layers[l];
+        d->norm_w = pack_vec(k, L->norm_w, D);
+        d->norm_b = pack_vec(k, L->norm_b, D);
+        d->in_proj = pack_mat(k, &L->in_proj);
+        d->in_b = pack_vec(k, L->in_b, 2 * E);
+        d->conv_w = pack_vec(k, L->conv_w, E * (size_t)c->d_conv);
+        d->conv_b = pack_vec(k, L->conv_b, E);
+        d->x_proj = pack_mat(k, &L->x_proj);
+        d->dt_proj = pack_mat(k, &L->dt_proj);
+        d->dt_b = pack_vec(k, L->dt_b, E);
+        d->A = pack_vec(k, L->A, E * N);
+        d->D = pack_vec(k, L->D, E);
+        d->out_proj = pack_mat(k, &L->out_proj);
+        d->out_b = pack_vec(k, L->out_b, D);
+    }
+}
+
+static void cu_model_free(mb_model *m) {
+    cu_model *cm = CM(m);
+    if (!cm) return;
+    cudaSetDevice(cm->gpu);
+    if (cm->st) cudaStreamDestroy(cm->st);
+    cudaFree(cm->weights);
+    cudaFree(cm->layers_dev);
+    free(cm->layers);
+    free(cm);
+    m->dev = nullptr;
+}
+
+static int check_shape(const mb_config *c, mb_err *e) {
+    const int N = c->d_state;
+    if (c->d_conv < 2 || c->d_conv > 4)
+        return fail(e, "the CUDA backend runs d_conv 2 to 4, the model has %d", c->d_conv);
+    if (N != 4 && N != 8 && N != 16 && N != 32 && N != 64)
+        return fail(e, "the CUDA backend runs d_state 4, 8, 16, 32 or 64, the model has %d", N);
+    return 0;
+}
+
+static int model_init(mb_model *m, const mb_backend_opts *o, char *note, size_t note_len,
+                      mb_err *e) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess)
+        return fail(e, "no usable CUDA device (cudaGetDeviceCount: %s)", cudaGetErrorString(err));
+    if (o->gpu >= count) return fail(e, "no CUDA device %d (%d found)", o->gpu, count);
+    if (check_shape(&m->c, e)) return -1;
+    cudaDeviceProp pr;
+    CU(nullptr, cudaGetDeviceProperties(&pr, o->gpu));
+    if (pr.major < 9)
+        return fail(e,
+                    "%s has compute capability %d.%d; the CUDA backend is built for 9.0 and "
+                    "later (sm_90)",
+                    pr.name, pr.major, pr.minor);
+    CU(nullptr, cudaSetDevice(o->gpu));
+    cu_model *cm = static_cast<cu_model *>(calloc(1, sizeof *cm));
+    if (!cm) return fail(e, "out of memory");
+    cm->gpu = o->gpu;
+    m->dev = cm;
+    cm->layers = static_cast<cu_layer *>(calloc((size_t)m->c.n_layer, sizeof(cu_layer)));
+    packer count_pass = {nullptr, 0, cudaSuccess};
+    if (cm->layers) pack_model(m, cm, &count_pass);
+    size_t free_b = 0, total_b = 0;
+    int rc = -1;
+    if (!cm->layers)
+        fail(e, "out of memory");
+    else if ((err = cudaMemGetInfo(&free_b, &total_b)) != cudaSuccess)
+        cuda_fail(nullptr, e, "cudaMemGetInfo", err);
+    else if (count_pass.at > free_b)
+        fail(e, "the model's weights need %.1f MiB of GPU memory; %s has %.1f MiB free",
+             count_pass.at / 1048576.0, pr.name, free_b / 1048576.0);
+    else if ((err = cudaMalloc(&cm->weights, count_pass.at)) != cudaSuccess)
+        cuda_fail(nullptr, e, "cudaMalloc(weights)", err);
+    else
+        rc = 0;
+    if (!rc) {
+        packer copy = {cm->weights, 0, cudaSuccess};
+        pack_model(m, cm, &copy);
+        cm->weight_bytes = copy.at;
+        const size_t lb = (size_t)m->c.n_layer * sizeof(cu_layer);
+        if (copy.err != cudaSuccess)
+            rc = cuda_fail(nullptr, e, "cudaMemcpy(weights)", copy.err);
+        else if ((err = cudaMalloc(&cm->layers_dev, lb)) != cudaSuccess ||
+                 (err = cudaMemcpy(cm->layers_dev, cm->layers, lb, cudaMemcpyHostToDevice)) !=
+                     cudaSuccess)
+            rc = cuda_fail(nullptr, e, "cudaMemcpy(layer table)", err);
+        else if ((err = cudaStreamCreateWithFlags(&cm->st, cudaStreamNonBlocking)) != cudaSuccess)
+            rc = cuda_fail(nullptr, e, "cudaStreamCreateWithFlags", err);
+    }
+    if (rc) {
+        cu_model_free(m);
+        return -1;
+    }
+    snprintf(note, note_len, "%s, %.1f GiB", pr.name, total_b / 1073741824.0);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- pools */
+
+/* Bytes of a pool's buffers other than the states, for max_tokens per forward. */
+static size_t pool_fixed_bytes(const mb_config *c, int max_tokens) {
+    const size_t T = (size_t)max_tokens, L = (size_t)c->n_layer, E = (size_t)c->d_inner,
+                 D = (size_t)c->d_model, N = (size_t)c->d_state, R = (size_t)c->dt_rank,
+                 V = (size_t)c->n_vocab;
+    return 4 * (L * T * (2 * E + N) + T * (2 * D + 4 * E + R + 2 * N + V)) + 4 * (5 * T + 1);
+}
+
+static int fit_slots(const mb_model *m, int max_tokens) {
+    cudaSetDevice(CM(m)->gpu);
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+    /* keep 5% of the card (at least 1 GiB) for the CUDA context, other pools and fragments */
+    size_t margin = total_b / 20 > (1u << 30) ? total_b / 20 : (size_t)1 << 30,
+           fixed = pool_fixed_bytes(&m->c, max_tokens) + margin;
+    if (free_b <= fixed) return 0;
+    size_t per_slot = 2 * (size_t)m->c.n_layer * mb_layer_state_floats(&m->c) * sizeof(float);
+    size_t n = (free_b - fixed) / per_slot;
+    return n > 65536 ? 65536 : (int)n;
+}
+
+static void pool_free(mb_pool *p) {
+    cu_pool *cp = CP(p);
+    if (!cp) return;
+    cudaSetDevice(CM(p->m)->gpu);
+    float *bufs[] = {cp->state, cp->j_xin, cp->j_dt, cp->j_B, cp->h,     cp->xn,
+                     cp->xz,    cp->u,     cp->dbl,  cp->y,   cp->logits};
+    for (float *b : bufs) cudaFree(b);
+    cudaFree(cp->batch_dev);
+    cudaFreeHost(cp->batch_host);
+    cudaFreeHost(cp->logits_host);
+    free(cp);
+    p->dev = nullptr;
+}
+
+static int pool_init(mb_pool *p, mb_err *e) {
+    const mb_model *m = p->m;
+    const mb_config *c = &m->c;
+    CU(m, cudaSetDevice(CM(m)->gpu));
+    const size_t T = (size_t)p->max_tokens, L = (size_t)c->n_layer, E = (size_t)c->d_inner,
+                 D = (size_t)c->d_model, N = (size_t)c->d_state, R = (size_t)c->dt_rank,
+                 V = (size_t)c->n_vocab, F = sizeof(float);
+    const size_t state_b = (size_t)p->n_slots * 2 * p->state_floats * F;
+    size_t free_b = 0, total_b = 0;
+    CU(m, cudaMemGetInfo(&free_b, &total_b));
+    const size_t need = state_b + pool_fixed_bytes(c, p->max_tokens);
+    if (need > free_b)
+        return fail(e, "a pool of %d slots x %d tokens needs %.1f MiB of GPU memory; %.1f MiB free",
+                    p->n_slots, p->max_tokens, need / 1048576.0, free_b / 1048576.0);
+    cu_pool *cp = static_cast<cu_pool *>(calloc(1, sizeof *cp));
+    if (!cp) return fail(e, "out of memory");
+    p->dev = cp;
+    struct {
+        float **buf;
+        size_t floats;
+    } a[] = {{&cp->state, state_b / F}, {&cp->j_xin, L * T * E}, {&cp->j_dt, L * T * E},
+             {&cp->j_B, L * T * N},     {&cp->h, T * D},         {&cp->xn, T * D},
+             {&cp->xz, T * 2 * E},      {&cp->u, T * E},         {&cp->dbl, T * (R + 2 * N)},
+             {&cp->y, T * E},           {&cp->logits, T * V}};
+    cudaError_t err = cudaSuccess;
+    for (auto &b : a)
+        if (err == cudaSuccess) err = cudaMalloc(b.buf, b.floats * F);
+    if (err == cudaSuccess) err = cudaMalloc(&cp->batch_dev, (5 * T + 1) * sizeof(int));
+    if (err == cudaSuccess) err = cudaMallocHost(&cp->batch_host, (5 * T + 1) * sizeof(int));
+    if (err == cudaSuccess) err = cudaMallocHost(&cp->logits_host, T * V * F);
+    if (err == cudaSuccess) err = cudaMemsetAsync(cp->state, 0, state_b, CM(m)->st);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(CM(m)->st);
+    if (err != cudaSuccess) {
+        pool_free(p);
+        return cuda_fail(m, e, "allocating the pool", err);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the forward */
+
+static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows, int n_out,
+                   float *logits, mb_err *e) {
+    cu_model *cm = CM(m);
+    cu_pool *cp = CP(p);
+    const mb_config *c = &m->c;
+    const int n = bt->n_seq, T = n ? bt->off[n] : 0, D = c->d_model, E = c->d_inner, N = c->d_state,
+              R = c->dt_rank, K = c->d_conv, V = c->n_vocab;
+    const size_t MT = (size_t)p->max_tokens;
+    if (!T) return 0;
+    CU(m, cudaSetDevice(cm->gpu));
+    /* the batch, in one copy: tokens (T), off (n + 1), slot (n), cur (n), rows (n_out) */
+    int *hb = cp->batch_host;
+    memcpy(hb, bt->tokens, (size_t)T * sizeof(int));
+    memcpy(hb + T, bt->off, (size_t)(n + 1) * sizeof(int));
+    memcpy(hb + T + n + 1, bt->slot, (size_t)n * sizeof(int));
+    for (int s = 0; s < n; s++) hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
+    memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
+    const size_t nb = (size_t)(T + 3 * n + 1 + n_out) * sizeof(int);
+    CU(m, cudaMemcpyAsync(cp->batch_dev, hb, nb, cudaMemcpyHostToDevice, cm->st));
+    const int *db = cp->batch_dev;
+    cu_batch b = {db, db + T, db + T + n + 1, db + T + 2 * n + 1, db + T + 3 * n + 1, T, n, n_out};
+    cudaStream_t st = cm->st;
+    cu_embed(&cm->embed, &b, cp->h, D, st);
+    for (int l = 0; l < c->n_layer; l++) {
+        const cu_layer *L = &cm->layers[l];
+        cu_layer_state ls = {cp->state,
+                             p->state_floats,
+                             (size_t)l * mb_layer_state_floats(c),
+                             cp->j_xin + (size_t)l * MT * E,
+                             cp->j_dt + (size_t)l * MT * E,
+                             cp->j_B + (size_t)l * MT * N};
+        /* xz = in_proj(norm(h)) */
+        cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
+        cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
+        /* u = silu(conv(x)), advancing each sequence's conv window */
+        cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
+        /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
+        cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
+                  st);
+        cu_matmul(&L->dt_proj, E, cp->dbl, R + 2 * N, ls.j_dt, E, T, L->dt_b, CU_EPI_SOFTPLUS, st);
+        /* selective scan, then y * silu(z) */
+        cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, st);
+        /* residual connection: h += out_proj(y) */
+        cu_matmul(&L->out_proj, D, cp->y, E, cp->h, D, T, L->out_b, CU_EPI_ADD, st);
+    }
+    if (n_out) { /* final norm and the head, only for the rows asked for */
+        cu_norm(cp->h, b.rows, n_out, cp->xn, cm->nf_w, cm->nf_b, D, c->norm_eps, st);
+        cu_matmul(&cm->head, V, cp->xn, D, cp->logits, V, n_out, nullptr, CU_EPI_STORE, st);
+        CU(m, cudaMemcpyAsync(cp->logits_host, cp->logits, (size_t)n_out * V * sizeof(float),
+                              cudaMemcpyDeviceToHost, st));
+    }
+    CU(m, cudaGetLastError()); /* a launch that could not start */
+    CU(m, cudaStreamSynchronize(st));
+    if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- slot operations */
+
+static float *slot_buf(const mb_pool *p, int slot, int which) {
+    return CP(p)->state + ((size_t)slot * 2 + (size_t)which) * p->state_floats;
+}
+
+static int rollback(mb_pool *p, int slot, int j_start, int n_keep, mb_err *e) {
+    const mb_model *m = p->m;
+    cu_model *cm = CM(m);
+    cu_pool *cp = CP(p);
+    const mb_config *c = &m->c;
+    CU(m, cudaSetDevice(cm->gpu));
+    cu_rollback(cm->layers_dev, c->n_layer, cp->state, p->state_floats, slot, p->cur[slot],
+                cp->j_xin, cp->j_dt, cp->j_B, p->max_tokens, j_start, n_keep, c->d_inner,
+                c->d_state, c->d_conv, cm->st);
+    CU(m, cudaGetLastError());
+    CU(m, cudaStreamSynchronize(cm->st));
+    return 0;
+}
+
+static int reset(mb_pool *p, int slot, mb_err *e) {
+    const mb_model *m = p->m;
+    CU(m, cudaSetDevice(CM(m)->gpu));
+    CU(m, cudaMemsetAsync(slot_buf(p, slot, p->cur[slot]), 0, p->state_floats * sizeof(float),
+                          CM(m)->st));
+    CU(m, cudaStreamSynchronize(CM(m)->st));
+    return 0;
+}
+
+static int copy(mb_pool *p, int dst, int src, mb_err *e) {
+    const mb_model *m = p->m;
+    CU(m, cudaSetDevice(CM(m)->gpu));
+    CU(m, cudaMemcpyAsync(slot_buf(p, dst, p->cur[dst]), slot_buf(p, src, p->cur[src]),
+                          p->state_floats * sizeof(float), cudaMemcpyDeviceToDevice, CM(m)->st));
+    CU(m, cudaStreamSynchronize(CM(m)->st));
+    return 0;
+}
+
+static int read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+    const mb_model *m = p->m;
+    CU(m, cudaSetDevice(CM(m)->gpu));
+    CU(m, cudaMemcpyAsync(dst, slot_buf(p, slot, p->cur[slot]), p->state_floats * sizeof(float),
+                          cudaMemcpyDeviceToHost, CM(m)->st));
+    CU(m, cudaStreamSynchronize(CM(m)->st));
+    return 0;
+}
+
+static int write(mb_pool *p, int slot, const void *src, mb_err *e) {
+    const mb_model *m = p->m;
+    CU(m, cudaSetDevice(CM(m)->gpu));
+    CU(m, cudaMemcpyAsync(slot_buf(p, slot, p->cur[slot]), src, p->state_floats * sizeof(float),
+                          cudaMemcpyHostToDevice, CM(m)->st));
+    CU(m, cudaStreamSynchronize(CM(m)->st));
+    return 0;
+}
+
+static const mb_backend cuda_backend = {
+    "cuda",  model_init, cu_model_free, fit_slots, pool_init, pool_free,
+    forward, rollback,   reset,         copy,      read,      write,
+};
+
+extern "C" __attribute__((visibility("default"))) const mb_backend *mb_cuda_backend(void) {
+    return &cuda_backend;
+}

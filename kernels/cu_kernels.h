@@ -1,0 +1,79 @@
+/* cu_kernels.h: the CUDA backend's kernels, as host functions that launch them on a stream.
+ * Every shape is in floats unless said otherwise; T is the tokens of the forward, n_seq its
+ * sequences, E = d_inner, N = d_state, K = d_conv, R = dt_rank, D = d_model.
+ *
+ * Batch invariance (../shared/DESIGN.md): every kernel computes each output from its own
+ * token's (or its own sequence's) inputs, in an order fixed by the model's shape alone, never
+ * by T, n_seq or the launch grid. So a token's logits are the same bits alone or in a batch of
+ * 256, as a decode step or inside a span. No atomics, no split reductions. */
+#ifndef CU_KERNELS_H
+#define CU_KERNELS_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* A weight matrix in device memory, [rows, cols] row-major, F32 or BF16 (mb_dtype values). */
+typedef struct cu_mat {
+    const void *w;
+    int dtype;
+    int rows, cols;
+} cu_mat;
+
+/* One layer's weights in device memory (see model/internal.h, mb_layer, for the shapes). */
+typedef struct cu_layer {
+    const float *norm_w, *norm_b;
+    cu_mat in_proj;
+    const float *in_b;
+    const float *conv_w, *conv_b; /* (K, E) tap-major, (E) */
+    cu_mat x_proj, dt_proj;
+    const float *dt_b, *A, *D; /* (E), (E, N) = -exp(A_log), (E) */
+    cu_mat out_proj;
+    const float *out_b;
+} cu_layer;
+
+/* The batch as the kernels see it, in device memory. */
+typedef struct cu_batch {
+    const int32_t *tokens; /* (T) */
+    const int *off;        /* (n_seq + 1) */
+    const int *slot;       /* (n_seq) */
+    const int *cur;        /* (n_seq) which of the slot's two buffers is current */
+    const int *rows;       /* (n_out) token index of each logits row */
+    int T, n_seq, n_out;
+} cu_batch;
+
+/* Where the states and the span inputs of one layer live. */
+typedef struct cu_layer_state {
+    float *state;              /* (n_slots, 2, state_floats) */
+    size_t state_floats;       /* per slot, all layers */
+    size_t layer_ofs;          /* this layer's offset inside a slot's state */
+    float *j_xin, *j_dt, *j_B; /* this layer's span inputs: (max_tokens, E), (.., E), (.., N) */
+} cu_layer_state;
+
+enum { CU_EPI_STORE = 0, CU_EPI_ADD = 1, CU_EPI_SOFTPLUS = 2 };
+
+/* h[t] = embed[tokens[t]] for t < T. */
+void cu_embed(const cu_mat *embed, const cu_batch *b, float *h, int D, cudaStream_t st);
+/* out[i] = norm(x[rows ? rows[i] : i]) * w (+ bias: LayerNorm; RMSNorm without), i < n. */
+void cu_norm(const float *x, const int *rows, int n, float *out, const float *w, const float *bias,
+             int D, float eps, cudaStream_t st);
+/* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r], for r < n_rows, t < T (epi: CU_EPI_*). */
+void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
+               const float *bias, int epi, cudaStream_t st);
+/* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
+ * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
+ * conv inputs to j_xin. */
+void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *xz,
+             float *u, int E, int K, cudaStream_t st);
+/* Selective scan over each sequence's span from its slot's SSM state, then y = (s.C + D u) *
+ * silu(z) into y (T, E); the state after the span goes to the other buffer, B to j_B. dt is
+ * j_dt (T, E), B and C come from dbl (T, R + 2N). */
+void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
+             const float *dbl, const float *xz, float *y, int E, int N, int R, int K,
+             cudaStream_t st);
+/* Rollback of one slot: its current buffer := its other buffer advanced by the first n_keep
+ * span inputs (from token j_start), through the same conv and scan steps, in every layer. */
+void cu_rollback(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
+                 int slot, int cur, const float *j_xin, const float *j_dt, const float *j_B,
+                 int max_tokens, int j_start, int n_keep, int E, int N, int K, cudaStream_t st);
+
+#endif
