@@ -8,10 +8,12 @@
 #include "spec.h"
 
 #include <cJSON.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A generation in progress: its slot, its input and how far it has got. */
 typedef struct seq {
@@ -53,6 +55,7 @@ struct srv_sched {
     int n_running;
     int n_free; /* slots not held by running requests, as of the last step */
     int draining, cancel_all, stopping;
+    int device_lost; /* the model's device failed for good; SIGTERM was raised */
 
     /* Owned by the scheduler thread. */
     job_list waiting;
@@ -432,6 +435,19 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
     return j + 1;
 }
 
+/* The device cannot run another step: every later forward would fail the same way. Stop taking
+ * work and ask the main thread (waiting in sigwait) to shut the daemon down. */
+static void lose_device(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int first = !s->device_lost;
+    s->device_lost = 1;
+    s->draining = 1;
+    pthread_mutex_unlock(&s->mu);
+    if (!first) return;
+    fprintf(stderr, "mambabyte: the device has failed; shutting down (exit status 1)\n");
+    kill(getpid(), SIGTERM);
+}
+
 /* Builds one batch within max_batch_tokens: a byte for decoding sequences first (taking turns
  * when they do not all fit), then prompt chunks in order of arrival; runs it and samples. */
 static void step(srv_sched *s) {
@@ -484,6 +500,7 @@ static void step(srv_sched *s) {
     if (mb_forward(s->model, s->pool, &b, s->logits, &e)) {
         fprintf(stderr, "mambabyte: forward failed: %s\n", e.msg);
         fail_running(s, e.msg);
+        if (!mb_model_usable(s->model)) lose_device(s);
         return;
     }
     double now = srv_now();
@@ -555,6 +572,13 @@ static void *sched_main(void *arg) {
         }
     }
     return NULL;
+}
+
+int srv_sched_device_lost(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int lost = s->device_lost;
+    pthread_mutex_unlock(&s->mu);
+    return lost;
 }
 
 /* ---- life cycle ---- */

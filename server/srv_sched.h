@@ -20,6 +20,10 @@ int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e);
 /* Stops taking jobs, lets queued and running ones finish until deadline (srv_now() seconds),
  * then cancels what is left and waits until nothing runs. */
 void srv_sched_drain(srv_sched *s, double deadline);
+/* 1 once the device has failed for good (a sticky CUDA error): the requests of that step got a
+ * 500, and the scheduler raised SIGTERM so that the daemon drains and exits with an error
+ * status (a supervisor restarts it on a fresh context). */
+int srv_sched_device_lost(srv_sched *s);
 /* Joins the thread and frees the pool and sessions. */
 void srv_sched_stop(srv_sched *s);
 

@@ -103,7 +103,7 @@ int srv_main(int argc, char **argv) {
                 strsignal(sig), c.shutdown_timeout_s);
         srv_http_draining(h);
         srv_sched_drain(s, srv_now() + c.shutdown_timeout_s);
-        rc = 0;
+        rc = srv_sched_device_lost(s) ? 1 : 0;
     }
     srv_http_stop(h);
     srv_sched_stop(s);
