@@ -30,12 +30,24 @@ typedef struct cu_model {
     const float *nf_w, *nf_b;
 } cu_model;
 
+/* A captured forward for one batch shape (T tokens, n sequences, n_out logits rows). */
+typedef struct cu_graph {
+    int T, n, n_out;
+    cudaGraphExec_t exec; /* NULL until the shape comes a second time */
+    uint64_t used;        /* clock of the last use, for eviction */
+} cu_graph;
+
+#define CU_GRAPHS 64 /* shapes remembered per pool */
+
 typedef struct cu_pool {
     float *state;                              /* (n_slots, 2, state_floats) */
     float *j_xin, *j_dt, *j_B;                 /* (n_layer, max_tokens, E | E | N) span inputs */
     float *h, *xn, *xz, *u, *dbl, *y, *logits; /* activations of up to max_tokens tokens */
     int *batch_dev, *batch_host;               /* the batch: 5 max_tokens + 1 ints */
     float *logits_host;                        /* pinned (max_tokens, n_vocab) */
+    int use_graphs;                            /* MB_CUDA_GRAPHS=0 turns graphs off */
+    cu_graph graphs[CU_GRAPHS];
+    uint64_t clock;
 } cu_pool;
 
 static int fail(mb_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -254,6 +266,8 @@ static void pool_free(mb_pool *p) {
     float *bufs[] = {cp->state, cp->j_xin, cp->j_dt, cp->j_B, cp->h,     cp->xn,
                      cp->xz,    cp->u,     cp->dbl,  cp->y,   cp->logits};
     for (float *b : bufs) cudaFree(b);
+    for (cu_graph &g : cp->graphs)
+        if (g.exec) cudaGraphExecDestroy(g.exec);
     cudaFree(cp->batch_dev);
     cudaFreeHost(cp->batch_host);
     cudaFreeHost(cp->logits_host);
@@ -278,6 +292,9 @@ static int pool_init(mb_pool *p, mb_err *e) {
     cu_pool *cp = static_cast<cu_pool *>(calloc(1, sizeof *cp));
     if (!cp) return fail(e, "out of memory");
     p->dev = cp;
+    const char *graphs = getenv("MB_CUDA_GRAPHS");
+    cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
+    for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
         float **buf;
         size_t floats;
@@ -302,28 +319,22 @@ static int pool_init(mb_pool *p, mb_err *e) {
 
 /* ---------------------------------------------------------------- the forward */
 
-static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows, int n_out,
-                   float *logits, mb_err *e) {
+/* Enqueues a whole forward on the model's stream: the batch copy in (from the pinned host
+ * buffer, already filled), every kernel, the logits copy out. Its launches depend only on
+ * (T, n, n_out); the batch itself is read from device memory, so a captured graph replays any
+ * batch of the same shape. */
+static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out) {
     cu_model *cm = CM(m);
     cu_pool *cp = CP(p);
     const mb_config *c = &m->c;
-    const int n = bt->n_seq, T = n ? bt->off[n] : 0, D = c->d_model, E = c->d_inner, N = c->d_state,
-              R = c->dt_rank, K = c->d_conv, V = c->n_vocab;
+    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = c->dt_rank, K = c->d_conv,
+              V = c->n_vocab;
     const size_t MT = (size_t)p->max_tokens;
-    if (!T) return 0;
-    CU(m, cudaSetDevice(cm->gpu));
-    /* the batch, in one copy: tokens (T), off (n + 1), slot (n), cur (n), rows (n_out) */
-    int *hb = cp->batch_host;
-    memcpy(hb, bt->tokens, (size_t)T * sizeof(int));
-    memcpy(hb + T, bt->off, (size_t)(n + 1) * sizeof(int));
-    memcpy(hb + T + n + 1, bt->slot, (size_t)n * sizeof(int));
-    for (int s = 0; s < n; s++) hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
-    memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
+    cudaStream_t st = cm->st;
     const size_t nb = (size_t)(T + 3 * n + 1 + n_out) * sizeof(int);
-    CU(m, cudaMemcpyAsync(cp->batch_dev, hb, nb, cudaMemcpyHostToDevice, cm->st));
+    cudaMemcpyAsync(cp->batch_dev, cp->batch_host, nb, cudaMemcpyHostToDevice, st);
     const int *db = cp->batch_dev;
     cu_batch b = {db, db + T, db + T + n + 1, db + T + 2 * n + 1, db + T + 3 * n + 1, T, n, n_out};
-    cudaStream_t st = cm->st;
     cu_embed(&cm->embed, &b, cp->h, D, st);
     for (int l = 0; l < c->n_layer; l++) {
         const cu_layer *L = &cm->layers[l];
@@ -350,11 +361,62 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     if (n_out) { /* final norm and the head, only for the rows asked for */
         cu_norm(cp->h, b.rows, n_out, cp->xn, cm->nf_w, cm->nf_b, D, c->norm_eps, st);
         cu_matmul(&cm->head, V, cp->xn, D, cp->logits, V, n_out, nullptr, CU_EPI_STORE, st);
-        CU(m, cudaMemcpyAsync(cp->logits_host, cp->logits, (size_t)n_out * V * sizeof(float),
-                              cudaMemcpyDeviceToHost, st));
+        cudaMemcpyAsync(cp->logits_host, cp->logits, (size_t)n_out * V * sizeof(float),
+                        cudaMemcpyDeviceToHost, st);
     }
+}
+
+/* The graph for a batch shape: found, or captured the second time the shape comes (a shape
+ * seen once, such as the tail of a prompt, is not worth an instantiation). NULL: run eagerly. */
+static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int n, int n_out) {
+    cu_pool *cp = CP(p);
+    cu_graph *g = nullptr, *lru = &cp->graphs[0];
+    for (int i = 0; i < CU_GRAPHS; i++) {
+        cu_graph *x = &cp->graphs[i];
+        if (x->T == T && x->n == n && x->n_out == n_out) g = x;
+        if (x->used < lru->used) lru = x;
+    }
+    cp->clock++;
+    if (!g) { /* first sight: remember the shape, evicting the least recently used */
+        if (lru->exec) cudaGraphExecDestroy(lru->exec);
+        *lru = cu_graph{T, n, n_out, nullptr, cp->clock};
+        return nullptr;
+    }
+    g->used = cp->clock;
+    if (g->exec) return g->exec;
+    cudaStream_t st = CM(m)->st;
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return nullptr;
+    enqueue(m, p, T, n, n_out);
+    if (cudaStreamEndCapture(st, &graph) == cudaSuccess &&
+        cudaGraphInstantiate(&g->exec, graph, 0) != cudaSuccess)
+        g->exec = nullptr;
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError(); /* a failed capture leaves no sticky error: run eagerly instead */
+    return g->exec;
+}
+
+static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows, int n_out,
+                   float *logits, mb_err *e) {
+    cu_model *cm = CM(m);
+    cu_pool *cp = CP(p);
+    const int n = bt->n_seq, T = n ? bt->off[n] : 0, V = m->c.n_vocab;
+    if (!T) return 0;
+    CU(m, cudaSetDevice(cm->gpu));
+    /* the batch, in one copy: tokens (T), off (n + 1), slot (n), cur (n), rows (n_out) */
+    int *hb = cp->batch_host;
+    memcpy(hb, bt->tokens, (size_t)T * sizeof(int));
+    memcpy(hb + T, bt->off, (size_t)(n + 1) * sizeof(int));
+    memcpy(hb + T + n + 1, bt->slot, (size_t)n * sizeof(int));
+    for (int s = 0; s < n; s++) hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
+    memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
+    cudaGraphExec_t g = cp->use_graphs ? graph_for(m, p, T, n, n_out) : nullptr;
+    if (g)
+        CU(m, cudaGraphLaunch(g, cm->st));
+    else
+        enqueue(m, p, T, n, n_out);
     CU(m, cudaGetLastError()); /* a launch that could not start */
-    CU(m, cudaStreamSynchronize(st));
+    CU(m, cudaStreamSynchronize(cm->st));
     if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));
     return 0;
 }
