@@ -20,7 +20,6 @@
 #define TT     8 /* tokens per warp */
 #define WARPS  4 /* warps per block: a block covers RW * WARPS rows */
 #define KCHUNK 8 /* elements per lane per step on the vector path */
-#define KAHEAD 4 /* chunks per lane loaded ahead on the vector path */
 
 static __device__ __forceinline__ void load8(const float *w, float *out) {
     float4 a = *reinterpret_cast<const float4 *>(w), b = *reinterpret_cast<const float4 *>(w + 4);
@@ -32,26 +31,9 @@ static __device__ __forceinline__ float bf16_bits(uint32_t h) {
     return __uint_as_float(h << 16);
 }
 
-/* Eight weights as loaded from memory (32 bytes of F32 or 16 of BF16), widened when used. */
-template <typename WT> struct raw8;
-template <> struct raw8<float> { float4 a, b; };
-template <> struct raw8<__nv_bfloat16> { uint4 a; };
-
-static __device__ __forceinline__ raw8<float> load_raw(const float *w) {
-    return raw8<float>{*reinterpret_cast<const float4 *>(w),
-                       *reinterpret_cast<const float4 *>(w + 4)};
-}
-static __device__ __forceinline__ raw8<__nv_bfloat16> load_raw(const __nv_bfloat16 *w) {
-    return raw8<__nv_bfloat16>{*reinterpret_cast<const uint4 *>(w)};
-}
-
-static __device__ __forceinline__ void widen(const raw8<float> &v, float *out) {
-    out[0] = v.a.x, out[1] = v.a.y, out[2] = v.a.z, out[3] = v.a.w;
-    out[4] = v.b.x, out[5] = v.b.y, out[6] = v.b.z, out[7] = v.b.w;
-}
-
-static __device__ __forceinline__ void widen(const raw8<__nv_bfloat16> &v, float *out) {
-    const uint32_t q[4] = {v.a.x, v.a.y, v.a.z, v.a.w};
+static __device__ __forceinline__ void load8(const __nv_bfloat16 *w, float *out) {
+    uint4 v = *reinterpret_cast<const uint4 *>(w);
+    const uint32_t q[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         out[2 * i] = bf16_bits(q[i] & 0xffffu);
@@ -84,43 +66,26 @@ __global__ void __launch_bounds__(32 * WARPS)
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     if (VEC) {
-        /* KAHEAD chunks of every row are loaded before any is used: more bytes in flight per warp
-         * (decode streams the weights); the sums still take the chunks in order */
-        const int KC = K / KCHUNK;
-        for (int c0 = lane; c0 < KC; c0 += 32 * KAHEAD) {
-            raw8<WT> w[KAHEAD][RW];
+        for (int k = lane * KCHUNK; k < K; k += 32 * KCHUNK) {
+            float w[RW][KCHUNK];
 #pragma unroll
-            for (int u = 0; u < KAHEAD; u++)
+            for (int r = 0; r < RW; r++) {
+                if (r < nr) {
+                    load8(W + (size_t)(r0 + r) * K + k, w[r]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < KCHUNK; j++) w[r][j] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < TT; t++) {
+                if (t >= nt) break;
+                float x[KCHUNK];
+                load8(X + (size_t)(t0 + t) * ldx + k, x);
 #pragma unroll
                 for (int r = 0; r < RW; r++)
-                    if (c0 + 32 * u < KC && r < nr)
-                        w[u][r] =
-                            load_raw(W + (size_t)(r0 + r) * K + (size_t)(c0 + 32 * u) * KCHUNK);
 #pragma unroll
-            for (int u = 0; u < KAHEAD; u++) {
-                const int k = (c0 + 32 * u) * KCHUNK;
-                if (k >= K) break;
-                float wf[RW][KCHUNK];
-#pragma unroll
-                for (int r = 0; r < RW; r++) {
-                    if (r < nr) {
-                        widen(w[u][r], wf[r]);
-                    } else {
-#pragma unroll
-                        for (int j = 0; j < KCHUNK; j++) wf[r][j] = 0.0f;
-                    }
-                }
-#pragma unroll
-                for (int t = 0; t < TT; t++) {
-                    if (t >= nt) break;
-                    float x[KCHUNK];
-                    load8(X + (size_t)(t0 + t) * ldx + k, x);
-#pragma unroll
-                    for (int r = 0; r < RW; r++)
-#pragma unroll
-                        for (int j = 0; j < KCHUNK; j++)
-                            acc[r][t] = fmaf(wf[r][j], x[j], acc[r][t]);
-                }
+                    for (int j = 0; j < KCHUNK; j++) acc[r][t] = fmaf(w[r][j], x[j], acc[r][t]);
             }
         }
     } else {
