@@ -4,7 +4,7 @@
  * The weights go to the GPU once, in one allocation. A pool keeps every slot's two state
  * buffers, the last forward's span inputs (for rollback) and the activations in GPU memory. A
  * forward is one copy of the batch in (tokens, offsets, slots, current buffers, logits rows),
- * about 6 launches per layer over all tokens of all sequences, and one copy of the wanted
+ * 6 launches per layer over all tokens of all sequences, and one copy of the wanted
  * logits out: no per-sequence launch, no host round trip inside the step.
  *
  * Errors: every CUDA call is checked; a failure names the call and CUDA's reason and comes back
@@ -349,11 +349,10 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
         cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
         /* u = silu(conv(x)), advancing each sequence's conv window */
         cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
-        /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
+        /* [dt_low, B, C] = x_proj(u) */
         cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
                   st);
-        cu_matmul(&L->dt_proj, E, cp->dbl, R + 2 * N, ls.j_dt, E, T, L->dt_b, CU_EPI_SOFTPLUS, st);
-        /* selective scan, then y * silu(z) */
+        /* dt = softplus(dt_proj(dt_low) + dt_bias), the selective scan, then y * silu(z) */
         cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, st);
         /* residual connection: h += out_proj(y) */
         cu_matmul(&L->out_proj, D, cp->y, E, cp->h, D, T, L->out_b, CU_EPI_ADD, st);
@@ -437,16 +436,17 @@ static int rollback(mb_pool *p, int slot, int j_start, int n_keep, mb_err *e) {
                 cp->j_xin, cp->j_dt, cp->j_B, p->max_tokens, j_start, n_keep, c->d_inner,
                 c->d_state, c->d_conv, cm->st);
     CU(m, cudaGetLastError());
-    CU(m, cudaStreamSynchronize(cm->st));
     return 0;
 }
 
+/* Rollback, reset and copy are only queued on the model's stream, ahead of the next forward,
+ * which synchronises: no host round trip per sequence. A fault while they run fails that
+ * forward (or the next read). */
 static int reset(mb_pool *p, int slot, mb_err *e) {
     const mb_model *m = p->m;
     CU(m, cudaSetDevice(CM(m)->gpu));
     CU(m, cudaMemsetAsync(slot_buf(p, slot, p->cur[slot]), 0, p->state_floats * sizeof(float),
                           CM(m)->st));
-    CU(m, cudaStreamSynchronize(CM(m)->st));
     return 0;
 }
 
@@ -455,7 +455,6 @@ static int copy(mb_pool *p, int dst, int src, mb_err *e) {
     CU(m, cudaSetDevice(CM(m)->gpu));
     CU(m, cudaMemcpyAsync(slot_buf(p, dst, p->cur[dst]), slot_buf(p, src, p->cur[src]),
                           p->state_floats * sizeof(float), cudaMemcpyDeviceToDevice, CM(m)->st));
-    CU(m, cudaStreamSynchronize(CM(m)->st));
     return 0;
 }
 

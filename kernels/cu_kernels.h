@@ -49,7 +49,7 @@ typedef struct cu_layer_state {
     float *j_xin, *j_dt, *j_B; /* this layer's span inputs: (max_tokens, E), (.., E), (.., N) */
 } cu_layer_state;
 
-enum { CU_EPI_STORE = 0, CU_EPI_ADD = 1, CU_EPI_SOFTPLUS = 2 };
+enum { CU_EPI_STORE = 0, CU_EPI_ADD = 1 };
 
 /* h[t] = embed[tokens[t]] for t < T. */
 void cu_embed(const cu_mat *embed, const cu_batch *b, float *h, int D, cudaStream_t st);
@@ -65,8 +65,9 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
 void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *xz,
              float *u, int E, int K, cudaStream_t st);
 /* Selective scan over each sequence's span from its slot's SSM state, then y = (s.C + D u) *
- * silu(z) into y (T, E); the state after the span goes to the other buffer, B to j_B. dt is
- * j_dt (T, E), B and C come from dbl (T, R + 2N). */
+ * silu(z) into y (T, E); the state after the span goes to the other buffer, B to j_B. dt =
+ * softplus(dt_proj(dt_low) + dt_bias) is computed here (into j_dt); dt_low, B and C come from
+ * dbl (T, R + 2N). */
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
              const float *dbl, const float *xz, float *y, int E, int N, int R, int K,
              cudaStream_t st);

@@ -169,11 +169,41 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
 /* ---------------------------------------------------------------- scan */
 
 /* Thread = (sequence, channel), its N states in registers, walking its span in order. */
+/* dt of channel c for one token: softplus(dt_proj[c, :] . dt_low + dt_bias[c]), the row's R
+ * products summed in order (8 at a time when rows are 16-byte aligned: the same order). */
+static __device__ __forceinline__ float dt_of(const void *W, int bf16, int R, int c, const float *x,
+                                              float bias) {
+    float d = 0.0f;
+    if (bf16) {
+        const unsigned short *w = static_cast<const unsigned short *>(W) + (size_t)c * R;
+        int r = 0;
+        if (R % 8 == 0)
+            for (; r < R; r += 8) {
+                const uint4 v = *reinterpret_cast<const uint4 *>(w + r);
+                const uint32_t q[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    d = fmaf(__uint_as_float(q[i] << 16), x[r + 2 * i], d);
+                    d = fmaf(__uint_as_float(q[i] & 0xffff0000u), x[r + 2 * i + 1], d);
+                }
+            }
+        for (; r < R; r++) d = fmaf(__uint_as_float((uint32_t)w[r] << 16), x[r], d);
+    } else {
+        const float *w = static_cast<const float *>(W) + (size_t)c * R;
+        for (int r = 0; r < R; r++) d = fmaf(w[r], x[r], d);
+    }
+    d = d + bias;
+    return d > 20.0f ? d : log1pf(expf(d));
+}
+
+/* Thread = (sequence, channel), its N states in registers, walking its span in order. dt is
+ * computed here from dt_low (dt_proj fused in) and kept in j_dt for rollback. */
 template <int N>
 __global__ void __launch_bounds__(CHAN_T)
     k_scan(const float *A_all, const float *Dv, const int *off, const int *slot, const int *cur,
-           float *state, size_t sf, size_t lofs, const float *u, const float *dt, const float *dbl,
-           const float *xz, float *y, float *j_B, int E, int R) {
+           float *state, size_t sf, size_t lofs, const float *u, const void *Wdt, int wdt_bf16,
+           const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y, float *j_B,
+           int E, int R) {
     const int c = blockIdx.x * CHAN_T + threadIdx.x, s = blockIdx.y;
     if (c >= E) return;
     const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs + (size_t)c * N;
@@ -181,12 +211,14 @@ __global__ void __launch_bounds__(CHAN_T)
     float st[N], A[N];
 #pragma unroll
     for (int n = 0; n < N; n++) st[n] = src[n], A[n] = A_all[(size_t)c * N + n];
-    const float Dc = Dv[c];
+    const float Dc = Dv[c], bias = dt_b[c];
     const int ld = R + 2 * N;
     for (int t = off[s]; t < off[s + 1]; t++) {
         const float *B = dbl + (size_t)t * ld + R, *C = B + N;
         const float ut = u[(size_t)t * E + c];
-        float yt = scan_step<N>(st, A, dt[(size_t)t * E + c], ut, B, C);
+        const float dt = dt_of(Wdt, wdt_bf16, R, c, dbl + (size_t)t * ld, bias);
+        j_dt[(size_t)t * E + c] = dt;
+        float yt = scan_step<N>(st, A, dt, ut, B, C);
         yt = yt + Dc * ut;
         y[(size_t)t * E + c] = yt * silu_f(xz[(size_t)t * 2 * E + E + c]);
         if (c < N) j_B[(size_t)t * N + c] = B[c]; /* the span's B, for rollback */
@@ -201,9 +233,9 @@ static void launch_scan(const cu_layer *L, const cu_batch *b, const cu_layer_sta
                         int K, cudaStream_t st) {
     dim3 grid((E + CHAN_T - 1) / CHAN_T, b->n_seq);
     const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
-    k_scan<N><<<grid, CHAN_T, 0, st>>>(L->A, L->D, b->off, b->slot, b->cur, ls->state,
-                                       ls->state_floats, lofs, u, ls->j_dt, dbl, xz, y, ls->j_B, E,
-                                       R);
+    k_scan<N><<<grid, CHAN_T, 0, st>>>(
+        L->A, L->D, b->off, b->slot, b->cur, ls->state, ls->state_floats, lofs, u, L->dt_proj.w,
+        L->dt_proj.dtype != 0, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
 }
 
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,

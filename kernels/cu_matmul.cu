@@ -1,4 +1,4 @@
-/* cu_matmul.cu: the projections (in_proj, x_proj, dt_proj, out_proj, the head) as one
+/* cu_matmul.cu: the projections (in_proj, x_proj, out_proj, the head) as one
  * batch-invariant matrix product over all tokens of a forward.
  *
  *   Y[t, r] (op)= W[r, :] . X[t, :] + bias[r]      W (rows, K) F32 or BF16, X (T, ldx) F32
@@ -6,9 +6,10 @@
  * Version 1 (this one): CUDA cores, F32 accumulation. A warp owns RW rows and TT tokens; lane
  * l sums the K-chunks l, l + 32, l + 64, ... (8 elements each, in order, when rows are 16-byte
  * aligned multiples of 8; single elements otherwise) into one accumulator per (row, token),
- * then a butterfly of shuffles adds the 32 lanes. That order depends on K alone: the same bits
- * for a token whether the launch holds 1 token or 512, whatever tile or block it lands in. Each
- * weight chunk is loaded once per TT tokens. Why not cuBLAS: its kernels (tile, split-K,
+ * then a butterfly of shuffles adds the 32 lanes. Matrices with few rows split K over the 8
+ * warps of a block instead, added in warp order. That order depends on the shape alone: the same
+ * bits for a token whether the launch holds 1 token or 512, whatever tile or block it lands in.
+ * Each weight chunk is loaded once per TT tokens. Why not cuBLAS: its kernels (tile, split-K,
  * reduction order) are chosen per shape, so a token's result would change with the batch;
  * bench/bench_gpu measures what the invariant product costs against cuBLAS's choice.
  * The reference is the CPU backend (model/cpu.c), compared on every fixture by tests/gpu. */
@@ -20,6 +21,10 @@
 #define TT     8 /* tokens per warp */
 #define WARPS  4 /* warps per block: a block covers RW * WARPS rows */
 #define KCHUNK 8 /* elements per lane per step on the vector path */
+/* Matrices of fewer rows than this (x_proj, the head) would leave most of the GPU idle at a few
+ * tokens: SPLIT_K warps share their rows and split K. */
+#define SPLIT_BELOW 512
+#define SPLIT_K     8
 
 static __device__ __forceinline__ void load8(const float *w, float *out) {
     float4 a = *reinterpret_cast<const float4 *>(w), b = *reinterpret_cast<const float4 *>(w + 4);
@@ -48,16 +53,16 @@ static __device__ __forceinline__ float load1(const __nv_bfloat16 *w) {
     return bf16_bits(*reinterpret_cast<const unsigned short *>(w));
 }
 
-static __device__ __forceinline__ float softplus_f(float x) {
-    return x > 20.0f ? x : log1pf(expf(x));
-}
-
-template <typename WT, bool VEC>
-__global__ void __launch_bounds__(32 * WARPS)
+/* SPLIT = 1: each warp owns its RW rows (WARPS warps per block). SPLIT > 1: the block's SPLIT
+ * warps share RW rows and split K, warp w taking the 32-chunk groups w, w + SPLIT, ...; their
+ * sums are added in warp order. Which one a matrix gets depends on its shape alone. */
+template <typename WT, bool VEC, int SPLIT>
+__global__ void __launch_bounds__(SPLIT > 1 ? 32 * SPLIT : 32 * WARPS)
     k_matmul(const WT *__restrict__ W, int n_rows, int K, const float *__restrict__ X, int ldx,
              float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r0 = (blockIdx.x * WARPS + warp) * RW, t0 = blockIdx.y * TT;
+    const int r0 = SPLIT > 1 ? blockIdx.x * RW : (blockIdx.x * WARPS + warp) * RW,
+              t0 = blockIdx.y * TT, kw = SPLIT > 1 ? warp : 0;
     if (r0 >= n_rows) return;
     const int nr = n_rows - r0 < RW ? n_rows - r0 : RW, nt = T - t0 < TT ? T - t0 : TT;
     float acc[RW][TT];
@@ -66,7 +71,7 @@ __global__ void __launch_bounds__(32 * WARPS)
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     if (VEC) {
-        for (int k = lane * KCHUNK; k < K; k += 32 * KCHUNK) {
+        for (int k = (lane + 32 * kw) * KCHUNK; k < K; k += 32 * SPLIT * KCHUNK) {
             float w[RW][KCHUNK];
 #pragma unroll
             for (int r = 0; r < RW; r++) {
@@ -89,7 +94,7 @@ __global__ void __launch_bounds__(32 * WARPS)
             }
         }
     } else {
-        for (int k = lane; k < K; k += 32) {
+        for (int k = lane + 32 * kw; k < K; k += 32 * SPLIT) {
             float w[RW];
 #pragma unroll
             for (int r = 0; r < RW; r++) w[r] = r < nr ? load1(W + (size_t)(r0 + r) * K + k) : 0.0f;
@@ -109,7 +114,24 @@ __global__ void __launch_bounds__(32 * WARPS)
         for (int t = 0; t < TT; t++)
 #pragma unroll
             for (int m = 16; m; m >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], m);
-                /* lane r * TT + t writes (row r, token t) */
+    __shared__ float part[SPLIT > 1 ? SPLIT : 1][RW * TT];
+    if (SPLIT > 1) { /* the warps' sums, added in warp order by warp 0 */
+#pragma unroll
+        for (int r = 0; r < RW; r++)
+#pragma unroll
+            for (int t = 0; t < TT; t++)
+                if (lane == r * TT + t) part[warp][lane] = acc[r][t];
+        __syncthreads();
+        if (warp) return;
+        float sum = 0.0f;
+        for (int w = 0; w < SPLIT; w++) sum += part[w][lane];
+#pragma unroll
+        for (int r = 0; r < RW; r++)
+#pragma unroll
+            for (int t = 0; t < TT; t++)
+                if (lane == r * TT + t) acc[r][t] = sum;
+    }
+    /* lane r * TT + t writes (row r, token t) */
 #pragma unroll
     for (int r = 0; r < RW; r++)
 #pragma unroll
@@ -118,8 +140,22 @@ __global__ void __launch_bounds__(32 * WARPS)
             const int row = r0 + r;
             float v = acc[r][t] + (bias ? bias[row] : 0.0f);
             float *y = Y + (size_t)(t0 + t) * ldy + row;
-            *y = epi == CU_EPI_ADD ? *y + v : epi == CU_EPI_SOFTPLUS ? softplus_f(v) : v;
+            *y = epi == CU_EPI_ADD ? *y + v : v;
         }
+}
+
+template <typename WT, bool VEC>
+static void launch(const WT *w, int n_rows, int K, const float *X, int ldx, float *Y, int ldy,
+                   int T, const float *bias, int epi, cudaStream_t st) {
+    if (n_rows < SPLIT_BELOW) {
+        dim3 grid((n_rows + RW - 1) / RW, (T + TT - 1) / TT);
+        k_matmul<WT, VEC, SPLIT_K>
+            <<<grid, 32 * SPLIT_K, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+    } else {
+        dim3 grid((n_rows + RW * WARPS - 1) / (RW * WARPS), (T + TT - 1) / TT);
+        k_matmul<WT, VEC, 1>
+            <<<grid, 32 * WARPS, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+    }
 }
 
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
@@ -131,23 +167,17 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
     const size_t esize = W->dtype == 0 ? 4 : 2;
     const bool vec = K % KCHUNK == 0 && ((size_t)K * esize) % 16 == 0 && ldx % 4 == 0 &&
                      (uintptr_t)W->w % 16 == 0 && (uintptr_t)X % 16 == 0;
-    dim3 grid((n_rows + RW * WARPS - 1) / (RW * WARPS), (T + TT - 1) / TT);
-    const int threads = 32 * WARPS;
     if (W->dtype == 0) {
         const float *w = static_cast<const float *>(W->w);
         if (vec)
-            k_matmul<float, true>
-                <<<grid, threads, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+            launch<float, true>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
         else
-            k_matmul<float, false>
-                <<<grid, threads, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+            launch<float, false>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
     } else {
         const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(W->w);
         if (vec)
-            k_matmul<__nv_bfloat16, true>
-                <<<grid, threads, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+            launch<__nv_bfloat16, true>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
         else
-            k_matmul<__nv_bfloat16, false>
-                <<<grid, threads, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+            launch<__nv_bfloat16, false>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
     }
 }
