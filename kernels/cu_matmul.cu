@@ -144,6 +144,95 @@ __global__ void __launch_bounds__(SPLIT > 1 ? 32 * SPLIT : 32 * WARPS)
         }
 }
 
+/* ---------------------------------------------------------------- version 2: tensor cores
+ *
+ * For BF16 weights (K a multiple of 32): mma.sync m16n8k16, bf16 x bf16 -> f32. A warp owns 16
+ * rows and up to TC_TOK tokens (8-token tiles); the block's SPLIT warps share the rows and
+ * split K in 32-wide steps (warp w takes steps w, w + SPLIT, ...), their sums added in warp
+ * order. The activations stay f32 in memory; each is split into hi = bf16(x) and lo = bf16(x -
+ * hi) and both are multiplied (two MMAs), so the product keeps about 16 bits of x, not 8.
+ * Thread (g, q) of a warp loads 8 consecutive weights of rows g and g + 8 at k = 8q and the same
+ * 8 activations of token g, and feeds them to two MMAs as their k indices {2q, 2q+1, 2q+8, 2q+9}:
+ * a fixed permutation of K inside the step, the same for every launch. Invariance: an MMA output
+ * depends only on its own row and column, missing tokens are zero columns, and the K order is
+ * fixed by the shape. */
+
+#define TC_TOK 32 /* tokens per block: 4 tiles of 8 */
+
+static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0,
+                                                uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as a bf16 pair (first in the low half), and their remainders as another. */
+static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
+    *hi = *reinterpret_cast<uint32_t *>(&h);
+    *lo = *reinterpret_cast<uint32_t *>(&l);
+}
+
+template <int SPLIT>
+__global__ void __launch_bounds__(32 * SPLIT)
+    k_matmul_tc(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
+                int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int r0 = blockIdx.x * 16, t0 = blockIdx.y * TC_TOK;
+    const int nt = T - t0 < TC_TOK ? T - t0 : TC_TOK, tiles = (nt + 7) / 8;
+    const bool va = r0 + g < n_rows, vb = r0 + g + 8 < n_rows;
+    const __nv_bfloat16 *wa = W + (size_t)(r0 + g) * K, *wb = W + (size_t)(r0 + g + 8) * K;
+    float acc[TC_TOK / 8][4];
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int kb = warp * 32; kb < K; kb += 32 * SPLIT) {
+        const int k = kb + 8 * q;
+        const uint4 A0 = va ? *reinterpret_cast<const uint4 *>(wa + k) : zero,
+                    A1 = vb ? *reinterpret_cast<const uint4 *>(wb + k) : zero;
+        const uint32_t a1[4] = {A0.x, A1.x, A0.y, A1.y}, a2[4] = {A0.z, A1.z, A0.w, A1.w};
+#pragma unroll
+        for (int i = 0; i < TC_TOK / 8; i++) {
+            if (i >= tiles) break;
+            const int t = t0 + 8 * i + g;
+            float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (t < T) load8(X + (size_t)t * ldx + k, x);
+            uint32_t h01, l01, h23, l23, h45, l45, h67, l67;
+            split2(x[0], x[1], &h01, &l01);
+            split2(x[2], x[3], &h23, &l23);
+            split2(x[4], x[5], &h45, &l45);
+            split2(x[6], x[7], &h67, &l67);
+            mma_bf16(acc[i], a1, h01, h23);
+            mma_bf16(acc[i], a1, l01, l23);
+            mma_bf16(acc[i], a2, h45, h67);
+            mma_bf16(acc[i], a2, l45, l67);
+        }
+    }
+    __shared__ float part[SPLIT][TC_TOK / 8 * 4][32];
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) part[warp][i * 4 + j][lane] = acc[i][j];
+    __syncthreads();
+    if (warp) return;
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++) {
+        if (i >= tiles) break;
+#pragma unroll
+        for (int j = 0; j < 4; j++) { /* c0, c1: row g; c2, c3: row g + 8; tokens 2q, 2q + 1 */
+            float v = part[0][i * 4 + j][lane];
+            for (int w = 1; w < SPLIT; w++) v += part[w][i * 4 + j][lane];
+            const int row = r0 + g + (j >= 2 ? 8 : 0), t = t0 + 8 * i + 2 * q + (j & 1);
+            if (row >= n_rows || t >= T) continue;
+            v = v + (bias ? bias[row] : 0.0f);
+            float *y = Y + (size_t)t * ldy + row;
+            *y = epi == CU_EPI_ADD ? *y + v : v;
+        }
+    }
+}
+
 template <typename WT, bool VEC>
 static void launch(const WT *w, int n_rows, int K, const float *X, int ldx, float *Y, int ldy,
                    int T, const float *bias, int epi, cudaStream_t st) {
@@ -173,6 +262,16 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
             launch<float, true>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
         else
             launch<float, false>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st);
+    } else if (vec && K % 32 == 0 && n_rows >= SPLIT_BELOW) {
+        /* tensor cores for the large matrices (in_proj, out_proj); longer rows: K split more
+         * ways. The short ones (x_proj, the head) have too few 16-row tiles to fill the GPU and
+         * run faster on the CUDA-core kernel below (measured: bench/RESULTS.md) */
+        const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(W->w);
+        dim3 grid((n_rows + 15) / 16, (T + TC_TOK - 1) / TC_TOK);
+        if (K >= 2048)
+            k_matmul_tc<8><<<grid, 32 * 8, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+        else
+            k_matmul_tc<4><<<grid, 32 * 4, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
     } else {
         const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(W->w);
         if (vec)
