@@ -13,8 +13,9 @@
 
 /* Shapes compiled: d_conv 2-4 (4 in every Mamba checkpoint), d_state 4, 8, 16, 32 or 64 (16 in
  * every Mamba-1 checkpoint); the backend refuses others at load (cu_backend.cu). */
-#define NORM_T 256
-#define CHAN_T 128 /* channels per block of conv, scan and rollback */
+#define NORM_T     256
+#define CHAN_T     128 /* channels per block of conv, scan and rollback */
+#define SPAN_CHUNK 8   /* tokens of a span whose inputs conv and scan load at once */
 
 static __device__ __forceinline__ float silu_f(float x) {
     return x / (1.0f + expf(-x));
@@ -133,10 +134,21 @@ __global__ void __launch_bounds__(CHAN_T)
 #pragma unroll
     for (int k = 0; k < K - 1; k++) win[k] = src[(size_t)k * E + c];
     const float bias = conv_b[c];
-    for (int t = off[s]; t < off[s + 1]; t++) {
-        const float x = xz[(size_t)t * 2 * E + c];
-        u[(size_t)t * E + c] = conv_step<K>(win, conv_w + c, E, bias, x);
-        j_xin[(size_t)t * E + c] = x;
+    const int end = off[s + 1];
+    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
+        /* a chunk's inputs are loaded before any step: one memory latency per chunk, not per
+         * token, on long spans (prefill, verification) */
+        float xs[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++)
+            xs[i] = t0 + i < end ? xz[(size_t)(t0 + i) * 2 * E + c] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (t0 + i >= end) break;
+            const size_t t = (size_t)(t0 + i);
+            u[t * E + c] = conv_step<K>(win, conv_w + c, E, bias, xs[i]);
+            j_xin[t * E + c] = xs[i];
+        }
     }
 #pragma unroll
     for (int k = 0; k < K - 1; k++) dst[(size_t)k * E + c] = win[k];
@@ -168,7 +180,6 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
 
 /* ---------------------------------------------------------------- scan */
 
-/* Thread = (sequence, channel), its N states in registers, walking its span in order. */
 /* dt of channel c for one token: softplus(dt_proj[c, :] . dt_low + dt_bias[c]), the row's R
  * products summed in order (8 at a time when rows are 16-byte aligned: the same order). */
 static __device__ __forceinline__ float dt_of(const void *W, int bf16, int R, int c, const float *x,
@@ -204,25 +215,46 @@ __global__ void __launch_bounds__(CHAN_T)
            float *state, size_t sf, size_t lofs, const float *u, const void *Wdt, int wdt_bf16,
            const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y, float *j_B,
            int E, int R) {
+    extern __shared__ float rows_sh[]; /* SPAN_CHUNK rows of dbl: [dt_low, B, C] */
     const int c = blockIdx.x * CHAN_T + threadIdx.x, s = blockIdx.y;
-    if (c >= E) return;
+    const bool live = c < E; /* every thread joins the block's loads of dbl rows */
     const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs + (size_t)c * N;
     float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs + (size_t)c * N;
     float st[N], A[N];
 #pragma unroll
-    for (int n = 0; n < N; n++) st[n] = src[n], A[n] = A_all[(size_t)c * N + n];
-    const float Dc = Dv[c], bias = dt_b[c];
-    const int ld = R + 2 * N;
-    for (int t = off[s]; t < off[s + 1]; t++) {
-        const float *B = dbl + (size_t)t * ld + R, *C = B + N;
-        const float ut = u[(size_t)t * E + c];
-        const float dt = dt_of(Wdt, wdt_bf16, R, c, dbl + (size_t)t * ld, bias);
-        j_dt[(size_t)t * E + c] = dt;
-        float yt = scan_step<N>(st, A, dt, ut, B, C);
-        yt = yt + Dc * ut;
-        y[(size_t)t * E + c] = yt * silu_f(xz[(size_t)t * 2 * E + E + c]);
-        if (c < N) j_B[(size_t)t * N + c] = B[c]; /* the span's B, for rollback */
+    for (int n = 0; n < N; n++)
+        st[n] = live ? src[n] : 0.0f, A[n] = live ? A_all[(size_t)c * N + n] : 0.0f;
+    const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    const int ld = R + 2 * N, end = off[s + 1];
+    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
+        /* the chunk's dbl rows (shared by every channel) into shared memory, and this
+         * channel's u and z into registers, before any step */
+        const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
+        __syncthreads(); /* the last chunk's rows are no longer read */
+        for (int i = threadIdx.x; i < n_t * ld; i += CHAN_T) rows_sh[i] = dbl[(size_t)t0 * ld + i];
+        float us[SPAN_CHUNK], zs[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            const bool in = live && i < n_t;
+            us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
+            zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+        }
+        __syncthreads();
+        if (!live) continue;
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const size_t t = (size_t)(t0 + i);
+            const float *row = rows_sh + i * ld, *B = row + R, *C = B + N;
+            const float dt = dt_of(Wdt, wdt_bf16, R, c, row, bias);
+            j_dt[t * E + c] = dt;
+            float yt = scan_step<N>(st, A, dt, us[i], B, C);
+            yt = yt + Dc * us[i];
+            y[t * E + c] = yt * silu_f(zs[i]);
+            if (c < N) j_B[t * N + c] = B[c]; /* the span's B, for rollback */
+        }
     }
+    if (!live) return;
 #pragma unroll
     for (int n = 0; n < N; n++) dst[n] = st[n];
 }
@@ -233,7 +265,8 @@ static void launch_scan(const cu_layer *L, const cu_batch *b, const cu_layer_sta
                         int K, cudaStream_t st) {
     dim3 grid((E + CHAN_T - 1) / CHAN_T, b->n_seq);
     const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
-    k_scan<N><<<grid, CHAN_T, 0, st>>>(
+    const size_t shared = (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float);
+    k_scan<N><<<grid, CHAN_T, shared, st>>>(
         L->A, L->D, b->off, b->slot, b->cur, ls->state, ls->state_floats, lofs, u, L->dt_proj.w,
         L->dt_proj.dtype != 0, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
 }
