@@ -8,6 +8,7 @@
  * runs). Medians of repeated runs. Usage: bench_gpu MODEL_DIR...   (bench/gpu.sh runs it) */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,8 +68,9 @@ static double copy_bandwidth(void) {
     return median(r, 10);
 }
 
-/* Median seconds of one forward of B sequences feeding k tokens each (decode: k = 1). */
-static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps) {
+/* Median seconds of one forward of B sequences feeding k tokens each (decode: k = 1), after
+ * `warm` unmeasured ones. */
+static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps, int warm) {
     int T = B * k;
     int32_t *tok = (int32_t *)malloc((size_t)T * sizeof *tok);
     int *off = (int *)malloc((size_t)(B + 1) * sizeof *off),
@@ -81,7 +83,7 @@ static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps) {
     mb_batch b = {B, tok, off, slot, want};
     mb_err e;
     double *r = (double *)malloc((size_t)reps * sizeof *r);
-    for (int i = -5; i < reps; i++) {
+    for (int i = -warm; i < reps; i++) {
         double t0 = now_s();
         if (mb_forward(m, p, &b, logits, &e)) {
             fprintf(stderr, "forward: %s\n", e.msg);
@@ -123,7 +125,7 @@ static void bench_model(const char *dir, double bw) {
     double t1 = 0;
     for (int i = 0; i < 4; i++) {
         int B = batches[i];
-        double t = step_time(m, p, B, 1, B >= 64 ? 100 : 300);
+        double t = step_time(m, p, B, 1, B >= 64 ? 100 : 300, 5);
         if (B == 1) t1 = t;
         double floor = (wb + 2.0 * sb * B) / (bw * 1e9);
         printf("| %d | %.3f | %.0f | %.4f | %.1f |\n", B, t * 1e3, B / t, floor * 1e3, t / floor);
@@ -131,10 +133,10 @@ static void bench_model(const char *dir, double bw) {
     printf("verification spans at batch 1 (ms, x one decode step):");
     const int ks[] = {4, 8, 16, 32};
     for (int i = 0; i < 4; i++) {
-        double t = step_time(m, p, 1, ks[i], 200);
+        double t = step_time(m, p, 1, ks[i], 200, 5);
         printf("  k=%d %.3f (%.2fx)", ks[i], t * 1e3, t / t1);
     }
-    double tp = step_time(m, p, 1, 512, 20);
+    double tp = step_time(m, p, 1, 512, 20, 5);
     printf("\nprefill, one sequence, chunks of 512: %.0f bytes/s\n", 512 / tp);
     mb_pool_free(p);
     mb_model_free(m);
@@ -211,9 +213,32 @@ static void invariance_cost(cublasHandle_t h, int D, int L) {
     }
 }
 
+/* --profile: warm up, then one forward of B sequences x k tokens between cudaProfilerStart and
+ * Stop, for `ncu --profile-from-start off` (bench/profile_gpu.sh) to time each kernel. */
+static int profile_step(const char *dir, int B, int k) {
+    mb_err e;
+    mb_backend_opts o = {1, MB_DEVICE_CUDA, 0};
+    mb_model *m = mb_model_load(dir, &o, &e);
+    mb_pool *p = m ? mb_pool_create(m, B, B * k, &e) : NULL;
+    if (!p) {
+        fprintf(stderr, "%s: %s\n", dir, e.msg);
+        return 1;
+    }
+    double t = step_time(m, p, B, k, 20, 5);
+    printf("one step of %d x %d tokens: %.3f ms (median of 20, host-timed)\n", B, k, t * 1e3);
+    cudaProfilerStart();
+    step_time(m, p, B, k, 1, 0);
+    cudaProfilerStop();
+    mb_pool_free(p);
+    mb_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && !strcmp(argv[1], "--profile"))
+        return profile_step(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_gpu MODEL_DIR...\n");
+        fprintf(stderr, "usage: bench_gpu MODEL_DIR...  |  bench_gpu --profile MODEL_DIR B k\n");
         return 2;
     }
     cudaDeviceProp pr;
