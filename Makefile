@@ -116,10 +116,11 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	  tail -1 build/fuzz/$$t.log; \
 	done
 
-# Serve the bundled default model on the CPU.
+# Serve the bundled default model (on the GPU when one is usable, else the CPU). The daemon does
+# not use a drafter yet, so none is passed.
 run: deps
 	$(MAKE) build/rel/mambabyte
-	build/rel/mambabyte serve -m models/mambabyte-small $(if $(wildcard models/drafter-small/config.json),--draft models/drafter-small)
+	build/rel/mambabyte serve -m models/mambabyte-small
 
 build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm
