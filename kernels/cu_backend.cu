@@ -282,6 +282,10 @@ static int pool_init(mb_pool *p, mb_err *e) {
     const size_t T = (size_t)p->max_tokens, L = (size_t)c->n_layer, E = (size_t)c->d_inner,
                  D = (size_t)c->d_model, N = (size_t)c->d_state, R = (size_t)c->dt_rank,
                  V = (size_t)c->n_vocab, F = sizeof(float);
+    /* launch grids: sequences and 8-token tiles of one forward are a grid's y dimension */
+    if (p->n_slots > 65535 || p->max_tokens > 65535 * 8)
+        return fail(e, "the CUDA backend takes at most 65535 slots and %d tokens per forward",
+                    65535 * 8);
     const size_t state_b = (size_t)p->n_slots * 2 * p->state_floats * F;
     size_t free_b = 0, total_b = 0;
     CU(m, cudaMemGetInfo(&free_b, &total_b));

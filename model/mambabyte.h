@@ -63,7 +63,7 @@ void mb_model_free(mb_model *m);
 const mb_config *mb_model_config(const mb_model *m);
 mb_dtype mb_model_dtype(const mb_model *m);      /* dtype the weights are held in */
 size_t mb_model_weight_bytes(const mb_model *m); /* bytes read by one decode step */
-int mb_model_threads(const mb_model *m); /* CPU worker threads; 0 on a GPU */
+int mb_model_threads(const mb_model *m);         /* CPU worker threads; 0 on a GPU */
 /* The device the model runs on ("cpu", "cuda:0 (NVIDIA H200)") and why it was chosen. */
 const char *mb_model_device(const mb_model *m);
 const char *mb_model_device_note(const mb_model *m);
