@@ -418,10 +418,18 @@ static void test_errors(void) {
     mb_model_free(m);
     m = load_checked("models/mambabyte-small", dut);
     if (!m) return;
-    mb_pool *p = mb_pool_create(m, 4000000, 512, &e); /* ~3.7 TB of states */
-    CHECK(!p && strstr(e.msg, "GPU memory"), "a pool larger than the GPU: %s",
+    mb_pool *p = mb_pool_create(m, 4000000, 512, &e);
+    CHECK(!p && strstr(e.msg, "at most 65535 slots"), "past the launch grids: %s",
           p ? "created" : e.msg);
-    mb_pool_free(p);
+    if (!quick) { /* two pools of ~98 GB each: the second does not fit */
+        mb_pool *big = mb_pool_create(m, 65535, 65535 * 8, &e);
+        CHECK(big != NULL, "a 98 GB pool: %s", e.msg);
+        p = mb_pool_create(m, 65535, 65535 * 8, &e);
+        CHECK(!p && strstr(e.msg, "GPU memory"), "a pool larger than the GPU's free memory: %s",
+              p ? "created" : e.msg);
+        mb_pool_free(p);
+        mb_pool_free(big);
+    }
     p = mb_pool_create(m, 2, 8, NULL);
     int32_t toks[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
     float lg[256];
