@@ -1,6 +1,7 @@
 /* sample.c: choosing the next token from logits. The random number for position pos is a pure
  * function of (seed, pos), so a seeded output never depends on batching, timing or speculation. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +24,9 @@ double mb_uniform(uint64_t seed, uint64_t pos) {
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* The candidates as 64-bit integers (see candidate), twice, then their probabilities. */
 size_t mb_sample_scratch_bytes(int n_vocab) {
-    return (size_t)n_vocab * (sizeof(int) + sizeof(double));
+    return (size_t)n_vocab * (2 * sizeof(uint64_t) + sizeof(double));
 }
 
 static int argmax(const float *x, int n) {
@@ -34,46 +36,135 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-/* qsort has no context argument in C11: the key travels in a thread-local */
-static _Thread_local const float *cmp_logits;
-static int by_logit_desc(const void *a, const void *b) {
-    int i = *(const int *)a, j = *(const int *)b;
-    if (cmp_logits[i] != cmp_logits[j]) return cmp_logits[i] > cmp_logits[j] ? -1 : 1;
-    return i - j;
+/* The sampler visits candidates by falling logit, ties lower index first: that order fixes which
+ * byte a draw picks and the order of the sums, so any faster way must keep it exactly. As one
+ * integer per candidate, a 32-bit key that falls as the logit rises, then the index, the order
+ * is the integers' order. */
+static uint64_t candidate(const float *logits, int i) {
+    float x = logits[i] == 0.0f ? 0.0f : logits[i]; /* -0 ties with +0, as floats compare */
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = u >> 31 ? ~u : u | 0x80000000u; /* rises with x */
+    return (uint64_t)~u << 32 | (uint32_t)i;
+}
+
+static uint32_t key_of(uint64_t c) {
+    return (uint32_t)(c >> 32);
+}
+
+/* Sorts a[0..m) (m >= 1, in index order) by key: a stable radix sort, one pass per key byte
+ * that is not the same in all; linear in m where qsort took about 14 us for 256. Returns a or
+ * tmp, whichever holds the result. */
+static uint64_t *sort_by_key(uint64_t *a, uint64_t *tmp, int m) {
+    for (int shift = 0; shift < 32; shift += 8) {
+        int at[256] = {0};
+        for (int i = 0; i < m; i++) at[key_of(a[i]) >> shift & 255]++;
+        if (at[key_of(a[0]) >> shift & 255] == m) continue;
+        for (int d = 0, sum = 0; d < 256; d++) {
+            int c = at[d];
+            at[d] = sum;
+            sum += c;
+        }
+        for (int i = 0; i < m; i++) tmp[at[key_of(a[i]) >> shift & 255]++] = a[i];
+        uint64_t *t = a;
+        a = tmp;
+        tmp = t;
+    }
+    return a;
+}
+
+/* Keeps in c[0..) (index order) the k first candidates of the order: a radix selection of the
+ * k-th key, byte by byte from the top, then one pass. Returns k. */
+static int keep_best(uint64_t *c, int n, int k) {
+    uint32_t key = 0, mask = 0;
+    int rank = k - 1; /* of the wanted candidate among those matching key under mask */
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        int count[256] = {0};
+        for (int i = 0; i < n; i++)
+            if ((key_of(c[i]) & mask) == key) count[key_of(c[i]) >> shift & 255]++;
+        int d = 0;
+        while (d < 255 && rank >= count[d]) rank -= count[d++];
+        key |= (uint32_t)d << shift;
+        mask |= 255u << shift;
+    }
+    int m = 0, ties = rank + 1; /* candidates with the k-th key that are kept: lowest index first */
+    for (int i = 0; i < n; i++)
+        if (key_of(c[i]) < key || (key_of(c[i]) == key && ties-- > 0)) c[m++] = c[i];
+    return m;
+}
+
+/* Keeps in c[0..) the candidates whose logit is at least lo, a first part of the order, and
+ * sets *next to the candidate that comes after them (UINT64_MAX: none). */
+static int keep_above(uint64_t *c, const float *logits, int n, double lo, uint64_t *next) {
+    int m = 0;
+    *next = UINT64_MAX;
+    for (int i = 0; i < n; i++)
+        if (logits[i] >= lo)
+            c[m++] = c[i];
+        else if (c[i] < *next)
+            *next = c[i];
+    return m;
 }
 
 /* Candidates in order of falling logit (ties: lower index first), then truncated by top-k,
- * min-p and top-p over the temperature-scaled distribution; the draw walks the kept mass. */
+ * min-p and top-p over the temperature-scaled distribution; the draw walks the kept mass.
+ * Only what the rules can keep is ordered: the k best for top-k, those min-p can keep (a bound
+ * on the logit, checked against the exact rule), all of them otherwise (the mass is summed in
+ * that order). */
 int mb_sample(const mb_sampling *s, const float *logits, int n, uint64_t pos, void *scratch) {
     if (!(s->temperature > 0.0f) || s->top_k == 1) return argmax(logits, n);
-    double *pr = scratch; /* doubles first: scratch is 8-byte aligned, n may be odd */
-    int *idx = (void *)((char *)scratch + (size_t)n * sizeof(double));
-    for (int i = 0; i < n; i++) idx[i] = i;
-    cmp_logits = logits;
-    qsort(idx, (size_t)n, sizeof *idx, by_logit_desc);
-    int k = s->top_k > 0 && s->top_k < n ? s->top_k : n;
-    double mx = logits[idx[0]];
-    for (int i = 0; i < k; i++) pr[i] = exp(((double)logits[idx[i]] - mx) / s->temperature);
-    if (s->min_p > 0.0f) {
-        int keep = 1;
-        while (keep < k && pr[keep] >= s->min_p * pr[0]) keep++;
-        k = keep;
+    uint64_t *cand = scratch, *tmp = cand + n; /* scratch is 8-byte aligned */
+    double *pr = (double *)(tmp + n);
+    for (int i = 0; i < n; i++) cand[i] = candidate(logits, i);
+    int k = s->top_k > 0 && s->top_k < n ? s->top_k : n, m = n;
+    uint64_t next = UINT64_MAX; /* after a min-p bound: the first candidate it left out */
+    if (k < n) {
+        m = keep_best(cand, n, k);
+    } else if (s->min_p > 0.0f) {
+        /* min-p keeps exp((l - max) / T) >= min_p: l >= max + T log(min_p), with a margin for
+         * rounding; the max itself always stays */
+        double mx = logits[argmax(logits, n)],
+               lo = mx + s->temperature * log(s->min_p) - 1e-6 * (fabs(mx) + 1.0);
+        m = keep_above(cand, logits, n, lo <= mx ? lo : mx, &next);
+        if (m < 1) {
+            for (int i = 0; i < n; i++) cand[i] = candidate(logits, i);
+            m = n;
+        }
     }
-    double mass = 0.0;
-    for (int i = 0; i < k; i++) mass += pr[i];
-    if (s->top_p < 1.0f) {
-        double cum = 0.0;
-        int keep = 0;
-        while (keep < k && (keep == 0 || cum < s->top_p * mass)) cum += pr[keep++];
-        k = keep;
-        mass = cum;
+    for (;;) {
+        const uint64_t *c = sort_by_key(cand, tmp, m);
+        double mx = logits[(uint32_t)c[0]];
+        for (int i = 0; i < m; i++)
+            pr[i] = exp(((double)logits[(uint32_t)c[i]] - mx) / s->temperature);
+        int keep = m;
+        if (s->min_p > 0.0f) {
+            keep = 1;
+            while (keep < m && pr[keep] >= s->min_p * pr[0]) keep++;
+            /* all kept: min-p decides on the first one the bound left out, as the full order would
+             */
+            if (keep == m && m < k &&
+                exp(((double)logits[(uint32_t)next] - mx) / s->temperature) >= s->min_p * pr[0]) {
+                for (int i = 0; i < n; i++) cand[i] = candidate(logits, i); /* bound too tight */
+                m = n;
+                continue;
+            }
+        }
+        double mass = 0.0;
+        for (int i = 0; i < keep; i++) mass += pr[i];
+        if (s->top_p < 1.0f) {
+            double cum = 0.0;
+            int kp = 0;
+            while (kp < keep && (kp == 0 || cum < s->top_p * mass)) cum += pr[kp++];
+            keep = kp;
+            mass = cum;
+        }
+        double u = mb_uniform(s->seed, pos) * mass, cum = 0.0;
+        for (int i = 0; i < keep; i++) {
+            cum += pr[i];
+            if (u < cum) return (int)(uint32_t)c[i];
+        }
+        return (int)(uint32_t)c[keep - 1];
     }
-    double u = mb_uniform(s->seed, pos) * mass, cum = 0.0;
-    for (int i = 0; i < k; i++) {
-        cum += pr[i];
-        if (u < cum) return idx[i];
-    }
-    return idx[k - 1];
 }
 
 long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, size_t len) {

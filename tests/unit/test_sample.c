@@ -1,9 +1,15 @@
-/* test_sample.c: the sampler's rules (ties, truncations, the seeded draw) and stop strings. */
+/* test_sample.c: the sampler's rules (ties, truncations, the seeded draw), the sampler against
+ * its straightforward reference, and stop strings. `test_sample --bench` times the sampler. */
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "mambabyte.h"
+#include "reference.h"
+
+#define SAMPLE_DIGEST 0xec22dd831fa8cfc4ull /* the sampler before commit "Sampling without qsort"  \
+                                             */
 
 static double scratch[1 << 13];
 
@@ -81,10 +87,159 @@ static void test_stop(void) {
     CHECK(mb_stop_find(stops, 0, t, 5) == -1, "no stops");
 }
 
-int main(void) {
+/* A small generator of its own, so the cases are the same on every machine. */
+static uint64_t rng_state = 1;
+static uint64_t rng(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return rng_state >> 33;
+}
+static double rng_unit(void) {
+    return (double)rng() / 2147483648.0;
+}
+
+/* Logits of many shapes: smooth, spread wide, with ties, signed zeros, infinities, one spike. */
+static void random_logits(float *l, int n, int kind) {
+    for (int i = 0; i < n; i++) {
+        double g = rng_unit() + rng_unit() + rng_unit() - 1.5;
+        switch (kind % 7) {
+        case 0:
+            l[i] = (float)(3 * g);
+            break;
+        case 1:
+            l[i] = (float)(40 * g);
+            break;
+        case 2:
+            l[i] = (float)(rng() % 6) * 0.5f;
+            break; /* many ties */
+        case 3:
+            l[i] = rng() % 2 ? 0.0f : -0.0f;
+            break; /* ties of -0 and +0 */
+        case 4:
+            l[i] = rng() % 9 ? (float)g : -INFINITY;
+            break; /* impossible bytes */
+        case 5:
+            l[i] = i == n / 3 ? 30.0f : (float)(0.01 * g);
+            break; /* one spike */
+        default:
+            l[i] = (float)(1e-3 * g) + 100.0f;
+            break; /* a narrow band, far out */
+        }
+    }
+}
+
+static const float temps[] = {0.05f, 0.7f, 1.0f, 1.5f, 10.0f};
+static const int top_ks[] = {0, 1, 2, 3, 10, 40, 255, 256, 1000};
+static const float top_ps[] = {1.0f, 0.95f, 0.5f, 0.01f};
+static const float min_ps[] = {0.0f, 1e-4f, 0.05f, 0.3f, 1.0f};
+#define PICK(a) a[rng() % (sizeof a / sizeof *a)]
+
+/* The sampler equals the straightforward one (every candidate sorted with qsort) for every
+ * setting, seed and position on random logits: the same byte, not just the same distribution. */
+static void test_matches_reference(void) {
+    static float l[4096];
+    static double ref_scratch[3 * 4096];
+    const int sizes[] = {1, 2, 3, 17, 256, 256, 256, 4096};
+    long cases = 0, diff = 0;
+    for (int v = 0; v < 400; v++) {
+        int n = sizes[v % 8];
+        random_logits(l, n, (int)(rng() % 7));
+        void *scratch = malloc(mb_sample_scratch_bytes(n));
+        for (int c = 0; c < (n > 256 ? 4 : 40); c++) {
+            mb_sampling s = {PICK(temps), PICK(top_ks), PICK(top_ps), PICK(min_ps), rng()};
+            uint64_t pos = rng();
+            int a = mb_sample(&s, l, n, pos, scratch), b = ref_sample(&s, l, n, pos, ref_scratch);
+            cases++;
+            if (a != b && diff++ < 5)
+                CHECK(0, "n %d T %g top_k %d top_p %g min_p %g: %d, reference %d", n, s.temperature,
+                      s.top_k, s.top_p, s.min_p, a, b);
+        }
+        free(scratch);
+    }
+    CHECK(!diff, "%ld of %ld draws differ", diff, cases);
+    /* every setting on a few vectors of 256 */
+    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    for (int v = 0; v < 7; v++) {
+        random_logits(l, 256, v);
+        for (size_t t = 0; t < sizeof temps / sizeof *temps; t++)
+            for (size_t k = 0; k < sizeof top_ks / sizeof *top_ks; k++)
+                for (size_t p = 0; p < sizeof top_ps / sizeof *top_ps; p++)
+                    for (size_t m = 0; m < sizeof min_ps / sizeof *min_ps; m++) {
+                        mb_sampling s = {temps[t], top_ks[k], top_ps[p], min_ps[m], 11};
+                        uint64_t pos = rng() % 1000;
+                        int a = mb_sample(&s, l, 256, pos, scratch),
+                            b = ref_sample(&s, l, 256, pos, ref_scratch);
+                        CHECK(a == b, "kind %d T %g top_k %d top_p %g min_p %g: %d, reference %d",
+                              v, s.temperature, s.top_k, s.top_p, s.min_p, a, b);
+                    }
+    }
+    free(scratch);
+}
+
+/* Fixed expectations: a digest of 20,000 draws over the settings above, taken from the sampler
+ * before it stopped sorting every candidate. */
+static void test_fixed_digest(void) {
+    static float l[256];
+    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    uint64_t h = 1469598103934665603ull;
+    rng_state = 12345;
+    for (int v = 0; v < 500; v++) {
+        random_logits(l, 256, v);
+        for (int c = 0; c < 40; c++) {
+            mb_sampling s = {PICK(temps), PICK(top_ks), PICK(top_ps), PICK(min_ps), rng()};
+            h = (h ^ (uint64_t)mb_sample(&s, l, 256, rng(), scratch)) * 1099511628211ull;
+        }
+    }
+    free(scratch);
+    CHECK(h == SAMPLE_DIGEST, "digest %#llx", (unsigned long long)h);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Microseconds per draw over 256 logits of the bundled model's shape, per setting: the sampler
+ * and its reference. */
+static void bench(void) {
+    static float l[64][256];
+    static double ref_scratch[3 * 256];
+    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    for (int v = 0; v < 64; v++) random_logits(l[v], 256, 0);
+    const struct {
+        const char *name;
+        mb_sampling s;
+    } cases[] = {{"greedy", {0, 0, 1, 0, 1}},
+                 {"temperature 0.8", {0.8f, 0, 1, 0, 1}},
+                 {"temperature 0.8, top_k 40", {0.8f, 40, 1, 0, 1}},
+                 {"temperature 0.8, top_p 0.9", {0.8f, 0, 0.9f, 0, 1}},
+                 {"temperature 0.8, min_p 0.05", {0.8f, 0, 1, 0.05f, 1}},
+                 {"temperature 0.8, top_k 40, top_p 0.9", {0.8f, 40, 0.9f, 0, 1}}};
+    const int reps = 200000;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        volatile int sink = 0;
+        double t0 = now_s();
+        for (int r = 0; r < reps; r++) sink += mb_sample(&cases[c].s, l[r & 63], 256, r, scratch);
+        double t1 = now_s();
+        for (int r = 0; r < reps; r++)
+            sink += ref_sample(&cases[c].s, l[r & 63], 256, r, ref_scratch);
+        double t2 = now_s();
+        printf("%-40s %6.2f us  reference %6.2f us\n", cases[c].name, 1e6 * (t1 - t0) / reps,
+               1e6 * (t2 - t1) / reps);
+    }
+    free(scratch);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--bench")) {
+        bench();
+        return 0;
+    }
     RUN(test_greedy);
     RUN(test_distribution);
     RUN(test_seeded);
     RUN(test_stop);
+    RUN(test_matches_reference);
+    RUN(test_fixed_digest);
     return check_failures ? 1 : 0;
 }
