@@ -12,6 +12,7 @@
 #include "cmd_engine.h"
 #include "fileio.h"
 #include "mambabyte.h"
+#include "lookup.h"
 #include "spec.h"
 
 #define CHUNK     512               /* tokens per forward when feeding a long input */
@@ -128,66 +129,79 @@ typedef struct spec_stats {
     long rounds, drafted, accepted, lookup_rounds;
 } spec_stats;
 
+/* A round's bytes go to the output, and into the draft buffer (draft[j] becomes the sampler's
+ * byte, so draft[0..taken) holds the round's bytes for the drafter and the lookup index). */
+typedef struct round_out {
+    emitter *em;
+    uint8_t *draft;
+} round_out;
+
+static int take_round_byte(void *ctx, int t, uint8_t b) {
+    round_out *o = ctx;
+    o->draft[t] = b;
+    return emit(o->em, b);
+}
+
 /* Speculative decoding of up to em->max bytes after the prompt (DESIGN.md): the byte model's
  * slot 0 holds the prompt but its last byte, which starts the first verification span. Drafts
  * come from prompt lookup (lookup > 0: the continuation of the latest earlier occurrence of the
  * last `lookup` bytes) when it finds one, else from the drafter d (if any). */
-static int gen_spec(mb_model *m, mb_pool *p, mb_drafter *d, int lookup, const mb_sampling *s,
+static int gen_spec(mb_model *m, mb_pool *p, spec_drafter *d, int lookup, const mb_sampling *s,
                     emitter *em, const uint8_t *prompt, size_t plen, int draft_bytes, void *scratch,
                     spec_stats *st, mb_err *e) {
-    const size_t most = (size_t)(draft_bytes > MB_LOOKUP_MAX ? draft_bytes : MB_LOOKUP_MAX);
+    const size_t most = (size_t)(draft_bytes > LOOKUP_MAX ? draft_bytes : LOOKUP_MAX);
     uint8_t *draft = malloc(most + 1);
     int32_t *span = malloc((most + 1) * sizeof *span);
     uint8_t *want = malloc(most + 1);
     float *rows = malloc((most + 1) * 256 * sizeof(float));
-    uint8_t *ctx = malloc(plen + em->max + 1); /* the prompt and the output so far */
+    lookup_index *lx = lookup ? lookup_new(lookup, LOOKUP_WINDOW) : NULL;
     int rc = -1;
-    if (!draft || !span || !want || !rows || !ctx) {
+    if (!draft || !span || !want || !rows || (lookup && (!lx || lookup_push(lx, prompt, plen)))) {
         mb_fail(e, "out of memory");
         goto out;
     }
     memset(want, 1, most + 1);
-    memcpy(ctx, prompt, plen);
-    size_t n_ctx = plen;
-    if (d && mb_drafter_start(d, prompt, plen, e)) goto out;
+    if (d && spec_drafter_start(d, prompt, plen, e)) goto out;
     int last = prompt[plen - 1], end = em->max == 0;
-    int lcap = MB_LOOKUP_START; /* see mb_lookup_next_cap */
+    int lcap = LOOKUP_START; /* see lookup_next_cap */
     while (!end) {
         size_t room = em->max - em->n - 1;
         int cap = room < (size_t)draft_bytes ? (int)room : draft_bytes, k = 0, model = 0;
-        if (lookup)
-            k = mb_lookup_draft(ctx, n_ctx, lookup, (size_t)1 << 16, draft,
-                                room < (size_t)lcap ? (int)room : lcap);
+        if (lx) k = lookup_draft(lx, draft, room < (size_t)lcap ? (int)room : lcap);
         if (k) {
             st->lookup_rounds++;
         } else if (d) {
-            if ((k = mb_drafter_draft(d, draft, cap, e)) < 0) goto out;
+            if ((k = spec_drafter_draft(d, draft, cap, e)) < 0) goto out;
             model = 1;
         }
         span[0] = last;
         for (int i = 0; i < k; i++) span[i + 1] = draft[i];
-        int off[2] = {0, k + 1}, slot = 0, next;
+        int off[2] = {0, k + 1}, slot = 0;
         mb_batch b = {1, span, off, &slot, want};
         if (mb_forward(m, p, &b, rows, e)) goto out;
-        int j = mb_spec_verify(s, rows, 256, draft, k, plen + em->n, scratch, &next);
-        if (j < k && mb_pool_rollback(p, 0, j + 1, e)) goto out;
+        round_out o = {em, draft};
+        spec_result r;
+        if (spec_round(s, rows, 256, draft, k, plen + em->n, scratch, p, 0, take_round_byte, &o, &r,
+                       e))
+            goto out;
         st->rounds++;
         st->drafted += k;
-        st->accepted += j;
-        if (k && !model) lcap = mb_lookup_next_cap(lcap, k, j);
-        draft[j] = (uint8_t)next; /* the round's bytes: draft[0..j] */
-        memcpy(ctx + n_ctx, draft, (size_t)j + 1);
-        n_ctx += (size_t)j + 1;
-        for (int i = 0; i <= j && !end; i++) end = emit(em, draft[i]);
-        last = next;
-        if (!end && d &&
-            (model ? mb_drafter_commit(d, j, draft + j, 1, e)
-                   : mb_drafter_commit(d, 0, draft, j + 1, e)))
+        st->accepted += r.accepted;
+        if (k && !model) lcap = lookup_next_cap(lcap, k, r.accepted);
+        if ((end = r.ended)) break;
+        if (lx && lookup_push(lx, draft, (size_t)r.taken)) {
+            mb_fail(e, "out of memory");
+            goto out;
+        }
+        const int j = r.accepted;
+        last = draft[j];
+        if (d && (model ? spec_drafter_commit(d, j, draft + j, 1, e)
+                        : spec_drafter_commit(d, 0, draft, j + 1, e)))
             goto out;
     }
     rc = 0;
 out:
-    free(ctx);
+    lookup_free(lx);
     free(rows);
     free(want);
     free(span);
@@ -319,8 +333,8 @@ int cmd_generate(int argc, char **argv) {
         return rc;
     }
     mb_model *dm = NULL;
-    mb_spm *tok = NULL;
-    mb_drafter *d = NULL;
+    spm_tokenizer *tok = NULL;
+    spec_drafter *d = NULL;
     if (draft_dir) {
         size_t dl = strlen(draft_dir) + sizeof "/tokenizer.model";
         char *tp = malloc(dl);
@@ -330,7 +344,7 @@ int cmd_generate(int argc, char **argv) {
             return die("generate", "out of memory");
         }
         snprintf(tp, dl, "%s/tokenizer.model", draft_dir);
-        tok = mb_spm_load(tp, &e);
+        tok = spm_load(tp, &e);
         free(tp);
         /* the drafter runs on this thread alone: it is small, and a second team of spinning
          * workers would take the cores from the byte model's */
@@ -340,11 +354,11 @@ int cmd_generate(int argc, char **argv) {
             if (!mb_model_on_gpu(m)) dbo.device = MB_DEVICE_CPU;
             dm = load("generate", draft_dir, &dbo);
         }
-        if (dm) d = mb_drafter_create(dm, tok, draft_tokens, &e);
+        if (dm) d = spec_drafter_create(dm, tok, draft_tokens, &e);
         if (!d) {
             if (!tok || dm) rc = die("generate", e.msg);
             mb_model_free(dm);
-            mb_spm_free(tok);
+            spm_free(tok);
             free(pbytes);
             mb_model_free(m);
             return rc ? rc : 1;
@@ -413,9 +427,9 @@ done:
     free(toks);
     free(pbytes);
     mb_pool_free(p);
-    mb_drafter_free(d);
+    spec_drafter_free(d);
     mb_model_free(dm);
-    mb_spm_free(tok);
+    spm_free(tok);
     mb_model_free(m);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include "srv_id.h"
 #include "srv_session.h"
 #include "srv_text.h"
+#include "lookup.h"
 #include "spec.h"
 
 #include <cJSON.h>
@@ -28,8 +29,9 @@ typedef struct seq {
     unsigned long long hist_base; /* session bytes already in the state before this request */
     size_t n_out;
     size_t max_stop_len;
-    double t_last; /* when the last byte was generated */
-    int lcap;      /* prompt lookup: longest draft next time */
+    double t_last;    /* when the last byte was generated */
+    int lcap;         /* prompt lookup: longest draft next time */
+    lookup_index *lx; /* prompt lookup: the index of input and output (made at the first draft) */
 } seq;
 
 typedef struct job_list {
@@ -67,7 +69,7 @@ struct srv_sched {
     int *seq_of, *took, *row_of; /* per batch entry: run[] index, tokens fed, logits row or -1 */
     int *entry_of;               /* per run[] index: its batch entry or -1 */
     int *dlen;                   /* per batch entry: drafted bytes after the fed byte */
-    uint8_t *draft;              /* per batch entry: MB_LOOKUP_MAX drafted bytes */
+    uint8_t *draft;              /* per batch entry: LOOKUP_MAX drafted bytes */
     uint8_t *want;
     float *logits;
     void *scratch;
@@ -254,7 +256,7 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
         q.hist_base = x->n_bytes - pend;
     }
     q.t_last = srv_now();
-    q.lcap = MB_LOOKUP_START;
+    q.lcap = LOOKUP_START;
     s->run[s->n_run++] = q;
     srv_job_admit(j);
     return 1;
@@ -321,6 +323,7 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     if (why != SRV_FINISH_NONE) srv_job_finish(q->job, why, visible, NULL);
     srv_job_unref(q->job);
     free(q->input);
+    lookup_free(q->lx);
     memmove(s->run + i, s->run + i + 1, (size_t)(s->n_run - i - 1) * sizeof *s->run);
     s->n_run--;
 }
@@ -402,6 +405,21 @@ static int take_byte(srv_sched *s, int i, int b, double now) {
     return 0;
 }
 
+/* One byte of run[i]'s speculative round (spec_round): the slot has been fed the bytes before
+ * it when it is taken, so fed_total counts them first. */
+typedef struct round_ctx {
+    srv_sched *s;
+    int i;
+    size_t base; /* fed_total before the round */
+    double now;
+} round_ctx;
+
+static int take_round_byte(void *ctx, int t, uint8_t b) {
+    round_ctx *c = ctx;
+    c->s->run[c->i].fed_total = c->base + 1 + (size_t)t;
+    return take_byte(c->s, c->i, b, c->now);
+}
+
 /* A speculative entry of the batch: run[i] fed its last byte and dlen drafted bytes, with logits
  * at each. The bytes that equal the sampler's choices are kept, then the sampler's own byte (as
  * plain decoding would give them); the slot is rolled back to what was kept. Before each byte is
@@ -411,28 +429,42 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
                       double now) {
     seq *q = &s->run[i];
     const int slot = q->slot;
-    const size_t base = q->fed_total;
-    int next, j = mb_spec_verify(&q->job->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q),
-                                 s->scratch, &next);
-    srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)j);
-    q->lcap = mb_lookup_next_cap(q->lcap, dlen, j);
+    round_ctx c = {s, i, q->fed_total, now};
+    spec_result r;
     mb_err e;
-    for (int t = 0; t <= j; t++) {
-        q->fed_total = base + 1 + (size_t)t;
-        if (take_byte(s, i, t < j ? draft[t] : next, now)) { /* q is gone */
-            if (t < dlen && mb_pool_rollback(s->pool, slot, t + 1, &e)) {
-                fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
-                mb_pool_reset(s->pool, slot, NULL);
-            }
-            return t + 1;
-        }
-    }
-    if (j < dlen && mb_pool_rollback(s->pool, slot, j + 1, &e)) {
+    int rc = spec_round(&q->job->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q),
+                        s->scratch, s->pool, slot, take_round_byte, &c, &r, &e);
+    srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)r.accepted);
+    if (!r.ended) q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted); /* else q is gone */
+    if (rc) {
         fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
+        if (r.ended) {
+            mb_pool_reset(s->pool, slot, NULL);
+            return r.taken;
+        }
         fail_running(s, e.msg);
         return -1;
     }
-    return j + 1;
+    return r.taken;
+}
+
+/* Prompt lookup for q: its index takes the bytes that came since the last draft (its whole
+ * input the first time); no draft when out of memory. */
+static int lookup_seq(seq *q, int key_len, uint8_t *out, int cap) {
+    if (!q->lx && !(q->lx = lookup_new(key_len, LOOKUP_WINDOW))) return 0;
+    size_t have = lookup_len(q->lx), in = q->input_len;
+    int rc = 0;
+    if (have < in) {
+        rc = lookup_push(q->lx, q->input + have, in - have);
+        have = in;
+    }
+    if (!rc) rc = lookup_push(q->lx, q->job->out + (have - in), q->n_out - (have - in));
+    if (rc) {
+        lookup_free(q->lx);
+        q->lx = NULL;
+        return 0;
+    }
+    return lookup_draft(q->lx, out, cap);
 }
 
 /* The device cannot run another step: every later forward would fail the same way. Stop taking
@@ -460,13 +492,11 @@ static void step(srv_sched *s) {
         s->seq_of[n] = i, s->slot_of[n] = q->slot, s->off[n] = nt;
         s->want[nt] = 1;
         s->tokens[nt++] = q->job->out[q->n_out - 1];
-        uint8_t *d = s->draft + (size_t)n * MB_LOOKUP_MAX;
+        uint8_t *d = s->draft + (size_t)n * LOOKUP_MAX;
         int k = 0, cap = q->lcap < budget - 1 ? q->lcap : budget - 1;
         size_t left = (size_t)q->job->req.max_tokens - q->n_out; /* bytes still to come */
         if (cap > (int)left - 1) cap = (int)left - 1;
-        if (s->c.lookup && cap > 0)
-            k = mb_lookup_draft2(q->input, q->input_len, q->job->out, q->n_out, s->c.lookup,
-                                 (size_t)1 << 16, d, cap);
+        if (s->c.lookup && cap > 0) k = lookup_seq(q, s->c.lookup, d, cap);
         for (int t = 0; t < k; t++) {
             s->want[nt] = 1;
             s->tokens[nt++] = d[t];
@@ -521,7 +551,7 @@ static void step(srv_sched *s) {
         if (k < 0 || s->row_of[k] < 0) continue;
         const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
         if (s->dlen[k]) {
-            int got = take_draft(s, i, rows, s->draft + (size_t)k * MB_LOOKUP_MAX, s->dlen[k], now);
+            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
             if (got < 0) return; /* every sequence was failed */
             sampled += got;
             continue;
@@ -612,7 +642,7 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
     s->row_of = calloc(ns, sizeof(int));
     s->entry_of = calloc(ns, sizeof(int));
     s->dlen = calloc(ns, sizeof(int));
-    s->draft = calloc(ns, MB_LOOKUP_MAX);
+    s->draft = calloc(ns, LOOKUP_MAX);
     s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||

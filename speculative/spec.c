@@ -1,15 +1,15 @@
-/* spec.c: the drafter side of speculative decoding and the verifier's rule (spec.h). */
+/* spec.c: the drafter side of speculative decoding, the verifier's rule and the round (spec.h). */
 #include "spec.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define FEED_CHUNK 256 /* ids per drafter forward when feeding committed text */
-#define HELD_MAX   32  /* held bytes beyond this are encoded (see mb_drafter_commit) */
+#define HELD_MAX   32  /* held bytes beyond this are encoded (see spec_drafter_commit) */
 
-struct mb_drafter {
+struct spec_drafter {
     mb_model *m;
-    const mb_spm *tok;
+    const spm_tokenizer *tok;
     mb_pool *pool; /* slot 0: after the fed ids; slot 1: scratch to draft from */
     int max_tokens, n_vocab;
     int32_t *pend; /* committed whole ids not yet fed to slot 0 */
@@ -27,15 +27,16 @@ struct mb_drafter {
     float *logits;                     /* logits while drafting */
 };
 
-mb_drafter *mb_drafter_create(mb_model *m, const mb_spm *tok, int max_tokens, mb_err *e) {
+spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens,
+                                  mb_err *e) {
     const int V = mb_model_config(m)->n_vocab;
-    if (V != mb_spm_vocab(tok)) {
+    if (V != spm_vocab(tok)) {
         mb_fail(e, "drafter: the model's vocabulary (%d) is not its tokenizer's (%d)", V,
-                mb_spm_vocab(tok));
+                spm_vocab(tok));
         return NULL;
     }
     if (max_tokens < 1) max_tokens = 1;
-    mb_drafter *d = calloc(1, sizeof *d);
+    spec_drafter *d = calloc(1, sizeof *d);
     if (!d) {
         mb_fail(e, "out of memory");
         return NULL;
@@ -51,13 +52,13 @@ mb_drafter *mb_drafter_create(mb_model *m, const mb_spm *tok, int max_tokens, mb
     d->logits = malloc((size_t)V * sizeof(float));
     if (!d->pool || !d->draft || !d->draft_end || !d->base || !d->logits) {
         if (d->pool) mb_fail(e, "out of memory");
-        mb_drafter_free(d);
+        spec_drafter_free(d);
         return NULL;
     }
     return d;
 }
 
-void mb_drafter_free(mb_drafter *d) {
+void spec_drafter_free(spec_drafter *d) {
     if (!d) return;
     mb_pool_free(d->pool);
     free(d->pend);
@@ -70,7 +71,7 @@ void mb_drafter_free(mb_drafter *d) {
     free(d);
 }
 
-static int push_id(mb_drafter *d, int32_t id, mb_err *e) {
+static int push_id(spec_drafter *d, int32_t id, mb_err *e) {
     if (d->n_pend == d->cap_pend) {
         size_t c = d->cap_pend ? 2 * d->cap_pend : 64;
         int32_t *p = realloc(d->pend, c * sizeof *p);
@@ -99,11 +100,11 @@ static int append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *b, siz
 
 /* Encodes text[0..n) (committed bytes after the fed and pending ids) into pending ids, except
  * its last piece, which is held back: the next draft may extend or re-cut it. */
-static int settle(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
+static int settle(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
     size_t n0 = d->n_pend;
-    if (mb_spm_encode(d->tok, text, n, &d->pend, &d->n_pend, &d->cap_pend, e)) return -1;
+    if (spm_encode(d->tok, text, n, &d->pend, &d->n_pend, &d->cap_pend, e)) return -1;
     int len = 0;
-    const uint8_t *p = d->n_pend > n0 ? mb_spm_piece(d->tok, d->pend[d->n_pend - 1], &len) : NULL;
+    const uint8_t *p = d->n_pend > n0 ? spm_piece(d->tok, d->pend[d->n_pend - 1], &len) : NULL;
     size_t hold =
         len > 0 && (size_t)len <= n && !memcmp(p, text + n - len, (size_t)len) ? (size_t)len : 0;
     if (hold) d->n_pend--;
@@ -115,11 +116,11 @@ static int settle(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
     return append(&d->held, &d->n_held, &d->cap_held, text + n - hold, hold, e);
 }
 
-int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
+int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
     if (mb_pool_reset(d->pool, 0, e)) return -1;
     d->n_pend = d->n_held = d->n_bytes = d->n_lead = 0;
     d->n_draft = d->fed = 0;
-    if (mb_spm_bos(d->tok) >= 0 && push_id(d, mb_spm_bos(d->tok), e)) return -1;
+    if (spm_bos(d->tok) >= 0 && push_id(d, spm_bos(d->tok), e)) return -1;
     return settle(d, text, n, e);
 }
 
@@ -127,12 +128,12 @@ int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
  * (a word the drafter would finish); only when there is none, the most likely id whose bytes are
  * a part of them, so that the rest is cut again at the next step. Short pieces such as a bare
  * space gather the mass of every rare word after them: they must not win over whole words. */
-static int pick(const mb_drafter *d, const uint8_t *pre, size_t n_pre) {
+static int pick(const spec_drafter *d, const uint8_t *pre, size_t n_pre) {
     int best = -1;
     for (int pass = 0; pass < 2 && best < 0; pass++)
         for (int id = 0; id < d->n_vocab; id++) {
             int len;
-            const uint8_t *p = mb_spm_piece(d->tok, id, &len);
+            const uint8_t *p = spm_piece(d->tok, id, &len);
             if (!len && n_pre) continue;
             if (n_pre) {
                 int covers = (size_t)len >= n_pre;
@@ -143,7 +144,7 @@ static int pick(const mb_drafter *d, const uint8_t *pre, size_t n_pre) {
     return best;
 }
 
-int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
+int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
     d->n_draft = 0;
     d->n_bytes = d->n_lead = 0;
     if (max_bytes <= 0) return 0;
@@ -164,7 +165,7 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
     while (d->n_draft < d->max_tokens) {
         const size_t lead_left = cov < d->n_lead ? d->n_lead - cov : 0;
         int id = pick(d, d->bytes + cov, lead_left), len;
-        const uint8_t *p = mb_spm_piece(d->tok, id, &len);
+        const uint8_t *p = spm_piece(d->tok, id, &len);
         if (!len) break; /* a control piece: the drafter ends its text */
         size_t fresh = (size_t)len > lead_left ? (size_t)len - lead_left : 0;
         if (fresh > (size_t)(max_bytes - n)) fresh = (size_t)(max_bytes - n);
@@ -184,7 +185,8 @@ int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
     return n;
 }
 
-int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_extra, mb_err *e) {
+int spec_drafter_commit(spec_drafter *d, int n_accept, const uint8_t *extra, int n_extra,
+                        mb_err *e) {
     if (!d->n_bytes) { /* no draft this round: the bytes join the held ones */
         if (append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e)) return -1;
         if (d->n_held <= HELD_MAX) return 0;
@@ -202,7 +204,7 @@ int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_e
     if (kept > d->n_bytes) kept = d->n_bytes;
     for (int a = 0; a < d->n_draft && (size_t)d->draft_end[a] <= kept; a++) {
         int len;
-        mb_spm_piece(d->tok, d->draft[a], &len);
+        spm_piece(d->tok, d->draft[a], &len);
         if ((size_t)d->draft_end[a] - done != (size_t)len) break;
         if (push_id(d, d->draft[a], e)) return -1;
         done = (size_t)d->draft_end[a];
@@ -214,58 +216,8 @@ int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_e
     return append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e);
 }
 
-static inline uint8_t at2(const uint8_t *a, size_t na, const uint8_t *b, size_t i) {
-    return i < na ? a[i] : b[i - na];
-}
-
-/* The latest position in [lo, hi) of the context a ++ b holding byte c, or -1; memrchr over
- * each part (the scheduler calls this for every decoding sequence at every step). */
-static long find_back(const uint8_t *a, size_t na, const uint8_t *b, size_t lo, size_t hi,
-                      uint8_t c) {
-    if (hi > na && hi > lo) {
-        size_t from = lo > na ? lo : na;
-        const uint8_t *p = memrchr(b + (from - na), c, hi - from);
-        if (p) return (long)(na + (size_t)(p - b));
-    }
-    if (lo < na && lo < hi) {
-        const uint8_t *p = memrchr(a + lo, c, (hi < na ? hi : na) - lo);
-        if (p) return (long)(p - a);
-    }
-    return -1;
-}
-
-int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
-                     size_t window, uint8_t *out, int max_bytes) {
-    const size_t n = na + nb, m = (size_t)min_match;
-    if (min_match < 1 || max_bytes < 1 || n <= m) return 0;
-    const size_t key = n - m, lo = n > window ? n - window : 0;
-    const uint8_t k0 = at2(a, na, b, key);
-    for (long at = find_back(a, na, b, lo, key, k0); at >= 0;
-         at = find_back(a, na, b, lo, (size_t)at, k0)) { /* latest first: i + m <= n - 1 */
-        const size_t i = (size_t)at;
-        size_t t = 1;
-        while (t < m && at2(a, na, b, i + t) == at2(a, na, b, key + t)) t++;
-        if (t < m) continue;
-        size_t k = n - (i + m);
-        if (k > (size_t)max_bytes) k = (size_t)max_bytes;
-        for (size_t u = 0; u < k; u++) out[u] = at2(a, na, b, i + m + u);
-        return (int)k;
-    }
-    return 0;
-}
-
-int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
-                    int max_bytes) {
-    return mb_lookup_draft2(ctx, n, NULL, 0, min_match, window, out, max_bytes);
-}
-
-int mb_lookup_next_cap(int cap, int drafted, int kept) {
-    int c = kept == drafted ? 2 * cap : kept + 2;
-    return c < MB_LOOKUP_MAX ? c : MB_LOOKUP_MAX;
-}
-
-int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft,
-                   int k, uint64_t pos0, void *scratch, int *next) {
+int spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,
+                uint64_t pos0, void *scratch, int *next) {
     int j = 0;
     for (;; j++) {
         int c = mb_sample(s, rows + (size_t)j * n_vocab, n_vocab, pos0 + (uint64_t)j, scratch);
@@ -274,4 +226,18 @@ int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const u
             return j;
         }
     }
+}
+
+int spec_round(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,
+               uint64_t pos0, void *scratch, mb_pool *p, int slot, spec_take_fn take, void *ctx,
+               spec_result *r, mb_err *e) {
+    int next, j = spec_verify(s, rows, n_vocab, draft, k, pos0, scratch, &next);
+    *r = (spec_result){.drafted = k, .accepted = j};
+    for (int t = 0; t <= j && !r->ended; t++) {
+        r->taken = t + 1;
+        r->ended = take(ctx, t, t < j ? draft[t] : (uint8_t)next) != 0;
+    }
+    /* the span was the last byte and the draft: keep the last byte and the taken bytes but the
+     * newest (k + 1 kept: all of it, nothing to undo) */
+    return r->taken <= k ? mb_pool_rollback(p, slot, r->taken, e) : 0;
 }

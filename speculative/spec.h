@@ -1,4 +1,5 @@
-/* spec.h: speculative decoding, tokenized drafting and byte-level verification (DESIGN.md).
+/* spec.h: speculative decoding, tokenized drafting and byte-level verification (DESIGN.md);
+ * prompt lookup, the other drafter, is lookup.h.
  *
  * A drafter (a subword Mamba with its SentencePiece tokenizer) proposes the next bytes of a
  * sequence; the byte model feeds them as one span and keeps the longest prefix that equals its
@@ -6,52 +7,59 @@
  * (seed, position) draws as plain decoding, and a span's logits equal step-by-step logits bit
  * for bit, so the output is byte for byte the output of plain decoding.
  *
- * mb_drafter holds one sequence's drafter side: a pool of two slots (the committed state and a
+ * spec_drafter holds one sequence's drafter side: a pool of two slots (the committed state and a
  * scratch copy to draft from), the ids not yet fed, and the current draft. Drive it from the
  * thread that drives the drafter model. */
-#ifndef MB_SPEC_H
-#define MB_SPEC_H
+#ifndef SPEC_H
+#define SPEC_H
 
 #include "mambabyte.h"
 #include "spm.h"
 
-typedef struct mb_drafter mb_drafter;
+typedef struct spec_drafter spec_drafter;
 
 /* max_tokens: drafted tokens per round at most. The drafter model's vocabulary must be the
  * tokenizer's. */
-mb_drafter *mb_drafter_create(mb_model *m, const mb_spm *tok, int max_tokens, mb_err *e);
-void mb_drafter_free(mb_drafter *d);
+spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens, mb_err *e);
+void spec_drafter_free(spec_drafter *d);
 /* Starts a sequence whose committed text is text[0..n) (a BOS first when the tokenizer has one). */
-int mb_drafter_start(mb_drafter *d, const uint8_t *text, size_t n, mb_err *e);
+int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e);
 /* Drafts greedily from the committed text: writes up to max_bytes bytes to out and returns how
  * many (0 when max_bytes is 0 or the drafter ends its text), or -1 on error. */
-int mb_drafter_draft(mb_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
+int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
 /* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
  * was committed after them. The next draft continues from there. */
-int mb_drafter_commit(mb_drafter *d, int n_accept, const uint8_t *extra, int n_extra, mb_err *e);
-
-/* Prompt lookup, a drafter without a model: finds the latest earlier place where the last
- * min_match bytes of ctx[0..n) occur (in the last `window` bytes) and copies up to max_bytes of
- * what followed it to out. Returns how many (0: no earlier occurrence). */
-int mb_lookup_draft(const uint8_t *ctx, size_t n, int min_match, size_t window, uint8_t *out,
-                    int max_bytes);
-/* The same over the context a[0..na) followed by b[0..nb) (a prompt and the output so far). */
-int mb_lookup_draft2(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, int min_match,
-                     size_t window, uint8_t *out, int max_bytes);
-
-/* How long a sequence's lookup drafts may be: MB_LOOKUP_START at first; after a draft of
- * `drafted` bytes of which `kept` were kept, doubled when all were, else kept + 2; never more
- * than MB_LOOKUP_MAX. */
-#define MB_LOOKUP_START 8
-#define MB_LOOKUP_MAX   32
-int mb_lookup_next_cap(int cap, int drafted, int kept);
+int spec_drafter_commit(spec_drafter *d, int n_accept, const uint8_t *extra, int n_extra,
+                        mb_err *e);
 
 /* The verifier's rule. rows: k + 1 rows of n_vocab logits, row i after the byte model has fed
  * draft[0..i) (row 0: before the draft); pos0: the absolute position of draft[0]. Returns the
  * number j of draft bytes that equal the sampler's choice, and sets *next to the sampler's
  * choice at position pos0 + j (what plain decoding emits after the accepted bytes).
  * scratch: mb_sample_scratch_bytes(n_vocab) bytes. */
-int mb_spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft,
-                   int k, uint64_t pos0, void *scratch, int *next);
+int spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,
+                uint64_t pos0, void *scratch, int *next);
+
+/* What one round gave. */
+typedef struct spec_result {
+    int drafted;  /* k */
+    int accepted; /* draft bytes equal to the sampler's choices */
+    int taken;    /* bytes handed to take: accepted + 1, fewer when take ended the sequence */
+    int ended;    /* take ended the sequence */
+} spec_result;
+
+/* Receives the t-th byte (from 0) of a round; returns nonzero when the sequence ends with it. */
+typedef int (*spec_take_fn)(void *ctx, int t, uint8_t byte);
+
+/* One round of exact speculative decoding, shared by `generate` and the server's scheduler,
+ * after the byte model fed a span of k + 1 bytes, the sequence's last byte and draft[0..k), to
+ * slot `slot` of pool p with logits at each (rows, as for spec_verify). The round's bytes, the
+ * accepted draft bytes then the sampler's own, go to take one by one, and the slot is rolled
+ * back to hold the bytes before the last one taken (which the next span begins with), so a
+ * sequence that ends in the middle of a round leaves the state plain decoding leaves. Returns
+ * 0, or -1 when the rollback failed (e says why, r is filled). */
+int spec_round(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,
+               uint64_t pos0, void *scratch, mb_pool *p, int slot, spec_take_fn take, void *ctx,
+               spec_result *r, mb_err *e);
 
 #endif

@@ -9,14 +9,14 @@
 #include <string>
 #include <vector>
 
-struct mb_spm {
+struct spm_tokenizer {
     sentencepiece::SentencePieceProcessor sp;
     std::vector<std::string> piece; // bytes of each id
     int byte_id[256];               // the byte pieces <0xNN>
 };
 
-extern "C" mb_spm *mb_spm_load(const char *path, mb_err *e) {
-    mb_spm *t = new (std::nothrow) mb_spm;
+extern "C" spm_tokenizer *spm_load(const char *path, mb_err *e) {
+    spm_tokenizer *t = new (std::nothrow) spm_tokenizer;
     if (!t) {
         mb_fail(e, "out of memory");
         return nullptr;
@@ -60,17 +60,17 @@ extern "C" mb_spm *mb_spm_load(const char *path, mb_err *e) {
     return t;
 }
 
-extern "C" void mb_spm_free(mb_spm *t) {
+extern "C" void spm_free(spm_tokenizer *t) {
     delete t;
 }
-extern "C" int mb_spm_vocab(const mb_spm *t) {
+extern "C" int spm_vocab(const spm_tokenizer *t) {
     return t->sp.GetPieceSize();
 }
-extern "C" int mb_spm_bos(const mb_spm *t) {
+extern "C" int spm_bos(const spm_tokenizer *t) {
     return t->sp.bos_id();
 }
 
-extern "C" const uint8_t *mb_spm_piece(const mb_spm *t, int id, int *len) {
+extern "C" const uint8_t *spm_piece(const spm_tokenizer *t, int id, int *len) {
     if (id < 0 || (size_t)id >= t->piece.size()) {
         *len = 0;
         return nullptr;
@@ -118,8 +118,8 @@ static bool push(int32_t v, int32_t **ids, size_t *n_ids, size_t *cap) {
     return true;
 }
 
-extern "C" int mb_spm_encode(const mb_spm *t, const uint8_t *text, size_t n, int32_t **ids,
-                             size_t *n_ids, size_t *cap, mb_err *e) {
+extern "C" int spm_encode(const spm_tokenizer *t, const uint8_t *text, size_t n, int32_t **ids,
+                          size_t *n_ids, size_t *cap, mb_err *e) {
     std::vector<int> out;
     size_t i = 0;
     while (i < n) {

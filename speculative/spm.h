@@ -6,8 +6,8 @@
  * string encodes to ids whose piece bytes concatenate back to it (except U+2581, SentencePiece's
  * space marker, which comes back as a space). Speculative output never depends on this: the
  * byte model verifies every drafted byte. */
-#ifndef MB_SPM_H
-#define MB_SPM_H
+#ifndef SPM_H
+#define SPM_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -18,19 +18,19 @@
 extern "C" {
 #endif
 
-typedef struct mb_spm mb_spm;
+typedef struct spm_tokenizer spm_tokenizer;
 
 /* Loads a SentencePiece model file (tokenizer.model). */
-mb_spm *mb_spm_load(const char *path, mb_err *e);
-void mb_spm_free(mb_spm *t);
-int mb_spm_vocab(const mb_spm *t);
-int mb_spm_bos(const mb_spm *t); /* -1 when the model has none */
+spm_tokenizer *spm_load(const char *path, mb_err *e);
+void spm_free(spm_tokenizer *t);
+int spm_vocab(const spm_tokenizer *t);
+int spm_bos(const spm_tokenizer *t); /* -1 when the model has none */
 /* The bytes a piece stands for: a byte piece its byte, U+2581 as a space, control and unknown
  * pieces none. *len gets the count; the pointer stays valid while t lives. */
-const uint8_t *mb_spm_piece(const mb_spm *t, int id, int *len);
+const uint8_t *spm_piece(const spm_tokenizer *t, int id, int *len);
 /* Appends the ids of text[0..n) to *ids (grown with realloc; *n_ids and *cap updated). */
-int mb_spm_encode(const mb_spm *t, const uint8_t *text, size_t n, int32_t **ids, size_t *n_ids,
-                  size_t *cap, mb_err *e);
+int spm_encode(const spm_tokenizer *t, const uint8_t *text, size_t n, int32_t **ids, size_t *n_ids,
+               size_t *cap, mb_err *e);
 
 #ifdef __cplusplus
 }

@@ -1,10 +1,14 @@
 /* test_spec.c: the drafter's tokenizer wrapper (speculative/spm.h) on the bundled
- * tokenizer, and the verifier's rule (mb_spec_verify). */
+ * tokenizer, the verifier's rule (spec_verify) and prompt lookup (lookup.h) against its
+ * straightforward reference. `test_spec --bench` times prompt lookup. */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "mambabyte.h"
+#include "lookup.h"
+#include "reference.h"
 #include "spec.h"
 #include "spm.h"
 
@@ -22,20 +26,19 @@ static const char *const texts[] = {
 /* Every byte string comes back from its ids' pieces (no U+2581 in these texts). */
 static void test_round_trip(void) {
     mb_err e;
-    mb_spm *t = mb_spm_load(TOKENIZER, &e);
+    spm_tokenizer *t = spm_load(TOKENIZER, &e);
     CHECK(t, "%s", e.msg);
     if (!t) return;
-    CHECK(mb_spm_vocab(t) == 4096 && mb_spm_bos(t) == 1, "vocab %d bos %d", mb_spm_vocab(t),
-          mb_spm_bos(t));
+    CHECK(spm_vocab(t) == 4096 && spm_bos(t) == 1, "vocab %d bos %d", spm_vocab(t), spm_bos(t));
     for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
         int32_t *ids = NULL;
         size_t n = 0, cap = 0, len = strlen(texts[i]);
-        CHECK(!mb_spm_encode(t, (const uint8_t *)texts[i], len, &ids, &n, &cap, &e), "%s", e.msg);
+        CHECK(!spm_encode(t, (const uint8_t *)texts[i], len, &ids, &n, &cap, &e), "%s", e.msg);
         char out[512];
         size_t o = 0;
         for (size_t k = 0; k < n; k++) {
             int pl;
-            const uint8_t *p = mb_spm_piece(t, ids[k], &pl);
+            const uint8_t *p = spm_piece(t, ids[k], &pl);
             CHECK(pl > 0 && o + (size_t)pl < sizeof out, "piece %d of id %d", pl, ids[k]);
             if (pl <= 0 || o + (size_t)pl >= sizeof out) break;
             memcpy(out + o, p, (size_t)pl);
@@ -46,17 +49,17 @@ static void test_round_trip(void) {
         free(ids);
     }
     int pl;
-    CHECK(mb_spm_piece(t, 1, &pl) && pl == 0, "BOS has no bytes");
-    CHECK(!mb_spm_piece(t, 4096, &pl) && pl == 0, "an id out of range has no piece");
-    mb_spm_free(t);
+    CHECK(spm_piece(t, 1, &pl) && pl == 0, "BOS has no bytes");
+    CHECK(!spm_piece(t, 4096, &pl) && pl == 0, "an id out of range has no piece");
+    spm_free(t);
 }
 
 static void test_bad_files(void) {
     mb_err e;
-    CHECK(!mb_spm_load("/nonexistent/tokenizer.model", &e) && strstr(e.msg, "/nonexistent"), "%s",
+    CHECK(!spm_load("/nonexistent/tokenizer.model", &e) && strstr(e.msg, "/nonexistent"), "%s",
           e.msg);
-    CHECK(!mb_spm_load("models/mambabyte-small/config.json", &e) && strstr(e.msg, "config.json"),
-          "%s", e.msg);
+    CHECK(!spm_load("models/mambabyte-small/config.json", &e) && strstr(e.msg, "config.json"), "%s",
+          e.msg);
 }
 
 /* Greedy verification keeps the draft up to the first byte that is not the argmax, and names
@@ -69,13 +72,13 @@ static void test_verify(void) {
     mb_sampling_default(&s);
     void *scratch = malloc(mb_sample_scratch_bytes(256));
     int next;
-    CHECK(mb_spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"abc", 3, 7, scratch, &next) == 3 &&
+    CHECK(spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"abc", 3, 7, scratch, &next) == 3 &&
               next == 'd',
           "full match");
-    CHECK(mb_spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"abx", 3, 7, scratch, &next) == 2 &&
+    CHECK(spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"abx", 3, 7, scratch, &next) == 2 &&
               next == 'c',
           "mismatch at 2");
-    CHECK(mb_spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"", 0, 7, scratch, &next) == 0 &&
+    CHECK(spec_verify(&s, &rows[0][0], 256, (const uint8_t *)"", 0, 7, scratch, &next) == 0 &&
               next == 'a',
           "empty draft");
     /* sampled: the choice at each position is the seeded draw of plain decoding */
@@ -85,40 +88,165 @@ static void test_verify(void) {
     int want0 = mb_sample(&s, rows[0], 256, 7, scratch),
         want1 = mb_sample(&s, rows[1], 256, 8, scratch);
     uint8_t d[2] = {(uint8_t)want0, (uint8_t)(want1 ^ 1)};
-    CHECK(mb_spec_verify(&s, &rows[0][0], 256, d, 2, 7, scratch, &next) == 1 && next == want1,
+    CHECK(spec_verify(&s, &rows[0][0], 256, d, 2, 7, scratch, &next) == 1 && next == want1,
           "sampled");
     free(scratch);
+}
+
+/* Prompt lookup over ctx[0..n) with an index built for it. */
+static int lookup_once(const uint8_t *ctx, size_t n, int key_len, size_t window, uint8_t *out,
+                       int max_bytes) {
+    lookup_index *x = lookup_new(key_len, window);
+    CHECK(x && !lookup_push(x, ctx, n), "out of memory");
+    int k = x ? lookup_draft(x, out, max_bytes) : -1;
+    lookup_free(x);
+    return k;
 }
 
 /* Prompt lookup copies what followed the latest earlier occurrence of the context's tail. */
 static void test_lookup(void) {
     uint8_t out[16];
     const uint8_t *c = (const uint8_t *)"ab1 ab2 ab";
-    int k = mb_lookup_draft(c, 10, 2, 64, out, 16);
+    int k = lookup_once(c, 10, 2, 64, out, 16);
     CHECK(k == 4 && !memcmp(out, "2 ab", 4), "the latest occurrence of \"ab\": %d", k);
-    k = mb_lookup_draft(c, 10, 2, 64, out, 3);
+    k = lookup_once(c, 10, 2, 64, out, 3);
     CHECK(k == 3 && !memcmp(out, "2 a", 3), "capped at max_bytes: %d", k);
-    k = mb_lookup_draft(c, 10, 3, 64, out, 16);
+    k = lookup_once(c, 10, 3, 64, out, 16);
     CHECK(k == 4 && !memcmp(out, "2 ab", 4), "\" ab\" occurs once before: %d", k);
-    CHECK(mb_lookup_draft(c, 10, 4, 64, out, 16) == 0, "no earlier occurrence of \"2 ab\"");
-    CHECK(mb_lookup_draft(c, 10, 2, 5, out, 16) == 0, "outside the window");
-    CHECK(mb_lookup_draft((const uint8_t *)"aaaa", 4, 2, 64, out, 16) == 1 && out[0] == 'a',
+    CHECK(lookup_once(c, 10, 4, 64, out, 16) == 0, "no earlier occurrence of \"2 ab\"");
+    CHECK(lookup_once(c, 10, 2, 5, out, 16) == 0, "outside the window");
+    k = lookup_once(c, 10, 2, 6, out, 16);
+    CHECK(k == 4 && !memcmp(out, "2 ab", 4), "at the window's first byte: %d", k);
+    CHECK(lookup_once((const uint8_t *)"aaaa", 4, 2, 64, out, 16) == 1 && out[0] == 'a',
           "overlapping occurrences");
-    CHECK(mb_lookup_draft(c, 2, 2, 64, out, 16) == 0, "context no longer than the key");
-    CHECK(mb_lookup_next_cap(MB_LOOKUP_START, 8, 8) == 16 && mb_lookup_next_cap(16, 16, 3) == 5 &&
-              mb_lookup_next_cap(MB_LOOKUP_MAX, 32, 31) == MB_LOOKUP_MAX &&
-              mb_lookup_next_cap(MB_LOOKUP_MAX, 32, 32) == MB_LOOKUP_MAX,
-          "the draft cap doubles, shrinks to what was kept, and stays within MB_LOOKUP_MAX");
-    for (size_t cut = 0; cut <= 10; cut++) { /* a prompt and an output: any split, same draft */
-        k = mb_lookup_draft2(c, cut, c + cut, 10 - cut, 2, 64, out, 16);
-        CHECK(k == 4 && !memcmp(out, "2 ab", 4), "split at %zu: %d", cut, k);
-    }
+    CHECK(lookup_once(c, 2, 2, 64, out, 16) == 0, "context no longer than the key");
+    CHECK(!lookup_new(0, 64) && !lookup_new(2, 0), "no key, no window");
+    CHECK(lookup_next_cap(LOOKUP_START, 8, 8) == 16 && lookup_next_cap(16, 16, 3) == 5 &&
+              lookup_next_cap(LOOKUP_MAX, 32, 31) == LOOKUP_MAX &&
+              lookup_next_cap(LOOKUP_MAX, 32, 32) == LOOKUP_MAX,
+          "the draft cap doubles, shrinks to what was kept, and stays within LOOKUP_MAX");
 }
 
-int main(void) {
+static uint64_t rng_state = 7;
+static uint32_t rng(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+
+/* Feeds ctx[0..n) to an index in random pieces (prompt first, then a few bytes at a time as a
+ * sequence's rounds bring them) and checks every draft on the way against the backward scan
+ * (reference.h), for queries at every position from `from` on (every 97th before). */
+static long lookup_agrees(const uint8_t *ctx, size_t n, size_t prompt, int key_len, size_t window,
+                          size_t from) {
+    lookup_index *x = lookup_new(key_len, window);
+    CHECK(x && !lookup_push(x, ctx, prompt), "out of memory");
+    if (!x) return 1;
+    long bad = 0;
+    uint8_t a[LOOKUP_MAX], b[LOOKUP_MAX];
+    for (size_t at = prompt; at <= n;) {
+        if (at >= from || at % 97 == 0) {
+            int max = 1 + (int)(rng() % LOOKUP_MAX);
+            int ka = lookup_draft(x, a, max),
+                kb = ref_lookup_draft2(ctx, at / 2, ctx + at / 2, at - at / 2, key_len, window, b,
+                                       max);
+            if ((ka != kb || memcmp(a, b, (size_t)ka)) && bad++ < 3)
+                CHECK(0, "key %d window %zu at %zu: %d bytes, reference %d", key_len, window, at,
+                      ka, kb);
+        }
+        if (at == n) break;
+        size_t step = 1 + rng() % 33;
+        if (step > n - at) step = n - at;
+        CHECK(!lookup_push(x, ctx + at, step), "out of memory");
+        at += step;
+        CHECK(lookup_len(x) == at, "length %zu, pushed %zu", lookup_len(x), at);
+    }
+    lookup_free(x);
+    return bad;
+}
+
+/* The index gives the drafts of the backward scan: random text over small alphabets, windows
+ * smaller and larger than the text, prompts longer than the window, and adversarial contexts
+ * for a scan (70 KB of one byte, then another; a short period). */
+static void test_lookup_matches_scan(void) {
+    enum { N = 70000 };
+    uint8_t *t = malloc(N);
+    const size_t windows[] = {5, 64, 1000, LOOKUP_WINDOW};
+    for (int r = 0; r < 24; r++) {
+        size_t n = 300 + rng() % 3000, alpha = 2 + rng() % 6;
+        for (size_t i = 0; i < n; i++) t[i] = (uint8_t)('a' + rng() % alpha);
+        int key = 1 + (int)(rng() % 12);
+        CHECK(!lookup_agrees(t, n, rng() % n, key, windows[r % 4], 0), "random text %d", r);
+    }
+    memset(t, 'a', N);
+    t[N - 40] = 'b';
+    for (int key = 1; key <= 32; key *= 2) {
+        CHECK(!lookup_agrees(t, N, 200, key, LOOKUP_WINDOW, N - 300), "a run, key %d", key);
+        CHECK(!lookup_agrees(t, N, N - 100, key, LOOKUP_WINDOW, N - 100), "a long prompt, key %d",
+              key);
+        CHECK(!lookup_agrees(t, N, N - 100, key, 1000, N - 100), "a short window, key %d", key);
+    }
+    for (size_t i = 0; i < N; i++) t[i] = "abcab"[i % 5];
+    CHECK(!lookup_agrees(t, 20000, 5000, 6, LOOKUP_WINDOW, 19000), "a period");
+    free(t);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Microseconds for one scheduler step's lookup: push the step's byte(s), draft; against the
+ * backward scan over the whole context (reference.h). */
+static void bench_case(const char *name, uint8_t *t, size_t n, int key_len) {
+    lookup_index *x = lookup_new(key_len, LOOKUP_WINDOW);
+    lookup_push(x, t, n - 2000);
+    uint8_t out[LOOKUP_MAX];
+    volatile int sink = 0;
+    double t0 = now_s();
+    for (size_t at = n - 2000; at < n; at++) {
+        lookup_push(x, t + at, 1);
+        sink += lookup_draft(x, out, LOOKUP_MAX);
+    }
+    double t1 = now_s();
+    for (size_t at = n - 200; at < n; at++)
+        sink += ref_lookup_draft2(t, at, NULL, 0, key_len, LOOKUP_WINDOW, out, LOOKUP_MAX);
+    double t2 = now_s();
+    printf("%-46s %8.2f us  scan %8.2f us\n", name, 1e6 * (t1 - t0) / 2000, 1e6 * (t2 - t1) / 200);
+    lookup_free(x);
+}
+
+static void bench(void) {
+    enum { N = 68000 };
+    uint8_t *t = malloc(N);
+    for (size_t i = 0; i < N; i++) t[i] = (uint8_t)('a' + rng() % 26);
+    bench_case("random letters 68 KB, key 6 (misses)", t, N, 6);
+    for (int key = 4; key <= 32; key *= 2) { /* the key ends in a byte not seen before */
+        memset(t, 'a', N);
+        for (size_t i = N - 2000, b = 0; i < N; i += (size_t)key) t[i] = (uint8_t)(128 + b++ % 128);
+        char name[96];
+        snprintf(name, sizeof name, "66 KB of 'a', then a new byte every %d, key %d", key, key);
+        bench_case(name, t, N, key);
+    }
+    memset(t, 'a', N);
+    bench_case("68 KB of 'a', key 8 (hits)", t, N, 8);
+    lookup_index *x = lookup_new(8, LOOKUP_WINDOW);
+    double t0 = now_s();
+    for (int r = 0; r < 100; r++) lookup_push(x, t, 1 << 16);
+    printf("%-46s %8.2f us\n", "pushing a 64 KB prompt", 1e6 * (now_s() - t0) / 100);
+    lookup_free(x);
+    free(t);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--bench")) {
+        bench();
+        return 0;
+    }
     RUN(test_round_trip);
     RUN(test_bad_files);
     RUN(test_verify);
     RUN(test_lookup);
+    RUN(test_lookup_matches_scan);
     return check_failures != 0;
 }
