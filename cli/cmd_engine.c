@@ -112,7 +112,7 @@ typedef struct emitter {
 /* Appends one byte; returns 1 when generation ends (a stop string or the byte limit). */
 static int emit(emitter *em, uint8_t b) {
     em->out[em->n++] = b;
-    long stop = mb_stop_find(em->stops, em->n_stops, em->out, em->n);
+    long stop = mb_stop_find_tail(em->stops, em->n_stops, em->out, em->n);
     if (stop >= 0) {
         em->n = (size_t)stop;
         return 1;

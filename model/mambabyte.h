@@ -143,6 +143,10 @@ double mb_uniform(uint64_t seed, uint64_t pos);
 /* Stop strings: returns the length of output that stays (the index where the earliest stop
  * string starts), or -1 if none of the stops occurs in out[0..len). */
 long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, size_t len);
+/* The same for output checked after every byte (out[0..len-1) held no stop string): a new one
+ * ends at the last byte, so only the last bytes, as many as the longest stop, are searched and
+ * the cost does not grow with len. */
+long mb_stop_find_tail(const char *const *stops, int n_stops, const uint8_t *out, size_t len);
 
 #ifdef __cplusplus
 }

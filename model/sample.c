@@ -177,3 +177,14 @@ long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, siz
     }
     return best;
 }
+
+long mb_stop_find_tail(const char *const *stops, int n_stops, const uint8_t *out, size_t len) {
+    size_t longest = 0;
+    for (int i = 0; i < n_stops; i++) {
+        size_t sl = strlen(stops[i]);
+        if (sl > longest) longest = sl;
+    }
+    size_t from = len > longest ? len - longest : 0;
+    long at = mb_stop_find(stops, n_stops, out + from, len - from);
+    return at < 0 ? -1 : (long)from + at;
+}

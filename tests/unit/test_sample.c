@@ -2,16 +2,29 @@
  * its straightforward reference, and stop strings. `test_sample --bench` times the sampler. */
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "mambabyte.h"
 #include "reference.h"
 
-#define SAMPLE_DIGEST 0xec22dd831fa8cfc4ull /* the sampler before commit "Sampling without qsort"  \
-                                             */
+#define SAMPLE_DIGEST                                                                              \
+    0xec22dd831fa8cfc4ull /* the sampler before commit "Sampling without qsort"                    \
+                           */
 
 static double scratch[1 << 13];
+
+/* A small generator of its own, so the cases are the same on every machine. */
+static uint64_t rng_state = 1;
+static uint64_t rng(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return rng_state >> 33;
+}
+static double rng_unit(void) {
+    return (double)rng() / 2147483648.0;
+}
 
 static void test_greedy(void) {
     mb_sampling s;
@@ -87,14 +100,36 @@ static void test_stop(void) {
     CHECK(mb_stop_find(stops, 0, t, 5) == -1, "no stops");
 }
 
-/* A small generator of its own, so the cases are the same on every machine. */
-static uint64_t rng_state = 1;
-static uint64_t rng(void) {
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return rng_state >> 33;
-}
-static double rng_unit(void) {
-    return (double)rng() / 2147483648.0;
+/* After every byte, the tail search finds what the whole search finds, and reads only as many
+ * bytes as the longest stop: the output below begins in a page that cannot be read (a search
+ * of the whole output, as generate did per byte, crashes on it). */
+static void test_stop_tail(void) {
+    const char *stops[] = {"abcab", "ca", "bb", "END"};
+    const long page = sysconf(_SC_PAGESIZE);
+    uint8_t *m =
+        mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(m != MAP_FAILED, "mmap");
+    if (m == MAP_FAILED) return;
+    uint8_t *out = m + page - 64;
+    for (int trial = 0; trial < 200; trial++) {
+        size_t n = 64 + (size_t)(rng() % 400);
+        for (size_t i = 0; i < n; i++) out[i] = (uint8_t) "abcEND"[rng() % 6];
+        for (size_t len = 1; len <= n; len++) {
+            long whole = mb_stop_find(stops, 4, out, len);
+            if (whole >= 0) {
+                CHECK(mb_stop_find_tail(stops, 4, out, len) == whole, "trial %d len %zu", trial,
+                      len);
+                break;
+            }
+            CHECK(mb_stop_find_tail(stops, 4, out, len) == -1, "trial %d len %zu", trial, len);
+        }
+    }
+    mprotect(m, (size_t)page, PROT_NONE);
+    memset(out + 64, 'x', 1000);
+    memcpy(out + 64 + 997, "END", 3);
+    CHECK(mb_stop_find_tail(stops, 4, out, 64 + 1000) == 64 + 997, "found in the tail");
+    CHECK(mb_stop_find_tail(stops, 4, out, 64 + 999) == -1, "not yet");
+    munmap(m, 2 * (size_t)page);
 }
 
 /* Logits of many shapes: smooth, spread wide, with ties, signed zeros, infinities, one spike. */
@@ -239,6 +274,7 @@ int main(int argc, char **argv) {
     RUN(test_distribution);
     RUN(test_seeded);
     RUN(test_stop);
+    RUN(test_stop_tail);
     RUN(test_matches_reference);
     RUN(test_fixed_digest);
     return check_failures ? 1 : 0;
