@@ -3,6 +3,7 @@
  * byte over the documents of a text file). */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +16,10 @@
 #include "lookup.h"
 #include "spec.h"
 
-#define CHUNK     512               /* tokens per forward when feeding a long input */
-#define MAX_INPUT ((size_t)1 << 32) /* bytes of an input file */
+#define CHUNK          512               /* tokens per forward when feeding a long input */
+#define MAX_FILE_BYTES ((size_t)1 << 32) /* bytes of an input file */
+#define MAX_BYTES      (1 << 30)         /* bytes generate may generate */
+#define MAX_THREADS    1024
 
 static double now_s(void) {
     struct timespec ts;
@@ -51,6 +54,52 @@ static int device_opt(const char *cmd, const char *v, mb_backend_opts *o) {
     if (!mb_device_parse(v, o)) return 0;
     fprintf(stderr, "mambabyte %s: --device takes auto, cpu, cuda or cuda:N, not '%s'\n", cmd, v);
     return -1;
+}
+
+/* Numeric options: the whole value must be a number within the option's range, or the command
+ * stops with a message that names the option and the range (a bad value used to become 0, or a
+ * draft longer than the pool's span). 0, or a message on stderr and -1. */
+static int bad_value(const char *cmd, const char *name, const char *v, const char *why,
+                     const char *range) {
+    fprintf(stderr, "mambabyte %s: --%s %s: %s (%s)\n", cmd, name, v, why, range);
+    return -1;
+}
+
+static int int_opt(const char *cmd, const char *name, const char *v, long lo, long hi, int *out) {
+    char range[64], *end;
+    snprintf(range, sizeof range, "an integer from %ld to %ld", lo, hi);
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno) return bad_value(cmd, name, v, "not a number", range);
+    if (x < lo || x > hi) return bad_value(cmd, name, v, "out of range", range);
+    *out = (int)x;
+    return 0;
+}
+
+/* lo_open: lo itself is out of range */
+static int real_opt(const char *cmd, const char *name, const char *v, double lo, int lo_open,
+                    double hi, float *out) {
+    char range[64], *end;
+    snprintf(range, sizeof range, "a number %s %g and at most %g", lo_open ? "above" : "from", lo,
+             hi);
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(x))
+        return bad_value(cmd, name, v, "not a number", range);
+    if (x < lo || (lo_open && x == lo) || x > hi)
+        return bad_value(cmd, name, v, "out of range", range);
+    *out = (float)x;
+    return 0;
+}
+
+static int seed_opt(const char *cmd, const char *v, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (end == v || *end || errno || v[strspn(v, " \t")] == '-')
+        return bad_value(cmd, "seed", v, "not a number", "an integer from 0 to 2^64-1");
+    *out = x;
+    return 0;
 }
 
 /* Feeds toks[0..n) to slot 0 in chunks; logits of every position go to `all` (n rows) if
@@ -234,7 +283,7 @@ int cmd_generate(int argc, char **argv) {
     const char *stops[16];
     int n_stops = 0, stats = 0, c;
     mb_backend_opts bo = {0};
-    long max_bytes = 256;
+    int max_bytes = 256;
     mb_sampling s;
     mb_sampling_default(&s);
     optind = 1;
@@ -250,29 +299,29 @@ int cmd_generate(int argc, char **argv) {
             prompt_file = optarg;
             break;
         case 'n':
-            max_bytes = strtol(optarg, NULL, 10);
+            if (int_opt("generate", "max-bytes", optarg, 0, MAX_BYTES, &max_bytes)) return 2;
             break;
         case 't':
-            s.temperature = strtof(optarg, NULL);
+            if (real_opt("generate", "temperature", optarg, 0, 0, 1e6, &s.temperature)) return 2;
             break;
         case 'k':
-            s.top_k = atoi(optarg);
+            if (int_opt("generate", "top-k", optarg, 0, INT_MAX, &s.top_k)) return 2;
             break;
         case 'P':
-            s.top_p = strtof(optarg, NULL);
+            if (real_opt("generate", "top-p", optarg, 0, 1, 1, &s.top_p)) return 2;
             break;
         case 'M':
-            s.min_p = strtof(optarg, NULL);
+            if (real_opt("generate", "min-p", optarg, 0, 0, 1, &s.min_p)) return 2;
             break;
         case 's':
-            s.seed = strtoull(optarg, NULL, 10);
+            if (seed_opt("generate", optarg, &s.seed)) return 2;
             break;
         case 'S':
             if (n_stops == 16) return die("generate", "at most 16 --stop strings");
             stops[n_stops++] = optarg;
             break;
         case 'j':
-            bo.n_threads = atoi(optarg);
+            if (int_opt("generate", "threads", optarg, 0, MAX_THREADS, &bo.n_threads)) return 2;
             break;
         case 'V':
             if (device_opt("generate", optarg, &bo)) return 2;
@@ -284,13 +333,13 @@ int cmd_generate(int argc, char **argv) {
             draft_dir = optarg;
             break;
         case 'D':
-            draft_tokens = atoi(optarg);
+            if (int_opt("generate", "draft-tokens", optarg, 1, 256, &draft_tokens)) return 2;
             break;
         case 'B':
-            draft_bytes = atoi(optarg);
+            if (int_opt("generate", "draft-bytes", optarg, 1, CHUNK - 1, &draft_bytes)) return 2;
             break;
         case 'L':
-            lookup = atoi(optarg);
+            if (int_opt("generate", "lookup", optarg, 0, 256, &lookup)) return 2;
             break;
         case 'h':
             fputs(generate_usage, stdout);
@@ -300,15 +349,11 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
-    if (max_bytes < 0 || s.temperature < 0 || s.top_k < 0 || !(s.top_p > 0 && s.top_p <= 1) ||
-        s.min_p < 0 || s.min_p > 1 || draft_tokens < 1 || draft_tokens > 256 || draft_bytes < 1 ||
-        draft_bytes > 4096 || lookup < 0 || lookup > 256)
-        return die("generate", "an option is out of range (see --help)");
     size_t plen = 0;
     uint8_t *pbytes = NULL;
     mb_err e;
     if (prompt_file) {
-        pbytes = mb_read_file(prompt_file, MAX_INPUT, &plen, &e);
+        pbytes = mb_read_file(prompt_file, MAX_FILE_BYTES, &plen, &e);
         if (!pbytes) return die("generate", e.msg);
     } else if (prompt) {
         plen = strlen(prompt);
@@ -461,7 +506,7 @@ int cmd_logits(int argc, char **argv) {
             outp = optarg;
             break;
         case 'j':
-            bo.n_threads = atoi(optarg);
+            if (int_opt("logits", "threads", optarg, 0, MAX_THREADS, &bo.n_threads)) return 2;
             break;
         case 'V':
             if (device_opt("logits", optarg, &bo)) return 2;
@@ -477,7 +522,7 @@ int cmd_logits(int argc, char **argv) {
     if (!in || !outp) return die("logits", "--input and --out are required");
     size_t len;
     mb_err e;
-    uint8_t *data = mb_read_file(in, MAX_INPUT, &len, &e);
+    uint8_t *data = mb_read_file(in, MAX_FILE_BYTES, &len, &e);
     if (!data) return die("logits", e.msg);
     mb_model *m = load("logits", dir, &bo);
     if (!m) {
@@ -570,13 +615,13 @@ int cmd_eval(int argc, char **argv) {
             text = optarg;
             break;
         case 'b':
-            batch = atoi(optarg);
+            if (int_opt("eval", "batch", optarg, 1, 256, &batch)) return 2;
             break;
         case 'c':
-            chunk = atoi(optarg);
+            if (int_opt("eval", "chunk", optarg, 1, 4096, &chunk)) return 2;
             break;
         case 'j':
-            bo.n_threads = atoi(optarg);
+            if (int_opt("eval", "threads", optarg, 0, MAX_THREADS, &bo.n_threads)) return 2;
             break;
         case 'V':
             if (device_opt("eval", optarg, &bo)) return 2;
@@ -590,11 +635,9 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (!text) return die("eval", "--text FILE is required");
-    if (batch < 1 || batch > 256 || chunk < 1 || chunk > 4096)
-        return die("eval", "--batch or --chunk out of range");
     size_t len;
     mb_err e;
-    uint8_t *data = mb_read_file(text, MAX_INPUT, &len, &e);
+    uint8_t *data = mb_read_file(text, MAX_FILE_BYTES, &len, &e);
     if (!data) return die("eval", e.msg);
     doc *docs = NULL;
     int n_docs = split_docs(data, len, &docs);

@@ -45,6 +45,39 @@ def test_help_and_errors():
     check(r.returncode != 0 and b"byte-level" in r.stderr, "eval refuses a subword model")
 
 
+def test_numeric_options():
+    """Every numeric option of generate, eval and logits is checked when it is parsed: a value
+    that is not a number, or out of the option's range, stops the command with a message naming
+    the option (it used to become 0, or a draft longer than the pool's span of 512)."""
+    M = f"{FIX}/tiny-byte-tied"
+    bad = {"generate": [("-n", "-1"), ("--max-bytes", "12x"), ("--max-bytes", "9999999999"),
+                        ("--temperature", "-0.1"), ("--temperature", "nan"), ("--temperature", "hot"),
+                        ("--top-k", "-1"), ("--top-k", "4.5"), ("--top-p", "0"), ("--top-p", "1.5"),
+                        ("--min-p", "-0.5"), ("--min-p", "2"), ("--seed", "-1"), ("--seed", "1e3"),
+                        ("--seed", "18446744073709551616"), ("--threads", "-2"), ("--threads", "two"),
+                        ("--draft-tokens", "0"), ("--draft-tokens", "257"), ("--draft-bytes", "512"),
+                        ("--draft-bytes", "4096"), ("--draft-bytes", ""), ("--lookup", "-1"), ("--lookup", "257")],
+           "eval": [("--batch", "0"), ("--batch", "257"), ("--chunk", "0"), ("--chunk", "4097"),
+                    ("--chunk", "8k"), ("--threads", "-1")],
+           "logits": [("--threads", "x"), ("--threads", "100000")]}
+    base = {"generate": ["-m", M, "-p", "x", "-n", "4"], "eval": ["-m", M, "--text", f"{M}/config.json"],
+            "logits": ["-m", M, "--input", f"{M}/config.json", "--out", os.devnull]}
+    for cmd, cases in bad.items():
+        for opt, v in cases:
+            r = run(cmd, *base[cmd], opt, v)
+            name = opt.lstrip("-") if opt != "-n" else "max-bytes"
+            check(r.returncode != 0 and f"--{name}".encode() in r.stderr and not r.stdout,
+                  f"{cmd} {opt} {v!r}: rc {r.returncode}, {r.stderr[-200:]!r}")
+    r = run("generate", *base["generate"], "--draft-bytes", "4096")
+    check(b"out of range" in r.stderr and b"511" in r.stderr, f"the range is named: {r.stderr!r}")
+    for cmd, extra in [("generate", ["--temperature", "0.5", "--top-p", "1", "--min-p", "0", "--seed",
+                                     "18446744073709551615", "--draft-bytes", "511", "--threads", "1"]),
+                       ("eval", ["--batch", "256", "--chunk", "1"]), ("logits", ["--threads", "0"])]:
+        r = run(cmd, *base[cmd], *extra)
+        check(r.returncode == 0, f"{cmd} {extra}: {r.stderr[-200:]!r}")
+    print("ok   test_numeric_options")
+
+
 def test_logits_match_reference(tmp):
     for name, inp_kind in [("tiny-byte-tied", "bytes"), ("tiny-subword-1000", "ids")]:
         exp = json.load(open(f"{FIX}/{name}/expected.json"))
@@ -180,6 +213,7 @@ def test_speculative_equals_plain():
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_help_and_errors()
+        test_numeric_options()
         test_logits_match_reference(tmp)
         test_generate_greedy_matches_hf(tmp)
         test_generate_seeded_and_stop()
