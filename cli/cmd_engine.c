@@ -697,11 +697,7 @@ int cmd_eval(int argc, char **argv) {
             for (int t = off[s]; t < off[s + 1]; t++) {
                 size_t pos = d->fed + (size_t)(t - off[s]); /* logits at pos predict byte pos+1 */
                 if (pos + 1 >= d->len) continue;
-                const float *l = logits + (size_t)t * V;
-                double mx = l[0], sum = 0.0;
-                for (int v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
-                for (int v = 0; v < V; v++) sum += exp((double)l[v] - mx);
-                bits += (log(sum) + mx - (double)l[d->p[pos + 1]]) / log(2.0);
+                bits -= mb_logprob(logits + (size_t)t * V, V, d->p[pos + 1]) / log(2.0);
                 scored++;
             }
             d->fed += (size_t)(off[s + 1] - off[s]);

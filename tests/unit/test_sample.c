@@ -16,6 +16,22 @@
 
 static double scratch[1 << 13];
 
+/* The log-probability of a token: probabilities that sum to 1, the values of a hand-computed
+ * case, and no overflow with large logits. */
+static void test_logprob(void) {
+    float l[4] = {1, 2, 3, 4};
+    double want = 2.0 - log(exp(1.0) + exp(2.0) + exp(3.0) + exp(4.0)), sum = 0;
+    CHECK(fabs(mb_logprob(l, 4, 1) - want) < 1e-12, "%g vs %g", mb_logprob(l, 4, 1), want);
+    for (int t = 0; t < 4; t++) sum += exp(mb_logprob(l, 4, t));
+    CHECK(fabs(sum - 1) < 1e-12, "probabilities sum to %g", sum);
+    float big[3] = {1000, 1000, -1000}; /* exp(1000) overflows a double */
+    CHECK(fabs(mb_logprob(big, 3, 0) + log(2.0)) < 1e-9 &&
+              fabs(mb_logprob(big, 3, 2) + 2000 + log(2.0)) < 1e-9,
+          "large logits: %g %g", mb_logprob(big, 3, 0), mb_logprob(big, 3, 2));
+    float one = -7;
+    CHECK(mb_logprob(&one, 1, 0) == 0, "a single token is certain");
+}
+
 /* A small generator of its own, so the cases are the same on every machine. */
 static uint64_t rng_state = 1;
 static uint64_t rng(void) {
@@ -275,6 +291,7 @@ int main(int argc, char **argv) {
     RUN(test_seeded);
     RUN(test_stop);
     RUN(test_stop_tail);
+    RUN(test_logprob);
     RUN(test_matches_reference);
     RUN(test_fixed_digest);
     return check_failures ? 1 : 0;
