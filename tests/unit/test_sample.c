@@ -279,6 +279,20 @@ static void bench(void) {
                1e6 * (t2 - t1) / reps);
     }
     free(scratch);
+    /* what generate paid per byte for stop strings at 1 MiB of output: the whole search, then
+     * the tail search */
+    enum { MiB = 1 << 20 };
+    uint8_t *out = malloc(MiB);
+    for (int i = 0; i < MiB; i++) out[i] = (uint8_t)(' ' + rng() % 90);
+    const char *stops[] = {"\n\n", "THE END"};
+    volatile long sink = 0;
+    double t0 = now_s();
+    for (int r = 0; r < 100; r++) sink += mb_stop_find(stops, 2, out, MiB - (size_t)r);
+    double t1 = now_s();
+    for (int r = 0; r < 100000; r++) sink += mb_stop_find_tail(stops, 2, out, MiB - (size_t)r);
+    printf("stop strings after a byte at 1 MiB: %.2f us, tail %.3f us\n", 1e6 * (t1 - t0) / 100,
+           1e6 * (now_s() - t1) / 100000);
+    free(out);
 }
 
 int main(int argc, char **argv) {
