@@ -1,5 +1,6 @@
-/* cmd_engine.h: subcommands that drive the engine without the server. Each takes the
- * subcommand's own argv (argv[0] is its name) and returns the process exit status. */
+/* cmd_engine.h: subcommands that drive the engine without the server, one file each
+ * (cmd_generate.c, cmd_logits.c, cmd_eval.c). Each takes the subcommand's own argv (argv[0] is
+ * its name) and returns the process exit status. */
 #ifndef CMD_ENGINE_H
 #define CMD_ENGINE_H
 
