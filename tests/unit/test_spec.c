@@ -93,6 +93,89 @@ static void test_verify(void) {
     free(scratch);
 }
 
+/* take for spec_round: records the bytes, ends the sequence at byte end_at (-1: never). */
+typedef struct taker {
+    uint8_t got[16];
+    int end_at;
+} taker;
+
+static int take(void *ctx, int t, uint8_t b) {
+    taker *k = ctx;
+    k->got[t] = b;
+    return t == k->end_at;
+}
+
+/* The round on a real model: it takes the bytes plain decoding gives and leaves the slot in the
+ * state plain decoding leaves, before the newest byte taken: after a mismatch, after a full
+ * acceptance, and when the sequence ends in the middle of the round (a stop string). */
+static void test_round(void) {
+    mb_err e;
+    mb_backend_opts o = {.n_threads = 1, .device = MB_DEVICE_CPU};
+    mb_model *m = mb_model_load("tests/fixtures/tiny-byte-tied", &o, &e);
+    CHECK(m, "%s", e.msg);
+    if (!m) return;
+    mb_pool *p = mb_pool_create(m, 2, 64, &e);
+    const size_t sb = mb_pool_state_bytes(p);
+    uint8_t *start = malloc(sb), *now = malloc(sb), *plain[7];
+    float *rows = malloc(7 * 256 * sizeof(float));
+    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    mb_sampling s;
+    mb_sampling_default(&s);
+    s.temperature = 0.9f;
+    s.seed = 5;
+    const char *prompt = "The quick brown fox";
+    const int plen = (int)strlen(prompt);
+    int32_t toks[32];
+    for (int i = 0; i < plen; i++) toks[i] = (uint8_t)prompt[i];
+    int off[2] = {0, plen - 1}, slot = 1;
+    mb_batch b = {1, toks, off, &slot, NULL};
+    CHECK(!mb_forward(m, p, &b, rows, &e) && !mb_pool_read(p, 1, start, &e), "%s", e.msg);
+    /* plain decoding in slot 1: plain[i] is the state after the last prompt byte and g[0..i) */
+    uint8_t g[7];
+    int32_t t = (uint8_t)prompt[plen - 1];
+    for (int i = 0; i < 7; i++) {
+        off[1] = 1;
+        b.tokens = &t;
+        plain[i] = malloc(sb);
+        CHECK(!mb_forward(m, p, &b, rows, &e) && !mb_pool_read(p, 1, plain[i], &e), "%s", e.msg);
+        g[i] = (uint8_t)mb_sample(&s, rows, 256, (uint64_t)(plen + i), scratch);
+        t = g[i];
+    }
+    const struct {
+        int k, wrong, end_at, accepted, taken;
+    } cases[] = {{5, 3, -1, 3, 4}, {6, -1, -1, 6, 7}, {5, 3, 1, 3, 2}, {0, -1, -1, 0, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint8_t draft[8];
+        memcpy(draft, g, 6);
+        if (cases[c].wrong >= 0) draft[cases[c].wrong] ^= 1;
+        int32_t span[8] = {(uint8_t)prompt[plen - 1]};
+        for (int i = 0; i < cases[c].k; i++) span[i + 1] = draft[i];
+        uint8_t want[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+        int soff[2] = {0, cases[c].k + 1}, s0 = 0;
+        mb_batch sb0 = {1, span, soff, &s0, want};
+        CHECK(!mb_pool_write(p, 0, start, &e) && !mb_forward(m, p, &sb0, rows, &e), "%s", e.msg);
+        taker tk = {.end_at = cases[c].end_at};
+        spec_result r;
+        CHECK(!spec_round(&s, rows, 256, draft, cases[c].k, (uint64_t)plen, scratch, p, 0, take,
+                          &tk, &r, &e),
+              "%s", e.msg);
+        CHECK(r.drafted == cases[c].k && r.accepted == cases[c].accepted &&
+                  r.taken == cases[c].taken && r.ended == (cases[c].end_at >= 0),
+              "case %zu: drafted %d accepted %d taken %d ended %d", c, r.drafted, r.accepted,
+              r.taken, r.ended);
+        CHECK(!memcmp(tk.got, g, (size_t)r.taken), "case %zu: the bytes of plain decoding", c);
+        CHECK(!mb_pool_read(p, 0, now, &e) && !memcmp(now, plain[r.taken - 1], sb),
+              "case %zu: the state of plain decoding before byte %d", c, r.taken - 1);
+    }
+    for (int i = 0; i < 7; i++) free(plain[i]);
+    free(scratch);
+    free(rows);
+    free(now);
+    free(start);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
 /* Prompt lookup over ctx[0..n) with an index built for it. */
 static int lookup_once(const uint8_t *ctx, size_t n, int key_len, size_t window, uint8_t *out,
                        int max_bytes) {
@@ -246,6 +329,7 @@ int main(int argc, char **argv) {
     RUN(test_round_trip);
     RUN(test_bad_files);
     RUN(test_verify);
+    RUN(test_round);
     RUN(test_lookup);
     RUN(test_lookup_matches_scan);
     return check_failures != 0;
