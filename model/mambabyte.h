@@ -147,7 +147,7 @@ long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, siz
  * ends at the last byte, so only the last bytes, as many as the longest stop, are searched and
  * the cost does not grow with len. */
 long mb_stop_find_tail(const char *const *stops, int n_stops, const uint8_t *out, size_t len);
-/* The natural log of the probability the softmax of logits[0..n) gives token (<= 0). */
+/* ln of the probability the softmax of logits[0..n) (n >= 1) gives token (<= 0). */
 double mb_logprob(const float *logits, int n, int token);
 
 #ifdef __cplusplus

@@ -114,7 +114,7 @@ static int keep_above(uint64_t *c, const float *logits, int n, double lo, uint64
 int mb_sample(const mb_sampling *s, const float *logits, int n, uint64_t pos, void *scratch) {
     if (!(s->temperature > 0.0f) || s->top_k == 1) return argmax(logits, n);
     uint64_t *cand = scratch, *tmp = cand + n; /* scratch is 8-byte aligned */
-    double *pr = (double *)(tmp + n);
+    double *pr = (void *)((char *)scratch + 2 * (size_t)n * sizeof(uint64_t));
     for (int i = 0; i < n; i++) cand[i] = candidate(logits, i);
     int k = s->top_k > 0 && s->top_k < n ? s->top_k : n, m = n;
     uint64_t next = UINT64_MAX; /* after a min-p bound: the first candidate it left out */

@@ -194,21 +194,21 @@ static void test_matches_reference(void) {
     for (int v = 0; v < 400; v++) {
         int n = sizes[v % 8];
         random_logits(l, n, (int)(rng() % 7));
-        void *scratch = malloc(mb_sample_scratch_bytes(n));
+        void *work = malloc(mb_sample_scratch_bytes(n));
         for (int c = 0; c < (n > 256 ? 4 : 40); c++) {
             mb_sampling s = {PICK(temps), PICK(top_ks), PICK(top_ps), PICK(min_ps), rng()};
             uint64_t pos = rng();
-            int a = mb_sample(&s, l, n, pos, scratch), b = ref_sample(&s, l, n, pos, ref_scratch);
+            int a = mb_sample(&s, l, n, pos, work), b = ref_sample(&s, l, n, pos, ref_scratch);
             cases++;
             if (a != b && diff++ < 5)
                 CHECK(0, "n %d T %g top_k %d top_p %g min_p %g: %d, reference %d", n, s.temperature,
                       s.top_k, s.top_p, s.min_p, a, b);
         }
-        free(scratch);
+        free(work);
     }
     CHECK(!diff, "%ld of %ld draws differ", diff, cases);
     /* every setting on a few vectors of 256 */
-    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    void *work = malloc(mb_sample_scratch_bytes(256));
     for (int v = 0; v < 7; v++) {
         random_logits(l, 256, v);
         for (size_t t = 0; t < sizeof temps / sizeof *temps; t++)
@@ -217,30 +217,30 @@ static void test_matches_reference(void) {
                     for (size_t m = 0; m < sizeof min_ps / sizeof *min_ps; m++) {
                         mb_sampling s = {temps[t], top_ks[k], top_ps[p], min_ps[m], 11};
                         uint64_t pos = rng() % 1000;
-                        int a = mb_sample(&s, l, 256, pos, scratch),
+                        int a = mb_sample(&s, l, 256, pos, work),
                             b = ref_sample(&s, l, 256, pos, ref_scratch);
                         CHECK(a == b, "kind %d T %g top_k %d top_p %g min_p %g: %d, reference %d",
                               v, s.temperature, s.top_k, s.top_p, s.min_p, a, b);
                     }
     }
-    free(scratch);
+    free(work);
 }
 
 /* Fixed expectations: a digest of 20,000 draws over the settings above, taken from the sampler
  * before it stopped sorting every candidate. */
 static void test_fixed_digest(void) {
     static float l[256];
-    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    void *work = malloc(mb_sample_scratch_bytes(256));
     uint64_t h = 1469598103934665603ull;
     rng_state = 12345;
     for (int v = 0; v < 500; v++) {
         random_logits(l, 256, v);
         for (int c = 0; c < 40; c++) {
             mb_sampling s = {PICK(temps), PICK(top_ks), PICK(top_ps), PICK(min_ps), rng()};
-            h = (h ^ (uint64_t)mb_sample(&s, l, 256, rng(), scratch)) * 1099511628211ull;
+            h = (h ^ (uint64_t)mb_sample(&s, l, 256, rng(), work)) * 1099511628211ull;
         }
     }
-    free(scratch);
+    free(work);
     CHECK(h == SAMPLE_DIGEST, "digest %#llx", (unsigned long long)h);
 }
 
@@ -255,7 +255,7 @@ static double now_s(void) {
 static void bench(void) {
     static float l[64][256];
     static double ref_scratch[3 * 256];
-    void *scratch = malloc(mb_sample_scratch_bytes(256));
+    void *work = malloc(mb_sample_scratch_bytes(256));
     for (int v = 0; v < 64; v++) random_logits(l[v], 256, 0);
     const struct {
         const char *name;
@@ -270,7 +270,7 @@ static void bench(void) {
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         volatile int sink = 0;
         double t0 = now_s();
-        for (int r = 0; r < reps; r++) sink += mb_sample(&cases[c].s, l[r & 63], 256, r, scratch);
+        for (int r = 0; r < reps; r++) sink += mb_sample(&cases[c].s, l[r & 63], 256, r, work);
         double t1 = now_s();
         for (int r = 0; r < reps; r++)
             sink += ref_sample(&cases[c].s, l[r & 63], 256, r, ref_scratch);
@@ -278,7 +278,7 @@ static void bench(void) {
         printf("%-40s %6.2f us  reference %6.2f us\n", cases[c].name, 1e6 * (t1 - t0) / reps,
                1e6 * (t2 - t1) / reps);
     }
-    free(scratch);
+    free(work);
     /* what generate paid per byte for stop strings at 1 MiB of output: the whole search, then
      * the tail search */
     enum { MiB = 1 << 20 };
