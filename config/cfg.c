@@ -148,20 +148,42 @@ void cfg_defaults(cfg *c) {
     for (size_t i = 0; i < N_KEYS; i++) set_text(c, &KEYS[i], KEYS[i].def, "default", err, 1);
 }
 
+/* Only JSON whitespace in [p, end). */
+static int only_space(const char *p, const char *end) {
+    for (; p < end; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') return 0;
+    return 1;
+}
+
+/* A key given twice in the object before `it`: the file would mean the last one or the first
+ * one depending on who reads it. Quadratic, but the loop below stops at the first unknown or
+ * repeated key, so it never looks at more keys than the table has. */
+static int given_before(const cJSON *root, const cJSON *it) {
+    for (const cJSON *p = root->child; p != it; p = p->next)
+        if (!strcmp(p->string, it->string)) return 1;
+    return 0;
+}
+
 int cfg_apply_json(cfg *c, const char *text, size_t len, const char *source, char *err,
                    size_t err_len) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root) return fail(err, err_len, "%s: not valid JSON", source);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root || !only_space(end, text + len)) {
+        cJSON_Delete(root);
+        return fail(err, err_len, "%s: not valid JSON (or text after the object)", source);
+    }
     int rc = 0;
     if (!cJSON_IsObject(root)) {
         rc = fail(err, err_len, "%s: must be a JSON object", source);
         goto out;
     }
     for (cJSON *it = root->child; it && !rc; it = it->next) {
-        const key *k = it->string ? find_key(it->string, strlen(it->string)) : NULL;
+        const key *k = find_key(it->string, strlen(it->string));
         /* find_key accepts dashes for flags; a file must use the exact spelling. */
-        if (!k || strcmp(k->name, it->string)) {
-            rc = fail(err, err_len, "%s: unknown key \"%s\"", source, it->string ? it->string : "");
+        if (k && !strcmp(k->name, it->string) && given_before(root, it)) {
+            rc = fail(err, err_len, "%s: \"%s\" is given twice", source, k->name);
+        } else if (!k || strcmp(k->name, it->string)) {
+            rc = fail(err, err_len, "%s: unknown key \"%.64s\"", source, it->string);
         } else if (k->type == K_STR) {
             rc = cJSON_IsString(it)
                      ? set_string(c, k, it->valuestring, source, err, err_len)
