@@ -717,11 +717,22 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- the watcher ---- */
 
-/* A peer that closed its end shows POLLRDHUP (or POLLHUP/POLLERR once reset). */
-static int client_gone(int fd) {
-    if (fd < 0) return 0;
-    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+/* Which parked clients hung up: a peer that closed its end shows POLLRDHUP (or POLLHUP/POLLERR
+ * once reset). One poll() for all of them, h->mu held: (*fds)[i].revents answers for the i-th
+ * parked request in list order. -1 when out of memory or poll fails: nobody is marked. */
+static int hang_ups(srv_http *h, struct pollfd **fds, size_t *cap) {
+    size_t n = 0;
+    for (req *r = h->live; r; r = r->next) n += r->suspended;
+    if (n > *cap) {
+        struct pollfd *f = realloc(*fds, n * sizeof *f);
+        if (!f) return -1;
+        *fds = f, *cap = n;
+    }
+    n = 0;
+    for (req *r = h->live; r; r = r->next)
+        if (r->suspended) (*fds)[n++] = (struct pollfd){.fd = r->fd, .events = POLLRDHUP};
+    if (n && poll(*fds, n, 0) < 0) return -1;
+    return 0;
 }
 
 /* Every 50 ms: a request that has not arrived by its deadline loses its connection (shutdown
@@ -729,22 +740,28 @@ static int client_gone(int fd) {
  * past any deadline, is woken to end; a parked stream is woken when a keep-alive is due. */
 static void *watch(void *arg) {
     srv_http *h = arg;
+    struct pollfd *fds = NULL;
+    size_t cap = 0;
     for (;;) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
         pthread_mutex_lock(&h->mu);
         if (h->stopping) {
             pthread_mutex_unlock(&h->mu);
+            free(fds);
             return NULL;
         }
         double now = srv_now();
+        int polled = !hang_ups(h, &fds, &cap);
+        size_t k = 0;
         for (req *r = h->live; r; r = r->next) {
             if (r->ph == P_READING && now > r->read_deadline) {
                 shutdown(r->fd, SHUT_RDWR);
                 r->ph = P_CUT;
             }
             if (!r->suspended) continue;
-            if (client_gone(r->fd)) {
+            short ev = polled ? fds[k++].revents : 0;
+            if (ev & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
                 r->gone = 1;
                 atomic_store(&r->job->cancelled, 1);
             } else if (now > r->give_up) {
