@@ -74,11 +74,31 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible) {
     pthread_mutex_lock(&j->mu);
     j->out_len = out_len;
-    if (visible > j->out_visible) {
+    if (j->held && visible > j->held_visible) {
+        j->held_visible = visible;
+    } else if (!j->held && visible > j->out_visible) {
         j->out_visible = visible;
         notify(j);
     }
     pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_hold(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    j->refs++;
+    j->held++;
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_release(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    if (--j->held == 0 && !j->done && j->held_visible > j->out_visible) {
+        j->out_visible = j->held_visible;
+        notify(j);
+    }
+    if (!j->held) j->held_visible = 0;
+    pthread_mutex_unlock(&j->mu);
+    srv_job_unref(j);
 }
 
 void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result) {

@@ -54,6 +54,8 @@ typedef struct srv_job {
     double t_admit, t_prefilled, t_first, t_done;
     void (*wake)(void *arg); /* the HTTP side's waker, called under mu when there is news */
     void *wake_arg;
+    int held; /* srv_job_hold depth: bytes published meanwhile wait in held_visible */
+    size_t held_visible;
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -69,6 +71,11 @@ void srv_job_admit(srv_job *j);
 void srv_job_fail(srv_job *j, const srv_error *e);
 /* Makes out[0..out_len) known, of which the first `visible` bytes may be shown. */
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible);
+/* Between hold and release (each takes and drops a reference) published bytes are shown only at
+ * the release, together: the scheduler holds a job while it takes the several bytes one step
+ * gave it, so a stream sends them as one event. Finishing or failing is shown at once. */
+void srv_job_hold(srv_job *j);
+void srv_job_release(srv_job *j);
 void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result);
 
 /* HTTP side. HTTP threads never block on a job: they park the connection and let the job wake
