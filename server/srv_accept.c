@@ -5,6 +5,7 @@
 #include "srv_job.h"
 #include "srv_request.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -17,8 +18,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define HEAD_MAX   16384 /* a longer request head gets 431 (libmicrohttpd's buffer is 32 KiB) */
-#define LINGER_S   2.0   /* after an error answer, how long the rest of the request is drained */
+#define HEAD_MAX   SRV_HEAD_MAX
+#define LINGER_S   2.0 /* after an error answer, how long the rest of the request is drained */
 #define TAG_LISTEN 0
 #define TAG_STOP   1
 #define TAG_FIRST  2 /* epoll tags from here on are entry index + TAG_FIRST */
@@ -40,7 +41,7 @@ struct srv_accept {
     double read_timeout;
     entry *e;
     pthread_t thread;
-    char head[HEAD_MAX + 1];
+    char head[HEAD_MAX];
 };
 
 /* ---- entries ---- */
@@ -112,21 +113,14 @@ static void accept_all(srv_accept *a) {
 
 /* ---- the request head ---- */
 
-typedef struct head_info {
-    char method[16], url[160];
-    int status; /* 0: fine */
-    const char *code;
-    char msg[96];
-} head_info;
-
-static int bad_head(head_info *h, int status, const char *code, const char *msg) {
+static int bad_head(srv_head *h, int status, const char *code, const char *msg) {
     h->status = status, h->code = code;
     snprintf(h->msg, sizeof h->msg, "%s", msg);
     return -1;
 }
 
 /* 413 with the limit in the message. */
-static int too_large(head_info *h, int max_body) {
+static int too_large(srv_head *h, int max_body) {
     h->status = 413, h->code = "body_too_large";
     snprintf(h->msg, sizeof h->msg, "the body is larger than %d bytes", max_body);
     return -1;
@@ -150,7 +144,7 @@ static int content_length(const char *v, size_t n, long long *out) {
 static int first_chunk(const char *p, size_t n, long long *out) {
     size_t i = 0;
     unsigned long long x = 0;
-    for (; i < n && strchr("0123456789abcdefABCDEF", p[i]) && p[i]; i++) {
+    for (; i < n && isxdigit((unsigned char)p[i]); i++) {
         if (x >> 59) return -1;
         int d = p[i] <= '9' ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10;
         x = x * 16 + (unsigned)d;
@@ -160,10 +154,10 @@ static int first_chunk(const char *p, size_t n, long long *out) {
     return 0;
 }
 
-/* Checks the head buf[0..len) (ending in an empty line at `end`) and what follows it in avail
- * bytes. Fills h; 0 when libmicrohttpd may have it. */
-static int check_head(const srv_accept *a, const char *buf, size_t end, size_t avail,
-                      head_info *h) {
+/* Checks the head buf[0..end) (which ends with its empty line) and, for a chunked body, the
+ * first chunk's size line if it is among the avail bytes peeked. Fills h (method and url for
+ * the log, the error if any); 0 when libmicrohttpd may have the request. */
+static int check_head(int max_body, const char *buf, size_t end, size_t avail, srv_head *h) {
     const char *sp = memchr(buf, ' ', end), *eol = memchr(buf, '\n', end);
     if (sp && eol && sp < eol) {
         snprintf(h->method, sizeof h->method, "%.*s", (int)(sp - buf), buf);
@@ -197,13 +191,13 @@ static int check_head(const srv_accept *a, const char *buf, size_t end, size_t a
     if (chunked && n_cl)
         return bad_head(h, 400, "invalid_content_length",
                         "give Content-Length or Transfer-Encoding: chunked, not both");
-    if (cl > a->max_body) return too_large(h, a->max_body);
+    if (cl > max_body) return too_large(h, max_body);
     const char *body = buf + end, *nl = memchr(body, '\n', avail - end);
     long long size;
     if (chunked && nl) {
         if (first_chunk(body, (size_t)(nl - body), &size))
             return bad_head(h, 400, "invalid_chunk_size", "a chunk size is not a valid size");
-        if (size > a->max_body) return too_large(h, a->max_body);
+        if (size > max_body) return too_large(h, max_body);
     }
     return 0;
 }
@@ -211,7 +205,7 @@ static int check_head(const srv_accept *a, const char *buf, size_t end, size_t a
 /* Writes the JSON error for h and lets the client read it before the socket closes: the rest of
  * its request is drained for LINGER_S (closing with unread bytes would reset the connection
  * and could destroy the answer in flight). */
-static void answer(srv_accept *a, entry *x, head_info *h) {
+static void answer(srv_accept *a, entry *x, srv_head *h) {
     char id[SRV_ID_MAX], text[1024];
     srv_new_id("req-", id, sizeof id);
     srv_error e;
@@ -239,6 +233,24 @@ static void answer(srv_accept *a, entry *x, head_info *h) {
         a->ops.answered(a->ops.arg, id, h->method, h->url, h->status, w > 0 ? (size_t)w : 0);
 }
 
+/* The length of the head in buf (up to and with its empty line, CRLF or bare LF, whichever
+ * comes first), or 0 while it has not all arrived. */
+static size_t head_end(const char *buf, size_t n) {
+    const char *crlf = memmem(buf, n, "\r\n\r\n", 4), *lf = memmem(buf, n, "\n\n", 2);
+    if (lf && (!crlf || lf < crlf)) return (size_t)(lf - buf) + 2;
+    return crlf ? (size_t)(crlf - buf) + 4 : 0;
+}
+
+int srv_head_check(const char *buf, size_t n, int max_body, srv_head *h) {
+    memset(h, 0, sizeof *h);
+    size_t len = head_end(buf, n);
+    if (!len)
+        return n < HEAD_MAX
+                   ? 0
+                   : bad_head(h, 431, "header_too_large", "the request head is larger than 16 KiB");
+    return check_head(max_body, buf, len, n, h) ? -1 : 1;
+}
+
 /* New bytes on a held connection: hand it over once its head is complete. */
 static void readable(srv_accept *a, entry *x) {
     if (x->closing) {
@@ -254,20 +266,10 @@ static void readable(srv_accept *a, entry *x) {
         drop(a, x);
         return;
     }
-    a->head[n] = 0;
-    const char *end = memmem(a->head, (size_t)n, "\r\n\r\n", 4);
-    size_t head_len = end ? (size_t)(end - a->head) + 4 : 0;
-    if (!end && (end = memmem(a->head, (size_t)n, "\n\n", 2)))
-        head_len = (size_t)(end - a->head) + 2;
-    head_info h = {0};
-    if (!head_len) {
-        if (n < HEAD_MAX) return;
-        bad_head(&h, 431, "header_too_large", "the request head is larger than 16 KiB");
-        answer(a, x, &h);
-        return;
-    }
-    if (check_head(a, a->head, head_len, (size_t)n, &h)) {
-        answer(a, x, &h);
+    srv_head h;
+    int verdict = srv_head_check(a->head, (size_t)n, a->max_body, &h);
+    if (verdict <= 0) {
+        if (verdict < 0) answer(a, x, &h);
         return;
     }
     epoll_ctl(a->ep, EPOLL_CTL_DEL, x->fd, NULL);

@@ -27,6 +27,22 @@ typedef struct srv_door_ops {
                      size_t bytes_out);
 } srv_door_ops;
 
+#define SRV_HEAD_MAX 16384 /* a longer request head gets 431 (libmicrohttpd's buffer: 32 KiB) */
+
+/* What the door says about a request head (and, for the log, its method and url). */
+typedef struct srv_head {
+    int status; /* the error to answer with: 400, 413 or 431 */
+    const char *code;
+    char msg[96];
+    char method[16], url[160];
+} srv_head;
+
+/* The door's verdict on buf[0..n), the bytes a new connection has sent so far (n at most
+ * SRV_HEAD_MAX): 0 while its head has not all arrived, 1 when it has and its framing
+ * (Content-Length, Transfer-Encoding, a first chunk size already there) is sane, -1 with the
+ * error in h otherwise. Exposed for the fuzzer. */
+int srv_head_check(const char *buf, size_t n, int max_body, srv_head *h);
+
 /* Listens on c->host:c->port and starts the thread; NULL with a message in err. */
 srv_accept *srv_accept_start(const cfg *c, const srv_door_ops *ops, char *err, size_t n);
 int srv_accept_port(const srv_accept *a);
