@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HEAD_MAX   SRV_HEAD_MAX
@@ -84,6 +85,21 @@ static entry *place_for(srv_accept *a, const struct sockaddr_storage *addr) {
     return oldest;
 }
 
+/* accept() found no free descriptor. The listening socket stays readable, so the loop would
+ * spin: the oldest held connection gives its descriptor up, or, holding none, the thread
+ * pauses 10 ms (libmicrohttpd's connections end meanwhile). */
+static void out_of_descriptors(srv_accept *a) {
+    entry *oldest = NULL;
+    for (int i = 0; i < a->n_max; i++)
+        if (a->e[i].fd >= 0 && (!oldest || a->e[i].t0 < oldest->t0)) oldest = &a->e[i];
+    if (oldest) {
+        drop(a, oldest);
+        return;
+    }
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 static void accept_all(srv_accept *a) {
     for (;;) {
         struct sockaddr_storage addr;
@@ -92,7 +108,8 @@ static void accept_all(srv_accept *a) {
             accept4(a->listen_fd, (struct sockaddr *)&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            return; /* EAGAIN, or out of descriptors: try again at the next event */
+            if (errno == EMFILE || errno == ENFILE) out_of_descriptors(a);
+            return; /* EAGAIN: the next event brings more */
         }
         entry *x = place_for(a, &addr);
         if (!x) {

@@ -163,6 +163,11 @@ static void wake(void *arg) {
 static int park(req *r, srv_wait what, size_t seen) {
     if (r->gone || r->expired || srv_job_ready(r->job, what, seen)) return 0;
     pthread_mutex_lock(&r->h->mu);
+    if (r->h->stopping) { /* libmicrohttpd must not stop with a parked connection */
+        r->expired = 1;
+        pthread_mutex_unlock(&r->h->mu);
+        return 0;
+    }
     r->suspended = 1;
     MHD_suspend_connection(r->c);
     pthread_mutex_unlock(&r->h->mu);

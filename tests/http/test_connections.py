@@ -2,8 +2,11 @@
 takes longer than connection_timeout_s gets SSE keep-alive comments and is not cut, nor is a
 whole answer that takes that long; clients that send their request head or body slowly are
 closed at request_read_timeout_s, one address holds at most max_connections_per_ip of them, and
-/health answers at once while such an attack fills max_connections."""
+/health answers at once while such an attack fills max_connections, or while the daemon is out
+of file descriptors."""
 import json
+import os
+import resource
 import socket
 import threading
 import time
@@ -188,9 +191,33 @@ def test_slow_body_is_cut_at_the_deadline():
         assert health_time(s.port) < 1
 
 
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors():
+    # 64 descriptors and 200 idle connections: accept() fails with EMFILE while the listening
+    # socket stays readable; the door must neither spin nor keep /health out.
+    with Server("--max-connections", "500", "--max-connections-per-ip", "0") as s:
+        soft, hard = resource.prlimit(s.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(s.proc.pid, resource.RLIMIT_NOFILE, (64, hard))
+        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(200)]
+        try:
+            time.sleep(0.3)
+            c0 = cpu_seconds(s.proc.pid)
+            time.sleep(1)
+            assert cpu_seconds(s.proc.pid) - c0 < 0.3, "the accepting thread spins"
+            assert health_time(s.port) < 1
+        finally:
+            for x in socks:
+                x.close()
+            resource.prlimit(s.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def main():
     run([test_slow_first_byte_keeps_stream_alive, test_slow_heads_one_address, test_slow_heads_fill_max_connections,
-         test_slow_body_is_cut_at_the_deadline])
+         test_slow_body_is_cut_at_the_deadline, test_out_of_descriptors])
 
 
 if __name__ == "__main__":
