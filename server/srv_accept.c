@@ -198,6 +198,9 @@ static int check_head(int max_body, const char *buf, size_t end, size_t avail, s
                     return bad_head(h, 400, "invalid_content_length",
                                     "Content-Length must be one non-negative decimal number");
                 cl = x;
+            } else if (name == 12 && !strncasecmp(line, "X-Request-Id", 12)) {
+                snprintf(h->rid, sizeof h->rid, "%.*s", (int)(ve - v), v);
+                if ((size_t)(ve - v) >= sizeof h->rid || !srv_id_valid(h->rid)) h->rid[0] = 0;
             } else if (name == 17 && !strncasecmp(line, "Transfer-Encoding", 17)) {
                 for (const char *p = v; p + 7 <= ve; p++)
                     if (!strncasecmp(p, "chunked", 7)) chunked = 1;
@@ -224,7 +227,10 @@ static int check_head(int max_body, const char *buf, size_t end, size_t avail, s
  * and could destroy the answer in flight). */
 static void answer(srv_accept *a, entry *x, srv_head *h) {
     char id[SRV_ID_MAX], text[1024];
-    srv_new_id("req-", id, sizeof id);
+    if (h->rid[0])
+        snprintf(id, sizeof id, "%s", h->rid);
+    else
+        srv_new_id("req-", id, sizeof id);
     srv_error e;
     srv_error_set(&e, h->status, h->status == 503 ? "server_error" : "invalid_request_error",
                   h->code, "%s", h->msg);

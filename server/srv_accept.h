@@ -10,6 +10,7 @@
 #define SRV_ACCEPT_H
 
 #include "cfg.h"
+#include "srv_request.h"
 
 #include <sys/socket.h>
 
@@ -35,6 +36,7 @@ typedef struct srv_head {
     const char *code;
     char msg[96];
     char method[16], url[160];
+    char rid[SRV_ID_MAX]; /* the client's X-Request-Id when it is a valid id, else "" */
 } srv_head;
 
 /* The door's verdict on buf[0..n), the bytes a new connection has sent so far (n at most

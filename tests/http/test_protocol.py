@@ -106,6 +106,8 @@ def test_request_id():
     assert st == 400 and h["X-Request-Id"] == "req-7"
     out, _ = raw(SRV.port, b"POST /v1/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
     assert b"\r\nX-Request-Id: req-" in out, out
+    out, _ = raw(SRV.port, b"POST /v1/completions HTTP/1.1\r\nX-Request-Id: mine-1\r\nContent-Length: -5\r\n\r\n")
+    assert b"\r\nX-Request-Id: mine-1\r\n" in out, out
 
 
 def test_bearer_any_case():
