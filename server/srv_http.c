@@ -188,13 +188,17 @@ static int submit(req *r, srv_job *j, srv_error *e) {
 
 /* ---- responses ---- */
 
-/* A path of this server in a message becomes a name: clients need not know the layout. */
+/* A path of this server in a message becomes a name: clients need not know the layout. Only
+ * where the directory stands as a path (at the start or after a space or quote, and followed
+ * by '/' or ':'): "sessions", the default session_dir, is also a word of other messages. */
 static void hide_paths(const srv_http *h, char *msg, size_t n) {
     const char *dirs[][2] = {{h->c.session_dir, "<session_dir>"}, {h->c.model, "<model>"}};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         size_t dl = strlen(dirs[i][0]), nl = strlen(dirs[i][1]);
-        if (dl < 2) continue;
-        for (char *p = strstr(msg, dirs[i][0]); p; p = strstr(p + nl, dirs[i][0])) {
+        if (dl == 0) continue;
+        for (char *p = strstr(msg, dirs[i][0]); p; p = strstr(p + 1, dirs[i][0])) {
+            int starts = p == msg || strchr(" '\"(", p[-1]);
+            if (!starts || (p[dl] != '/' && p[dl] != ':')) continue;
             size_t rest = strlen(p + dl);
             if ((size_t)(p - msg) + nl + rest + 1 > n) break;
             memmove(p + nl, p + dl, rest + 1);

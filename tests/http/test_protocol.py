@@ -156,6 +156,11 @@ def test_error_messages_hide_paths():
     assert st == 400, (st, out)
     msg = out["error"]["message"]
     assert SRV.session_dir not in msg and "<session_dir>" in msg, msg
+    # the default session_dir, "sessions", is also a word: only paths are replaced
+    with Server("--session-dir", "sessions", "--max-sessions", "1") as s:
+        assert s.request("POST", "/v1/sessions", {})[0] == 200
+        st, out, _ = s.request("POST", "/v1/sessions", {})
+        assert st == 429 and "sessions" in out["error"]["message"] and "<" not in out["error"]["message"], out
 
 
 def test_log_lines_are_escaped():
