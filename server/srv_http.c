@@ -646,11 +646,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r->responded) return MHD_YES;
         return take_upload(r, upload, n) ? MHD_NO : MHD_YES;
     }
-    if (r->ph == P_READING) {
-        pthread_mutex_lock(&r->h->mu);
-        r->ph = P_BUSY;
-        pthread_mutex_unlock(&r->h->mu);
-    }
+    pthread_mutex_lock(&r->h->mu);
+    int cut = r->ph == P_CUT; /* the watcher shut the socket as the body came in */
+    if (r->ph == P_READING) r->ph = P_BUSY;
+    pthread_mutex_unlock(&r->h->mu);
+    if (cut) return MHD_NO;
     if (r->responded) return MHD_YES;
     if (r->too_large) {
         char msg[96];
