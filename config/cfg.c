@@ -63,8 +63,8 @@ static const key KEYS[] = {
     INT(connection_timeout_s, 0, 1 << 20, "60",
         "idle HTTP connections are closed after this (never while their request runs)"),
     INT(max_connections_per_ip, 0, 1 << 20, "64",
-        "connections one client address may hold while they send their request head (0: no "
-        "limit)"),
+        "request heads in progress one address may have at the full request_read_timeout_s; "
+        "further ones get 1 s (0: no limit)"),
     DBL(request_read_timeout_s, 0.01, 1e6, "10",
         "a request's head must arrive within this of connecting, its body within this after"),
     INT(http_threads, 1, 256, "4", "threads serving HTTP connections (event loops)"),

@@ -32,7 +32,7 @@ typedef struct cfg {
     double shutdown_timeout_s; /* SIGTERM: how long running requests may finish */
     int max_connections;
     int connection_timeout_s;      /* idle HTTP connections are closed after this */
-    int max_connections_per_ip;    /* per address, while sending a head; 0: no limit */
+    int max_connections_per_ip;    /* heads in progress per address at the full deadline */
     double request_read_timeout_s; /* head within this of connecting, body within this after */
     int http_threads;              /* libmicrohttpd event-loop threads */
     double keepalive_s;            /* SSE keep-alive comment interval while a stream waits */

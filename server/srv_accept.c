@@ -19,11 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HEAD_MAX   SRV_HEAD_MAX
-#define LINGER_S   2.0 /* after an error answer, how long the rest of the request is drained */
-#define TAG_LISTEN 0
-#define TAG_STOP   1
-#define TAG_FIRST  2 /* epoll tags from here on are entry index + TAG_FIRST */
+#define HEAD_MAX     SRV_HEAD_MAX
+#define LINGER_S     2.0 /* after an error answer, how long the rest of the request is drained */
+#define OVER_SHARE_S 1.0 /* head deadline past max_connections_per_ip heads from one address */
+#define TAG_LISTEN   0
+#define TAG_STOP     1
+#define TAG_FIRST    2 /* epoll tags from here on are entry index + TAG_FIRST */
 
 /* A connection whose request head has not fully arrived, or one answered here and draining. */
 typedef struct entry {
@@ -64,10 +65,11 @@ static void drop(srv_accept *a, entry *x) {
     x->fd = -1;
 }
 
-/* A place for a new connection from addr, or NULL when its address holds its share. When all
- * places are taken the oldest connection is closed: under a flood of slow heads a new client
- * still gets in, and a slow head only loses its place to younger ones. */
-static entry *place_for(srv_accept *a, const struct sockaddr_storage *addr) {
+/* A place for a new connection from addr; *over says that its address already holds its share
+ * of heads in progress. When all places are taken the oldest connection is closed: under a
+ * flood of slow heads a new client still gets in, and a slow head only loses its place to
+ * younger ones. */
+static entry *place_for(srv_accept *a, const struct sockaddr_storage *addr, int *over) {
     entry *free_e = NULL, *oldest = NULL;
     int same = 0;
     for (int i = 0; i < a->n_max; i++) {
@@ -79,7 +81,7 @@ static entry *place_for(srv_accept *a, const struct sockaddr_storage *addr) {
         if (!x->closing && same_host(&x->addr, addr)) same++;
         if (!oldest || x->t0 < oldest->t0) oldest = x;
     }
-    if (a->per_ip > 0 && same >= a->per_ip) return NULL;
+    *over = a->per_ip > 0 && same >= a->per_ip;
     if (free_e) return free_e;
     drop(a, oldest);
     return oldest;
@@ -111,13 +113,14 @@ static void accept_all(srv_accept *a) {
             if (errno == EMFILE || errno == ENFILE) out_of_descriptors(a);
             return; /* EAGAIN: the next event brings more */
         }
-        entry *x = place_for(a, &addr);
-        if (!x) {
-            close(fd);
-            continue;
-        }
+        int over;
+        entry *x = place_for(a, &addr, &over);
         *x = (entry){.fd = fd, .t0 = srv_now(), .addr = addr, .alen = alen};
-        x->deadline = x->t0 + a->read_timeout;
+        /* Past its address's share a connection is not refused (a client that opens many at
+         * once sends each head at once), but it has OVER_SHARE_S for its head, not the whole
+         * request_read_timeout_s: a single address cannot hold many slow heads for long. */
+        x->deadline =
+            x->t0 + (over && OVER_SHARE_S < a->read_timeout ? OVER_SHARE_S : a->read_timeout);
         /* Edge-triggered: peeking leaves the bytes in the socket, so only new bytes wake us. */
         struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET,
                                  .data.u64 = (uint64_t)(x - a->e) + TAG_FIRST};

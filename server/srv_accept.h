@@ -1,11 +1,11 @@
 /* srv_accept.h: the front door of the daemon. One thread accepts connections and keeps each one
  * until its request head has fully arrived, looking at it without reading it (MSG_PEEK); only
  * then is the socket handed to libmicrohttpd. A client that sends its head slowly therefore holds
- * one entry here and nothing in libmicrohttpd: it is closed at request_read_timeout_s, one
- * address may hold at most max_connections_per_ip such entries, and when all max_connections
- * entries are taken the oldest makes room. Framing that libmicrohttpd would answer in its own
- * way (a Content-Length that is not a number or is too large, a first chunk that is too large)
- * is answered here with the JSON error format. */
+ * one entry here and nothing in libmicrohttpd: it is closed at request_read_timeout_s, an
+ * address holding max_connections_per_ip such entries gets 1 s for the head of each further
+ * one, and when all max_connections entries are taken the oldest makes room. Framing that
+ * libmicrohttpd would answer in its own way (a Content-Length that is not a number or is too large,
+ * a first chunk that is too large) is answered here with the JSON error format. */
 #ifndef SRV_ACCEPT_H
 #define SRV_ACCEPT_H
 

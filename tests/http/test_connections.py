@@ -1,7 +1,7 @@
 """Connections under slow clients and slow work, with real sockets: a stream whose first byte
 takes longer than connection_timeout_s gets SSE keep-alive comments and is not cut, nor is a
 whole answer that takes that long; clients that send their request head or body slowly are
-closed at request_read_timeout_s, one address holds at most max_connections_per_ip of them, and
+closed at request_read_timeout_s (1 s past max_connections_per_ip from one address), and
 /health answers at once while such an attack fills max_connections, or while the daemon is out
 of file descriptors."""
 import json
@@ -149,13 +149,27 @@ def test_slow_heads_one_address():
                 "--connection-timeout-s", "60") as s:
         d = Dripper(s.port, ["127.0.0.2"], 64)
         try:
-            time.sleep(0.3)
-            assert d.open_count() <= 8, d.open_count()
             assert health_time(s.port) < 1
-            time.sleep(2.5)
+            time.sleep(1.3)  # past its share, an address gets 1 s for a head
+            assert d.open_count() <= 8, d.open_count()
+            time.sleep(1.2)
             assert d.open_count() == 0, "slow heads outlived request_read_timeout_s"
         finally:
             d.close()
+
+
+def test_burst_from_one_address():
+    # 100 connections from one address at once, heads sent only after all are open: past the
+    # address's share they get a shorter deadline, not a refusal
+    with Server("--max-connections-per-ip", "8") as s:
+        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(100)]
+        time.sleep(0.2)
+        for x in socks:
+            x.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = [read_all(x, 5)[0] for x in socks]
+        for x in socks:
+            x.close()
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), sum(a.startswith(b"HTTP/1.1 200") for a in answers)
 
 
 def test_slow_heads_fill_max_connections():
@@ -216,7 +230,8 @@ def test_out_of_descriptors():
 
 
 def main():
-    run([test_slow_first_byte_keeps_stream_alive, test_slow_heads_one_address, test_slow_heads_fill_max_connections,
+    run([test_slow_first_byte_keeps_stream_alive, test_slow_heads_one_address, test_burst_from_one_address,
+         test_slow_heads_fill_max_connections,
          test_slow_body_is_cut_at_the_deadline, test_out_of_descriptors])
 
 
