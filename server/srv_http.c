@@ -86,10 +86,11 @@ struct req {
     req *prev, *next;
     phase ph;
     double read_deadline, give_up;
-    int suspended; /* parked by us and not yet woken */
-    int gone;      /* the client hung up while parked */
-    int expired;   /* parked past any deadline: the job was lost */
-    double last_write;
+    int suspended;     /* parked by us and not yet woken */
+    int gone;          /* the client hung up while parked */
+    int expired;       /* parked past any deadline: the job was lost */
+    int quiet;         /* woken because a keep-alive is due */
+    double last_write; /* a stream's last bytes out (its arrival until then); 0: not a stream */
 };
 
 /* ---- routing ---- */
@@ -381,9 +382,9 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         int f = srv_stream_fill(x->st);
         if (f < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
         pthread_mutex_lock(&r->h->mu);
-        double quiet = srv_now() - r->last_write;
+        double silent = srv_now() - r->last_write;
         pthread_mutex_unlock(&r->h->mu);
-        if (!f && quiet >= r->h->c.keepalive_s) {
+        if (!f && silent >= r->h->c.keepalive_s) {
             if (srv_stream_keepalive(x->st)) return MHD_CONTENT_READER_END_WITH_ERROR;
             f = 1;
         }
@@ -417,9 +418,6 @@ static enum MHD_Result start_stream(req *r) {
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    pthread_mutex_lock(&r->h->mu);
-    r->last_write = srv_now();
-    pthread_mutex_unlock(&r->h->mu);
     return queue(r, 200, resp);
 }
 
@@ -453,9 +451,17 @@ static enum MHD_Result generate(req *r) {
         j->t_arrive = r->t0;
         j->deadline = r->t0 + j->req.timeout_s;
         r->created = (long)time(NULL);
+        if (j->req.stream) {
+            pthread_mutex_lock(&h->mu);
+            r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
+            pthread_mutex_unlock(&h->mu);
+        }
         if (submit(r, j, &e)) return send_error(r, &e);
     }
     srv_job *j = r->job;
+    /* A stream still queued when a keep-alive is due starts now, with the keep-alive; should it
+     * then fail to be admitted, its error comes as an event. */
+    if (j->req.stream && r->quiet) return start_stream(r);
     if (park(r, j->req.stream ? SRV_WAIT_ADMITTED : SRV_WAIT_DONE, 0)) return MHD_YES;
     if (r->gone || r->expired) return abandoned(r);
     pthread_mutex_lock(&j->mu);
@@ -777,6 +783,8 @@ static void *watch(void *arg) {
                 r->expired = 1;
             } else if (r->last_write <= 0 || now - r->last_write < h->c.keepalive_s) {
                 continue;
+            } else {
+                r->quiet = 1;
             }
             r->suspended = 0;
             MHD_resume_connection(r->c);

@@ -1,6 +1,6 @@
 """Connections under slow clients and slow work, with real sockets: a stream whose first byte
-takes longer than connection_timeout_s gets SSE keep-alive comments and is not cut, nor is a
-whole answer that takes that long; clients that send their request head or body slowly are
+takes longer than connection_timeout_s, or that waits in the queue, gets SSE keep-alive comments
+and is not cut, nor is a whole answer that takes that long; clients that send their request head or body slowly are
 closed at request_read_timeout_s (1 s past max_connections_per_ip from one address), and
 /health answers at once while such an attack fills max_connections, or while the daemon is out
 of file descriptors."""
@@ -76,6 +76,35 @@ def test_slow_first_byte_keeps_stream_alive():
         out = json.loads(raw.partition(b"\r\n\r\n")[2])
         assert out["usage"]["completion_bytes"] == 4 and out["timings"]["ttfb_ms"] > 1000, out
         assert 'status=499' not in s.output()
+
+
+def test_queued_stream_gets_keepalives():
+    # one slot, taken for 2 s: a stream waiting in the queue starts with keep-alives, then gets
+    # its events; one whose deadline passes in the queue ends with an error event
+    with Server("--slots", "1", "--keepalive-s", "0.2", "--connection-timeout-s", "1",
+                "--max-tokens-limit", "1000000") as s:
+        busy = threading.Thread(target=s.request, args=("POST", "/v1/generate", {
+            "prompt": "a", "max_tokens": 1000000, "timeout": 2}))
+        busy.start()
+        while s.metrics()["mambabyte_slots_active"] == 0:
+            time.sleep(0.01)
+        late = post_raw(s.port, "/v1/generate", {"prompt": "q", "max_tokens": 5, "stream": True, "timeout": 0.6})
+        t0 = time.time()
+        sock = post_raw(s.port, "/v1/completions", {"prompt": "q", "max_tokens": 5, "stream": True})
+        sock.settimeout(10)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and time.time() - t0 < 1, (first, time.time() - t0)
+        rest, _ = read_all(sock, 30)
+        sock.close()
+        text = dechunk((first + rest).partition(b"\r\n\r\n")[2]).decode()
+        assert text.startswith(": keep-alive\n\n") and text[:text.index("data: ")].count(": keep-alive") >= 3, text[:300]
+        events = parse_sse(text.replace(": keep-alive\n\n", ""))
+        assert events[-2]["choices"][0]["finish_reason"] == "length", events[-2]
+        raw, _ = read_all(late, 30)
+        late.close()
+        events = parse_sse(dechunk(raw.partition(b"\r\n\r\n")[2]).decode().replace(": keep-alive\n\n", ""))
+        assert raw.startswith(b"HTTP/1.1 200") and events[-2]["error"]["code"] == "timeout", events
+        busy.join()
 
 
 class Dripper:
@@ -230,7 +259,7 @@ def test_out_of_descriptors():
 
 
 def main():
-    run([test_slow_first_byte_keeps_stream_alive, test_slow_heads_one_address, test_burst_from_one_address,
+    run([test_slow_first_byte_keeps_stream_alive, test_queued_stream_gets_keepalives, test_slow_heads_one_address, test_burst_from_one_address,
          test_slow_heads_fill_max_connections,
          test_slow_body_is_cut_at_the_deadline, test_out_of_descriptors])
 
