@@ -175,8 +175,10 @@ static int first_chunk(const char *p, size_t n, long long *out) {
 }
 
 /* Checks the head buf[0..end) (which ends with its empty line) and, for a chunked body, the
- * first chunk's size line if it is among the avail bytes peeked. Fills h (method and url for
- * the log, the error if any); 0 when libmicrohttpd may have the request. */
+ * first chunk's size line among the avail bytes peeked. Fills h (method and url for the log,
+ * the error if any). 0: libmicrohttpd may have the request; 1: wait for the first chunk's size
+ * line (a client sends a chunked body right after its head, unless it waits for
+ * "100 Continue", which libmicrohttpd sends); -1: answer with h's error. */
 static int check_head(int max_body, const char *buf, size_t end, size_t avail, srv_head *h) {
     const char *sp = memchr(buf, ' ', end), *eol = memchr(buf, '\n', end);
     if (sp && eol && sp < eol) {
@@ -184,7 +186,7 @@ static int check_head(int max_body, const char *buf, size_t end, size_t avail, s
         const char *u = sp + 1, *sp2 = memchr(u, ' ', (size_t)(eol - u));
         snprintf(h->url, sizeof h->url, "%.*s", (int)((sp2 ? sp2 : eol) - u), u);
     }
-    int n_cl = 0, chunked = 0;
+    int n_cl = 0, chunked = 0, expect = 0;
     long long cl = 0;
     for (const char *line = eol ? eol + 1 : buf + end; line < buf + end;) {
         const char *nl = memchr(line, '\n', (size_t)(buf + end - line));
@@ -204,6 +206,8 @@ static int check_head(int max_body, const char *buf, size_t end, size_t avail, s
             } else if (name == 12 && !strncasecmp(line, "X-Request-Id", 12)) {
                 snprintf(h->rid, sizeof h->rid, "%.*s", (int)(ve - v), v);
                 if ((size_t)(ve - v) >= sizeof h->rid || !srv_id_valid(h->rid)) h->rid[0] = 0;
+            } else if (name == 6 && !strncasecmp(line, "Expect", 6)) {
+                expect = 1;
             } else if (name == 17 && !strncasecmp(line, "Transfer-Encoding", 17)) {
                 for (const char *p = v; p + 7 <= ve; p++)
                     if (!strncasecmp(p, "chunked", 7)) chunked = 1;
@@ -217,11 +221,11 @@ static int check_head(int max_body, const char *buf, size_t end, size_t avail, s
     if (cl > max_body) return too_large(h, max_body);
     const char *body = buf + end, *nl = memchr(body, '\n', avail - end);
     long long size;
-    if (chunked && nl) {
-        if (first_chunk(body, (size_t)(nl - body), &size))
-            return bad_head(h, 400, "invalid_chunk_size", "a chunk size is not a valid size");
-        if (size > max_body) return too_large(h, max_body);
-    }
+    if (!chunked || (!nl && expect)) return 0;
+    if (!nl && avail < HEAD_MAX) return 1;
+    if (!nl || first_chunk(body, (size_t)(nl - body), &size))
+        return bad_head(h, 400, "invalid_chunk_size", "a chunk size is not a valid size");
+    if (size > max_body) return too_large(h, max_body);
     return 0;
 }
 
@@ -274,7 +278,8 @@ int srv_head_check(const char *buf, size_t n, int max_body, srv_head *h) {
         return n < HEAD_MAX
                    ? 0
                    : bad_head(h, 431, "header_too_large", "the request head is larger than 16 KiB");
-    return check_head(max_body, buf, len, n, h) ? -1 : 1;
+    int rc = check_head(max_body, buf, len, n, h);
+    return rc < 0 ? -1 : rc == 1 ? 0 : 1;
 }
 
 /* New bytes on a held connection: hand it over once its head is complete. */

@@ -40,9 +40,10 @@ typedef struct srv_head {
 } srv_head;
 
 /* The door's verdict on buf[0..n), the bytes a new connection has sent so far (n at most
- * SRV_HEAD_MAX): 0 while its head has not all arrived, 1 when it has and its framing
- * (Content-Length, Transfer-Encoding, a first chunk size already there) is sane, -1 with the
- * error in h otherwise. Exposed for the fuzzer. */
+ * SRV_HEAD_MAX): 0 while its head (and for a chunked body not awaiting "100 Continue", the
+ * first chunk's size line) has not all arrived, 1 when it has and its framing
+ * (Content-Length, Transfer-Encoding, the first chunk size) is sane, -1 with the error in h
+ * otherwise. Exposed for the fuzzer. */
 int srv_head_check(const char *buf, size_t n, int max_body, srv_head *h);
 
 /* Listens on c->host:c->port and starts the thread; NULL with a message in err. */

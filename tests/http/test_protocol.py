@@ -67,6 +67,16 @@ def test_framing_errors_answered_in_json():
         out, secs = raw(SRV.port, head + extra)
         st, err = one_json_answer(out)
         assert st == status and secs < 2, (extra, st, err, secs)
+    # the chunk size line after a pause: still answered at once, not at the read deadline
+    s = socket.create_connection(("127.0.0.1", SRV.port))
+    s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+    time.sleep(0.3)
+    t0 = time.time()
+    s.sendall(b"FFFFFFFFFFFFFFFF\r\nabc")
+    s.settimeout(5)
+    out = s.recv(65536)
+    s.close()
+    assert one_json_answer(out)[0] == 400 and time.time() - t0 < 1, out
     # a head that never ends
     out, _ = raw(SRV.port, b"GET /health HTTP/1.1\r\n" + b"X-Pad: " + b"p" * 20000 + b"\r\n")
     assert one_json_answer(out)[0] == 431
