@@ -60,7 +60,18 @@ static const key KEYS[] = {
     DBL(request_timeout_s, 0.001, 1e6, "300", "deadline per request, arrival to last byte"),
     DBL(shutdown_timeout_s, 0, 1e6, "30", "on SIGTERM, time running requests get to finish"),
     INT(max_connections, 1, 1 << 20, "2048", "simultaneous HTTP connections"),
-    INT(connection_timeout_s, 0, 1 << 20, "60", "idle HTTP connections are closed after this"),
+    INT(connection_timeout_s, 0, 1 << 20, "60",
+        "idle HTTP connections are closed after this (never while their request runs)"),
+    INT(max_connections_per_ip, 0, 1 << 20, "64",
+        "request heads in progress one address may have at the full request_read_timeout_s; "
+        "further ones get 1 s (0: no limit)"),
+    DBL(request_read_timeout_s, 0.01, 1e6, "10",
+        "a request's head must arrive within this of connecting, its body within this after"),
+    INT(http_threads, 1, 256, "4", "threads serving HTTP connections (event loops)"),
+    DBL(keepalive_s, 0.01, 1e6, "15",
+        "seconds between SSE keep-alive comments of a waiting stream"),
+    STR(cors_origins, "",
+        "origins allowed to call from a browser: comma-separated, or *; empty: no CORS"),
     INT(max_sessions, 0, 1 << 24, "4096", "sessions held in memory (slots + host)"),
     STR(session_dir, "sessions", "directory for saved sessions"),
     BOOL(log_requests, "true", "one log line per request on stderr"),
@@ -137,20 +148,42 @@ void cfg_defaults(cfg *c) {
     for (size_t i = 0; i < N_KEYS; i++) set_text(c, &KEYS[i], KEYS[i].def, "default", err, 1);
 }
 
+/* Only JSON whitespace in [p, end). */
+static int only_space(const char *p, const char *end) {
+    for (; p < end; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') return 0;
+    return 1;
+}
+
+/* A key given twice in the object before `it`: the file would mean the last one or the first
+ * one depending on who reads it. Quadratic, but the loop below stops at the first unknown or
+ * repeated key, so it never looks at more keys than the table has. */
+static int given_before(const cJSON *root, const cJSON *it) {
+    for (const cJSON *p = root->child; p != it; p = p->next)
+        if (!strcmp(p->string, it->string)) return 1;
+    return 0;
+}
+
 int cfg_apply_json(cfg *c, const char *text, size_t len, const char *source, char *err,
                    size_t err_len) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root) return fail(err, err_len, "%s: not valid JSON", source);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root || !only_space(end, text + len)) {
+        cJSON_Delete(root);
+        return fail(err, err_len, "%s: not valid JSON (or text after the object)", source);
+    }
     int rc = 0;
     if (!cJSON_IsObject(root)) {
         rc = fail(err, err_len, "%s: must be a JSON object", source);
         goto out;
     }
     for (cJSON *it = root->child; it && !rc; it = it->next) {
-        const key *k = it->string ? find_key(it->string, strlen(it->string)) : NULL;
+        const key *k = find_key(it->string, strlen(it->string));
         /* find_key accepts dashes for flags; a file must use the exact spelling. */
-        if (!k || strcmp(k->name, it->string)) {
-            rc = fail(err, err_len, "%s: unknown key \"%s\"", source, it->string ? it->string : "");
+        if (k && !strcmp(k->name, it->string) && given_before(root, it)) {
+            rc = fail(err, err_len, "%s: \"%s\" is given twice", source, k->name);
+        } else if (!k || strcmp(k->name, it->string)) {
+            rc = fail(err, err_len, "%s: unknown key \"%.64s\"", source, it->string);
         } else if (k->type == K_STR) {
             rc = cJSON_IsString(it)
                      ? set_string(c, k, it->valuestring, source, err, err_len)

@@ -31,10 +31,15 @@ typedef struct cfg {
     double request_timeout_s;  /* deadline of a request from arrival to its last byte */
     double shutdown_timeout_s; /* SIGTERM: how long running requests may finish */
     int max_connections;
-    int connection_timeout_s; /* idle HTTP connections are closed after this */
-    int max_sessions;         /* sessions in memory, resident in slots or spilled to host */
-    char session_dir[1024];   /* where sessions are saved */
-    int log_requests;         /* one line per request on stderr */
+    int connection_timeout_s;      /* idle HTTP connections are closed after this */
+    int max_connections_per_ip;    /* heads in progress per address at the full deadline */
+    double request_read_timeout_s; /* head within this of connecting, body within this after */
+    int http_threads;              /* libmicrohttpd event-loop threads */
+    double keepalive_s;            /* SSE keep-alive comment interval while a stream waits */
+    char cors_origins[1024];       /* comma-separated allowed origins, "*" or "" (no CORS) */
+    int max_sessions;              /* sessions in memory, resident in slots or spilled to host */
+    char session_dir[1024];        /* where sessions are saved */
+    int log_requests;              /* one line per request on stderr */
 } cfg;
 
 /* Fills c from the layers above. argv holds only the flags (no subcommand name); the first

@@ -1,6 +1,7 @@
-/* srv_http.h: the libmicrohttpd daemon: routes, authentication, request bodies, responses and
- * the per-request log line. HTTP threads never touch the engine: they parse, submit a job to
- * the scheduler and wait on it. */
+/* srv_http.h: the libmicrohttpd daemon behind the front door (srv_accept.h): routes,
+ * authentication, CORS, request bodies, responses and the per-request log line. HTTP threads
+ * never touch the engine and never block: they parse, submit a job to the scheduler and park
+ * the connection until the job wakes it. */
 #ifndef SRV_HTTP_H
 #define SRV_HTTP_H
 

@@ -1,7 +1,6 @@
 /* srv_job.c: the job's lifecycle and the hand-over between HTTP threads and the scheduler. */
 #include "srv_job.h"
 
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -26,12 +25,6 @@ srv_job *srv_job_new(srv_job_kind kind, srv_gen_req *req) {
         }
     }
     pthread_mutex_init(&j->mu, NULL);
-    /* Waits are timed against CLOCK_MONOTONIC so a clock change cannot stall them. */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->cv, &ca);
-    pthread_condattr_destroy(&ca);
     j->refs = 1;
     j->t_arrive = srv_now();
     return j;
@@ -50,18 +43,22 @@ void srv_job_unref(srv_job *j) {
     pthread_mutex_unlock(&j->mu);
     if (left) return;
     pthread_mutex_destroy(&j->mu);
-    pthread_cond_destroy(&j->cv);
     srv_gen_req_free(&j->req);
     free(j->out);
     free(j->result);
     free(j);
 }
 
+/* Tells the HTTP side there is news; the caller holds j->mu. */
+static void notify(srv_job *j) {
+    if (j->wake) j->wake(j->wake_arg);
+}
+
 void srv_job_admit(srv_job *j) {
     pthread_mutex_lock(&j->mu);
     j->admitted = 1;
     j->t_admit = srv_now();
-    pthread_cond_broadcast(&j->cv);
+    notify(j);
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -70,19 +67,38 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
     j->err = *e;
     j->failed = j->admitted = j->done = 1;
     j->t_done = srv_now();
-    pthread_cond_broadcast(&j->cv);
+    notify(j);
     pthread_mutex_unlock(&j->mu);
 }
 
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible) {
     pthread_mutex_lock(&j->mu);
     j->out_len = out_len;
-    /* Only a stream waits for bytes; a whole answer waits for the end and sleeps on. */
-    if (visible > j->out_visible) {
+    if (j->held && visible > j->held_visible) {
+        j->held_visible = visible;
+    } else if (!j->held && visible > j->out_visible) {
         j->out_visible = visible;
-        if (j->waiting_for == SRV_WAIT_MORE) pthread_cond_broadcast(&j->cv);
+        notify(j);
     }
     pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_hold(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    j->refs++;
+    j->held++;
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_release(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    if (--j->held == 0 && !j->done && j->held_visible > j->out_visible) {
+        j->out_visible = j->held_visible;
+        notify(j);
+    }
+    if (!j->held) j->held_visible = 0;
+    pthread_mutex_unlock(&j->mu);
+    srv_job_unref(j);
 }
 
 void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result) {
@@ -92,15 +108,8 @@ void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result) {
     j->result = result;
     j->admitted = j->done = 1;
     j->t_done = srv_now();
-    pthread_cond_broadcast(&j->cv);
+    notify(j);
     pthread_mutex_unlock(&j->mu);
-}
-
-/* A peer that closed its end shows POLLRDHUP (or POLLHUP/POLLERR once reset). */
-static int client_gone(int fd) {
-    if (fd < 0) return 0;
-    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 static int ready(const srv_job *j, srv_wait what, size_t seen) {
@@ -110,24 +119,16 @@ static int ready(const srv_job *j, srv_wait what, size_t seen) {
     return 0;
 }
 
-int srv_job_wait(srv_job *j, srv_wait what, size_t seen, int fd) {
-    double next_check = srv_now() + 0.1;
+int srv_job_ready(srv_job *j, srv_wait what, size_t seen) {
     pthread_mutex_lock(&j->mu);
-    j->waiting_for = what;
-    while (!ready(j, what, seen)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
-        /* Checked by the clock, not only on timeouts: wake-ups must not hide a hang-up. */
-        if (!ready(j, what, seen) && srv_now() >= next_check) {
-            pthread_mutex_unlock(&j->mu);
-            if (client_gone(fd)) return -1;
-            next_check = srv_now() + 0.1;
-            pthread_mutex_lock(&j->mu);
-        }
-    }
+    int r = ready(j, what, seen);
     pthread_mutex_unlock(&j->mu);
-    return 0;
+    return r;
+}
+
+void srv_job_set_waker(srv_job *j, void (*fn)(void *arg), void *arg) {
+    pthread_mutex_lock(&j->mu);
+    j->wake = fn;
+    j->wake_arg = arg;
+    pthread_mutex_unlock(&j->mu);
 }

@@ -40,7 +40,6 @@ typedef struct srv_job {
     atomic_int cancelled;      /* set by the HTTP side when the client leaves */
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     int refs;
     int admitted; /* the scheduler took it (or failed it): the response status is known */
     int done;
@@ -53,7 +52,10 @@ typedef struct srv_job {
     char *result;                 /* session jobs: the JSON body of the answer */
     char session_out[SRV_ID_MAX]; /* session jobs: the session created, forked or restored */
     double t_admit, t_prefilled, t_first, t_done;
-    srv_wait waiting_for; /* what the HTTP side waits for */
+    void (*wake)(void *arg); /* the HTTP side's waker, called under mu when there is news */
+    void *wake_arg;
+    int held; /* srv_job_hold depth: bytes published meanwhile wait in held_visible */
+    size_t held_visible;
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -69,11 +71,20 @@ void srv_job_admit(srv_job *j);
 void srv_job_fail(srv_job *j, const srv_error *e);
 /* Makes out[0..out_len) known, of which the first `visible` bytes may be shown. */
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible);
+/* Between hold and release (each takes and drops a reference) published bytes are shown only at
+ * the release, together: the scheduler holds a job while it takes the several bytes one step
+ * gave it, so a stream sends them as one event. Finishing or failing is shown at once. */
+void srv_job_hold(srv_job *j);
+void srv_job_release(srv_job *j);
 void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result);
 
-/* HTTP side. Waits until the job is admitted (what == SRV_WAIT_ADMITTED), shows more than
- * `seen` bytes or is done (SRV_WAIT_MORE), or is done (SRV_WAIT_DONE). Every 100 ms it checks
- * whether the client on socket fd (-1: none) hung up; returns -1 if so, 0 otherwise. */
-int srv_job_wait(srv_job *j, srv_wait what, size_t seen, int fd);
+/* HTTP side. HTTP threads never block on a job: they park the connection and let the job wake
+ * them. fn(arg) is called with the job's lock held whenever the job is admitted, shows more
+ * bytes or ends, so fn must not take that lock; NULL stops the calls (after it returns, fn is
+ * never running). */
+void srv_job_set_waker(srv_job *j, void (*fn)(void *arg), void *arg);
+/* 1 if the job is admitted (what == SRV_WAIT_ADMITTED), shows more than `seen` bytes
+ * (SRV_WAIT_MORE), or is done (any `what`); 0 otherwise. */
+int srv_job_ready(srv_job *j, srv_wait what, size_t seen);
 
 #endif

@@ -25,7 +25,15 @@ typedef struct srv_gauges {
 
 typedef struct srv_metrics srv_metrics;
 
+/* The version mambabyte_build_info reports; a release build passes -DMB_VERSION=... */
+#ifndef MB_VERSION
+#define MB_VERSION "dev"
+#endif
+
 srv_metrics *srv_metrics_new(void);
+/* Histograms of seconds that a request's deadline bounds (time to first byte, duration) get
+ * buckets up to request_timeout_s. Call before any observation: it clears them. */
+void srv_metrics_set_limits(srv_metrics *m, double request_timeout_s);
 void srv_metrics_free(srv_metrics *m);
 /* One finished HTTP request. */
 void srv_metrics_request(srv_metrics *m, int status, size_t bytes_in, size_t bytes_out,

@@ -229,6 +229,45 @@ static int has_escaped_nul(const char *body, size_t len) {
     return 0;
 }
 
+static int by_key(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* The first key that appears twice in an object anywhere in v, or NULL. cJSON keeps both
+ * members and its lookups find the first, so {"max_tokens": 1, "max_tokens": 9999} would mean
+ * whatever a reader of the body guesses: refused instead. Sorting keeps a body with many keys
+ * cheap. */
+static const char *duplicate_key(const cJSON *v, int *oom) {
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) return NULL;
+    int n = 0;
+    for (const cJSON *c = v->child; c; c = c->next) {
+        const char *d = duplicate_key(c, oom);
+        if (d || *oom) return d;
+        n++;
+    }
+    if (!cJSON_IsObject(v) || n < 2) return NULL;
+    const cJSON **k = malloc((size_t)n * sizeof *k);
+    if (!k) {
+        *oom = 1;
+        return NULL;
+    }
+    n = 0;
+    for (const cJSON *c = v->child; c; c = c->next) k[n++] = c;
+    qsort(k, (size_t)n, sizeof *k, by_key);
+    const char *d = NULL;
+    for (int i = 1; i < n && !d; i++)
+        if (!strcmp(k[i - 1]->string, k[i]->string)) d = k[i]->string;
+    free(k);
+    return d;
+}
+
+/* Only JSON whitespace in [p, end): what may follow the value. */
+static int only_space(const char *p, const char *end) {
+    for (; p < end; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') return 0;
+    return 1;
+}
+
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
                       srv_gen_req *r, srv_error *e) {
     memset(r, 0, sizeof *r);
@@ -236,11 +275,20 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     mb_sampling_default(&r->sampling);
     if (has_escaped_nul(body, len))
         return bad(e, "strings may not contain \\u0000 (NUL); send such a prompt as prompt_base64");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    int rc;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    const char *dup = NULL;
+    int rc, oom = 0;
     if (!root)
         rc = srv_error_set(e, 400, "invalid_request_error", "invalid_json",
                            "the body is not valid JSON");
+    else if (!only_space(end, body + len))
+        rc = srv_error_set(e, 400, "invalid_request_error", "invalid_json",
+                           "the body has more than one JSON value (text after the object)");
+    else if ((dup = duplicate_key(root, &oom)) || oom)
+        rc = oom ? srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory")
+                 : srv_error_set(e, 400, "invalid_request_error", "duplicate_key",
+                                 "the key '%.64s' appears twice in an object", dup);
     else if (!cJSON_IsObject(root))
         rc = bad(e, "the body must be a JSON object");
     else

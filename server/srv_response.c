@@ -140,8 +140,6 @@ struct srv_stream {
     srv_job *job;
     char model[256];
     long created;
-    int fd;
-    size_t *sent;
     size_t seen;  /* out_visible when last looked at */
     size_t taken; /* bytes of output already sent as text */
     char *buf;    /* framed events not yet handed to MHD */
@@ -149,42 +147,46 @@ struct srv_stream {
     int ended;
 };
 
-srv_stream *srv_stream_new(srv_job *j, const char *model, long created, int fd, size_t *sent) {
+srv_stream *srv_stream_new(srv_job *j, const char *model, long created) {
     srv_stream *st = calloc(1, sizeof *st);
     if (!st) return NULL;
     srv_job_ref(j);
     st->job = j;
     snprintf(st->model, sizeof st->model, "%s", model);
-    st->created = created, st->fd = fd, st->sent = sent;
+    st->created = created;
     return st;
 }
 
-void srv_stream_free(void *cls) {
-    srv_stream *st = cls;
+void srv_stream_free(srv_stream *st) {
+    if (!st) return;
     srv_job_unref(st->job);
     free(st->buf);
     free(st);
 }
 
-/* Appends "data: <json>\n\n"; frees json. */
-static int event(srv_stream *st, char *json) {
-    const char *s = json ? json : "{}";
-    size_t n = strlen(s) + 8;
+/* Appends s to the unsent buffer. */
+static int append(srv_stream *st, const char *s) {
+    size_t n = strlen(s);
     if (st->len + n + 1 > st->cap) {
         size_t cap = (st->len + n + 1) * 2;
         char *b = realloc(st->buf, cap);
-        if (!b) {
-            free(json);
-            return -1;
-        }
+        if (!b) return -1;
         st->buf = b, st->cap = cap;
     }
-    st->len += (size_t)sprintf(st->buf + st->len, "data: %s\n\n", s);
-    free(json);
+    memcpy(st->buf + st->len, s, n + 1);
+    st->len += n;
     return 0;
 }
 
-/* Events for out[taken..visible), and the closing events once the job is done. */
+/* Appends "data: <json>\n\n"; frees json. */
+static int event(srv_stream *st, char *json) {
+    int rc = !json || append(st, "data: ") || append(st, json) || append(st, "\n\n") ? -1 : 0;
+    free(json);
+    return rc;
+}
+
+/* One event for out[taken..visible) (all of it that is whole UTF-8), and the closing events
+ * once the job is done. */
 static int frame(srv_stream *st, size_t visible, int done) {
     srv_job *j = st->job;
     const uint8_t *b = j->out + st->taken;
@@ -223,23 +225,32 @@ static int frame(srv_stream *st, size_t visible, int done) {
     return event(st, strdup("[DONE]"));
 }
 
-ssize_t srv_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-    srv_stream *st = cls;
-    while (st->off == st->len) {
-        if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
-        st->off = st->len = 0;
-        if (srv_job_wait(st->job, SRV_WAIT_MORE, st->seen, st->fd))
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        pthread_mutex_lock(&st->job->mu);
-        size_t visible = st->job->out_visible;
-        int done = st->job->done;
-        pthread_mutex_unlock(&st->job->mu);
-        st->seen = visible;
-        if (frame(st, visible, done)) return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
+int srv_stream_fill(srv_stream *st) {
+    if (st->off < st->len || st->ended) return 1;
+    st->off = st->len = 0;
+    pthread_mutex_lock(&st->job->mu);
+    size_t visible = st->job->out_visible;
+    int done = st->job->done;
+    pthread_mutex_unlock(&st->job->mu);
+    if (visible == st->seen && !done) return 0;
+    st->seen = visible;
+    if (frame(st, visible, done)) return -1;
+    return st->len > 0;
+}
+
+int srv_stream_keepalive(srv_stream *st) {
+    return append(st, ": keep-alive\n\n");
+}
+
+size_t srv_stream_seen(const srv_stream *st) {
+    return st->seen;
+}
+
+ssize_t srv_stream_take(srv_stream *st, char *buf, size_t max) {
+    if (st->off == st->len && st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
     size_t n = st->len - st->off < max ? st->len - st->off : max;
+    if (n == 0) return 0;
     memcpy(buf, st->buf + st->off, n);
     st->off += n;
-    *st->sent += n;
     return (ssize_t)n;
 }

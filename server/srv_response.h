@@ -13,15 +13,22 @@ char *srv_response_body(const srv_job *j, const char *model, long created);
 
 typedef struct srv_stream srv_stream;
 
-/* A stream over an admitted job; it takes its own reference. fd is the client's socket, watched
- * for a hang-up while waiting; *sent counts the body bytes handed to MHD. */
-srv_stream *srv_stream_new(srv_job *j, const char *model, long created, int fd, size_t *sent);
-/* MHD_ContentReaderCallback: blocks (thread-per-connection) until there is an event to send.
- * Text goes out only up to whole UTF-8 sequences; the last events are the finish reason and
- * "data: [DONE]". */
-ssize_t srv_stream_read(void *cls, uint64_t pos, char *buf, size_t max);
-/* MHD_ContentReaderFreeCallback. */
-void srv_stream_free(void *cls);
+/* The Server-Sent Events of an admitted job; it takes its own reference. Never blocks: the HTTP
+ * layer fills, takes, and parks the connection when there is nothing to send. */
+srv_stream *srv_stream_new(srv_job *j, const char *model, long created);
+void srv_stream_free(srv_stream *st);
+/* When the unsent buffer is empty, frames what the job has shown since the last call as ONE
+ * event (only whole UTF-8 sequences; stop-string prefixes are never shown by the job), and the
+ * closing events (finish reason, then "data: [DONE]") once it is done. Returns 1 when there is
+ * something to send, 0 when there is nothing new, -1 when out of memory. */
+int srv_stream_fill(srv_stream *st);
+/* Queues an SSE comment, ": keep-alive", which clients ignore. -1 when out of memory. */
+int srv_stream_keepalive(srv_stream *st);
+/* out_visible as of the last fill: the job has news when it shows more. */
+size_t srv_stream_seen(const srv_stream *st);
+/* Copies up to max unsent bytes into buf: their number (0: nothing buffered), or
+ * MHD_CONTENT_READER_END_OF_STREAM once the last event has been taken. */
+ssize_t srv_stream_take(srv_stream *st, char *buf, size_t max);
 
 const char *srv_finish_name(srv_finish f);
 

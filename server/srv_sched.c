@@ -551,7 +551,10 @@ static void step(srv_sched *s) {
         if (k < 0 || s->row_of[k] < 0) continue;
         const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
         if (s->dlen[k]) {
+            srv_job *held = s->run[i].job; /* the bytes of one step are shown together */
+            srv_job_hold(held);
             int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
+            srv_job_release(held);
             if (got < 0) return; /* every sequence was failed */
             sampled += got;
             continue;

@@ -87,6 +87,8 @@ static void test_errors(void) {
                               {"[1]", "object"},
                               {"{\"host\": 5}", "host"},
                               {"{\"max-connections\": 5}", "unknown"},
+                              {"{\"slots\": 1, \"slots\": 2}", "twice"},
+                              {"{\"slots\": 1} {\"slots\": 2}", "JSON"},
                               {"{", "JSON"}};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         cfg c;
