@@ -4,7 +4,8 @@ CC      ?= cc
 CXX     ?= c++
 ARCH    ?= -march=x86-64-v3
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
-CSTD    := -std=c11 -D_GNU_SOURCE
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+CSTD    := -std=c11 -D_GNU_SOURCE -DMB_VERSION='"$(VERSION)"'
 INC     := -Imodel -Iconfig -Ispeculative -Iserver -Icli -I/usr/include/cjson
 LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -ldl -lm
 REL_FLAGS  := -O3 $(ARCH) -g
