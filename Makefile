@@ -89,6 +89,18 @@ test: test-deps
 	MB_GPU_TEST_DEVICE=cpu MB_GPU_TEST_QUICK=1 build/asan/tests/gpu/test_gpu
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-20}
 
+# ThreadSanitizer: the daemon built with -fsanitize=thread (build/tsan) against every real-HTTP
+# test, the concurrency tests among them; the first race reported stops the daemon and fails its
+# test. `make test` runs it first (about 3 minutes on 2 cores).
+TSAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=thread
+$(eval $(call variant,tsan,$(TSAN_FLAGS)))
+.PHONY: test-tsan
+test-tsan: test-deps
+	$(MAKE) build/tsan/mambabyte
+	@set -e; for t in tests/http/test_*.py; do echo "== tsan $$t"; \
+	  MB_BIN=build/tsan/mambabyte TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" python3 $$t; done
+test: test-tsan
+
 deps:
 	@tools/deps.sh
 test-deps:

@@ -74,6 +74,11 @@ static const key KEYS[] = {
         "origins allowed to call from a browser: comma-separated, or *; empty: no CORS"),
     INT(max_sessions, 0, 1 << 24, "4096", "sessions held in memory (slots + host)"),
     STR(session_dir, "sessions", "directory for saved sessions"),
+    DBL(max_spill_bytes, 0, 1e15, "1073741824",
+        "host memory for the states of idle sessions out of their slots; past it the least "
+        "recently used are saved to session_dir and dropped from memory"),
+    DBL(session_ttl_s, 0, 1e9, "3600",
+        "idle sessions unused for this long are deleted, saved record included (0: never)"),
     BOOL(log_requests, "true", "one log line per request on stderr"),
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])

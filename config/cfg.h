@@ -39,6 +39,8 @@ typedef struct cfg {
     char cors_origins[1024];       /* comma-separated allowed origins, "*" or "" (no CORS) */
     int max_sessions;              /* sessions in memory, resident in slots or spilled to host */
     char session_dir[1024];        /* where sessions are saved */
+    double max_spill_bytes;        /* host memory for spilled session states; past it, to disk */
+    double session_ttl_s;          /* idle sessions are deleted after this; 0: never */
     int log_requests;              /* one line per request on stderr */
 } cfg;
 

@@ -5,6 +5,13 @@
 #include <string.h>
 #include <time.h>
 
+/* Jobs not yet freed: a request holds its job until its answer has been sent. */
+static atomic_int live_jobs;
+
+int srv_job_live(void) {
+    return atomic_load(&live_jobs);
+}
+
 double srv_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -27,6 +34,7 @@ srv_job *srv_job_new(srv_job_kind kind, srv_gen_req *req) {
     pthread_mutex_init(&j->mu, NULL);
     j->refs = 1;
     j->t_arrive = srv_now();
+    atomic_fetch_add(&live_jobs, 1);
     return j;
 }
 
@@ -47,6 +55,7 @@ void srv_job_unref(srv_job *j) {
     free(j->out);
     free(j->result);
     free(j);
+    atomic_fetch_sub(&live_jobs, 1);
 }
 
 /* Tells the HTTP side there is news; the caller holds j->mu. */
@@ -68,6 +77,12 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
     j->failed = j->admitted = j->done = 1;
     j->t_done = srv_now();
     notify(j);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_first_byte(srv_job *j, double now) {
+    pthread_mutex_lock(&j->mu);
+    j->t_first = now;
     pthread_mutex_unlock(&j->mu);
 }
 

@@ -59,6 +59,8 @@ typedef struct srv_job {
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
+/* Jobs alive in the process (created and not yet freed by their last reference). */
+int srv_job_live(void);
 
 /* A new job with one reference; NULL when out of memory. A generation job takes ownership of
  * *req (zeroing it). */
@@ -69,6 +71,8 @@ void srv_job_unref(srv_job *j);
 /* Scheduler side. */
 void srv_job_admit(srv_job *j);
 void srv_job_fail(srv_job *j, const srv_error *e);
+/* Stamps t_first under the lock: the HTTP side reads it when the client leaves. */
+void srv_job_first_byte(srv_job *j, double now);
 /* Makes out[0..out_len) known, of which the first `visible` bytes may be shown. */
 void srv_job_publish(srv_job *j, size_t out_len, size_t visible);
 /* Between hold and release (each takes and drops a reference) published bytes are shown only at

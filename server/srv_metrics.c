@@ -249,6 +249,8 @@ char *srv_metrics_render(srv_metrics *m) {
     gauge(&t, "mambabyte_sessions", "Sessions in memory", m->g.sessions);
     gauge(&t, "mambabyte_sessions_spilled", "Sessions whose state is in host memory",
           m->g.sessions_spilled);
+    gauge(&t, "mambabyte_sessions_spilled_bytes", "Host memory held by spilled session states",
+          m->g.sessions_spilled_bytes);
     for (int h = 0; h < SRV_H_COUNT; h++) {
         const hist_def *d = &m->def[h];
         put(&t, "# HELP %s %s\n# TYPE %s histogram\n", d->name, d->help, d->name);

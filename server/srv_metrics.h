@@ -21,6 +21,8 @@ typedef struct srv_gauges {
     int slots_idle;       /* slots holding an idle session's state */
     int sessions;         /* sessions in memory */
     int sessions_spilled; /* sessions whose state waits in host memory */
+
+    long long sessions_spilled_bytes; /* the host memory their states take */
 } srv_gauges;
 
 typedef struct srv_metrics srv_metrics;

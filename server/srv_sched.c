@@ -1,14 +1,17 @@
 /* srv_sched.c: the scheduler thread: admission from the queue, session operations, and the
- * step loop of continuous batching over the engine's state pool. */
+ * step loop of continuous batching over the engine's state pool.
+ *
+ * Test hooks: MB_FAULT_SCHED (comma-separated, read at start; for the tests only) injects the
+ * faults that cannot be provoked from outside: "waiting_oom" (moving a job into the waiting list
+ * fails as if out of memory), "rollback" (every slot rollback fails as if the device had), and
+ * "stall=S" (the scheduler sleeps S seconds once, at its first step with a running request). */
 #include "srv_sched.h"
-#include "srv_base64.h"
 #include "srv_id.h"
 #include "srv_session.h"
 #include "srv_text.h"
 #include "lookup.h"
 #include "spec.h"
 
-#include <cJSON.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +42,11 @@ typedef struct job_list {
     int n, cap;
 } job_list;
 
+typedef struct test_faults {
+    int waiting_oom, rollback;
+    double stall_s;
+} test_faults;
+
 struct srv_sched {
     mb_model *model;
     mb_pool *pool;
@@ -48,6 +56,7 @@ struct srv_sched {
     int n_vocab, n_slots;
     pthread_t thread;
     int started;
+    test_faults fault;
 
     pthread_mutex_t mu; /* guards the fields down to n_free */
     pthread_cond_t cv;
@@ -68,6 +77,7 @@ struct srv_sched {
     int *off, *slot_of;          /* n_slots + 1, n_slots: the mb_batch */
     int *seq_of, *took, *row_of; /* per batch entry: run[] index, tokens fed, logits row or -1 */
     int *entry_of;               /* per run[] index: its batch entry or -1 */
+    int n_decode;                /* batch entries 0..n_decode-1 decode, the rest prefill */
     int *dlen;                   /* per batch entry: drafted bytes after the fed byte */
     uint8_t *draft;              /* per batch entry: LOOKUP_MAX drafted bytes */
     uint8_t *want;
@@ -119,85 +129,66 @@ static void waiting_done(srv_sched *s) {
 
 /* ---- session jobs ---- */
 
-static cJSON *session_json(const srv_session *x) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", x->id);
-    cJSON_AddStringToObject(o, "object", "session");
-    cJSON_AddNumberToObject(o, "n_bytes", (double)x->n_bytes);
-    cJSON_AddBoolToObject(o, "resident", x->slot >= 0);
-    cJSON_AddBoolToObject(o, "busy", x->busy);
-    return o;
-}
-
-static char *print_free(cJSON *o) {
-    char *t = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return t;
-}
-
-static char *session_result(const srv_session *x) {
-    return print_free(session_json(x));
+static char *too_many_sessions(srv_sched *s, srv_error *e) {
+    srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
+                  "%d sessions are held and none is idle; delete some", s->c.max_sessions);
+    return NULL;
 }
 
 /* Runs one session job; returns its JSON answer or NULL with e filled. */
 static char *session_op(srv_sched *s, srv_job *j, srv_error *e) {
     srv_session *x = NULL;
     char id[SRV_ID_MAX];
-    if (j->kind == SRV_JOB_SESSION_LIST) {
-        cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "data");
-        cJSON_AddStringToObject(o, "object", "list");
-        for (int i = 0; i < srv_session_count(s->slots); i++)
-            cJSON_AddItemToArray(a, session_json(srv_session_at(s->slots, i)));
-        return print_free(o);
-    }
-    if (j->kind == SRV_JOB_SESSION_CREATE) {
+    switch (j->kind) {
+    case SRV_JOB_SESSION_LIST:
+        return srv_session_list_json(s->slots);
+    case SRV_JOB_SESSION_CREATE:
         srv_new_id("sess-", id, sizeof id);
-        if (!(x = srv_session_add(s->slots, id))) {
-            srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
-                          "%d sessions are held; delete some", s->c.max_sessions);
+        if (!(x = srv_session_add(s->slots, id, NULL))) return too_many_sessions(s, e);
+        snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
+        return srv_session_print(x, NULL);
+    case SRV_JOB_SESSION_RESTORE:
+        if (srv_session_find(s->slots, j->session)) {
+            srv_error_set(e, 409, "conflict_error", "session_exists", "session %s is in memory",
+                          j->session);
             return NULL;
         }
+        if (!(x = srv_session_get(s->slots, j->session, e))) return NULL;
         snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
-        return session_result(x);
+        return srv_session_print(x, NULL);
+    case SRV_JOB_SESSION_DELETE:
+        /* A session only on disk (evicted, or saved before a restart) is deleted there. */
+        if (!(x = srv_session_find(s->slots, j->session))) {
+            if (!srv_session_delete_saved(s->slots, j->session))
+                return srv_session_deleted_json(j->session);
+            srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s",
+                          j->session);
+            return NULL;
+        }
+        break;
+    default:
+        if (!(x = srv_session_get(s->slots, j->session, e))) return NULL;
     }
-    if (j->kind == SRV_JOB_SESSION_RESTORE) {
-        if (!(x = srv_session_restore(s->slots, j->session, s->c.session_dir, e))) return NULL;
-        snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
-        return session_result(x);
-    }
-    if (!(x = srv_session_find(s->slots, j->session))) {
-        srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s", j->session);
-        return NULL;
-    }
-    if (j->kind == SRV_JOB_SESSION_INFO) return session_result(x);
+    if (j->kind == SRV_JOB_SESSION_INFO) return srv_session_print(x, NULL);
     if (x->busy) {
         srv_error_set(e, 409, "conflict_error", "session_busy",
                       "session %s is in use by a running request", x->id);
         return NULL;
     }
     if (j->kind == SRV_JOB_SESSION_DELETE) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", x->id);
-        cJSON_AddStringToObject(o, "object", "session");
-        cJSON_AddBoolToObject(o, "deleted", 1);
-        srv_session_remove(s->slots, x);
-        return print_free(o);
+        char *r = srv_session_deleted_json(x->id);
+        srv_session_delete(s->slots, x);
+        return r;
     }
     if (j->kind == SRV_JOB_SESSION_FORK) {
         srv_new_id("sess-", id, sizeof id);
         srv_session *y = srv_session_fork(s->slots, x, id);
-        if (!y) {
-            srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
-                          "%d sessions are held; delete some", s->c.max_sessions);
-            return NULL;
-        }
+        if (!y) return too_many_sessions(s, e);
         snprintf(j->session_out, sizeof j->session_out, "%s", y->id);
-        return session_result(y);
+        return srv_session_print(y, NULL);
     }
-    if (srv_session_save(s->slots, x, s->c.session_dir, e)) return NULL;
-    cJSON *o = session_json(x);
-    cJSON_AddBoolToObject(o, "saved", 1);
-    return print_free(o);
+    if (srv_session_save(s->slots, x, e)) return NULL;
+    return srv_session_print(x, "saved");
 }
 
 static void run_control(srv_sched *s) {
@@ -224,9 +215,7 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     srv_gen_req *r = &j->req;
     srv_session *x = NULL;
     if (r->session[0]) {
-        if (!(x = srv_session_find(s->slots, r->session)))
-            return srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s",
-                                 r->session);
+        if (!(x = srv_session_get(s->slots, r->session, e))) return -1;
         if (x->busy)
             return srv_error_set(e, 409, "conflict_error", "session_busy",
                                  "session %s is in use by a running request", x->id);
@@ -253,6 +242,7 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     }
     if (x) {
         x->busy = 1;
+        x->saved = 0; /* the run changes its state */
         q.hist_base = x->n_bytes - pend;
     }
     q.t_last = srv_now();
@@ -263,8 +253,18 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
 }
 
 static void admit_waiting(srv_sched *s) {
+    srv_error oom;
+    srv_error_set(&oom, 503, "server_error", "out_of_memory",
+                  "the server is out of memory; retry later");
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < s->incoming.n; i++) list_push(&s->waiting, s->incoming.j[i]);
+    for (int i = 0; i < s->incoming.n; i++) {
+        srv_job *j = s->incoming.j[i];
+        if (!s->fault.waiting_oom && !list_push(&s->waiting, j)) continue;
+        /* Taken from incoming and not waiting: fail it now, or nobody ever would. */
+        srv_job_fail(j, &oom);
+        srv_job_unref(j);
+        s->n_waiting--;
+    }
     s->incoming.n = 0;
     int cancel_all = s->cancel_all;
     pthread_mutex_unlock(&s->mu);
@@ -317,6 +317,7 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
         }
         x->n_bytes = q->hist_base + q->fed_total + (unsigned)x->has_pending;
         x->busy = 0;
+        srv_session_touch(s->slots, x); /* its idle time starts now, not at admission */
     } else {
         srv_slot_release(s->slots, q->slot);
     }
@@ -328,19 +329,25 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     s->n_run--;
 }
 
-/* An engine failure leaves the states of the batch unknown: sessions start over empty. */
+/* After an engine failure a slot's state is unknown: it is reset, and a session on it starts
+ * over empty rather than go on from a state that does not match its history. */
+static void forget_history(srv_sched *s, srv_session *x, int slot) {
+    mb_pool_reset(s->pool, slot, NULL);
+    if (x) {
+        x->n_bytes = 0;
+        x->has_pending = 0;
+    }
+}
+
 static void fail_running(srv_sched *s, const char *msg) {
     srv_error e;
     srv_error_set(&e, 500, "server_error", "engine_error", "%s", msg);
     while (s->n_run) {
         srv_session *x = s->run[0].sess;
+        int slot = s->run[0].slot;
         srv_job_fail(s->run[0].job, &e);
         retire(s, 0, SRV_FINISH_NONE, 0);
-        if (x) {
-            mb_pool_reset(s->pool, x->slot, NULL);
-            x->n_bytes = 0;
-            x->has_pending = 0;
-        }
+        forget_history(s, x, slot);
     }
 }
 
@@ -380,7 +387,7 @@ static int take_byte(srv_sched *s, int i, int b, double now) {
     const srv_gen_req *r = &j->req;
     j->out[q->n_out++] = (uint8_t)b;
     if (q->n_out == 1) {
-        j->t_first = now;
+        srv_job_first_byte(j, now);
         srv_metrics_observe(s->mx, SRV_H_TTFB, now - j->t_arrive);
     } else {
         srv_metrics_observe(s->mx, SRV_H_BYTE_LATENCY, now - q->t_last);
@@ -428,6 +435,7 @@ static int take_round_byte(void *ctx, int t, uint8_t b) {
 static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *draft, int dlen,
                       double now) {
     seq *q = &s->run[i];
+    srv_session *x = q->sess;
     const int slot = q->slot;
     round_ctx c = {s, i, q->fed_total, now};
     spec_result r;
@@ -436,10 +444,13 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
                         s->scratch, s->pool, slot, take_round_byte, &c, &r, &e);
     srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)r.accepted);
     if (!r.ended) q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted); /* else q is gone */
+    /* The test fault: the round rolled back (taken <= dlen); the scheduler sees a failure. */
+    if (!rc && s->fault.rollback && r.taken <= dlen)
+        rc = mb_fail(&e, "rollback failed (test fault)");
     if (rc) {
         fprintf(stderr, "mambabyte: rollback failed: %s\n", e.msg);
-        if (r.ended) {
-            mb_pool_reset(s->pool, slot, NULL);
+        if (r.ended) { /* q is gone: its state is unknown, and its session's history lost */
+            forget_history(s, x, slot);
             return r.taken;
         }
         fail_running(s, e.msg);
@@ -480,49 +491,124 @@ static void lose_device(srv_sched *s) {
     kill(getpid(), SIGTERM);
 }
 
-/* Builds one batch within max_batch_tokens: a byte for decoding sequences first (taking turns
- * when they do not all fit), then prompt chunks in order of arrival; runs it and samples. */
-static void step(srv_sched *s) {
-    int budget = s->c.max_batch_tokens, n = 0, nt = 0, served = 0;
-    size_t prompt_bytes = 0;
-    for (int k = 0; k < s->n_run && budget > 0; k++) {
-        int i = (s->rr + k) % s->n_run;
-        seq *q = &s->run[i];
-        if (q->n_out == 0) continue;
-        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->off[n] = nt;
-        s->want[nt] = 1;
-        s->tokens[nt++] = q->job->out[q->n_out - 1];
-        uint8_t *d = s->draft + (size_t)n * LOOKUP_MAX;
-        int k = 0, cap = q->lcap < budget - 1 ? q->lcap : budget - 1;
+/* Plans one batch within max_batch_tokens into seq_of/took/dlen and lays it out in tokens, off,
+ * slot_of and want. A decoding sequence needs a byte each step and a prompt its chunks before
+ * its first byte, while a draft only speeds decoding up; so first a byte for each decoding
+ * sequence (taking turns when they do not all fit), leaving up to half the budget to prompts
+ * waiting to be read; then prompt chunks in order of arrival; then drafts from what is left.
+ * (Drafts first let a few looping streams take every token of every step, and a new prompt
+ * wait until they ended.) Returns the number of entries, 0 when there is nothing to feed. */
+static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
+    const int budget_all = s->c.max_batch_tokens;
+    const size_t chunk = (size_t)s->c.prefill_chunk;
+    int budget = budget_all, n = 0, nt = 0;
+    size_t need = 0;
+    for (int i = 0; i < s->n_run; i++) {
+        const seq *q = &s->run[i];
+        size_t left = q->feed_target - q->fed_input;
+        if (q->n_out == 0) need += left < chunk ? left : chunk;
+    }
+    int reserve = need < (size_t)budget_all / 2 ? (int)need : budget_all / 2;
+    for (int k = 0, first = s->rr; k < s->n_run && n < budget_all - reserve; k++) {
+        int i = (first + k) % s->n_run;
+        if (s->run[i].n_out == 0) continue;
+        s->seq_of[n] = i, s->took[n] = 1, s->dlen[n] = 0;
+        n++, budget--;
+        s->rr = (i + 1) % s->n_run; /* the next step starts after the last one served */
+    }
+    s->n_decode = n;
+    for (int i = 0; i < s->n_run && budget > 0; i++) {
+        const seq *q = &s->run[i];
+        if (q->n_out > 0 || q->fed_input == q->feed_target) continue;
+        size_t take = q->feed_target - q->fed_input;
+        if (take > chunk) take = chunk;
+        if (take > (size_t)budget) take = (size_t)budget;
+        s->seq_of[n] = i, s->took[n] = (int)take, s->dlen[n] = 0;
+        n++, budget -= (int)take, *prompt_bytes += take;
+    }
+    for (int k = 0; k < s->n_decode && s->c.lookup && budget > 0; k++) {
+        seq *q = &s->run[s->seq_of[k]];
+        int cap = q->lcap < budget ? q->lcap : budget;
         size_t left = (size_t)q->job->req.max_tokens - q->n_out; /* bytes still to come */
         if (cap > (int)left - 1) cap = (int)left - 1;
-        if (s->c.lookup && cap > 0) k = lookup_seq(q, s->c.lookup, d, cap);
-        for (int t = 0; t < k; t++) {
-            s->want[nt] = 1;
-            s->tokens[nt++] = d[t];
-        }
-        s->dlen[n] = k, s->took[n] = 1 + k;
-        n++, budget -= 1 + k, served++;
+        if (cap <= 0) continue;
+        s->dlen[k] = lookup_seq(q, s->c.lookup, s->draft + (size_t)k * LOOKUP_MAX, cap);
+        s->took[k] += s->dlen[k];
+        budget -= s->dlen[k];
     }
-    if (s->n_run) s->rr = (s->rr + served) % s->n_run;
-    for (int i = 0; i < s->n_run && budget > 0; i++) {
-        seq *q = &s->run[i];
-        if (q->n_out > 0 || q->fed_input == q->feed_target) continue;
-        size_t left = q->feed_target - q->fed_input, take = (size_t)s->c.prefill_chunk;
-        if (take > left) take = left;
-        if (take > (size_t)budget) take = (size_t)budget;
-        s->seq_of[n] = i, s->slot_of[n] = q->slot, s->took[n] = (int)take, s->off[n] = nt;
-        s->dlen[n] = 0;
-        for (size_t t = 0; t < take; t++) {
+    for (int k = 0; k < n; k++) {
+        const seq *q = &s->run[s->seq_of[k]];
+        s->off[k] = nt, s->slot_of[k] = q->slot;
+        if (k < s->n_decode) {
+            const uint8_t *d = s->draft + (size_t)k * LOOKUP_MAX;
+            s->want[nt] = 1;
+            s->tokens[nt++] = q->job->out[q->n_out - 1];
+            for (int t = 0; t < s->dlen[k]; t++) {
+                s->want[nt] = 1;
+                s->tokens[nt++] = d[t];
+            }
+            continue;
+        }
+        for (int t = 0; t < s->took[k]; t++) {
             s->want[nt] = 0;
-            s->tokens[nt++] = q->input[q->fed_input + t];
+            s->tokens[nt++] = q->input[q->fed_input + (size_t)t];
         }
         /* Logits only for the last prompt byte, and only when something is sampled from it. */
-        if (take == left && q->job->req.max_tokens > 0) s->want[nt - 1] = 1;
-        n++, budget -= (int)take, prompt_bytes += take;
+        if (q->fed_input + (size_t)s->took[k] == q->feed_target && q->job->req.max_tokens > 0)
+            s->want[nt - 1] = 1;
     }
-    if (n == 0) return;
     s->off[n] = nt;
+    *n_tokens = nt;
+    return n;
+}
+
+/* After the forward: counts what each entry fed and finds its first logits row. */
+static void advance(srv_sched *s, int n, double now) {
+    int row = 0;
+    for (int i = 0; i < s->n_run; i++) s->entry_of[i] = -1;
+    for (int k = 0; k < n; k++) {
+        seq *q = &s->run[s->seq_of[k]];
+        s->entry_of[s->seq_of[k]] = k;
+        if (q->n_out == 0) q->fed_input += (size_t)s->took[k];
+        if (!s->dlen[k]) q->fed_total += (size_t)s->took[k]; /* else take_draft counts */
+        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row : -1;
+        row += s->dlen[k] ? 1 + s->dlen[k] : s->row_of[k] >= 0;
+        if (q->n_out == 0 && q->fed_input == q->feed_target) q->job->t_prefilled = now;
+    }
+}
+
+/* Samples a byte (or verifies a draft) for every entry with logits; returns the bytes taken, or
+ * -1 when an engine failure failed every running sequence. */
+static int sample_batch(srv_sched *s, double now) {
+    int sampled = 0;
+    /* Sampling may retire a sequence, which shifts run[] above it: go from the top down. */
+    for (int i = s->n_run - 1; i >= 0; i--) {
+        int k = s->entry_of[i];
+        if (k < 0 || s->row_of[k] < 0) continue;
+        const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
+        if (s->dlen[k]) {
+            srv_job *held = s->run[i].job; /* the bytes of one step are shown together */
+            srv_job_hold(held);
+            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
+            srv_job_release(held);
+            if (got < 0) return -1;
+            sampled += got;
+            continue;
+        }
+        seq *q = &s->run[i];
+        take_byte(s, i, mb_sample(&q->job->req.sampling, rows, s->n_vocab, next_pos(q), s->scratch),
+                  now);
+        sampled++;
+    }
+    return sampled;
+}
+
+/* One batched forward over every running sequence that can be fed, then its bytes. */
+static void step(srv_sched *s) {
+    int nt = 0;
+    size_t prompt_bytes = 0;
+    int n = build_batch(s, &nt, &prompt_bytes);
+    if (n == 0) return;
     mb_batch b = {
         .n_seq = n, .tokens = s->tokens, .off = s->off, .slot = s->slot_of, .want = s->want};
     double t0 = srv_now();
@@ -534,42 +620,20 @@ static void step(srv_sched *s) {
         return;
     }
     double now = srv_now();
-    int row = 0, sampled = 0;
-    for (int i = 0; i < s->n_run; i++) s->entry_of[i] = -1;
-    for (int k = 0; k < n; k++) {
-        seq *q = &s->run[s->seq_of[k]];
-        s->entry_of[s->seq_of[k]] = k;
-        if (q->n_out == 0) q->fed_input += (size_t)s->took[k];
-        if (!s->dlen[k]) q->fed_total += (size_t)s->took[k]; /* else take_draft counts */
-        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row : -1;
-        row += s->dlen[k] ? 1 + s->dlen[k] : s->row_of[k] >= 0;
-        if (q->n_out == 0 && q->fed_input == q->feed_target) q->job->t_prefilled = now;
-    }
-    /* Sampling may retire a sequence, which shifts run[] above it: go from the top down. */
-    for (int i = s->n_run - 1; i >= 0; i--) {
-        int k = s->entry_of[i];
-        if (k < 0 || s->row_of[k] < 0) continue;
-        const float *rows = s->logits + (size_t)s->row_of[k] * (size_t)s->n_vocab;
-        if (s->dlen[k]) {
-            srv_job *held = s->run[i].job; /* the bytes of one step are shown together */
-            srv_job_hold(held);
-            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
-            srv_job_release(held);
-            if (got < 0) return; /* every sequence was failed */
-            sampled += got;
-            continue;
-        }
-        seq *q = &s->run[i];
-        take_byte(s, i, mb_sample(&q->job->req.sampling, rows, s->n_vocab, next_pos(q), s->scratch),
-                  now);
-        sampled++;
-    }
-    srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, now - t0);
+    advance(s, n, now);
+    int sampled = sample_batch(s, now);
+    if (sampled >= 0) srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, now - t0);
 }
 
 static void publish_gauges(srv_sched *s) {
-    srv_gauges g = {.slots_total = s->n_slots, .sessions = srv_session_count(s->slots)};
-    srv_slots_counts(s->slots, &g.slots_active, &g.slots_idle, &g.sessions_spilled);
+    srv_slot_counts c;
+    srv_slots_counts(s->slots, &c);
+    srv_gauges g = {.slots_total = s->n_slots,
+                    .sessions = srv_session_count(s->slots),
+                    .slots_active = c.active,
+                    .slots_idle = c.idle,
+                    .sessions_spilled = c.spilled,
+                    .sessions_spilled_bytes = (long long)c.spilled_bytes};
     pthread_mutex_lock(&s->mu);
     g.queue_depth = s->n_waiting;
     s->n_running = s->n_run;
@@ -582,8 +646,9 @@ static void *sched_main(void *arg) {
     srv_sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stopping && !s->control.n && !s->incoming.n && !s->n_run && !s->waiting.n &&
-               !s->cancel_all) {
+        /* Idle, it still wakes every second: sessions expire without traffic too. */
+        if (!s->stopping && !s->control.n && !s->incoming.n && !s->n_run && !s->waiting.n &&
+            !s->cancel_all) {
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             ts.tv_sec += 1;
@@ -596,7 +661,14 @@ static void *sched_main(void *arg) {
         check_running(s);
         admit_waiting(s);
         check_running(s);
+        if (s->fault.stall_s > 0 && s->n_run) {
+            double whole = (double)(time_t)s->fault.stall_s;
+            struct timespec ts = {(time_t)whole, (long)((s->fault.stall_s - whole) * 1e9)};
+            nanosleep(&ts, NULL);
+            s->fault.stall_s = 0;
+        }
         step(s);
+        srv_sessions_maintain(s->slots, srv_now());
         publish_gauges(s);
         /* Only waiting jobs and nothing running: they wait for a deadline; do not spin. */
         if (!s->n_run && s->waiting.n) {
@@ -616,6 +688,18 @@ int srv_sched_device_lost(srv_sched *s) {
 
 /* ---- life cycle ---- */
 
+static test_faults read_test_faults(void) {
+    test_faults f = {0};
+    const char *v = getenv("MB_FAULT_SCHED");
+    if (!v) return f;
+    f.waiting_oom = strstr(v, "waiting_oom") != NULL;
+    f.rollback = strstr(v, "rollback") != NULL;
+    const char *st = strstr(v, "stall=");
+    if (st) f.stall_s = atof(st + 6);
+    fprintf(stderr, "mambabyte: test faults injected: %s\n", v);
+    return f;
+}
+
 srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e) {
     srv_sched *s = calloc(1, sizeof *s);
     if (!s) {
@@ -623,6 +707,7 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
         return NULL;
     }
     s->model = m, s->mx = mx, s->c = *c;
+    s->fault = read_test_faults();
     s->n_vocab = mb_model_config(m)->n_vocab;
     s->n_slots = c->slots;
     s->n_free = c->slots;
@@ -634,7 +719,7 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
     pthread_condattr_destroy(&ca);
     if (!(s->pool = mb_pool_create(m, c->slots, c->max_batch_tokens, e))) goto fail;
     size_t ns = (size_t)c->slots, nb = (size_t)c->max_batch_tokens;
-    s->slots = srv_slots_new(s->pool, c->max_sessions);
+    s->slots = srv_slots_new(s->pool, mb_model_config(m), c);
     s->run = calloc(ns, sizeof *s->run);
     s->tokens = calloc(nb, sizeof *s->tokens);
     s->want = calloc(nb, 1);
@@ -676,7 +761,10 @@ void srv_sched_drain(srv_sched *s, double deadline) {
         if (srv_now() > deadline) s->cancel_all = 1;
         pthread_cond_signal(&s->cv);
         pthread_mutex_unlock(&s->mu);
-        if (!busy) return;
+        /* A request has finished when its answer is sent, not when its last byte is computed:
+         * until the deadline, wait for the HTTP threads to let go of their jobs too (a stream
+         * cut by the daemon's stop lost its end). */
+        if (!busy && (!srv_job_live() || srv_now() > deadline)) return;
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

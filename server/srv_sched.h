@@ -1,7 +1,8 @@
 /* srv_sched.h: the scheduler, the one thread that owns the engine. HTTP threads submit jobs to
  * its queue and wait on the jobs; it runs batched steps over every live sequence: a decode byte
- * for each running stream and prompt chunks for new ones, never more than max_batch_tokens
- * tokens per forward. Requests join and leave between steps. */
+ * for each running stream, prompt chunks for new ones (up to half the step is kept for them
+ * while they wait), then prompt-lookup drafts from what is left, never more than
+ * max_batch_tokens tokens per forward. Requests join and leave between steps. */
 #ifndef SRV_SCHED_H
 #define SRV_SCHED_H
 
@@ -17,8 +18,8 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
 /* Queues j (taking a reference). Generation jobs beyond queue_limit waiting get 429; after
  * srv_sched_drain everything gets 503. Returns 0, or -1 with e filled. */
 int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e);
-/* Stops taking jobs, lets queued and running ones finish until deadline (srv_now() seconds),
- * then cancels what is left and waits until nothing runs. */
+/* Stops taking jobs, lets queued and running ones finish, their answers sent, until deadline
+ * (srv_now() seconds), then cancels what is left and waits until nothing runs. */
 void srv_sched_drain(srv_sched *s, double deadline);
 /* 1 once the device has failed for good (a sticky CUDA error): the requests of that step got a
  * 500, and the scheduler raised SIGTERM so that the daemon drains and exits with an error

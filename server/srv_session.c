@@ -1,35 +1,53 @@
-/* srv_session.c: slot bookkeeping, LRU spill to host memory, fork, save and restore. */
+/* srv_session.c: slot bookkeeping, LRU spill to host memory, eviction to session_dir, fork,
+ * save and load of session records, expiry. */
 #include "srv_session.h"
+#include "fileio.h"
+#include "srv_job.h"
+#include "srv_session_file.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef enum { SLOT_FREE, SLOT_REQUEST, SLOT_SESSION } slot_use;
 
 struct srv_slots {
     mb_pool *pool;
+    mb_config shape;
+    size_t state_bytes;
     int n_slots;
     slot_use *use;       /* n_slots */
     srv_session **owner; /* n_slots: the session in a SLOT_SESSION slot */
     srv_session **sess;  /* n_sess of max_sess */
     int n_sess, max_sess;
+    double max_spill_bytes, ttl_s;
+    double next_scan; /* srv_now() of the next look for expired records in dir */
+    char dir[1024];
     unsigned long long clock;
 };
 
-srv_slots *srv_slots_new(mb_pool *p, int max_sessions) {
+srv_slots *srv_slots_new(mb_pool *p, const mb_config *shape, const cfg *c) {
     srv_slots *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->pool = p;
+    s->shape = *shape;
+    s->state_bytes = mb_pool_state_bytes(p);
     s->n_slots = mb_pool_slots(p);
-    s->max_sess = max_sessions;
+    s->max_sess = c->max_sessions;
+    s->max_spill_bytes = c->max_spill_bytes;
+    s->ttl_s = c->session_ttl_s;
+    snprintf(s->dir, sizeof s->dir, "%s", c->session_dir);
     s->use = calloc((size_t)s->n_slots, sizeof *s->use);
     s->owner = calloc((size_t)s->n_slots, sizeof *s->owner);
-    s->sess = calloc((size_t)max_sessions + 1, sizeof *s->sess);
+    s->sess = calloc((size_t)c->max_sessions + 1, sizeof *s->sess);
     if (!s->use || !s->owner || !s->sess) {
         srv_slots_free(s);
         return NULL;
@@ -49,6 +67,11 @@ void srv_slots_free(srv_slots *s) {
     free(s);
 }
 
+void srv_session_touch(srv_slots *s, srv_session *x) {
+    x->used = ++s->clock;
+    x->t_used = srv_now();
+}
+
 /* Moves the least recently used idle resident session to host memory. */
 static int spill_one(srv_slots *s) {
     srv_session *lru = NULL;
@@ -57,7 +80,7 @@ static int spill_one(srv_slots *s) {
         if (x->slot >= 0 && !x->busy && (!lru || x->used < lru->used)) lru = x;
     }
     if (!lru) return -1;
-    void *host = malloc(mb_pool_state_bytes(s->pool));
+    void *host = malloc(s->state_bytes);
     if (!host) return -1;
     if (mb_pool_read(s->pool, lru->slot, host, NULL)) { /* the device failed: keep it resident */
         free(host);
@@ -98,18 +121,67 @@ srv_session *srv_session_find(srv_slots *s, const char *id) {
     return NULL;
 }
 
-srv_session *srv_session_add(srv_slots *s, const char *id) {
-    if (s->n_sess >= s->max_sess || srv_session_find(s, id)) return NULL;
-    srv_session *x = calloc(1, sizeof *x);
-    if (!x) return NULL;
-    snprintf(x->id, sizeof x->id, "%s", id);
-    x->slot = -1;
-    x->used = ++s->clock;
-    s->sess[s->n_sess++] = x;
-    return x;
+/* ---- records in session_dir ---- */
+
+static void record_path(const srv_slots *s, const char *id, char *path, size_t n) {
+    snprintf(path, n, "%s/%s.session", s->dir, id);
 }
 
-void srv_session_remove(srv_slots *s, srv_session *x) {
+static int say(char *msg, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int say(char *msg, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Writes x's record under a temporary name and renames it: a crash never leaves half a record.
+ * Returns 0, or -1 with a message in msg. */
+static int write_record(srv_slots *s, srv_session *x, char *msg, size_t n) {
+    char path[1100], tmp[1110];
+    record_path(s, x->id, path, sizeof path);
+    if (x->saved && !access(path, F_OK)) return 0;
+    void *state = x->host;
+    if (x->slot >= 0 || !x->host) {
+        if (!(state = calloc(1, s->state_bytes))) return say(msg, n, "out of memory");
+        mb_err me;
+        if (x->slot >= 0 && mb_pool_read(s->pool, x->slot, state, &me)) {
+            free(state);
+            return say(msg, n, "%s", me.msg);
+        }
+    }
+    srv_session_record r = {.n_bytes = x->n_bytes,
+                            .has_pending = x->has_pending,
+                            .pending = x->pending,
+                            .state = state};
+    snprintf(r.id, sizeof r.id, "%s", x->id);
+    size_t len = 0;
+    uint8_t *buf = srv_session_record_build(&r, &s->shape, s->state_bytes, &len);
+    if (state != x->host) free(state);
+    if (!buf) return say(msg, n, "out of memory");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = 0;
+    FILE *f = NULL;
+    if (mkdir(s->dir, 0755) && errno != EEXIST)
+        rc = say(msg, n, "cannot create %s: %s", s->dir, strerror(errno));
+    else if (!(f = fopen(tmp, "wb")))
+        rc = say(msg, n, "cannot write %s: %s", tmp, strerror(errno));
+    if (f) {
+        int ok = fwrite(buf, 1, len, f) == len;
+        ok = !fclose(f) && ok;
+        if (!ok || rename(tmp, path)) {
+            rc = say(msg, n, "cannot write %s: %s", path, strerror(errno));
+            unlink(tmp);
+        }
+    }
+    free(buf);
+    if (!rc) x->saved = 1;
+    return rc;
+}
+
+/* Drops x from memory, leaving its record (if any) in session_dir. */
+static void drop(srv_slots *s, srv_session *x) {
     if (x->slot >= 0) srv_slot_release(s, x->slot);
     for (int i = 0; i < s->n_sess; i++) {
         if (s->sess[i] != x) continue;
@@ -120,8 +192,109 @@ void srv_session_remove(srv_slots *s, srv_session *x) {
     free(x);
 }
 
+/* Saves the least recently used idle session (spilled ones only if spilled_only; never keep)
+ * and drops it from memory; when it cannot be saved, drops it anyway if or_drop. -1 when there
+ * is none or it stays. */
+static int evict_one(srv_slots *s, int spilled_only, const srv_session *keep, int or_drop) {
+    srv_session *lru = NULL;
+    for (int i = 0; i < s->n_sess; i++) {
+        srv_session *x = s->sess[i];
+        if (x == keep || x->busy || (spilled_only && !x->host)) continue;
+        if (!lru || x->used < lru->used) lru = x;
+    }
+    if (!lru) return -1;
+    char msg[1200], path[1100];
+    if (write_record(s, lru, msg, sizeof msg)) {
+        fprintf(stderr, "mambabyte: cannot evict session %s to %s: %s%s\n", lru->id, s->dir, msg,
+                or_drop ? "; dropped it" : "");
+        if (!or_drop) return -1;
+    } else {
+        /* A record's time is when its session was last in memory: session_ttl_s counts from it
+         * (write_record does not rewrite a record that is current). */
+        record_path(s, lru->id, path, sizeof path);
+        utimensat(AT_FDCWD, path, NULL, 0);
+    }
+    drop(s, lru);
+    return 0;
+}
+
+srv_session *srv_session_add(srv_slots *s, const char *id, const srv_session *keep) {
+    if (srv_session_find(s, id)) return NULL;
+    if (s->n_sess >= s->max_sess && evict_one(s, 0, keep, 0)) return NULL;
+    if (s->n_sess >= s->max_sess) return NULL;
+    srv_session *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    snprintf(x->id, sizeof x->id, "%s", id);
+    x->slot = -1;
+    srv_session_touch(s, x);
+    s->sess[s->n_sess++] = x;
+    return x;
+}
+
+srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
+    srv_session *x = srv_session_find(s, id);
+    if (x) {
+        srv_session_touch(s, x);
+        return x;
+    }
+    char path[1100];
+    record_path(s, id, path, sizeof path);
+    mb_err me;
+    size_t len = 0;
+    uint8_t *buf = NULL;
+    if (access(path, F_OK)) {
+        srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s", id);
+        return NULL;
+    }
+    if (!(buf = mb_read_file(path, s->state_bytes + 4096, &len, &me))) {
+        srv_error_set(e, 400, "invalid_request_error", "session_corrupt",
+                      "the record of session %s cannot be read", id);
+        return NULL;
+    }
+    srv_session_record r;
+    char why[256];
+    void *host = NULL;
+    int corrupt =
+        srv_session_record_parse(buf, len, &s->shape, s->state_bytes, &r, why, sizeof why);
+    if (!corrupt && strcmp(r.id, id)) {
+        snprintf(why, sizeof why, "it is another session's");
+        corrupt = 1;
+    }
+    if (corrupt) {
+        srv_error_set(e, 400, "invalid_request_error", "session_corrupt",
+                      "the record of session %s is corrupt: %s", id, why);
+    } else if (!(host = malloc(s->state_bytes))) {
+        srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    } else if (!(x = srv_session_add(s, id, NULL))) {
+        srv_error_set(e, 429, "rate_limit_error", "too_many_sessions",
+                      "%d sessions are held and none is idle", s->max_sess);
+    } else {
+        memcpy(host, r.state, s->state_bytes);
+        x->host = host;
+        x->n_bytes = r.n_bytes;
+        x->has_pending = r.has_pending;
+        x->pending = r.pending;
+        x->saved = 1;
+        host = NULL;
+    }
+    free(host);
+    free(buf);
+    return x;
+}
+
+void srv_session_delete(srv_slots *s, srv_session *x) {
+    srv_session_delete_saved(s, x->id);
+    drop(s, x);
+}
+
+int srv_session_delete_saved(srv_slots *s, const char *id) {
+    char path[1100];
+    record_path(s, id, path, sizeof path);
+    return unlink(path) ? -1 : 0;
+}
+
 int srv_session_resident(srv_slots *s, srv_session *x) {
-    x->used = ++s->clock;
+    srv_session_touch(s, x);
     if (x->slot >= 0) return 0;
     int slot = free_slot(s);
     if (slot < 0) return -1;
@@ -136,20 +309,19 @@ int srv_session_resident(srv_slots *s, srv_session *x) {
 }
 
 srv_session *srv_session_fork(srv_slots *s, srv_session *src, const char *id) {
-    size_t bytes = mb_pool_state_bytes(s->pool);
     void *host = NULL;
     /* The copy goes to host memory: a fork needs no slot until it is used. */
     if (src->slot >= 0 || src->host) {
-        if (!(host = malloc(bytes))) return NULL;
+        if (!(host = malloc(s->state_bytes))) return NULL;
         if (src->slot >= 0) {
             if (mb_pool_read(s->pool, src->slot, host, NULL)) {
                 free(host);
                 return NULL;
             }
         } else
-            memcpy(host, src->host, bytes);
+            memcpy(host, src->host, s->state_bytes);
     }
-    srv_session *x = srv_session_add(s, id);
+    srv_session *x = srv_session_add(s, id, src);
     if (!x) {
         free(host);
         return NULL;
@@ -161,117 +333,102 @@ srv_session *srv_session_fork(srv_slots *s, srv_session *src, const char *id) {
     return x;
 }
 
-static void paths(const char *dir, const char *id, char *state, char *meta, size_t n) {
-    snprintf(state, n, "%s/%s.state", dir, id);
-    snprintf(meta, n, "%s/%s.json", dir, id);
+int srv_session_save(srv_slots *s, srv_session *x, srv_error *e) {
+    char msg[1200];
+    if (!write_record(s, x, msg, sizeof msg)) return 0;
+    /* The details name server paths: they go to the log, not to the client. */
+    fprintf(stderr, "mambabyte: cannot save session %s: %s\n", x->id, msg);
+    return srv_error_set(e, 500, "server_error", "save_failed",
+                         "session %s could not be saved; the server log says why", x->id);
 }
 
-int srv_session_save(srv_slots *s, srv_session *x, const char *dir, srv_error *e) {
-    if (mkdir(dir, 0755) && errno != EEXIST)
-        return srv_error_set(e, 500, "server_error", "save_failed", "cannot create %s: %s", dir,
-                             strerror(errno));
-    if (srv_session_resident(s, x))
-        return srv_error_set(e, 503, "server_error", "no_free_slot",
-                             "every slot is busy; try again");
-    char state[2048], meta[2048], tmp[2100];
-    paths(dir, x->id, state, meta, sizeof state);
-    /* Write both under temporary names and rename: a crash never leaves a half-written pair. */
-    snprintf(tmp, sizeof tmp, "%s.tmp", state);
-    mb_err me;
-    if (mb_pool_save(s->pool, x->slot, tmp, &me))
-        return srv_error_set(e, 500, "server_error", "save_failed", "%s", me.msg);
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "id", x->id);
-    cJSON_AddNumberToObject(m, "n_bytes", (double)x->n_bytes);
-    if (x->has_pending)
-        cJSON_AddNumberToObject(m, "pending", x->pending);
-    else
-        cJSON_AddNullToObject(m, "pending");
-    char *text = cJSON_Print(m);
-    cJSON_Delete(m);
-    char tmp2[2100];
-    snprintf(tmp2, sizeof tmp2, "%s.tmp", meta);
-    FILE *f = text ? fopen(tmp2, "w") : NULL;
-    int ok = f && fputs(text, f) >= 0;
-    if (f) ok = !fclose(f) && ok;
-    free(text);
-    if (!ok || rename(tmp, state) || rename(tmp2, meta)) {
-        unlink(tmp);
-        unlink(tmp2);
-        return srv_error_set(e, 500, "server_error", "save_failed", "cannot write %s: %s", meta,
-                             strerror(errno));
+/* Deletes the records in dir of sessions not in memory whose file time is older than ttl_s. */
+static void expire_records(srv_slots *s) {
+    DIR *d = opendir(s->dir);
+    if (!d) return;
+    time_t now = time(NULL);
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t n = strlen(de->d_name);
+        const size_t ext = sizeof ".session" - 1;
+        if (n <= ext || n - ext >= SRV_ID_MAX || strcmp(de->d_name + n - ext, ".session")) continue;
+        char id[SRV_ID_MAX], path[1100];
+        memcpy(id, de->d_name, n - ext);
+        id[n - ext] = 0;
+        if (!srv_id_valid(id) || srv_session_find(s, id)) continue;
+        record_path(s, id, path, sizeof path);
+        struct stat st;
+        if (!stat(path, &st) && difftime(now, st.st_mtime) > s->ttl_s) unlink(path);
     }
-    return 0;
+    closedir(d);
 }
 
-static char *read_small(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *buf = calloc(1, 4097);
-    if (buf) {
-        size_t n = fread(buf, 1, 4096, f);
-        buf[n] = 0;
+void srv_sessions_maintain(srv_slots *s, double now) {
+    if (s->ttl_s > 0 && now >= s->next_scan) {
+        expire_records(s);
+        s->next_scan = now + (s->ttl_s < 60 ? s->ttl_s / 2 : 30);
     }
-    fclose(f);
-    return buf;
-}
-
-srv_session *srv_session_restore(srv_slots *s, const char *id, const char *dir, srv_error *e) {
-    if (srv_session_find(s, id)) {
-        srv_error_set(e, 409, "conflict_error", "session_exists", "session %s is in memory", id);
-        return NULL;
+    for (int i = 0; s->ttl_s > 0 && i < s->n_sess;) {
+        srv_session *x = s->sess[i];
+        if (!x->busy && now - x->t_used > s->ttl_s)
+            srv_session_delete(s, x); /* the last one moved to i */
+        else
+            i++;
     }
-    char state[2048], meta[2048];
-    paths(dir, id, state, meta, sizeof state);
-    char *text = read_small(meta);
-    if (!text) {
-        srv_error_set(e, 404, "not_found_error", "session_not_found", "no saved session %s", id);
-        return NULL;
-    }
-    cJSON *m = cJSON_Parse(text);
-    free(text);
-    const cJSON *nb = cJSON_GetObjectItemCaseSensitive(m, "n_bytes");
-    const cJSON *pe = cJSON_GetObjectItemCaseSensitive(m, "pending");
-    int valid =
-        cJSON_IsNumber(nb) && nb->valuedouble >= 0 &&
-        (cJSON_IsNull(pe) || (cJSON_IsNumber(pe) && pe->valueint >= 0 && pe->valueint < 256));
-    srv_session *x = NULL;
-    if (!valid) {
-        srv_error_set(e, 400, "invalid_request_error", "session_corrupt", "%s is corrupt", meta);
-    } else if (!(x = srv_session_add(s, id))) {
-        srv_error_set(e, 429, "rate_limit_error", "too_many_sessions", "too many sessions");
-    } else if (srv_session_resident(s, x)) {
-        srv_error_set(e, 503, "server_error", "no_free_slot", "every slot is busy; try again");
-    } else {
-        mb_err me;
-        if (!mb_pool_load(s->pool, x->slot, state, &me)) {
-            x->n_bytes = (unsigned long long)nb->valuedouble;
-            x->has_pending = cJSON_IsNumber(pe);
-            x->pending = x->has_pending ? (uint8_t)pe->valueint : 0;
-            cJSON_Delete(m);
-            return x;
-        }
-        srv_error_set(e, 400, "invalid_request_error", "session_corrupt", "%s", me.msg);
-    }
-    if (x) srv_session_remove(s, x);
-    cJSON_Delete(m);
-    return NULL;
+    srv_slot_counts n;
+    srv_slots_counts(s, &n);
+    for (size_t held = n.spilled_bytes; (double)held > s->max_spill_bytes; held -= s->state_bytes)
+        if (evict_one(s, 1, NULL, 1)) break;
 }
 
 int srv_session_count(const srv_slots *s) {
     return s->n_sess;
 }
-srv_session *srv_session_at(srv_slots *s, int i) {
-    return s->sess[i];
+
+static cJSON *session_json(const srv_session *x) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", x->id);
+    cJSON_AddStringToObject(o, "object", "session");
+    cJSON_AddNumberToObject(o, "n_bytes", (double)x->n_bytes);
+    cJSON_AddBoolToObject(o, "resident", x->slot >= 0);
+    cJSON_AddBoolToObject(o, "busy", x->busy);
+    return o;
 }
 
-void srv_slots_counts(const srv_slots *s, int *active, int *idle, int *spilled) {
-    *active = *idle = *spilled = 0;
+static char *print_free(cJSON *o) {
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return t;
+}
+
+char *srv_session_print(const srv_session *x, const char *flag) {
+    cJSON *o = session_json(x);
+    if (flag) cJSON_AddBoolToObject(o, flag, 1);
+    return print_free(o);
+}
+
+char *srv_session_list_json(const srv_slots *s) {
+    cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "data");
+    cJSON_AddStringToObject(o, "object", "list");
+    for (int i = 0; i < s->n_sess; i++) cJSON_AddItemToArray(a, session_json(s->sess[i]));
+    return print_free(o);
+}
+
+char *srv_session_deleted_json(const char *id) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "session");
+    cJSON_AddBoolToObject(o, "deleted", 1);
+    return print_free(o);
+}
+
+void srv_slots_counts(const srv_slots *s, srv_slot_counts *n) {
+    memset(n, 0, sizeof *n);
     for (int i = 0; i < s->n_slots; i++) {
         if (s->use[i] == SLOT_REQUEST || (s->use[i] == SLOT_SESSION && s->owner[i]->busy))
-            ++*active;
+            n->active++;
         else if (s->use[i] == SLOT_SESSION)
-            ++*idle;
+            n->idle++;
     }
-    for (int i = 0; i < s->n_sess; i++) *spilled += s->sess[i]->host != NULL;
+    for (int i = 0; i < s->n_sess; i++) n->spilled += s->sess[i]->host != NULL;
+    n->spilled_bytes = (size_t)n->spilled * s->state_bytes;
 }
