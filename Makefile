@@ -91,7 +91,7 @@ test: test-deps
 
 # ThreadSanitizer: the daemon built with -fsanitize=thread (build/tsan) against every real-HTTP
 # test, the concurrency tests among them; the first race reported stops the daemon and fails its
-# test. `make test` runs it first (about 3 minutes on 2 cores).
+# test. `make test` runs it first (a few minutes on 2 cores; all of `make test` about 8).
 TSAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=thread
 $(eval $(call variant,tsan,$(TSAN_FLAGS)))
 .PHONY: test-tsan
