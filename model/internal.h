@@ -88,6 +88,12 @@ static inline float *mb_slot_state(const mb_pool *p, int slot, int which) {
     return p->state + ((size_t)slot * 2 + (size_t)which) * p->state_floats;
 }
 
+/* ---- config.json (model.c): txt[0..len) (not NUL-terminated) into c; the vocabulary padding
+ * multiple and the rms_norm key (-1: absent) for the loader to settle against the tensors. path
+ * names the file in messages. ---- */
+int mb_config_parse(const char *txt, size_t len, const char *path, mb_config *c, int *pad_mult,
+                    int *rms_key, mb_err *e);
+
 /* ---- backends (engine.c): picks and starts the backend for o->device after the host weights
  * are loaded; releases it (and its shared object) with the model. ---- */
 int mb_backend_choose(mb_model *m, const mb_backend_opts *o, mb_err *e);

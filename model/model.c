@@ -26,9 +26,10 @@ static int cfg_int(const cJSON *o, const char *k1, const char *k2, int def, int 
         *out = def;
         return 0;
     }
-    if (!cJSON_IsNumber(j) || j->valuedouble != (int)j->valuedouble || j->valuedouble < 0 ||
-        j->valuedouble > 1 << 24)
-        return mb_fail(e, "%s: '%s' must be a small non-negative integer", path, j->string);
+    /* the range first: casting a double outside int's range is undefined */
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0 && j->valuedouble <= 1 << 24) ||
+        j->valuedouble != floor(j->valuedouble))
+        return mb_fail(e, "%s: '%s' must be an integer from 0 to %d", path, j->string, 1 << 24);
     *out = (int)j->valuedouble;
     return 0;
 }
@@ -42,10 +43,17 @@ static int cfg_bool(const cJSON *o, const char *k1, const char *k2, int def) {
 /* Reads the shape from config.json, in HF keys or mamba_ssm keys (ssm_cfg nested). The vocab
  * padding (n_rows) and the norm kind are settled later against the tensors themselves. */
 static int parse_config(const char *path, mb_config *c, int *pad_mult, int *rms_key, mb_err *e) {
-    char *txt = (char *)mb_read_file(path, 1 << 20, NULL, e);
+    size_t len;
+    char *txt = (char *)mb_read_file(path, 1 << 20, &len, e);
     if (!txt) return -1;
-    cJSON *o = cJSON_Parse(txt);
+    int rc = mb_config_parse(txt, len, path, c, pad_mult, rms_key, e);
     free(txt);
+    return rc;
+}
+
+int mb_config_parse(const char *txt, size_t len, const char *path, mb_config *c, int *pad_mult,
+                    int *rms_key, mb_err *e) {
+    cJSON *o = cJSON_ParseWithLength(txt, len);
     if (!cJSON_IsObject(o)) {
         cJSON_Delete(o);
         return mb_fail(e, "%s: not a JSON object", path);
@@ -60,7 +68,12 @@ static int parse_config(const char *path, mb_config *c, int *pad_mult, int *rms_
     rc = rc ? rc : cfg_int(s, "state_size", "d_state", 16, &c->d_state, path, e);
     rc = rc ? rc : cfg_int(s, "conv_kernel", "d_conv", 4, &c->d_conv, path, e);
     rc = rc ? rc : cfg_int(s, "expand", NULL, 2, &expand, path, e);
-    rc = rc ? rc : cfg_int(o, "intermediate_size", NULL, expand * c->d_model, &c->d_inner, path, e);
+    /* both at most 2^24: the product in 64 bits, refused past 2^24 like any dimension */
+    const int64_t inner = (int64_t)expand * c->d_model;
+    if (!rc && inner > 1 << 24)
+        rc = mb_fail(e, "%s: expand x d_model = %lld is larger than %d", path, (long long)inner,
+                     1 << 24);
+    rc = rc ? rc : cfg_int(o, "intermediate_size", NULL, (int)inner, &c->d_inner, path, e);
     rc = rc ? rc
             : cfg_int(o, "pad_vocab_size_multiple", NULL, cJSON_IsObject(ssm) ? 8 : 1, pad_mult,
                       path, e);

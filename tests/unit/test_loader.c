@@ -1,5 +1,6 @@
-/* test_loader.c: bad checkpoints end in one clear error naming the file and the tensor, never a
- * crash. Each case rewrites a fixture (header edited through cJSON, data kept) into build/. */
+/* test_loader.c: bad checkpoints and configs end in one clear error naming the file and the
+ * tensor or key, never a crash. Each case rewrites a fixture (header edited through cJSON, data
+ * kept) into build/. */
 #include <cJSON.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -162,8 +163,42 @@ static void test_parser_edges(void) {
           e.msg);
 }
 
+/* config.json values out of range are errors naming the key, never a cast of an out-of-range
+ * double or an int overflow (UBSan aborts this test on either, as it did before the checks). */
+static void test_config_values(void) {
+    static const struct {
+        const char *json, *needle;
+    } bad[] = {
+        {"{\"hidden_size\": 1e30, \"num_hidden_layers\": 2, \"vocab_size\": 256}", "hidden_size"},
+        {"{\"hidden_size\": -64, \"num_hidden_layers\": 2, \"vocab_size\": 256}", "hidden_size"},
+        {"{\"hidden_size\": 64.5, \"num_hidden_layers\": 2, \"vocab_size\": 256}", "hidden_size"},
+        {"{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"vocab_size\": -1e300}", "vocab_size"},
+        {"{\"hidden_size\": 16777216, \"num_hidden_layers\": 2, \"vocab_size\": 256, "
+         "\"expand\": 16777216}",
+         "expand x d_model"},
+        {"{\"d_model\": 64, \"n_layer\": 2, \"vocab_size\": 256, \"ssm_cfg\": {\"d_state\": 1e19}}",
+         "d_state"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mb_config c;
+        int pad, rms;
+        mb_err e = {{0}};
+        int rc =
+            mb_config_parse(bad[i].json, strlen(bad[i].json), "config.json", &c, &pad, &rms, &e);
+        CHECK(rc == -1 && strstr(e.msg, bad[i].needle), "case %zu: rc %d, '%s'", i, rc, e.msg);
+    }
+    const char *ok = "{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"vocab_size\": 256}";
+    mb_config c;
+    int pad, rms;
+    mb_err e = {{0}};
+    CHECK(mb_config_parse(ok, strlen(ok), "config.json", &c, &pad, &rms, &e) == 0 &&
+              c.d_inner == 128 && c.dt_rank == 4,
+          "a good config: %s", e.msg);
+}
+
 int main(void) {
     RUN(test_bad_checkpoints);
     RUN(test_parser_edges);
+    RUN(test_config_values);
     return check_failures ? 1 : 0;
 }
