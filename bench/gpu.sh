@@ -9,3 +9,7 @@ cd "$(dirname "$0")/.."
 [ -f build/bench-354m-bf16/model.safetensors ] ||
     python3 tools/random_model.py build/bench-354m-bf16 --d-model 1024 --layers 53 --dtype bf16
 build/rel/bench_gpu models/mambabyte-small build/bench-21m-bf16 build/bench-354m-bf16
+echo
+echo "== the same with the persistent step kernel for forwards of up to 32 tokens (MB_CUDA_STEP=1)"
+MB_CUDA_STEP=1 build/rel/bench_gpu models/mambabyte-small build/bench-21m-bf16 build/bench-354m-bf16 |
+    grep -v -e "^batch invariance" -e "^  T="

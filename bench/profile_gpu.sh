@@ -2,6 +2,8 @@
 # Per-kernel times of one forward on the GPU (issue 10's timeline): Nsight Compute times each
 # kernel of one step of B sequences x k tokens (graphs off, so each launch is its own), summed by
 # kernel. Usage: bench/profile_gpu.sh MODEL_DIR [B] [k]   (needs ncu; build/rel/bench_gpu)
+# The persistent step kernel (MB_CUDA_STEP=1) is one kernel to ncu; its phases are timed by
+# MB_CUDA_STEP=1 MB_CUDA_STEP_TRACE=1 build/rel/bench_gpu --profile MODEL_DIR B k (stderr).
 set -e
 cd "$(dirname "$0")/.."
 model=$1 B=${2:-1} k=${3:-1}

@@ -4,8 +4,9 @@
  * The weights go to the GPU once, in one allocation. A pool keeps every slot's two state
  * buffers, the last forward's span inputs (for rollback) and the activations in GPU memory. A
  * forward is one copy of the batch in (tokens, offsets, slots, current buffers, logits rows),
- * 6 launches per layer over all tokens of all sequences, and one copy of the wanted
- * logits out: no per-sequence launch, no host round trip inside the step.
+ * 6 launches per layer over all tokens of all sequences (or, with MB_CUDA_STEP=1 and up to 32
+ * tokens, one persistent kernel: cu_step.cu), and one copy of the wanted logits out: no
+ * per-sequence launch, no host round trip inside the step.
  *
  * Errors: every CUDA call is checked; a failure names the call and CUDA's reason and comes back
  * as mb_err. Errors that leave the CUDA context unusable (an illegal address, a kernel fault)
@@ -46,6 +47,9 @@ typedef struct cu_pool {
     int *batch_dev, *batch_host;               /* the batch: 5 max_tokens + 1 ints */
     float *logits_host;                        /* pinned (max_tokens, n_vocab) */
     int use_graphs;                            /* MB_CUDA_GRAPHS=0 turns graphs off */
+    int use_step, step_blocks;                 /* the persistent step kernel (MB_CUDA_STEP=1) */
+    cu_step_args step;                         /* its arguments but the batch */
+    int trace;                                 /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
     cu_graph graphs[CU_GRAPHS];
     uint64_t clock;
 } cu_pool;
@@ -127,6 +131,22 @@ static cu_mat pack_mat(packer *k, const mb_mat *w) {
     return d;
 }
 
+/* dt_proj goes to the GPU transposed, (R, E): the scan's threads (one per channel) then read
+ * consecutive weights (cu_ops.h, dt_of). */
+static cu_mat pack_mat_t(packer *k, const mb_mat *w) {
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols, es = w->dtype == MB_F32 ? 4 : 2;
+    char *t = k->base ? static_cast<char *>(malloc(rows * cols * es)) : nullptr;
+    if (k->base && !t && k->err == cudaSuccess) k->err = cudaErrorMemoryAllocation;
+    if (t)
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < cols; c++)
+                memcpy(t + (c * rows + r) * es,
+                       static_cast<const char *>(w->w) + (r * cols + c) * es, es);
+    cu_mat d = {pack(k, t, mat_bytes(w)), (int)w->dtype, w->cols, w->rows};
+    free(t);
+    return d;
+}
+
 static const float *pack_vec(packer *k, const float *v, size_t n) {
     return static_cast<const float *>(pack(k, v, n * sizeof(float)));
 }
@@ -148,7 +168,7 @@ static void pack_model(const mb_model *m, cu_model *cm, packer *k) {
         d->conv_w = pack_vec(k, L->conv_w, E * (size_t)c->d_conv);
         d->conv_b = pack_vec(k, L->conv_b, E);
         d->x_proj = pack_mat(k, &L->x_proj);
-        d->dt_proj = pack_mat(k, &L->dt_proj);
+        d->dt_proj = pack_mat_t(k, &L->dt_proj);
         d->dt_b = pack_vec(k, L->dt_b, E);
         d->A = pack_vec(k, L->A, E * N);
         d->D = pack_vec(k, L->D, E);
@@ -259,6 +279,39 @@ static int fit_slots(const mb_model *m, int max_tokens) {
     return n > 65536 ? 65536 : (int)n;
 }
 
+/* The step kernel's arguments that do not change from one forward to the next; 0 when the model
+ * can take it. */
+static int step_init(const mb_model *m, mb_pool *p) {
+    const cu_model *cm = CM(m);
+    cu_pool *cp = CP(p);
+    const mb_config *c = &m->c;
+    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = c->dt_rank, V = c->n_vocab,
+              T = CU_STEP_MAX_T;
+    cu_step_args *a = &cp->step;
+    a->layers = cm->layers_dev;
+    a->n_layer = c->n_layer, a->D = D, a->E = E, a->N = N, a->R = R, a->K = c->d_conv, a->V = V;
+    a->eps = c->norm_eps;
+    a->embed = cm->embed, a->head = cm->head, a->nf_w = cm->nf_w, a->nf_b = cm->nf_b;
+    /* the plans the per-operation path makes for the same matrices and buffers */
+    for (int l = 0; l < c->n_layer; l++) {
+        const cu_layer *L = &cm->layers[l];
+        const cu_mm in = cu_mm_plan(&L->in_proj, 2 * E, cp->xn, D, T),
+                    x = cu_mm_plan(&L->x_proj, R + 2 * N, cp->u, E, T),
+                    out = cu_mm_plan(&L->out_proj, D, cp->y, E, T);
+        if (L->dt_proj.dtype == 0) return -1; /* the step kernel reads BF16 dt_proj */
+        if (l && (in.kind != a->in_mm.kind || x.kind != a->x_mm.kind || out.kind != a->out_mm.kind))
+            return -1; /* one plan serves every layer */
+        a->in_mm = in, a->x_mm = x, a->out_mm = out;
+    }
+    a->head_mm = cu_mm_plan(&cm->head, V, cp->xn, D, T);
+    a->state = cp->state, a->j_xin = cp->j_xin, a->j_dt = cp->j_dt, a->j_B = cp->j_B;
+    a->state_floats = p->state_floats, a->layer_floats = mb_layer_state_floats(c);
+    a->max_tokens = (size_t)p->max_tokens;
+    a->h = cp->h, a->xn = cp->xn, a->xz = cp->xz, a->u = cp->u, a->dbl = cp->dbl, a->y = cp->y;
+    a->logits = cp->logits;
+    return cu_step_prepare(a, cm->gpu, &cp->step_blocks);
+}
+
 static void pool_free(mb_pool *p) {
     cu_pool *cp = CP(p);
     if (!cp) return;
@@ -268,6 +321,7 @@ static void pool_free(mb_pool *p) {
     for (float *b : bufs) cudaFree(b);
     for (cu_graph &g : cp->graphs)
         if (g.exec) cudaGraphExecDestroy(g.exec);
+    cudaFree(cp->step.trace);
     cudaFree(cp->batch_dev);
     cudaFreeHost(cp->batch_host);
     cudaFreeHost(cp->logits_host);
@@ -318,6 +372,13 @@ static int pool_init(mb_pool *p, mb_err *e) {
         pool_free(p);
         return cuda_fail(m, e, "allocating the pool", err);
     }
+    const char *step = getenv("MB_CUDA_STEP"), *trace = getenv("MB_CUDA_STEP_TRACE");
+    if (step && !strcmp(step, "1")) /* opt-in: faster only for deep models at batch 1 so far */
+        cp->use_step = !step_init(m, p);
+    cp->trace =
+        cp->use_step && trace && !strcmp(trace, "1") &&
+        cudaMalloc(&cp->step.trace, (4 * L + 4) * sizeof(unsigned long long)) == cudaSuccess;
+    cudaGetLastError(); /* a model the step kernel does not take leaves no error behind */
     return 0;
 }
 
@@ -339,6 +400,14 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
     cudaMemcpyAsync(cp->batch_dev, cp->batch_host, nb, cudaMemcpyHostToDevice, st);
     const int *db = cp->batch_dev;
     cu_batch b = {db, db + T, db + T + n + 1, db + T + 2 * n + 1, db + T + 3 * n + 1, T, n, n_out};
+    if (cp->use_step && T <= CU_STEP_MAX_T) { /* one persistent kernel */
+        cp->step.b = b;
+        cu_step(&cp->step, cp->step_blocks, st);
+        if (n_out)
+            cudaMemcpyAsync(cp->logits_host, cp->logits, (size_t)n_out * V * sizeof(float),
+                            cudaMemcpyDeviceToHost, st);
+        return;
+    }
     cu_embed(&cm->embed, &b, cp->h, D, st);
     for (int l = 0; l < c->n_layer; l++) {
         const cu_layer *L = &cm->layers[l];
@@ -399,6 +468,25 @@ static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int
     return g->exec;
 }
 
+/* The step kernel's phases, summed over the layers (MB_CUDA_STEP_TRACE=1; a barrier's wait is
+ * counted in the phase before it). */
+static void print_trace(const mb_model *m, const mb_pool *p) {
+    const int L = m->c.n_layer, n = 4 * L + 4;
+    unsigned long long t[4 * 256 + 4];
+    if (L > 256 || cudaMemcpy(t, CP(p)->step.trace, (size_t)n * sizeof *t,
+                              cudaMemcpyDeviceToHost) != cudaSuccess)
+        return;
+    double ph[4] = {0, 0, 0, 0};
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 4; k++) ph[k] += (double)(t[2 + 4 * l + k] - t[1 + 4 * l + k]) / 1e3;
+    fprintf(stderr,
+            "step kernel (us): all %.1f | embed %.1f | per layer: in_proj+conv %.2f x_proj %.2f "
+            "scan %.2f out_proj %.2f | final norm %.1f head %.1f\n",
+            (double)(t[n - 1] - t[0]) / 1e3, (double)(t[1] - t[0]) / 1e3, ph[0] / L, ph[1] / L,
+            ph[2] / L, ph[3] / L, (double)(t[n - 2] - t[n - 3]) / 1e3,
+            (double)(t[n - 1] - t[n - 2]) / 1e3);
+}
+
 static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows, int n_out,
                    float *logits, mb_err *e) {
     cu_model *cm = CM(m);
@@ -413,7 +501,9 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     memcpy(hb + T + n + 1, bt->slot, (size_t)n * sizeof(int));
     for (int s = 0; s < n; s++) hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
     memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
-    cudaGraphExec_t g = cp->use_graphs ? graph_for(m, p, T, n, n_out) : nullptr;
+    cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
+                            ? graph_for(m, p, T, n, n_out)
+                            : nullptr;
     if (g)
         CU(m, cudaGraphLaunch(g, cm->st));
     else
@@ -421,6 +511,7 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     CU(m, cudaGetLastError()); /* a launch that could not start */
     CU(m, cudaStreamSynchronize(cm->st));
     if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));
+    if (cp->trace && T <= CU_STEP_MAX_T) print_trace(m, p);
     return 0;
 }
 

@@ -25,7 +25,7 @@ typedef struct cu_layer {
     cu_mat in_proj;
     const float *in_b;
     const float *conv_w, *conv_b; /* (K, E) tap-major, (E) */
-    cu_mat x_proj, dt_proj;
+    cu_mat x_proj, dt_proj;    /* dt_proj transposed: (R, E), so a warp's channels read in a row */
     const float *dt_b, *A, *D; /* (E), (E, N) = -exp(A_log), (E) */
     cu_mat out_proj;
     const float *out_b;
@@ -51,6 +51,15 @@ typedef struct cu_layer_state {
 
 enum { CU_EPI_STORE = 0, CU_EPI_ADD = 1 };
 
+/* Which matrix-product kernel a projection gets, and its grid: a function of the matrix's shape
+ * and alignment (T only sizes the grid). kind: CU_MM_TC4 / CU_MM_TC8 (tensor cores, K split over
+ * 4 or 8 warps), or the CUDA-core kernel's flags. */
+enum { CU_MM_BF16 = 1, CU_MM_VEC = 2, CU_MM_SPLIT = 4, CU_MM_TC4 = 8, CU_MM_TC8 = 9 };
+typedef struct cu_mm {
+    int kind, gx, gy;
+} cu_mm;
+cu_mm cu_mm_plan(const cu_mat *W, int n_rows, const float *X, int ldx, int T);
+
 /* h[t] = embed[tokens[t]] for t < T. */
 void cu_embed(const cu_mat *embed, const cu_batch *b, float *h, int D, cudaStream_t st);
 /* out[i] = norm(x[rows ? rows[i] : i]) * w (+ bias: LayerNorm; RMSNorm without), i < n. */
@@ -71,6 +80,30 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
              const float *dbl, const float *xz, float *y, int E, int N, int R, int K,
              cudaStream_t st);
+/* The whole forward of a small batch (T <= CU_STEP_MAX_T tokens) as one persistent kernel
+ * (cu_step.cu): the per-operation block functions of cu_ops.h, separated by grid barriers
+ * instead of kernel boundaries, with the next layer's matrices prefetched into L2.
+ * cu_step_plan says whether a model can take it (BF16 projections of suitable shapes) and
+ * fills what the launch needs; cu_step launches it. Same bits as the per-operation kernels. */
+#define CU_STEP_MAX_T 32
+typedef struct cu_step_args {
+    const cu_layer *layers; /* device table */
+    int n_layer, D, E, N, R, K, V;
+    float eps;
+    cu_mat embed, head;
+    const float *nf_w, *nf_b;
+    cu_mm in_mm, x_mm, out_mm, head_mm; /* plans at T = CU_STEP_MAX_T (gy 1) */
+    cu_batch b;
+    float *state, *j_xin, *j_dt, *j_B;
+    size_t state_floats, layer_floats, max_tokens;
+    float *h, *xn, *xz, *u, *dbl, *y, *logits;
+    unsigned long long *trace; /* NULL, or the time (ns) at the start, after each barrier and at the
+                                  end: 4 n_layer + 4 */
+} cu_step_args;
+/* 0 when the model can run the step kernel (then the launch geometry is fixed in *blocks). */
+int cu_step_prepare(cu_step_args *a, int dev, int *blocks);
+cudaError_t cu_step(const cu_step_args *a, int blocks, cudaStream_t st);
+
 /* Rollback of one slot: its current buffer := its other buffer advanced by the first n_keep
  * span inputs (from token j_start), through the same conv and scan steps, in every layer. */
 void cu_rollback(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,

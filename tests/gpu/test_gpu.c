@@ -240,6 +240,17 @@ static void test_batch_invariance(void) {
     invariance(FIX "tiny-mambassm-layernorm");
 }
 
+/* The persistent step kernel (MB_CUDA_STEP=1, kernels/cu_step.cu) runs forwards of up to 32
+ * tokens; longer ones take the per-operation kernels. Alone (step kernel) == in large batches
+ * (per-operation kernels), bit for bit: on the bundled pair (tensor-core and CUDA-core
+ * out_proj). */
+static void test_step_kernel(void) {
+    setenv("MB_CUDA_STEP", "1", 1);
+    invariance("models/mambabyte-small");
+    invariance("models/drafter-small");
+    unsetenv("MB_CUDA_STEP");
+}
+
 /* ---------------------------------------------------------------- pool operations */
 
 /* Rollback to every prefix of a span == feeding that prefix; then continuing matches. */
@@ -462,6 +473,7 @@ int main(void) {
     mb_model_free(probe);
     RUN(test_parity);
     RUN(test_batch_invariance);
+    RUN(test_step_kernel);
     RUN(test_rollback);
     RUN(test_copy_spill);
     RUN(test_state_files);

@@ -1,0 +1,563 @@
+/* cu_ops.h: the work of one thread block, for each operation of a Mamba forward, as device
+ * functions. The one-kernel-per-operation launches (cu_matmul.cu, cu_mamba.cu) and the
+ * persistent step kernel (cu_step.cu) run the same functions, so a token's result is the same
+ * bits whichever runs it (batch invariance across paths; tests/gpu proves it: a sequence alone
+ * takes the step kernel, the same sequence in a large batch the per-operation kernels).
+ *
+ * Every block has CU_BLOCK threads. A block function is given its block coordinates (bx, by)
+ * and the shared memory it may use; block-uniform early returns only, and a caller that runs
+ * several items one after another puts a __syncthreads() between them (shared memory reuse). */
+#ifndef CU_OPS_H
+#define CU_OPS_H
+
+#include <cuda_bf16.h>
+
+#include "cu_kernels.h"
+
+#define CU_BLOCK 256
+
+/* ---------------------------------------------------------------- small helpers */
+
+static __device__ __forceinline__ float silu_f(float x) {
+    return x / (1.0f + expf(-x));
+}
+
+static __device__ __forceinline__ float bf16_bits(uint32_t h) {
+    return __uint_as_float(h << 16);
+}
+
+static __device__ __forceinline__ void load8(const float *w, float *out) {
+    float4 a = *reinterpret_cast<const float4 *>(w), b = *reinterpret_cast<const float4 *>(w + 4);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+static __device__ __forceinline__ void load8(const __nv_bfloat16 *w, float *out) {
+    uint4 v = *reinterpret_cast<const uint4 *>(w);
+    const uint32_t q[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = bf16_bits(q[i] & 0xffffu);
+        out[2 * i + 1] = bf16_bits(q[i] >> 16);
+    }
+}
+
+static __device__ __forceinline__ float load1(const float *w) {
+    return *w;
+}
+static __device__ __forceinline__ float load1(const __nv_bfloat16 *w) {
+    return bf16_bits(*reinterpret_cast<const unsigned short *>(w));
+}
+
+static __device__ __forceinline__ float *slot_buf(float *state, size_t sf, int slot, int which) {
+    return state + ((size_t)slot * 2 + (size_t)which) * sf;
+}
+
+/* ---------------------------------------------------------------- embedding */
+
+static __device__ void embed_block(const void *W, int bf16, const int32_t *tokens, float *h, int D,
+                                   int t) {
+    const size_t base = (size_t)tokens[t] * D;
+    for (int i = threadIdx.x; i < D; i += CU_BLOCK) {
+        float v;
+        if (bf16)
+            v = __uint_as_float((uint32_t) static_cast<const unsigned short *>(W)[base + i] << 16);
+        else
+            v = static_cast<const float *>(W)[base + i];
+        h[(size_t)t * D + i] = v;
+    }
+}
+
+/* ---------------------------------------------------------------- norms
+ *
+ * A row's sum is fixed in order: thread j of the block sums elements j, j + 256, ... (strided
+ * partials), a butterfly adds each warp's 32 partials, then the 8 warp sums are added in order.
+ * norm_stats_block computes the same sums for several rows at once, so a norm folded into a
+ * matrix product is bit-identical to norm_block's output. */
+
+static __device__ float block_sum(float v, float *sh) {
+#pragma unroll
+    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    const int warp = threadIdx.x >> 5;
+    __syncthreads(); /* sh may still be read from the last call */
+    if ((threadIdx.x & 31) == 0) sh[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < CU_BLOCK / 32; w++) s += sh[w];
+    return s;
+}
+
+/* out[i] = norm(x[row]) * w (+ bias): LayerNorm with a bias, RMSNorm without. */
+static __device__ void norm_block(const float *x, const int *rows, float *out, const float *w,
+                                  const float *bias, int D, float eps, int i, float *sh) {
+    const float *xr = x + (size_t)(rows ? rows[i] : i) * D;
+    float *o = out + (size_t)i * D;
+    if (!bias) { /* RMSNorm */
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < D; j += CU_BLOCK) ss = fmaf(xr[j], xr[j], ss);
+        const float inv = 1.0f / sqrtf(block_sum(ss, sh) / (float)D + eps);
+        for (int j = threadIdx.x; j < D; j += CU_BLOCK) o[j] = xr[j] * inv * w[j];
+        return;
+    }
+    float s = 0.0f; /* LayerNorm: mean, then the variance around it */
+    for (int j = threadIdx.x; j < D; j += CU_BLOCK) s += xr[j];
+    const float mean = block_sum(s, sh) / (float)D;
+    float v = 0.0f;
+    for (int j = threadIdx.x; j < D; j += CU_BLOCK) v = fmaf(xr[j] - mean, xr[j] - mean, v);
+    const float inv = 1.0f / sqrtf(block_sum(v, sh) / (float)D + eps);
+    for (int j = threadIdx.x; j < D; j += CU_BLOCK) o[j] = (xr[j] - mean) * inv * w[j] + bias[j];
+}
+
+/* The (mean, inv) pair of norm_block for each of T rows (mean 0 for RMSNorm) into st, with the
+ * same partials, butterflies and warp order as block_sum: the values norm_block multiplies by.
+ * sh: CU_BLOCK / 32 x T floats. Rows one after another, their loads independent. */
+static __device__ void norm_stats_block(const float *x, int T, int D, float eps, bool layer,
+                                        float2 *st, float *sh) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int pass = 0; pass < (layer ? 2 : 1); pass++) {
+#pragma unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + (size_t)t * D, mean = pass ? st[t].x : 0.0f;
+            float v = 0.0f;
+            for (int j = threadIdx.x; j < D; j += CU_BLOCK) {
+                if (!layer)
+                    v = fmaf(xr[j], xr[j], v);
+                else if (!pass)
+                    v += xr[j];
+                else
+                    v = fmaf(xr[j] - mean, xr[j] - mean, v);
+            }
+#pragma unroll
+            for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+            if (!lane) sh[warp * T + t] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < T) {
+            const int t = threadIdx.x;
+            float s = 0.0f;
+            for (int w = 0; w < CU_BLOCK / 32; w++) s += sh[w * T + t];
+            if (layer && !pass)
+                st[t] = make_float2(s / (float)D, 0.0f);
+            else
+                st[t] = make_float2(layer ? st[t].x : 0.0f, 1.0f / sqrtf(s / (float)D + eps));
+        }
+        __syncthreads();
+    }
+}
+
+/* ---------------------------------------------------------------- projections, CUDA cores
+ *
+ *   Y[t, r] (op)= W[r, :] . X[t, :] + bias[r]      W (rows, K) F32 or BF16, X (T, ldx) F32
+ *
+ * A warp owns MM_RW rows and MM_TT tokens; lane l sums the K-chunks l, l + 32, l + 64, ... (8
+ * elements each, in order, when rows are 16-byte aligned multiples of 8; single elements
+ * otherwise) into one accumulator per (row, token), then a butterfly of shuffles adds the 32
+ * lanes. SPLIT = 1: each of the block's 8 warps owns its rows. SPLIT = 8 (matrices with few
+ * rows): the 8 warps share MM_RW rows and split K, warp w taking the 32-chunk groups w, w + 8,
+ * ...; their sums are added in warp order. The order depends on the shape alone. */
+
+#define MM_RW     4 /* rows per warp */
+#define MM_TT     8 /* tokens per warp */
+#define MM_KCHUNK 8 /* elements per lane per step on the vector path */
+#define MM_WARPS  (CU_BLOCK / 32)
+
+template <typename WT, bool VEC, int SPLIT>
+static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
+                                    const float *__restrict__ X, int ldx, float *Y, int ldy, int T,
+                                    const float *__restrict__ bias, int epi, int bx, int by,
+                                    float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = SPLIT > 1 ? bx * MM_RW : (bx * MM_WARPS + warp) * MM_RW, t0 = by * MM_TT,
+              kw = SPLIT > 1 ? warp : 0;
+    if (r0 >= n_rows) return;
+    const int nr = n_rows - r0 < MM_RW ? n_rows - r0 : MM_RW, nt = T - t0 < MM_TT ? T - t0 : MM_TT;
+    float acc[MM_RW][MM_TT];
+#pragma unroll
+    for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+        for (int t = 0; t < MM_TT; t++) acc[r][t] = 0.0f;
+    if (VEC) {
+        for (int k = (lane + 32 * kw) * MM_KCHUNK; k < K; k += 32 * SPLIT * MM_KCHUNK) {
+            float w[MM_RW][MM_KCHUNK];
+#pragma unroll
+            for (int r = 0; r < MM_RW; r++) {
+                if (r < nr) {
+                    load8(W + (size_t)(r0 + r) * K + k, w[r]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < MM_KCHUNK; j++) w[r][j] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < MM_TT; t++) {
+                if (t >= nt) break;
+                float x[MM_KCHUNK];
+                load8(X + (size_t)(t0 + t) * ldx + k, x);
+#pragma unroll
+                for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+                    for (int j = 0; j < MM_KCHUNK; j++) acc[r][t] = fmaf(w[r][j], x[j], acc[r][t]);
+            }
+        }
+    } else {
+        for (int k = lane + 32 * kw; k < K; k += 32 * SPLIT) {
+            float w[MM_RW];
+#pragma unroll
+            for (int r = 0; r < MM_RW; r++)
+                w[r] = r < nr ? load1(W + (size_t)(r0 + r) * K + k) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < MM_TT; t++) {
+                if (t >= nt) break;
+                float x = X[(size_t)(t0 + t) * ldx + k];
+#pragma unroll
+                for (int r = 0; r < MM_RW; r++) acc[r][t] = fmaf(w[r], x, acc[r][t]);
+            }
+        }
+    }
+    /* butterfly: every lane ends with the same sum (a + b == b + a), in a fixed order */
+#pragma unroll
+    for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+        for (int t = 0; t < MM_TT; t++)
+#pragma unroll
+            for (int m = 16; m; m >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], m);
+    if (SPLIT > 1) { /* the warps' sums, added in warp order by warp 0; sh: SPLIT x 32 floats */
+#pragma unroll
+        for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+            for (int t = 0; t < MM_TT; t++)
+                if (lane == r * MM_TT + t) sh[warp * 32 + lane] = acc[r][t];
+        __syncthreads();
+        if (warp) return;
+        float sum = 0.0f;
+        for (int w = 0; w < SPLIT; w++) sum += sh[w * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+            for (int t = 0; t < MM_TT; t++)
+                if (lane == r * MM_TT + t) acc[r][t] = sum;
+    }
+    /* lane r * MM_TT + t writes (row r, token t) */
+#pragma unroll
+    for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+        for (int t = 0; t < MM_TT; t++) {
+            if (lane != r * MM_TT + t || r >= nr || t >= nt) continue;
+            const int row = r0 + r;
+            float v = acc[r][t] + (bias ? bias[row] : 0.0f);
+            float *y = Y + (size_t)(t0 + t) * ldy + row;
+            *y = epi == CU_EPI_ADD ? *y + v : v;
+        }
+}
+
+/* ---------------------------------------------------------------- projections, tensor cores
+ *
+ * For BF16 weights (K a multiple of 32): mma.sync m16n8k16, bf16 x bf16 -> f32. A 16-row tile
+ * and up to TC_TOK tokens (8-token MMA columns) belong to SPLIT warps that split K in 32-wide
+ * steps (warp w takes steps w, w + SPLIT, ...), their sums added in warp order; a block of 8
+ * warps holds 8 / SPLIT tiles. The activations stay f32 in memory; each is split into hi =
+ * bf16(x) and lo = bf16(x - hi) and both are multiplied (two MMAs), so the product keeps about 16
+ * bits of x, not 8. Thread (g, q) of a warp loads 8 consecutive weights of rows g and g + 8 at k
+ * = 8q and the same 8 activations of token g, and feeds them to two MMAs as their k indices {2q,
+ * 2q+1, 2q+8, 2q+9}: a fixed permutation of K inside the step, the same for every launch. A
+ * warp loads the weights of TC_AHEAD steps before multiplying (one memory latency for several
+ * steps; the MMAs keep their order). Invariance: an MMA output depends only on its own row and
+ * column, missing tokens are zero columns, and the K order is fixed by the shape.
+ *
+ * With nstat (a (mean, inv) pair per token of the launch, in shared memory), the activations
+ * are norm_block's output computed on the fly from the residual stream X: the same expression,
+ * the same bits, without a separate norm pass. */
+
+#define TC_TOK   32 /* tokens per tile: 4 MMA columns of 8 */
+#define TC_AHEAD 4
+
+static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0,
+                                                uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as a bf16 pair (first in the low half), and their remainders as another. */
+static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
+    *hi = *reinterpret_cast<uint32_t *>(&h);
+    *lo = *reinterpret_cast<uint32_t *>(&l);
+}
+
+/* sh: CU_BLOCK / 32 x (TC_TOK / 8 * 4) x 32 floats (16 KB). NORM: X is the residual stream and
+ * nstat/nw/nb the norm (nb NULL for RMSNorm). */
+template <int SPLIT, bool NORM>
+static __device__ void
+matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
+                int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi, int bx,
+                int by, float *sh, const float2 *nstat, const float *nw, const float *nb) {
+    constexpr int TILES = CU_BLOCK / 32 / SPLIT;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int kw = warp % SPLIT, tile = warp / SPLIT;
+    const int r0 = (bx * TILES + tile) * 16, t0 = by * TC_TOK;
+    const int nt = T - t0 < TC_TOK ? T - t0 : TC_TOK, tiles = (nt + 7) / 8;
+    const bool va = r0 + g < n_rows, vb = r0 + g + 8 < n_rows;
+    const __nv_bfloat16 *wa = W + (size_t)(r0 + g) * K, *wb = W + (size_t)(r0 + g + 8) * K;
+    float acc[TC_TOK / 8][4];
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * TC_AHEAD) {
+        /* every load of TC_AHEAD steps first: weights, norm weights, then per column tile the
+         * activations, so a warp waits for memory once per group, not once per step */
+        uint4 A0[TC_AHEAD], A1[TC_AHEAD];
+        float nw8[NORM ? TC_AHEAD : 1][8], nb8[NORM ? TC_AHEAD : 1][8];
+#pragma unroll
+        for (int a = 0; a < TC_AHEAD; a++) {
+            const int k = kb0 + 32 * SPLIT * a + 8 * q;
+            const bool in = kb0 + 32 * SPLIT * a < K;
+            A0[a] = va && in ? *reinterpret_cast<const uint4 *>(wa + k) : zero;
+            A1[a] = vb && in ? *reinterpret_cast<const uint4 *>(wb + k) : zero;
+            if (NORM && in) {
+                load8(nw + k, nw8[a]);
+                if (nb) load8(nb + k, nb8[a]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < TC_TOK / 8; i++) {
+            if (i >= tiles) break;
+            const int t = t0 + 8 * i + g;
+            float x[TC_AHEAD][8];
+#pragma unroll
+            for (int a = 0; a < TC_AHEAD; a++) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) x[a][j] = 0.0f;
+                const int kb = kb0 + 32 * SPLIT * a;
+                if (kb < K && t < T) load8(X + (size_t)t * ldx + kb + 8 * q, x[a]);
+            }
+            const float2 ms = NORM && t < T ? nstat[t] : make_float2(0.0f, 0.0f);
+#pragma unroll
+            for (int a = 0; a < TC_AHEAD; a++) {
+                if (kb0 + 32 * SPLIT * a >= K) break;
+                if (NORM && t < T) {
+                    if (nb) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            x[a][j] = (x[a][j] - ms.x) * ms.y * nw8[a][j] + nb8[a][j];
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 8; j++) x[a][j] = x[a][j] * ms.y * nw8[a][j];
+                    }
+                }
+                const uint32_t a1[4] = {A0[a].x, A1[a].x, A0[a].y, A1[a].y},
+                               a2[4] = {A0[a].z, A1[a].z, A0[a].w, A1[a].w};
+                uint32_t h01, l01, h23, l23, h45, l45, h67, l67;
+                split2(x[a][0], x[a][1], &h01, &l01);
+                split2(x[a][2], x[a][3], &h23, &l23);
+                split2(x[a][4], x[a][5], &h45, &l45);
+                split2(x[a][6], x[a][7], &h67, &l67);
+                mma_bf16(acc[i], a1, h01, h23);
+                mma_bf16(acc[i], a1, l01, l23);
+                mma_bf16(acc[i], a2, h45, h67);
+                mma_bf16(acc[i], a2, l45, l67);
+            }
+        }
+    }
+    float(*part)[TC_TOK / 8 * 4][32] = reinterpret_cast<float(*)[TC_TOK / 8 * 4][32]>(sh);
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) part[warp][i * 4 + j][lane] = acc[i][j];
+    __syncthreads();
+    if (kw) return;
+#pragma unroll
+    for (int i = 0; i < TC_TOK / 8; i++) {
+        if (i >= tiles) break;
+#pragma unroll
+        for (int j = 0; j < 4; j++) { /* c0, c1: row g; c2, c3: row g + 8; tokens 2q, 2q + 1 */
+            float v = part[warp][i * 4 + j][lane];
+            for (int w = 1; w < SPLIT; w++) v += part[warp + w][i * 4 + j][lane];
+            const int row = r0 + g + (j >= 2 ? 8 : 0), t = t0 + 8 * i + 2 * q + (j & 1);
+            if (row >= n_rows || t >= T) continue;
+            v = v + (bias ? bias[row] : 0.0f);
+            float *y = Y + (size_t)t * ldy + row;
+            *y = epi == CU_EPI_ADD ? *y + v : v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- conv and scan steps */
+
+/* One conv + SiLU step of channel c: win[0..K-2] is the window, oldest first; shifts x in. */
+template <int K>
+static __device__ __forceinline__ float conv_step(float *win, const float *cw, int E, float bias,
+                                                  float x) {
+    float acc = bias;
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) acc = fmaf(cw[(size_t)k * E], win[k], acc);
+    acc = fmaf(cw[(size_t)(K - 1) * E], x, acc);
+#pragma unroll
+    for (int k = 0; k + 1 < K - 1; k++) win[k] = win[k + 1];
+    if (K > 1) win[K - 2] = x;
+    return silu_f(acc);
+}
+
+/* One scan step of channel c: s = exp(dt A) s + B (dt u); returns s . C when C is given. */
+template <int N>
+static __device__ __forceinline__ float scan_step(float *s, const float *A, float dt, float u,
+                                                  const float *B, const float *C) {
+    const float du = dt * u;
+    float y = 0.0f;
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+        s[n] = fmaf(expf(dt * A[n]), s[n], B[n] * du);
+        if (C) y = fmaf(s[n], C[n], y);
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- conv
+ *
+ * (sequence s, channel c) walks its span in order from the slot's window; the window after the
+ * span goes to the slot's other buffer, the inputs to j_xin (for rollback). */
+
+#define SPAN_CHUNK 8 /* tokens of a span whose inputs conv and scan load at once */
+
+template <int K>
+static __device__ void conv_chan(const float *conv_w, const float *conv_b, const int *off,
+                                 const int *slot, const int *cur, float *state, size_t sf,
+                                 size_t lofs, const float *xz, float *u, float *j_xin, int E, int c,
+                                 int s) {
+    const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs;
+    float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs;
+    float win[K > 1 ? K - 1 : 1];
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) win[k] = src[(size_t)k * E + c];
+    const float bias = conv_b[c];
+    const int end = off[s + 1];
+    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
+        /* a chunk's inputs are loaded before any step: one memory latency per chunk, not per
+         * token, on long spans (prefill, verification) */
+        float xs[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++)
+            xs[i] = t0 + i < end ? xz[(size_t)(t0 + i) * 2 * E + c] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (t0 + i >= end) break;
+            const size_t t = (size_t)(t0 + i);
+            u[t * E + c] = conv_step<K>(win, conv_w + c, E, bias, xs[i]);
+            j_xin[t * E + c] = xs[i];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) dst[(size_t)k * E + c] = win[k];
+}
+
+/* ---------------------------------------------------------------- scan */
+
+/* dt of channel c for one token: softplus(dt_proj[c, :] . dt_low + dt_bias[c]), the row's R
+ * products summed in order. w: this block's columns of dt_proj transposed ((R, E) in memory,
+ * (R, CU_BLOCK) here), staged in shared memory by scan_block. */
+template <typename WT>
+static __device__ __forceinline__ float dt_of(const WT *w, int R, const float *x, float bias) {
+    float d = 0.0f;
+#pragma unroll 16
+    for (int r = 0; r < R; r++) d = fmaf(load1(w + (size_t)r * CU_BLOCK), x[r], d);
+    d = d + bias;
+    return d > 20.0f ? d : log1pf(expf(d));
+}
+
+/* Bytes of shared memory scan_block takes: the chunk's dbl rows, then its dt_proj columns. */
+static __host__ __device__ inline size_t scan_smem(int R, int N, int wdt_bf16) {
+    return (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
+           (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4);
+}
+
+/* Thread = (sequence s, channel c = c0 + thread), its N states in registers, walking its span
+ * in order. dt is computed here from dt_low (dt_proj fused in) and kept in j_dt for rollback.
+ * rows_sh: scan_smem bytes. */
+template <int N, typename WT>
+static __device__ void scan_block(const float *A_all, const float *Dv, const int *off,
+                                  const int *slot, const int *cur, float *state, size_t sf,
+                                  size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
+                                  float *j_dt, const float *dbl, const float *xz, float *y,
+                                  float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+    const int c = c0 + threadIdx.x;
+    const bool live = c < E; /* every thread joins the block's loads of dbl rows */
+    WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * (R + 2 * N));
+    /* the block's columns of dt_proj^T into shared memory, 16 bytes a load, 8 loads in flight per
+     * thread (read after the chunk loop's first barrier) */
+    constexpr int PER = 16 / sizeof(WT), VROW = CU_BLOCK / PER;
+    if (E % PER == 0) {
+        for (int i0 = 0; i0 < R * VROW; i0 += 8 * CU_BLOCK) {
+            uint4 v[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int i = i0 + k * CU_BLOCK + threadIdx.x, r = i / VROW,
+                          col = c0 + (i % VROW) * PER;
+                v[k] = i < R * VROW && col < E
+                           ? *reinterpret_cast<const uint4 *>(Wdt + (size_t)r * E + col)
+                           : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int i = i0 + k * CU_BLOCK + threadIdx.x;
+                if (i < R * VROW) reinterpret_cast<uint4 *>(w_sh)[i] = v[k];
+            }
+        }
+    } else {
+        for (int r = 0; r < R; r++)
+            if (live) w_sh[r * CU_BLOCK + threadIdx.x] = Wdt[(size_t)r * E + c];
+    }
+    const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs + (size_t)c * N;
+    float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs + (size_t)c * N;
+    float st[N], A[N];
+    if (live) {
+#pragma unroll
+        for (int n = 0; n < N; n += 4) {
+            const float4 a = *reinterpret_cast<const float4 *>(src + n),
+                         b = *reinterpret_cast<const float4 *>(A_all + (size_t)c * N + n);
+            st[n] = a.x, st[n + 1] = a.y, st[n + 2] = a.z, st[n + 3] = a.w;
+            A[n] = b.x, A[n + 1] = b.y, A[n + 2] = b.z, A[n + 3] = b.w;
+        }
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; n++) st[n] = 0.0f, A[n] = 0.0f;
+    }
+    const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    const int ld = R + 2 * N, end = off[s + 1];
+    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
+        /* the chunk's dbl rows (shared by every channel) into shared memory, and this
+         * channel's u and z into registers, before any step */
+        const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
+        __syncthreads(); /* the last chunk's rows are no longer read */
+        for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
+            rows_sh[i] = dbl[(size_t)t0 * ld + i];
+        float us[SPAN_CHUNK], zs[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            const bool in = live && i < n_t;
+            us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
+            zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+        }
+        __syncthreads();
+        if (!live) continue;
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const size_t t = (size_t)(t0 + i);
+            const float *row = rows_sh + i * ld, *B = row + R, *C = B + N;
+            const float dt = dt_of(w_sh + threadIdx.x, R, row, bias);
+            j_dt[t * E + c] = dt;
+            float yt = scan_step<N>(st, A, dt, us[i], B, C);
+            yt = yt + Dc * us[i];
+            y[t * E + c] = yt * silu_f(zs[i]);
+            if (c < N) j_B[t * N + c] = B[c]; /* the span's B, for rollback */
+        }
+    }
+    if (!live) return;
+#pragma unroll
+    for (int n = 0; n < N; n += 4)
+        *reinterpret_cast<float4 *>(dst + n) = make_float4(st[n], st[n + 1], st[n + 2], st[n + 3]);
+}
+
+#endif
