@@ -8,7 +8,7 @@ set -e
 cd "$(dirname "$0")/.."
 model=$1 B=${2:-1} k=${3:-1}
 csv=$(mktemp)
-MB_CUDA_GRAPHS=0 ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum \
+MB_CUDA_GRAPHS=0 ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \
     --csv --print-units base build/rel/bench_gpu --profile "$model" "$B" "$k" >"$csv" 2>/dev/null || true
 grep "one step" "$csv" || true
 python3 - "$csv" <<'PY'

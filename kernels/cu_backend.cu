@@ -131,8 +131,8 @@ static cu_mat pack_mat(packer *k, const mb_mat *w) {
     return d;
 }
 
-/* dt_proj goes to the GPU transposed, (R, E): the scan's threads (one per channel) then read
- * consecutive weights (cu_ops.h, dt_of). */
+/* dt_proj goes to the GPU transposed, (R, E): a scan block stages its channels' columns with
+ * consecutive threads reading consecutive weights (cu_ops.h, scan_block). */
 static cu_mat pack_mat_t(packer *k, const mb_mat *w) {
     const size_t rows = (size_t)w->rows, cols = (size_t)w->cols, es = w->dtype == MB_F32 ? 4 : 2;
     char *t = k->base ? static_cast<char *>(malloc(rows * cols * es)) : nullptr;

@@ -35,24 +35,26 @@ void cu_norm(const float *x, const int *rows, int n, float *out, const float *w,
     if (n) k_norm<<<n, CU_BLOCK, 0, st>>>(x, rows, out, w, bias, D, eps);
 }
 
-/* Thread = (sequence, channel). */
+/* Thread = (channel, token). */
 template <int K>
 __global__ void __launch_bounds__(CU_BLOCK)
-    k_conv(const float *conv_w, const float *conv_b, const int *off, const int *slot,
+    k_conv(const float *conv_w, const float *conv_b, const int *off, int n_seq, const int *slot,
            const int *cur, float *state, size_t sf, size_t lofs, const float *xz, float *u,
-           float *j_xin, int E) {
+           float *j_xin, int E, int T) {
     const int c = blockIdx.x * CU_BLOCK + threadIdx.x;
     if (c < E)
-        conv_chan<K>(conv_w, conv_b, off, slot, cur, state, sf, lofs, xz, u, j_xin, E, c,
-                     blockIdx.y);
+        for (int t = blockIdx.y; t < T; t += gridDim.y)
+            conv_tok<K>(conv_w, conv_b, off, n_seq, slot, cur, state, sf, lofs, xz, u, j_xin, E, c,
+                        t);
 }
 
 template <int K>
 static void launch_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                         const float *xz, float *u, int E, cudaStream_t st) {
-    dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);
-    k_conv<K><<<grid, CU_BLOCK, 0, st>>>(L->conv_w, L->conv_b, b->off, b->slot, b->cur, ls->state,
-                                         ls->state_floats, ls->layer_ofs, xz, u, ls->j_xin, E);
+    dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->T < 65535 ? b->T : 65535);
+    k_conv<K><<<grid, CU_BLOCK, 0, st>>>(L->conv_w, L->conv_b, b->off, b->n_seq, b->slot, b->cur,
+                                         ls->state, ls->state_floats, ls->layer_ofs, xz, u,
+                                         ls->j_xin, E, b->T);
 }
 
 void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *xz,
@@ -78,33 +80,61 @@ __global__ void __launch_bounds__(CU_BLOCK)
            float *j_dt, const float *dbl, const float *xz, float *y, float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_smem: SPAN_CHUNK rows of dbl, dt_proj columns */
     scan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz, y,
-                      j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
+                      j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh);
+}
+
+template <int N, typename WT>
+__global__ void __launch_bounds__(CU_BLOCK)
+    k_scan_chan(const float *A_all, const float *Dv, const int *off, const int *slot,
+                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
+                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
+                float *j_B, int E, int R) {
+    extern __shared__ float rows_sh[]; /* scan_chan_smem */
+    scan_chan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz,
+                           y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
+}
+
+/* Batches of SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block), fewer
+ * a thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
+ * keeps invariance. */
+#define SCAN_CHAN_MIN 16
+
+template <int N, typename WT>
+static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                           const float *u, const float *dbl, const float *xz, float *y, int E,
+                           int R, int K, cudaStream_t st) {
+    const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
+    const WT *w = static_cast<const WT *>(L->dt_proj.w);
+    const int bf16 = sizeof(WT) == 2;
+    if (b->n_seq >= SCAN_CHAN_MIN) {
+        dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);
+        const size_t shared = scan_chan_smem(R, N, bf16);
+        if (shared > 48 * 1024)
+            cudaFuncSetAttribute(k_scan_chan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)shared);
+        k_scan_chan<N, WT><<<grid, CU_BLOCK, shared, st>>>(
+            L->A, L->D, b->off, b->slot, b->cur, ls->state, ls->state_floats, lofs, u, w, L->dt_b,
+            ls->j_dt, dbl, xz, y, ls->j_B, E, R);
+        return;
+    }
+    dim3 grid((E + SCAN_CPB(N) - 1) / SCAN_CPB(N), b->n_seq);
+    const size_t shared = scan_smem(R, N, bf16);
+    if (shared > 48 * 1024)
+        cudaFuncSetAttribute(k_scan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)shared);
+    k_scan<N, WT><<<grid, CU_BLOCK, shared, st>>>(L->A, L->D, b->off, b->slot, b->cur, ls->state,
+                                                  ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt,
+                                                  dbl, xz, y, ls->j_B, E, R);
 }
 
 template <int N>
 static void launch_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                         const float *u, const float *dbl, const float *xz, float *y, int E, int R,
                         int K, cudaStream_t st) {
-    dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);
-    const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
-    const bool bf16 = L->dt_proj.dtype != 0;
-    const size_t shared = scan_smem(R, N, bf16);
-    if (bf16) {
-        if (shared > 48 * 1024)
-            cudaFuncSetAttribute(k_scan<N, __nv_bfloat16>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared);
-        k_scan<N><<<grid, CU_BLOCK, shared, st>>>(L->A, L->D, b->off, b->slot, b->cur, ls->state,
-                                                  ls->state_floats, lofs, u,
-                                                  static_cast<const __nv_bfloat16 *>(L->dt_proj.w),
-                                                  L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
-    } else {
-        if (shared > 48 * 1024)
-            cudaFuncSetAttribute(k_scan<N, float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)shared);
-        k_scan<N><<<grid, CU_BLOCK, shared, st>>>(
-            L->A, L->D, b->off, b->slot, b->cur, ls->state, ls->state_floats, lofs, u,
-            static_cast<const float *>(L->dt_proj.w), L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
-    }
+    if (L->dt_proj.dtype != 0)
+        launch_scan_wt<N, __nv_bfloat16>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+    else
+        launch_scan_wt<N, float>(L, b, ls, u, dbl, xz, y, E, R, K, st);
 }
 
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,

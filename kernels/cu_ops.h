@@ -11,6 +11,7 @@
 #define CU_OPS_H
 
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 
 #include "cu_kernels.h"
 
@@ -452,40 +453,203 @@ static __device__ void conv_chan(const float *conv_w, const float *conv_b, const
     for (int k = 0; k < K - 1; k++) dst[(size_t)k * E + c] = win[k];
 }
 
-/* ---------------------------------------------------------------- scan */
-
-/* dt of channel c for one token: softplus(dt_proj[c, :] . dt_low + dt_bias[c]), the row's R
- * products summed in order. w: this block's columns of dt_proj transposed ((R, E) in memory,
- * (R, CU_BLOCK) here), staged in shared memory by scan_block. */
-template <typename WT>
-static __device__ __forceinline__ float dt_of(const WT *w, int R, const float *x, float bias) {
-    float d = 0.0f;
-#pragma unroll 16
-    for (int r = 0; r < R; r++) d = fmaf(load1(w + (size_t)r * CU_BLOCK), x[r], d);
-    d = d + bias;
-    return d > 20.0f ? d : log1pf(expf(d));
+/* The same conv with a thread per (channel c, token t of the forward), so a long span runs on
+ * many threads: the token's window is read from the span's inputs (or the slot's window before
+ * the span's start), then the same conv_step. The window after each span goes to the slot's
+ * other buffer. */
+template <int K>
+static __device__ void conv_tok(const float *conv_w, const float *conv_b, const int *off, int n_seq,
+                                const int *slot, const int *cur, float *state, size_t sf,
+                                size_t lofs, const float *xz, float *u, float *j_xin, int E, int c,
+                                int t) {
+    int s = 0, hi = n_seq - 1; /* the sequence of token t: off[s] <= t < off[s + 1] */
+    while (s < hi) {
+        const int mid = (s + hi + 1) / 2;
+        if (off[mid] <= t)
+            s = mid;
+        else
+            hi = mid - 1;
+    }
+    const int start = off[s], end = off[s + 1];
+    const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs;
+    float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs;
+    float win[K > 1 ? K - 1 : 1];
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) { /* entry k: position t - (K - 1) + k */
+        const int p = t - (K - 1) + k;
+        win[k] = p >= start ? xz[(size_t)p * 2 * E + c] : src[(size_t)(K - 1 + p - start) * E + c];
+    }
+    if (t == start) /* a span shorter than the window keeps part of the old one */
+        for (int p = end - (K - 1); p < start; p++)
+            dst[(size_t)(K - 1 - (end - p)) * E + c] = src[(size_t)(K - 1 + p - start) * E + c];
+    const float x = xz[(size_t)t * 2 * E + c];
+    u[(size_t)t * E + c] = conv_step<K>(win, conv_w + c, E, conv_b[c], x);
+    j_xin[(size_t)t * E + c] = x;
+    if (t >= end - (K - 1)) dst[(size_t)(K - 1 - (end - t)) * E + c] = x;
 }
 
-/* Bytes of shared memory scan_block takes: the chunk's dbl rows, then its dt_proj columns. */
+/* ---------------------------------------------------------------- scan
+ *
+ * A channel's N states belong to SCAN_G(N) neighbouring threads of a warp (all N when N <= 32),
+ * each holding N / SCAN_G of them; a block holds SCAN_CPB(N) channels of one sequence and walks
+ * its span in order. Per token: dt = softplus(dt_proj[c, :] . dt_low + dt_bias[c]), lane j of the
+ * group summing r = j, j + G, ... in order and a butterfly over the group adding the lanes; each
+ * state s = exp(dt A) s + B (dt u) (scan_step's expression, which rollback replays); y = the
+ * group's butterfly of its lanes' sums of s C (in state order within a lane), + D u, times
+ * silu(z). These orders are fixed by the model's shape: the same bits for every batch and span.
+ * Threads of consecutive states read consecutive floats of the state and A, the dt_proj columns
+ * are staged once per block in shared memory, and a long single sequence still fills the GPU
+ * (E / SCAN_CPB blocks). */
+
+#define SCAN_G(N)   ((N) < 32 ? (N) : 32)
+#define SCAN_CPB(N) (CU_BLOCK / SCAN_G(N))
+
+/* Bytes of shared memory scan_block takes: two chunks of dbl rows, then its dt_proj rows. */
 static __host__ __device__ inline size_t scan_smem(int R, int N, int wdt_bf16) {
-    return (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
-           (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4);
+    return 2 * (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
+           (size_t)R * (size_t)SCAN_CPB(N) * (wdt_bf16 ? 2 : 4);
 }
 
-/* Thread = (sequence s, channel c = c0 + thread), its N states in registers, walking its span
- * in order. dt is computed here from dt_low (dt_proj fused in) and kept in j_dt for rollback.
- * rows_sh: scan_smem bytes. */
+/* Channels c0 .. c0 + SCAN_CPB(N) - 1 of sequence s. WT: dt_proj's element type; Wdt is dt_proj
+ * transposed, (R, E). */
 template <int N, typename WT>
 static __device__ void scan_block(const float *A_all, const float *Dv, const int *off,
                                   const int *slot, const int *cur, float *state, size_t sf,
                                   size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
                                   float *j_dt, const float *dbl, const float *xz, float *y,
                                   float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+    constexpr int G = SCAN_G(N), SPT = N / G, CPB = SCAN_CPB(N);
+    const int j = threadIdx.x % G, cl = threadIdx.x / G, c = c0 + cl;
+    const bool live = c < E; /* every thread joins the block's loads and barriers */
+    const int ld = R + 2 * N;
+    WT *w_sh = reinterpret_cast<WT *>(rows_sh + 2 * SPAN_CHUNK * ld); /* (CPB, R) */
+    for (int i = threadIdx.x; i < R * CPB; i += CU_BLOCK) {
+        const int r = i / CPB, k = i % CPB; /* consecutive threads: consecutive channels of row r */
+        if (c0 + k < E) w_sh[k * R + r] = Wdt[(size_t)r * E + c0 + k];
+    }
+    const size_t at = (size_t)c * N + (size_t)(j * SPT);
+    const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs + at;
+    float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs + at;
+    float st[SPT], A[SPT];
+#pragma unroll
+    for (int k = 0; k < SPT; k++) {
+        st[k] = live ? src[k] : 0.0f;
+        A[k] = live ? A_all[at + k] : 0.0f;
+    }
+    const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    const WT *wc = w_sh + cl * R;
+    const int end = off[s + 1];
+    /* chunks of SPAN_CHUNK tokens, double-buffered: while one is computed, the next one's dbl
+     * rows copy into the other shared buffer (cp.async) and its u and z load into registers */
+    const int start = off[s];
+    float us[SPAN_CHUNK] = {}, zs[SPAN_CHUNK] = {}, un[SPAN_CHUNK] = {}, zn[SPAN_CHUNK] = {};
+    auto fetch = [&](int t0, float *buf, float *uu, float *zz) {
+        const int n = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
+        for (int i = threadIdx.x; i < n * ld; i += CU_BLOCK)
+            __pipeline_memcpy_async(buf + i, dbl + (size_t)t0 * ld + i, sizeof(float));
+        __pipeline_commit();
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            const bool in = live && i < n;
+            uu[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
+            zz[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+        }
+    };
+    if (start < end) fetch(start, rows_sh, us, zs);
+    for (int t0 = start, cb = 0; t0 < end; t0 += SPAN_CHUNK, cb ^= 1) {
+        const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
+        const float *rows = rows_sh + cb * SPAN_CHUNK * ld;
+        __pipeline_wait_prior(0);
+        __syncthreads(); /* this chunk's rows are in; the other buffer is no longer read */
+        if (t0 + SPAN_CHUNK < end)
+            fetch(t0 + SPAN_CHUNK, rows_sh + (cb ^ 1) * SPAN_CHUNK * ld, un, zn);
+        /* the chunk in three passes, each token's values by the same expressions: dt and the
+         * state's inputs (independent of the recurrence), the recurrence, then y; so the
+         * tokens' chains overlap */
+        float dts[SPAN_CHUNK], dA[SPAN_CHUNK][SPT], Bdu[SPAN_CHUNK][SPT], yp[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const float *row = rows + i * ld, *B = row + R + j * SPT;
+            float d = 0.0f;
+            for (int r = j; r < R; r += G) d = fmaf(load1(wc + r), row[r], d);
+#pragma unroll
+            for (int m = G / 2; m; m >>= 1) d += __shfl_xor_sync(0xffffffffu, d, m, G);
+            d = d + bias;
+            dts[i] = d > 20.0f ? d : log1pf(expf(d));
+            const float du = dts[i] * us[i];
+#pragma unroll
+            for (int k = 0; k < SPT; k++) dA[i][k] = expf(dts[i] * A[k]), Bdu[i][k] = B[k] * du;
+        }
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const float *C = rows + i * ld + R + N + j * SPT;
+            float p = 0.0f;
+#pragma unroll
+            for (int k = 0; k < SPT; k++) {
+                st[k] = fmaf(dA[i][k], st[k], Bdu[i][k]);
+                p = fmaf(st[k], C[k], p);
+            }
+            yp[i] = p;
+        }
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const size_t t = (size_t)(t0 + i);
+            float p = yp[i];
+#pragma unroll
+            for (int m = G / 2; m; m >>= 1) p += __shfl_xor_sync(0xffffffffu, p, m, G);
+            if (live && j == 0) {
+                j_dt[t * E + c] = dts[i];
+                const float yt = p + Dc * us[i];
+                y[t * E + c] = yt * silu_f(zs[i]);
+            }
+            if (c == 0) /* the span's B, for rollback */
+#pragma unroll
+                for (int k = 0; k < SPT; k++)
+                    j_B[t * N + j * SPT + k] = rows[i * ld + R + j * SPT + k];
+        }
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) us[i] = un[i], zs[i] = zn[i];
+    }
+    if (!live) return;
+#pragma unroll
+    for (int k = 0; k < SPT; k++) dst[k] = st[k];
+}
+
+/* The sum of G lane values as the butterfly of scan_block leaves it in every lane: at each stage
+ * lane j adds lane j ^ m (the two orders of a pair give the same bits). */
+template <int G> static __device__ __forceinline__ float tree_sum(float *v) {
+#pragma unroll
+    for (int m = G / 2; m; m >>= 1)
+#pragma unroll
+        for (int j = 0; j < m; j++) v[j] = v[j] + v[j + m];
+    return v[0];
+}
+
+/* Bytes of shared memory scan_chan_block takes: the chunk's dbl rows, then its dt_proj rows. */
+static __host__ __device__ inline size_t scan_chan_smem(int R, int N, int wdt_bf16) {
+    return (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
+           (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4);
+}
+
+/* scan_block's arithmetic with one thread per channel (c = c0 + thread) holding all N states:
+ * the lanes' partial sums are computed side by side and added by tree_sum in the butterfly's
+ * order, so the bits are scan_block's. Fewer, fuller threads: the better shape for many
+ * sequences of a few tokens (batched decode); scan_block fills the GPU for few long spans. */
+template <int N, typename WT>
+static __device__ void
+scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
+                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
+                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
+                float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+    constexpr int G = SCAN_G(N), SPT = N / G;
     const int c = c0 + threadIdx.x;
     const bool live = c < E; /* every thread joins the block's loads of dbl rows */
     WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * (R + 2 * N));
-    /* the block's columns of dt_proj^T into shared memory, 16 bytes a load, 8 loads in flight per
-     * thread (read after the chunk loop's first barrier) */
+    /* the block's columns of dt_proj^T into shared memory, (R, CU_BLOCK), 16 bytes a load, 8
+     * loads in flight per thread (read after the chunk loop's first barrier) */
     constexpr int PER = 16 / sizeof(WT), VROW = CU_BLOCK / PER;
     if (E % PER == 0) {
         for (int i0 = 0; i0 < R * VROW; i0 += 8 * CU_BLOCK) {
@@ -524,12 +688,11 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
         for (int n = 0; n < N; n++) st[n] = 0.0f, A[n] = 0.0f;
     }
     const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    const WT *wc = w_sh + threadIdx.x;
     const int ld = R + 2 * N, end = off[s + 1];
     for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
-        /* the chunk's dbl rows (shared by every channel) into shared memory, and this
-         * channel's u and z into registers, before any step */
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
-        __syncthreads(); /* the last chunk's rows are no longer read */
+        __syncthreads(); /* the last chunk's rows are no longer read; w_sh is written */
         for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
             rows_sh[i] = dbl[(size_t)t0 * ld + i];
         float us[SPAN_CHUNK], zs[SPAN_CHUNK];
@@ -546,10 +709,29 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
             if (i >= n_t) break;
             const size_t t = (size_t)(t0 + i);
             const float *row = rows_sh + i * ld, *B = row + R, *C = B + N;
-            const float dt = dt_of(w_sh + threadIdx.x, R, row, bias);
+            float v[G];
+#pragma unroll
+            for (int j = 0; j < G; j++) v[j] = 0.0f;
+            for (int r0 = 0; r0 < R; r0 += G)
+#pragma unroll
+                for (int j = 0; j < G; j++)
+                    if (r0 + j < R)
+                        v[j] = fmaf(load1(wc + (size_t)(r0 + j) * CU_BLOCK), row[r0 + j], v[j]);
+            const float d = tree_sum<G>(v) + bias;
+            const float dt = d > 20.0f ? d : log1pf(expf(d)), du = dt * us[i];
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                float yp = 0.0f;
+#pragma unroll
+                for (int k = 0; k < SPT; k++) {
+                    const int n = j * SPT + k;
+                    st[n] = fmaf(expf(dt * A[n]), st[n], B[n] * du);
+                    yp = fmaf(st[n], C[n], yp);
+                }
+                v[j] = yp;
+            }
             j_dt[t * E + c] = dt;
-            float yt = scan_step<N>(st, A, dt, us[i], B, C);
-            yt = yt + Dc * us[i];
+            const float yt = tree_sum<G>(v) + Dc * us[i];
             y[t * E + c] = yt * silu_f(zs[i]);
             if (c < N) j_B[t * N + c] = B[c]; /* the span's B, for rollback */
         }
