@@ -2,6 +2,7 @@
  * save and load of session records, expiry. */
 #include "srv_session.h"
 #include "fileio.h"
+#include "srv_id.h"
 #include "srv_job.h"
 #include "srv_session_file.h"
 
@@ -127,6 +128,20 @@ static void record_path(const srv_slots *s, const char *id, char *path, size_t n
     snprintf(path, n, "%s/%s.session", s->dir, id);
 }
 
+int srv_session_exists(srv_slots *s, const char *id) {
+    char path[1100];
+    record_path(s, id, path, sizeof path);
+    return srv_session_find(s, id) || !access(path, F_OK);
+}
+
+void srv_session_fork_id(const char *src, char *out, size_t n) {
+    char prefix[SRV_ID_MAX];
+    int route = (int)strcspn(src, "_");
+    if (route > SRV_ID_MAX - 18) route = SRV_ID_MAX - 18;
+    snprintf(prefix, sizeof prefix, "%.*s_", route, src);
+    srv_new_id(prefix, out, n);
+}
+
 static int say(char *msg, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int say(char *msg, size_t n, const char *fmt, ...) {
     va_list ap;
@@ -243,7 +258,12 @@ srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
     size_t len = 0;
     uint8_t *buf = NULL;
     if (access(path, F_OK)) {
-        srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s", id);
+        /* Behind a load balancer the usual cause: the daemon that held it is gone. */
+        srv_error_set(e, 404, "not_found_error", "session_not_found",
+                      "no session %s: not in this daemon's memory nor saved in session_dir "
+                      "(behind a load balancer send the X-Session-Id header; only a saved "
+                      "session continues on another daemon: POST /v1/sessions/<id>/save)",
+                      id);
         return NULL;
     }
     if (!(buf = mb_read_file(path, s->state_bytes + 4096, &len, &me))) {

@@ -44,6 +44,12 @@ void srv_slot_release(srv_slots *s, int slot);
 
 /* The session in memory, or NULL. */
 srv_session *srv_session_find(srv_slots *s, const char *id);
+/* 1 when id is taken: by a session in memory or a record in session_dir. */
+int srv_session_exists(srv_slots *s, const char *id);
+/* A new id for a fork of src: src's route (its id up to the first '_', at most 47 characters),
+ * '_' and 16 random hex digits. A load balancer that hashes on the route sends a fork to the
+ * daemon that holds its source, where it was made. */
+void srv_session_fork_id(const char *src, char *out, size_t n);
 /* The session in memory, or else its record loaded from session_dir (spilled, not resident).
  * NULL with e filled: 404 (neither), 400 (a corrupt record), 429 (full), 500. */
 srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e);
