@@ -362,7 +362,8 @@ int srv_session_save(srv_slots *s, srv_session *x, srv_error *e) {
                          "session %s could not be saved; the server log says why", x->id);
 }
 
-/* Deletes the records in dir of sessions not in memory whose file time is older than ttl_s. */
+/* Deletes the records in dir of sessions not in memory whose file time is older than ttl_s, and
+ * renews the time of those in memory. */
 static void expire_records(srv_slots *s) {
     DIR *d = opendir(s->dir);
     if (!d) return;
@@ -374,8 +375,14 @@ static void expire_records(srv_slots *s) {
         char id[SRV_ID_MAX], path[1100];
         memcpy(id, de->d_name, n - ext);
         id[n - ext] = 0;
-        if (!srv_id_valid(id) || srv_session_find(s, id)) continue;
+        if (!srv_id_valid(id)) continue;
         record_path(s, id, path, sizeof path);
+        /* A record counts from when its session was last in memory: in ours, that is now, which
+         * keeps it from other daemons that share session_dir and expire records too. */
+        if (srv_session_find(s, id)) {
+            utimensat(AT_FDCWD, path, NULL, 0);
+            continue;
+        }
         struct stat st;
         if (!stat(path, &st) && difftime(now, st.st_mtime) > s->ttl_s) unlink(path);
     }

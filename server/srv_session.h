@@ -9,7 +9,8 @@
  * memory. A session not in memory whose record is in session_dir (evicted, or saved before a
  * restart) is loaded back when a request names it. Idle sessions unused for session_ttl_s are
  * deleted, their record too, and so are records in session_dir of sessions not in memory whose
- * file is older than that. */
+ * file is older than that; the records of sessions in memory have their time renewed, so that
+ * daemons sharing session_dir do not expire what another one holds. */
 #ifndef SRV_SESSION_H
 #define SRV_SESSION_H
 
