@@ -120,7 +120,12 @@ def daemon_of(headers):
 # ---- the shipped files, checked without running them ----
 
 def test_nginx_config():
-    Nginx(["127.0.0.1:1", "127.0.0.1:2"]).check()
+    lb = Nginx(["127.0.0.1:1", "127.0.0.1:2"])
+    lb.check()
+    conf = open(os.path.join(lb.dir, "mambabyte.conf")).read()
+    # streams pass unbuffered even from a daemon that does not say X-Accel-Buffering: no
+    assert re.search(r"^    proxy_buffering off;$", conf, re.M), conf
+    assert conf.count("server 127.0.0.1:2 max_fails=1 fail_timeout=10s;") == 2, conf
     # render.sh refuses what would make a broken file
     for args in ([], ["8080"], ["8080", "no-port"]):
         r = subprocess.run([os.path.join(DEPLOY, "nginx/render.sh"), *args], capture_output=True, text=True)
@@ -455,6 +460,7 @@ def check_failover(lb, a, b, ids, homes):
     for t in threads:
         t.join(150)
     lost = results.count(False)
+    print(f"     {lost} of 4 streams in flight died with the daemon")
     assert len(results) == 4 and lost <= 2, results  # at most those on a (least_conn: 2 of 4)
     # every request without a session now succeeds, on b
     for i in range(10):
