@@ -165,6 +165,8 @@ def test_systemd_unit():
 def load_manifests():
     docs = {}
     for name in sorted(os.listdir(os.path.join(DEPLOY, "k8s"))):
+        if os.path.isdir(os.path.join(DEPLOY, "k8s", name)):
+            continue
         assert name.endswith(".yaml"), name
         with open(os.path.join(DEPLOY, "k8s", name)) as f:
             for d in yaml.safe_load_all(f):
@@ -228,6 +230,28 @@ def test_kubernetes_manifests():
     backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == svc["metadata"]["name"]
     assert backend["port"]["name"] in {p["name"] for p in svc["spec"]["ports"]}
+    # the controller's snippet defines the hash key and the header, as nginx reads them
+    with open(os.path.join(DEPLOY, "k8s/ingress-nginx/controller-patch.yaml")) as f:
+        patch = yaml.safe_load(f)["data"]
+    with open(os.path.join(DEPLOY, "k8s/ingress-nginx/mambabyte-headers.yaml")) as f:
+        headers = yaml.safe_load(f)
+    assert patch["proxy-set-headers"] == "{metadata[namespace]}/{metadata[name]}".format(**headers)
+    d = tempfile.mkdtemp(prefix="mb-ingress-")
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(f"""pid {d}/pid;
+events {{ }}
+http {{
+{patch["http-snippet"]}
+    upstream pods {{ hash {ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"]}; server 127.0.0.1:1; }}
+    server {{
+        listen 127.0.0.1:{free_port()};
+        location / {{ proxy_set_header X-Session-Id "{headers["data"]["X-Session-Id"]}"; proxy_pass http://pods; }}
+    }}
+}}
+""")
+    r = subprocess.run([NGINX, "-t", "-p", d, "-c", f"{d}/nginx.conf", "-e", f"{d}/error.log"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     # the daemon takes the ConfigMap's settings (a wrong key or value would stop it); the
     # machine's own things (address, model, device) come from flags, which rank above the file
     d = tempfile.mkdtemp(prefix="mb-k8s-")
