@@ -75,14 +75,14 @@ http {{
         self.proc = subprocess.Popen(self.args + ["-g", "daemon off;"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.time() + 20
-        while time.time() < deadline:
-            assert self.proc.poll() is None, "nginx exited:\n" + self.log()
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 if call(self.port, "GET", "/health", timeout=5)[0] == 200:
                     return self
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()
         raise AssertionError("nginx not answering:\n" + self.log())
 
     def log(self):
@@ -92,7 +92,11 @@ http {{
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def call(port, method, path, body=None, headers=None, timeout=60):
@@ -372,7 +376,8 @@ def test_balancing_and_failover():
     b = Server("--slots", "8", session_dir=sessions)
     lb = None
     try:
-        lb = Nginx([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]).start()
+        lb = Nginx([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
+        lb.start()
         ids = {daemon_of(call(s.port, "GET", "/health")[2]): s for s in (a, b)}
         assert len(ids) == 2, ids
         check_spread(lb, ids)
