@@ -840,15 +840,17 @@ static void answered(void *arg, const char *id, const char *method, const char *
 }
 
 /* The name in X-Mambabyte-Daemon: daemon_id (printable ASCII, checked at start), or the host's
- * name and the port, which tell apart daemons behind one load balancer. */
-static void daemon_name(srv_http *h) {
+ * name and the port, which tell apart daemons behind one load balancer. Set once the port is
+ * known and before the door takes a connection. */
+static void daemon_name(void *arg, int port) {
+    srv_http *h = arg;
     if (h->c.daemon_id[0]) {
         snprintf(h->daemon_id, sizeof h->daemon_id, "%s", h->c.daemon_id);
         return;
     }
     char host[128] = "";
     if (gethostname(host, sizeof host - 1)) snprintf(host, sizeof host, "localhost");
-    snprintf(h->daemon_id, sizeof h->daemon_id, "%s:%d", host, h->port);
+    snprintf(h->daemon_id, sizeof h->daemon_id, "%s:%d", host, port);
 }
 
 static int header_safe(const char *s) {
@@ -885,7 +887,7 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
         free(h);
         return NULL;
     }
-    srv_door_ops ops = {.arg = h, .handoff = handoff, .answered = answered};
+    srv_door_ops ops = {.arg = h, .handoff = handoff, .answered = answered, .bound = daemon_name};
     int watching = !pthread_create(&h->watcher, NULL, watch, h);
     if (!watching) snprintf(err, n, "cannot start the watcher thread");
     if (!watching || !(h->door = srv_accept_start(c, &ops, err, n))) {
@@ -901,7 +903,6 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
         return NULL;
     }
     h->port = srv_accept_port(h->door);
-    daemon_name(h);
     return h;
 }
 
