@@ -372,14 +372,19 @@ def test_dockerfiles():
 
 def test_balancing_and_failover():
     sessions = tempfile.mkdtemp(prefix="mb-shared-sessions-")
-    a = Server("--slots", "8", session_dir=sessions)
+    # a daemon's name is what daemon_id says, else <hostname>:<port>; one that could break a
+    # header is refused at start
+    r = subprocess.run([BIN, "serve", "-m", MODEL, "--port", "0", "--device", "cpu", "--daemon-id", "two words"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "daemon_id must be printable ASCII without spaces" in r.stderr, r
+    a = Server("--slots", "8", "--daemon-id", "daemon-a", session_dir=sessions)
     b = Server("--slots", "8", session_dir=sessions)
     lb = None
     try:
         lb = Nginx([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
         lb.start()
         ids = {daemon_of(call(s.port, "GET", "/health")[2]): s for s in (a, b)}
-        assert len(ids) == 2, ids
+        assert ids.get("daemon-a") is a and ids.get(f"{os.uname().nodename}:{b.port}") is b, ids
         check_spread(lb, ids)
         homes = check_sessions(lb, ids)
         check_streams(lb, a)
