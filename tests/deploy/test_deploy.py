@@ -6,7 +6,8 @@ requests always reach one daemon (told by X-Mambabyte-Daemon), forks included; r
 a session reach both; streams arrive whole and equal to the same request made straight to a
 daemon, and as they are made (not buffered). Then one daemon is killed: requests without a
 session all succeed on the other, a session the dead daemon had saved continues there with the
-bytes it would have given, and one it had not saved gets a 404 that says why.
+bytes it would have given, and one it had not saved gets a 404 that says why. A daemon stopped
+with SIGTERM finishes its stream while nginx sends new work to the other.
 
 The files that cannot run here are checked as far as they can be: `nginx -t`; the systemd unit
 with `systemd-analyze verify` (where systemd is installed); every Kubernetes manifest parses and
@@ -520,7 +521,67 @@ def check_failover(lb, a, b, ids, homes):
     assert ids[name_b] is b
 
 
+def test_graceful_stop():
+    """SIGTERM on a daemon with a stream running through nginx: the stream ends whole, and
+    while the daemon drains (it answers 503 to new work, which nginx then tries on the other)
+    every new request without a session is served by the other one; the stopped daemon exits
+    cleanly."""
+    sessions = tempfile.mkdtemp(prefix="mb-shared-sessions-")
+    x = Server("--slots", "8", session_dir=sessions)
+    y = Server("--slots", "8", session_dir=sessions)
+    lb = None
+    try:
+        lb = Nginx([f"127.0.0.1:{x.port}", f"127.0.0.1:{y.port}"])
+        lb.start()
+        c = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=120)
+        body = dict(gen_body(b"a long one", n=4000, seed=3), stream=True)
+        c.request("POST", "/v1/generate", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200, r.status
+        first = r.readline()
+        draining = x if r.getheader("X-Mambabyte-Daemon").endswith(f":{x.port}") else y
+        other = y if draining is x else x
+        draining.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        st, out, _ = call(draining.port, "GET", "/health")
+        assert st == 503 and out["status"] == "shutting_down", (st, out)  # still draining
+        # two more streams, which go to the other daemon, make the draining one the least busy
+        # in nginx's eyes: new requests then meet its 503 first, and nginx tries the other
+        busy = []
+
+        def stream(i):
+            busy.append(call(lb.port, "POST", "/v1/generate", dict(gen_body(b"busy", n=4000, seed=i), stream=True),
+                             timeout=120))
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        served = set()
+        for i in range(10):
+            st, out, h = call(lb.port, "POST", "/v1/generate", gen_body(b"meanwhile", n=4, seed=i))
+            assert st == 200, (st, out)
+            served.add(daemon_of(h))
+        assert served == {daemon_of(call(other.port, "GET", "/health")[2])}, served
+        events = parse_sse((first + r.read()).decode())
+        c.close()
+        for t in threads:
+            t.join(120)
+        assert [b[0] for b in busy] == [200, 200] and all(b[1].endswith("data: [DONE]\n\n") for b in busy), busy
+        assert re.search(r"POST /v1/generate status=503", draining.output()), "nginx never met the drain's 503"
+        assert events[-2]["finish_reason"] == "length" and events[-2]["usage"]["completion_bytes"] == 4000, events[-2]
+        assert draining.proc.wait(60) == 0, draining.output()[-3000:]
+        other.stop()
+    finally:
+        if lb:
+            lb.stop()
+        for s in (x, y):
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+
+
 if __name__ == "__main__":
     assert os.path.exists(NGINX), "nginx is not installed (tools/deps.sh --test installs it)"
     run([test_nginx_config, test_systemd_unit, test_kubernetes_manifests, test_dockerfiles,
-         test_balancing_and_failover])
+         test_balancing_and_failover, test_graceful_stop])
