@@ -101,6 +101,15 @@ test-tsan: test-deps
 	  MB_BIN=build/tsan/mambabyte TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" python3 $$t; done
 test: test-tsan
 
+# The deployment files (deploy/): two daemons behind Debian's nginx with the shipped
+# configuration, a daemon killed, and the files that cannot run here (systemd unit, Kubernetes
+# manifests, Dockerfiles) checked as far as this machine allows; tests/deploy/test_deploy.py.
+.PHONY: test-deploy
+test-deploy: test-deps
+	$(MAKE) build/asan/mambabyte
+	MB_BIN=build/asan/mambabyte python3 tests/deploy/test_deploy.py
+test: test-deploy
+
 deps:
 	@tools/deps.sh
 test-deps:

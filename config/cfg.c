@@ -80,6 +80,9 @@ static const key KEYS[] = {
     DBL(session_ttl_s, 0, 1e9, "3600",
         "idle sessions unused for this long are deleted, saved record included (0: never)"),
     BOOL(log_requests, "true", "one log line per request on stderr"),
+    STR(daemon_id, "",
+        "this daemon's name in the X-Mambabyte-Daemon header of every answer; empty: "
+        "<hostname>:<port>"),
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
 

@@ -42,6 +42,7 @@ typedef struct cfg {
     double max_spill_bytes;        /* host memory for spilled session states; past it, to disk */
     double session_ttl_s;          /* idle sessions are deleted after this; 0: never */
     int log_requests;              /* one line per request on stderr */
+    char daemon_id[128];           /* X-Mambabyte-Daemon on every answer; "": <hostname>:<port> */
 } cfg;
 
 /* Fills c from the layers above. argv holds only the flags (no subcommand name); the first

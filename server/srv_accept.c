@@ -386,6 +386,7 @@ srv_accept *srv_accept_start(const cfg *c, const srv_door_ops *ops, char *err, s
     getsockname(a->listen_fd, (struct sockaddr *)&ss, &sl);
     a->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    if (a->ops.bound) a->ops.bound(a->ops.arg, a->port);
     a->ep = epoll_create1(EPOLL_CLOEXEC);
     a->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     struct epoll_event l = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};

@@ -26,6 +26,9 @@ typedef struct srv_door_ops {
      * the client sent them, untrusted. */
     void (*answered)(void *arg, const char *id, const char *method, const char *url, int status,
                      size_t bytes_out);
+    /* The port the door listens on (the one chosen, for port 0), told before any connection is
+     * taken; NULL: not wanted. */
+    void (*bound)(void *arg, int port);
 } srv_door_ops;
 
 #define SRV_HEAD_MAX 16384 /* a longer request head gets 431 (libmicrohttpd's buffer: 32 KiB) */

@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { ST_LOADING, ST_READY, ST_DRAINING };
 
@@ -36,6 +37,7 @@ struct srv_http {
     atomic_int state;
     atomic_int n_conns; /* connections libmicrohttpd holds */
     int port;
+    char daemon_id[192]; /* X-Mambabyte-Daemon: daemon_id, or <hostname>:<port> */
 
     pthread_mutex_t mu; /* guards live and every req's watcher fields */
     req *live;          /* requests the watcher looks after */
@@ -70,7 +72,7 @@ struct req {
     char rid[SRV_ID_MAX]; /* X-Request-Id: the client's, or id */
     const char *origin;   /* the CORS origin to allow, NULL: none */
     route rt;
-    char session[SRV_ID_MAX]; /* the {id} of /v1/sessions/{id}[/...] */
+    char session[SRV_ID_MAX]; /* the session the request is about: its X-Session-Id answer */
     double t0;
     char *body;
     size_t body_len, body_cap;
@@ -208,14 +210,18 @@ static void hide_paths(const srv_http *h, char *msg, size_t n) {
     }
 }
 
-/* Headers every answer carries. */
+/* Headers every answer carries. X-Session-Id lets a proxy learn a session's id (and route its
+ * next requests) without parsing the body; X-Mambabyte-Daemon says which daemon answered. */
 static void common_headers(req *r, struct MHD_Response *resp, int status) {
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    MHD_add_response_header(resp, "X-Mambabyte-Daemon", r->h->daemon_id);
+    if (r->session[0]) MHD_add_response_header(resp, "X-Session-Id", r->session);
     /* One request per connection: every request passes the front door's deadline and checks. */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (r->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
-        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Request-Id, X-Session-Id, X-Mambabyte-Daemon, Retry-After");
         if (strcmp(r->origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
     }
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
@@ -319,7 +325,7 @@ static enum MHD_Result preflight(req *r) {
         snprintf(methods, sizeof methods, "%s, OPTIONS", allowed(r->rt));
         MHD_add_response_header(resp, "Access-Control-Allow-Methods", methods);
         MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                                "Authorization, Content-Type, X-Request-Id");
+                                "Authorization, Content-Type, X-Request-Id, X-Session-Id");
         MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allowed(r->rt));
@@ -418,6 +424,8 @@ static enum MHD_Result start_stream(req *r) {
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    /* nginx passes a stream on as it comes even where its proxy buffering is on */
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     return queue(r, 200, resp);
 }
 
@@ -437,8 +445,10 @@ static enum MHD_Result generate(req *r) {
         srv_gen_req g;
         srv_limits lim = limits(&h->c);
         srv_api api = r->rt == R_COMPLETIONS ? SRV_API_COMPLETIONS : SRV_API_GENERATE;
-        if (srv_request_parse(api, r->body ? r->body : "", r->body_len, &lim, &g, &e))
+        const char *hdr = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
+        if (srv_request_parse(api, r->body ? r->body : "", r->body_len, &lim, hdr, &g, &e))
             return send_error(r, &e);
+        snprintf(r->session, sizeof r->session, "%s", g.session);
         /* An unseeded request still gets a reported seed, so it can be replayed; 53 bits keep
          * it exact in JSON. */
         if (!g.seed_given) g.sampling.seed = srv_random_u64() >> 11;
@@ -490,6 +500,7 @@ static enum MHD_Result session_simple(req *r, srv_job_kind kind) {
     if (r->gone || r->expired) return abandoned(r);
     srv_job *j = r->job;
     if (j->failed) return send_error(r, &j->err);
+    if (j->session_out[0]) snprintf(r->session, sizeof r->session, "%s", j->session_out);
     return send_json(r, 200, j->result ? strdup(j->result) : NULL);
 }
 
@@ -501,9 +512,15 @@ static enum MHD_Result session_create(req *r) {
         srv_limits lim = limits(&r->h->c);
         const char *body = r->body_len ? r->body : "{}";
         if (srv_request_parse(SRV_API_SESSION_CREATE, body, r->body_len ? r->body_len : 2, &lim,
-                              &r->g, &e))
+                              NULL, &r->g, &e))
             return send_error(r, &e);
-        srv_job *j = session_job(SRV_JOB_SESSION_CREATE, NULL);
+        /* X-Session-Id on a creation names the new session (a load balancer picks ids it can
+         * route on) */
+        const char *id = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
+        if (id && !srv_id_valid(id))
+            return fail(r, 400, "invalid_request_error", "invalid_value",
+                        "X-Session-Id must be a session id (1-64 of A-Z a-z 0-9 _ -)");
+        srv_job *j = session_job(SRV_JOB_SESSION_CREATE, id);
         if (!j) return out_of_memory(r);
         if (submit(r, j, &e)) return send_error(r, &e);
     }
@@ -575,6 +592,13 @@ static enum MHD_Result first_call(req *r) {
         return fail(r, 405, "invalid_request_error", "method_not_allowed", msg);
     }
     if (r->rt == R_HEALTH) return MHD_YES;
+    /* On a session's own routes the header, when sent, must name the session of the path. */
+    const char *hdr = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
+    if (r->session[0] && hdr && strcmp(hdr, r->session)) {
+        snprintf(msg, sizeof msg, "X-Session-Id names a session other than the path's (%s)",
+                 r->session);
+        return fail(r, 400, "invalid_request_error", "invalid_value", msg);
+    }
     if (!authorized(r->c, h))
         return fail(r, 401, "authentication_error", "invalid_api_key",
                     "missing or wrong API key (Authorization: Bearer <key>)");
@@ -815,7 +839,31 @@ static void answered(void *arg, const char *id, const char *method, const char *
     log_line(h, id, method, url, status, 0, bytes_out, -1, 0);
 }
 
+/* The name in X-Mambabyte-Daemon: daemon_id (printable ASCII, checked at start), or the host's
+ * name and the port, which tell apart daemons behind one load balancer. Set once the port is
+ * known and before the door takes a connection. */
+static void daemon_name(void *arg, int port) {
+    srv_http *h = arg;
+    if (h->c.daemon_id[0]) {
+        snprintf(h->daemon_id, sizeof h->daemon_id, "%s", h->c.daemon_id);
+        return;
+    }
+    char host[128] = "";
+    if (gethostname(host, sizeof host - 1)) snprintf(host, sizeof host, "localhost");
+    snprintf(h->daemon_id, sizeof h->daemon_id, "%s:%d", host, port);
+}
+
+static int header_safe(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
 srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
+    if (!header_safe(c->daemon_id)) {
+        snprintf(err, n, "daemon_id must be printable ASCII without spaces");
+        return NULL;
+    }
     srv_http *h = calloc(1, sizeof *h);
     if (!h) {
         snprintf(err, n, "out of memory");
@@ -839,7 +887,7 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
         free(h);
         return NULL;
     }
-    srv_door_ops ops = {.arg = h, .handoff = handoff, .answered = answered};
+    srv_door_ops ops = {.arg = h, .handoff = handoff, .answered = answered, .bound = daemon_name};
     int watching = !pthread_create(&h->watcher, NULL, watch, h);
     if (!watching) snprintf(err, n, "cannot start the watcher thread");
     if (!watching || !(h->door = srv_accept_start(c, &ops, err, n))) {

@@ -164,8 +164,20 @@ static int parse_stop(const cJSON *o, const srv_limits *lim, srv_gen_req *r, srv
     return 0;
 }
 
-static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, srv_gen_req *r,
-                        srv_error *e) {
+/* The session named by the X-Session-Id header h, which must agree with the body's. */
+static int session_header(srv_api api, const char *h, srv_gen_req *r, srv_error *e) {
+    if (api != SRV_API_GENERATE)
+        return bad(e, "the X-Session-Id header is for /v1/generate and /v1/sessions/<id>");
+    if (!srv_id_valid(h))
+        return bad(e, "X-Session-Id must be a session id (1-64 of A-Z a-z 0-9 _ -)");
+    if (r->session[0] && strcmp(r->session, h))
+        return bad(e, "X-Session-Id names session %s but 'session' names %s", h, r->session);
+    strcpy(r->session, h);
+    return 0;
+}
+
+static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, const char *header,
+                        srv_gen_req *r, srv_error *e) {
     for (const cJSON *it = o->child; it; it = it->next)
         if (!known_field(api, it->string)) return bad(e, "unknown field '%s'", it->string);
     if (parse_prompt(o, api, lim, r, e)) return -1;
@@ -186,6 +198,7 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, srv_
             return bad(e, "'session' must be a session id (1-64 of A-Z a-z 0-9 _ -)");
         strcpy(r->session, v->valuestring);
     }
+    if (header && session_header(api, header, r, e)) return -1;
 
     double d = lim->default_max_tokens;
     if (number_field(o, "max_tokens", 0, lim->max_tokens_limit, 1, &d, e)) return -1;
@@ -269,7 +282,7 @@ static int only_space(const char *p, const char *end) {
 }
 
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
-                      srv_gen_req *r, srv_error *e) {
+                      const char *session_header, srv_gen_req *r, srv_error *e) {
     memset(r, 0, sizeof *r);
     r->api = api;
     mb_sampling_default(&r->sampling);
@@ -292,7 +305,7 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     else if (!cJSON_IsObject(root))
         rc = bad(e, "the body must be a JSON object");
     else
-        rc = parse_object(root, api, lim, r, e);
+        rc = parse_object(root, api, lim, session_header, r, e);
     cJSON_Delete(root);
     if (rc) srv_gen_req_free(r);
     return rc;

@@ -53,10 +53,13 @@ typedef struct srv_gen_req {
     double timeout_s;         /* the request's deadline, from arrival */
 } srv_gen_req;
 
-/* Parses body for api. On success fills r (free with srv_gen_req_free) and returns 0; otherwise
- * fills e (400 with a message naming the field) and returns -1, leaving nothing to free. */
+/* Parses body for api. session_header is the request's X-Session-Id (NULL: none): on the native
+ * API it names the session when the body does not (a body that names another is refused), so a
+ * proxy can route on the header alone; on the others it is refused. On success fills r (free
+ * with srv_gen_req_free) and returns 0; otherwise fills e (400 with a message naming the field)
+ * and returns -1, leaving nothing to free. */
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
-                      srv_gen_req *r, srv_error *e);
+                      const char *session_header, srv_gen_req *r, srv_error *e);
 void srv_gen_req_free(srv_gen_req *r);
 
 /* 1 if s is a well-formed id (1..64 of [A-Za-z0-9_-]): ids become file names. */

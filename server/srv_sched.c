@@ -143,7 +143,16 @@ static char *session_op(srv_sched *s, srv_job *j, srv_error *e) {
     case SRV_JOB_SESSION_LIST:
         return srv_session_list_json(s->slots);
     case SRV_JOB_SESSION_CREATE:
-        srv_new_id("sess-", id, sizeof id);
+        /* the id a load balancer (or the client) chose, when it sent one */
+        if (j->session[0] && srv_session_exists(s->slots, j->session)) {
+            srv_error_set(e, 409, "conflict_error", "session_exists", "session %s exists",
+                          j->session);
+            return NULL;
+        }
+        if (j->session[0])
+            snprintf(id, sizeof id, "%s", j->session);
+        else
+            srv_new_id("sess-", id, sizeof id);
         if (!(x = srv_session_add(s->slots, id, NULL))) return too_many_sessions(s, e);
         snprintf(j->session_out, sizeof j->session_out, "%s", x->id);
         return srv_session_print(x, NULL);
@@ -181,7 +190,7 @@ static char *session_op(srv_sched *s, srv_job *j, srv_error *e) {
         return r;
     }
     if (j->kind == SRV_JOB_SESSION_FORK) {
-        srv_new_id("sess-", id, sizeof id);
+        srv_session_fork_id(x->id, id, sizeof id);
         srv_session *y = srv_session_fork(s->slots, x, id);
         if (!y) return too_many_sessions(s, e);
         snprintf(j->session_out, sizeof j->session_out, "%s", y->id);

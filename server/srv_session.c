@@ -2,6 +2,7 @@
  * save and load of session records, expiry. */
 #include "srv_session.h"
 #include "fileio.h"
+#include "srv_id.h"
 #include "srv_job.h"
 #include "srv_session_file.h"
 
@@ -127,6 +128,20 @@ static void record_path(const srv_slots *s, const char *id, char *path, size_t n
     snprintf(path, n, "%s/%s.session", s->dir, id);
 }
 
+int srv_session_exists(srv_slots *s, const char *id) {
+    char path[1100];
+    record_path(s, id, path, sizeof path);
+    return srv_session_find(s, id) || !access(path, F_OK);
+}
+
+void srv_session_fork_id(const char *src, char *out, size_t n) {
+    char prefix[SRV_ID_MAX];
+    int route = (int)strcspn(src, "_");
+    if (route > SRV_ID_MAX - 18) route = SRV_ID_MAX - 18;
+    snprintf(prefix, sizeof prefix, "%.*s_", route, src);
+    srv_new_id(prefix, out, n);
+}
+
 static int say(char *msg, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int say(char *msg, size_t n, const char *fmt, ...) {
     va_list ap;
@@ -243,7 +258,12 @@ srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
     size_t len = 0;
     uint8_t *buf = NULL;
     if (access(path, F_OK)) {
-        srv_error_set(e, 404, "not_found_error", "session_not_found", "no session %s", id);
+        /* Behind a load balancer the usual cause: the daemon that held it is gone. */
+        srv_error_set(e, 404, "not_found_error", "session_not_found",
+                      "no session %s: not in this daemon's memory nor saved in session_dir "
+                      "(behind a load balancer send the X-Session-Id header; only a saved "
+                      "session continues on another daemon: POST /v1/sessions/<id>/save)",
+                      id);
         return NULL;
     }
     if (!(buf = mb_read_file(path, s->state_bytes + 4096, &len, &me))) {
@@ -342,7 +362,8 @@ int srv_session_save(srv_slots *s, srv_session *x, srv_error *e) {
                          "session %s could not be saved; the server log says why", x->id);
 }
 
-/* Deletes the records in dir of sessions not in memory whose file time is older than ttl_s. */
+/* Deletes the records in dir of sessions not in memory whose file time is older than ttl_s, and
+ * renews the time of those in memory. */
 static void expire_records(srv_slots *s) {
     DIR *d = opendir(s->dir);
     if (!d) return;
@@ -354,8 +375,14 @@ static void expire_records(srv_slots *s) {
         char id[SRV_ID_MAX], path[1100];
         memcpy(id, de->d_name, n - ext);
         id[n - ext] = 0;
-        if (!srv_id_valid(id) || srv_session_find(s, id)) continue;
+        if (!srv_id_valid(id)) continue;
         record_path(s, id, path, sizeof path);
+        /* A record counts from when its session was last in memory: in ours, that is now, which
+         * keeps it from other daemons that share session_dir and expire records too. */
+        if (srv_session_find(s, id)) {
+            utimensat(AT_FDCWD, path, NULL, 0);
+            continue;
+        }
         struct stat st;
         if (!stat(path, &st) && difftime(now, st.st_mtime) > s->ttl_s) unlink(path);
     }

@@ -9,7 +9,8 @@
  * memory. A session not in memory whose record is in session_dir (evicted, or saved before a
  * restart) is loaded back when a request names it. Idle sessions unused for session_ttl_s are
  * deleted, their record too, and so are records in session_dir of sessions not in memory whose
- * file is older than that. */
+ * file is older than that; the records of sessions in memory have their time renewed, so that
+ * daemons sharing session_dir do not expire what another one holds. */
 #ifndef SRV_SESSION_H
 #define SRV_SESSION_H
 
@@ -44,6 +45,12 @@ void srv_slot_release(srv_slots *s, int slot);
 
 /* The session in memory, or NULL. */
 srv_session *srv_session_find(srv_slots *s, const char *id);
+/* 1 when id is taken: by a session in memory or a record in session_dir. */
+int srv_session_exists(srv_slots *s, const char *id);
+/* A new id for a fork of src: src's route (its id up to the first '_', at most 47 characters),
+ * '_' and 16 random hex digits. A load balancer that hashes on the route sends a fork to the
+ * daemon that holds its source, where it was made. */
+void srv_session_fork_id(const char *src, char *out, size_t n);
 /* The session in memory, or else its record loaded from session_dir (spilled, not resident).
  * NULL with e filled: 404 (neither), 400 (a corrupt record), 429 (full), 500. */
 srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e);

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the Debian packages that building, serving and testing need, if any is missing, and
-# with --test the Python packages the tests use (numpy). Shared by `make run`, `make test` and
-# CI; does nothing when everything is there.
+# with --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML).
+# Shared by `make run`, `make test` and CI; does nothing when everything is there.
 set -e
 PKGS="build-essential clang libclang-rt-14-dev python3-pip libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libcurl4-openssl-dev python3 xz-utils"
+# make test-deploy: nginx in front of two daemons, YAML for the Kubernetes manifests
+[ "$1" = --test ] && PKGS="$PKGS nginx python3-yaml"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -18,4 +20,9 @@ fi
 if [ "$1" = --test ] && ! python3 -c 'import numpy' 2>/dev/null; then
     echo "installing: numpy (pip)"
     python3 -m pip install -q numpy || python3 -m pip install -q --break-system-packages numpy
+fi
+# python3 may not be Debian's (a virtual environment): then PyYAML comes from pip too
+if [ "$1" = --test ] && ! python3 -c 'import yaml' 2>/dev/null; then
+    echo "installing: pyyaml (pip)"
+    python3 -m pip install -q pyyaml || python3 -m pip install -q --break-system-packages pyyaml
 fi

@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                       .max_timeout_s = 300};
     srv_gen_req r;
     srv_error e;
-    if (srv_request_parse(api, (const char *)data + 1, size - 1, &lim, &r, &e) == 0) {
+    if (srv_request_parse(api, (const char *)data + 1, size - 1, &lim, NULL, &r, &e) == 0) {
         if (r.prompt_len > (size_t)lim.max_prompt_bytes || r.max_tokens < 0 ||
             r.max_tokens > lim.max_tokens_limit || r.n_stops > lim.max_stop || !r.prompt)
             abort();

@@ -1,6 +1,7 @@
 """Sessions: a session continued over 3 requests equals one request over the whole text; fork,
 list, info, delete; more sessions than slots (idle states spill to host memory and come back
-unchanged); save, restart the daemon, restore, continue."""
+unchanged); save, restart the daemon, restore, continue; the X-Session-Id header (what a load
+balancer routes on) on answers and requests, and the ids of sessions made through it."""
 import base64
 
 from mbserver import Server, b64, run
@@ -117,12 +118,52 @@ def test_save_restart_restore():
     SRV.wait_idle()
 
 
+def test_session_header():
+    """Every answer about a session names it in X-Session-Id, and every answer names the daemon;
+    a request may name its session by the header alone; a creation may choose the id; a fork's
+    id keeps its source's route (the id up to the first '_'), the part a balancer hashes."""
+    st, out, h = SRV.request("POST", "/v1/sessions", {"prompt": "Once"}, headers={"X-Session-Id": "chosen-1"})
+    assert st == 200 and out["id"] == "chosen-1" and h["X-Session-Id"] == "chosen-1", (st, out, h)
+    daemon = h["X-Mambabyte-Daemon"]
+    assert daemon.endswith(f":{SRV.port}"), daemon
+    st, out, _ = SRV.request("POST", "/v1/sessions", {}, headers={"X-Session-Id": "chosen-1"})
+    assert st == 409 and out["error"]["code"] == "session_exists", out
+    st, out, _ = SRV.request("POST", "/v1/sessions", {}, headers={"X-Session-Id": "bad id"})
+    assert st == 400, out
+    # the header alone names the session: the same bytes as naming it in the body, on a fork
+    fork = SRV.post("/v1/sessions/chosen-1/fork", {})["id"]
+    assert fork.startswith("chosen-1_") and len(fork) == len("chosen-1_") + 16, fork
+    fork2 = SRV.post(f"/v1/sessions/{fork}/fork", {})["id"]
+    assert fork2.startswith("chosen-1_") and fork2 != fork, fork2
+    body = {"prompt": " upon", "max_tokens": 20, "seed": 5}
+    st, by_header, h = SRV.request("POST", "/v1/generate", body, headers={"X-Session-Id": "chosen-1"})
+    assert st == 200 and h["X-Session-Id"] == "chosen-1", (st, by_header)
+    assert by_header["bytes_base64"] == SRV.post("/v1/generate", dict(body, session=fork))["bytes_base64"]
+    st, out, h = SRV.request("POST", "/v1/generate", dict(body, session=fork2),
+                             headers={"X-Session-Id": "chosen-1"})
+    assert st == 400 and "X-Session-Id" in out["error"]["message"], out
+    st, out, h = SRV.request("GET", "/v1/sessions/chosen-1", headers={"X-Session-Id": fork})
+    assert st == 400, out
+    st, out, h = SRV.request("GET", f"/v1/sessions/{fork}")
+    assert st == 200 and h["X-Session-Id"] == fork and h["X-Mambabyte-Daemon"] == daemon, h
+    st, out, h = SRV.request("POST", "/v1/completions", {"prompt": "a"}, headers={"X-Session-Id": fork})
+    assert st == 400, out
+    st, out, h = SRV.request("POST", "/v1/generate", {"prompt": "a", "max_tokens": 2})
+    assert st == 200 and "X-Session-Id" not in h and h["X-Mambabyte-Daemon"] == daemon, h
+    st, out, _ = SRV.request("POST", "/v1/generate", {"prompt": "", "max_tokens": 2},
+                             headers={"X-Session-Id": "gone-1"})
+    assert st == 404 and "X-Session-Id" in out["error"]["message"], out
+    for x in ("chosen-1", fork, fork2):
+        SRV.request("DELETE", f"/v1/sessions/{x}")
+    SRV.wait_idle()
+
+
 def main():
     global SRV
     SRV = Server("--slots", "4")
     try:
         run([test_three_requests_equal_one, test_create_with_prompt_and_continue_streamed, test_fork_list_delete,
-             test_more_sessions_than_slots_spill, test_save_restart_restore])
+             test_more_sessions_than_slots_spill, test_session_header, test_save_restart_restore])
         SRV.stop()
     finally:
         if SRV.proc.poll() is None:
