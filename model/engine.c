@@ -127,17 +127,23 @@ int mb_model_fit_slots(const mb_model *m, int max_tokens) {
 
 /* ---------------------------------------------------------------- the forward */
 
-static int check_batch(const mb_model *m, const mb_pool *p, const mb_batch *b, mb_err *e) {
+/* Checks the batch in O(tokens), not O(slots): duplicate slots by a mark per check. */
+static int check_batch(const mb_model *m, mb_pool *p, const mb_batch *b, mb_err *e) {
     if (b->n_seq < 0 || (b->n_seq && (!b->off || !b->slot || !b->tokens)) ||
         (b->n_seq && b->off[0] != 0))
         return mb_fail(e, "batch: bad sequence list");
+    const uint32_t gen = ++p->mark_gen;
+    if (!gen) { /* after 2^32 checks: no stale mark may match */
+        memset(p->mark, 0, (size_t)p->n_slots * sizeof(uint32_t));
+        return check_batch(m, p, b, e);
+    }
     for (int s = 0; s < b->n_seq; s++) {
         if (b->off[s + 1] <= b->off[s]) return mb_fail(e, "batch: sequence %d has no tokens", s);
         if (b->slot[s] < 0 || b->slot[s] >= p->n_slots)
             return mb_fail(e, "batch: slot %d out of range [0, %d)", b->slot[s], p->n_slots);
-        for (int q = 0; q < s; q++)
-            if (b->slot[q] == b->slot[s])
-                return mb_fail(e, "batch: slot %d appears twice", b->slot[s]);
+        if (p->mark[b->slot[s]] == gen)
+            return mb_fail(e, "batch: slot %d appears twice", b->slot[s]);
+        p->mark[b->slot[s]] = gen;
     }
     int T = b->n_seq ? b->off[b->n_seq] : 0;
     if (T > p->max_tokens)
@@ -170,8 +176,12 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
     for (int s = 0; s < b->n_seq; s++)
         for (int t = b->off[s]; t < b->off[s + 1]; t++)
             if (b->want ? b->want[t] : t == b->off[s + 1] - 1) rows[n_out++] = t;
-    /* The span inputs are overwritten either way: nothing can roll back after this call. */
-    for (int s = 0; s < p->n_slots; s++) p->j_start[s] = -1;
+    /* The span inputs are overwritten either way: nothing fed before can roll back after this
+     * call (j_gen of those slots is now older than gen). */
+    if (!++p->gen) { /* after 2^32 forwards: no stale number may match */
+        memset(p->j_gen, 0, (size_t)p->n_slots * sizeof(uint32_t));
+        p->gen = 1;
+    }
     /* A failed forward leaves every slot's current state as it was (it only writes the other
      * buffer), unless the device itself has failed. */
     if (injected_fault(m, e) || m->be->forward(m, p, b, rows, n_out, logits, e)) return -1;
@@ -180,6 +190,7 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
         int slot = b->slot[s];
         p->cur[slot] = !p->cur[slot];
         p->j_start[slot] = b->off[s];
+        p->j_gen[slot] = p->gen;
         p->j_len[slot] = p->j_at[slot] = b->off[s + 1] - b->off[s];
     }
     return 0;

@@ -69,10 +69,14 @@ struct mb_pool {
     size_t state_floats; /* per slot, all layers */
     /* Kept by pool.c for every backend: */
     uint8_t *cur; /* (n_slots) which of the slot's two state buffers is current */
-    int *j_start; /* (n_slots) first token index of the slot in the last forward, -1 if none */
-    int *j_len;   /* (n_slots) tokens the last forward fed the slot */
-    int *j_at;    /* (n_slots) tokens of that span the current state reflects (after rollback) */
-    int *rows;    /* (max_tokens) token index of each logits row */
+    int *j_start; /* (n_slots) first token index of the slot in its last forward, -1 if none */
+    /* Forwards are numbered (gen); a slot's span inputs are those of forward j_gen[slot], valid
+     * for rollback only while that is the pool's last one (so a step costs nothing per idle
+     * slot). mark[slot] == mark_gen: the batch being checked holds the slot. */
+    uint32_t gen, *j_gen, mark_gen, *mark;
+    int *j_len; /* (n_slots) tokens the last forward fed the slot */
+    int *j_at;  /* (n_slots) tokens of that span the current state reflects (after rollback) */
+    int *rows;  /* (max_tokens) token index of each logits row */
     /* The CPU backend's buffers (NULL on other backends): */
     float *state; /* (n_slots, 2, state_floats): two buffers per slot */
     /* The last forward's span inputs, for rollback: what the scan needs per position. */

@@ -30,7 +30,9 @@ mb_pool *mb_pool_create(mb_model *m, int n_slots, int max_tokens, mb_err *e) {
     p->j_len = calloc((size_t)n_slots, sizeof(int));
     p->j_at = calloc((size_t)n_slots, sizeof(int));
     p->rows = malloc((size_t)max_tokens * sizeof(int));
-    if (!p->cur || !p->j_start || !p->j_len || !p->j_at || !p->rows) {
+    p->j_gen = calloc((size_t)n_slots, sizeof(uint32_t));
+    p->mark = calloc((size_t)n_slots, sizeof(uint32_t));
+    if (!p->cur || !p->j_start || !p->j_len || !p->j_at || !p->rows || !p->j_gen || !p->mark) {
         mb_pool_free(p);
         mb_fail(e, "pool: out of memory for %d slots x %d tokens", n_slots, max_tokens);
         return NULL;
@@ -51,6 +53,8 @@ void mb_pool_free(mb_pool *p) {
     free(p->j_len);
     free(p->j_at);
     free(p->rows);
+    free(p->j_gen);
+    free(p->mark);
     free(p);
 }
 
@@ -74,7 +78,7 @@ int mb_pool_reset(mb_pool *p, int slot, mb_err *e) {
 
 int mb_pool_rollback(mb_pool *p, int slot, int n_keep, mb_err *e) {
     if (bad_slot(p, slot, "rollback", e)) return -1;
-    if (p->j_start[slot] < 0)
+    if (p->j_start[slot] < 0 || p->j_gen[slot] != p->gen)
         return mb_fail(e, "rollback: slot %d was not fed by the last forward", slot);
     if (n_keep < 0 || n_keep > p->j_len[slot])
         return mb_fail(e, "rollback: keep %d of a span of %d", n_keep, p->j_len[slot]);

@@ -420,6 +420,16 @@ static void test_bad_batches(void) {
     CHECK(mb_forward(m, p, &bad_slot, l, &e) == -1 && strstr(e.msg, "slot 9"), "%s", e.msg);
     mb_batch too_many = {1, toks, big, &s0, NULL};
     CHECK(mb_forward(m, p, &too_many, l, &e) == -1 && strstr(e.msg, "9 tokens"), "%s", e.msg);
+    /* slots refused above are not taken twice by the next good batch; a rollback reaches back
+     * to the last forward only */
+    int two[2] = {0, 1};
+    mb_batch good = {2, toks, off, two, NULL};
+    CHECK(mb_forward(m, p, &good, l, &e) == 0, "a good batch after refused ones: %s", e.msg);
+    CHECK(mb_pool_rollback(p, 0, 1, &e) == 0, "rollback of the last forward: %s", e.msg);
+    mb_batch one = {1, toks, off, &two[1], NULL};
+    CHECK(mb_forward(m, p, &one, l, &e) == 0, "%s", e.msg);
+    CHECK(mb_pool_rollback(p, 0, 0, &e) == -1 && strstr(e.msg, "not fed by the last forward"),
+          "rollback past a later forward: %s", e.msg);
     mb_pool_free(p);
     mb_model_free(m);
 }
