@@ -1,85 +1,43 @@
-/* spec.c: the drafter side of speculative decoding, the verifier's rule and the round (spec.h). */
+/* spec.c: the drafter side of speculative decoding (one sequence's text, batched drafting, the
+ * one-sequence drafter of `generate`), the verifier's rule and the round (spec.h). */
 #include "spec.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define FEED_CHUNK 256 /* ids per drafter forward when feeding committed text */
-#define HELD_MAX   32  /* held bytes beyond this are encoded (see spec_drafter_commit) */
+#define FEED_CHUNK 256 /* ids per forward when `generate`'s drafter catches up */
+#define HELD_MAX   32  /* held bytes beyond this are encoded (see spec_seq_commit) */
 
-struct spec_drafter {
-    mb_model *m;
+struct spec_seq {
     const spm_tokenizer *tok;
-    mb_pool *pool; /* slot 0: after the fed ids; slot 1: scratch to draft from */
-    int max_tokens, n_vocab;
-    int32_t *pend; /* committed whole ids not yet fed to slot 0 */
+    int n_vocab;
+    /* committed whole ids not yet fed to the committed state; once anything was fed, the last
+     * one always stays here: the first drafter forward of a round feeds it for the logits */
+    int32_t *pend;
     size_t n_pend, cap_pend;
-    /* committed bytes after the fed and pending ids: the next draft begins with them */
+    /* committed bytes after the pending ids: the next draft begins with them */
     uint8_t *held;
     size_t n_held, cap_held;
-    int32_t *draft; /* this round's drafted ids */
+    /* this round */
+    int32_t *draft; /* drafted ids */
     int *draft_end; /* where each drafted id's bytes end in `bytes` */
-    int n_draft;
-    uint8_t *bytes;                    /* this round: the held bytes, then the drafted ones */
+    int n_draft, cap_draft;
+    uint8_t *bytes;                    /* the held bytes, then the drafted ones */
     size_t n_bytes, cap_bytes, n_lead; /* n_lead: how many of them were held */
-    int fed;                           /* slot 0 has been fed since the start */
-    float *base;                       /* logits after slot 0's last id */
-    float *logits;                     /* logits while drafting */
+    size_t cov;                        /* bytes covered by the drafted ids */
+    int n_new, max_bytes, max_tokens;  /* new bytes drafted, and the limits */
+    int began;                         /* the last spec_draft_batch began a draft */
 };
 
-spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens,
-                                  mb_err *e) {
-    const int V = mb_model_config(m)->n_vocab;
-    if (V != spm_vocab(tok)) {
-        mb_fail(e, "drafter: the model's vocabulary (%d) is not its tokenizer's (%d)", V,
-                spm_vocab(tok));
-        return NULL;
-    }
-    if (max_tokens < 1) max_tokens = 1;
-    spec_drafter *d = calloc(1, sizeof *d);
-    if (!d) {
-        mb_fail(e, "out of memory");
-        return NULL;
-    }
-    d->m = m;
-    d->tok = tok;
-    d->max_tokens = max_tokens;
-    d->n_vocab = V;
-    d->pool = mb_pool_create(m, 2, FEED_CHUNK, e);
-    d->draft = malloc((size_t)max_tokens * sizeof *d->draft);
-    d->draft_end = malloc((size_t)max_tokens * sizeof *d->draft_end);
-    d->base = malloc((size_t)V * sizeof(float));
-    d->logits = malloc((size_t)V * sizeof(float));
-    if (!d->pool || !d->draft || !d->draft_end || !d->base || !d->logits) {
-        if (d->pool) mb_fail(e, "out of memory");
-        spec_drafter_free(d);
-        return NULL;
-    }
-    return d;
-}
-
-void spec_drafter_free(spec_drafter *d) {
-    if (!d) return;
-    mb_pool_free(d->pool);
-    free(d->pend);
-    free(d->held);
-    free(d->draft);
-    free(d->draft_end);
-    free(d->bytes);
-    free(d->base);
-    free(d->logits);
-    free(d);
-}
-
-static int push_id(spec_drafter *d, int32_t id, mb_err *e) {
-    if (d->n_pend == d->cap_pend) {
-        size_t c = d->cap_pend ? 2 * d->cap_pend : 64;
-        int32_t *p = realloc(d->pend, c * sizeof *p);
+static int push_id(spec_seq *q, int32_t id, mb_err *e) {
+    if (q->n_pend == q->cap_pend) {
+        size_t c = q->cap_pend ? 2 * q->cap_pend : 64;
+        int32_t *p = realloc(q->pend, c * sizeof *p);
         if (!p) return mb_fail(e, "out of memory");
-        d->pend = p;
-        d->cap_pend = c;
+        q->pend = p;
+        q->cap_pend = c;
     }
-    d->pend[d->n_pend++] = id;
+    q->pend[q->n_pend++] = id;
     return 0;
 }
 
@@ -93,127 +51,418 @@ static int append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *b, siz
         *buf = p;
         *cap = c;
     }
-    memcpy(*buf + *len, b, n);
+    if (n) memcpy(*buf + *len, b, n);
     *len += n;
     return 0;
 }
 
-/* Encodes text[0..n) (committed bytes after the fed and pending ids) into pending ids, except
- * its last piece, which is held back: the next draft may extend or re-cut it. */
-static int settle(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
-    size_t n0 = d->n_pend;
-    if (spm_encode(d->tok, text, n, &d->pend, &d->n_pend, &d->cap_pend, e)) return -1;
+/* Encodes text[0..n) (committed bytes after the pending ids) into pending ids, except its last
+ * piece, which is held back: the next draft may extend or re-cut it. */
+static int settle(spec_seq *q, const uint8_t *text, size_t n, mb_err *e) {
+    size_t n0 = q->n_pend;
+    if (spm_encode(q->tok, text, n, &q->pend, &q->n_pend, &q->cap_pend, e)) return -1;
     int len = 0;
-    const uint8_t *p = d->n_pend > n0 ? spm_piece(d->tok, d->pend[d->n_pend - 1], &len) : NULL;
+    const uint8_t *p = q->n_pend > n0 ? spm_piece(q->tok, q->pend[q->n_pend - 1], &len) : NULL;
     size_t hold =
         len > 0 && (size_t)len <= n && !memcmp(p, text + n - len, (size_t)len) ? (size_t)len : 0;
-    if (hold) d->n_pend--;
-    if (!d->n_pend && !d->fed) { /* nothing would give the first draft its logits */
-        d->n_pend = n0 + 1;
+    if (hold) q->n_pend--;
+    if (!q->n_pend) { /* nothing would give the first draft its logits: the piece is fed too
+                       * (or, for an empty text without a BOS, the tokenizer's id 0) */
+        if (hold)
+            q->n_pend++;
+        else if (push_id(q, 0, e))
+            return -1;
         hold = 0;
     }
-    d->n_held = 0;
-    return append(&d->held, &d->n_held, &d->cap_held, text + n - hold, hold, e);
+    q->n_held = 0;
+    return append(&q->held, &q->n_held, &q->cap_held, text + n - hold, hold, e);
 }
 
-int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
-    if (mb_pool_reset(d->pool, 0, e)) return -1;
-    d->n_pend = d->n_held = d->n_bytes = d->n_lead = 0;
-    d->n_draft = d->fed = 0;
-    if (spm_bos(d->tok) >= 0 && push_id(d, spm_bos(d->tok), e)) return -1;
-    return settle(d, text, n, e);
+spec_seq *spec_seq_new(const spm_tokenizer *tok, const uint8_t *text, size_t n, mb_err *e) {
+    spec_seq *q = calloc(1, sizeof *q);
+    if (!q) {
+        mb_fail(e, "out of memory");
+        return NULL;
+    }
+    q->tok = tok;
+    q->n_vocab = spm_vocab(tok);
+    if ((spm_bos(tok) >= 0 && push_id(q, spm_bos(tok), e)) || settle(q, text, n, e)) {
+        spec_seq_free(q);
+        return NULL;
+    }
+    return q;
+}
+
+void spec_seq_free(spec_seq *q) {
+    if (!q) return;
+    free(q->pend);
+    free(q->held);
+    free(q->draft);
+    free(q->draft_end);
+    free(q->bytes);
+    free(q);
+}
+
+spec_seq *spec_seq_clone(const spec_seq *q, mb_err *e) {
+    size_t len = 0;
+    uint8_t *b = spec_seq_save(q, &len);
+    if (!b) {
+        mb_fail(e, "out of memory");
+        return NULL;
+    }
+    spec_seq *c = spec_seq_load(q->tok, b, len, e);
+    free(b);
+    return c;
+}
+
+/* The held bytes and b[0..n) are cut into ids again, all but the last piece. */
+static int resettle(spec_seq *q, const uint8_t *b, size_t n, mb_err *e) {
+    uint8_t *t = q->held;
+    size_t len = q->n_held, cap = q->cap_held;
+    q->held = NULL;
+    q->n_held = q->cap_held = 0;
+    int rc = append(&t, &len, &cap, b, n, e) ? -1 : settle(q, t, len, e);
+    free(t);
+    return rc;
+}
+
+int spec_seq_append(spec_seq *q, const uint8_t *b, size_t n, mb_err *e) {
+    q->n_bytes = q->n_lead = 0;
+    q->n_draft = 0;
+    return n ? resettle(q, b, n, e) : 0;
+}
+
+int spec_seq_commit(spec_seq *q, int n_accept, const uint8_t *extra, int n_extra, mb_err *e) {
+    if (!q->n_bytes) { /* no draft this round: the bytes join the held ones */
+        if (q->n_held + (size_t)n_extra <= HELD_MAX)
+            return append(&q->held, &q->n_held, &q->cap_held, extra, (size_t)n_extra, e);
+        /* many rounds without a draft (another drafter's): encode all but the last piece */
+        return resettle(q, extra, (size_t)n_extra, e);
+    }
+    /* drafted ids whose bytes were all kept (a cut last id never is) */
+    size_t kept = q->n_lead + (size_t)n_accept, done = 0;
+    if (kept > q->n_bytes) kept = q->n_bytes;
+    for (int a = 0; a < q->n_draft && (size_t)q->draft_end[a] <= kept; a++) {
+        int len;
+        spm_piece(q->tok, q->draft[a], &len);
+        if ((size_t)q->draft_end[a] - done != (size_t)len) break;
+        if (push_id(q, q->draft[a], e)) return -1;
+        done = (size_t)q->draft_end[a];
+    }
+    q->n_draft = 0;
+    q->n_held = 0;
+    if (append(&q->held, &q->n_held, &q->cap_held, q->bytes + done, kept - done, e)) return -1;
+    q->n_bytes = q->n_lead = 0;
+    return append(&q->held, &q->n_held, &q->cap_held, extra, (size_t)n_extra, e);
+}
+
+int spec_seq_draft(const spec_seq *q, const uint8_t **bytes) {
+    *bytes = q->bytes ? q->bytes + q->n_lead : NULL;
+    return q->n_new;
+}
+
+size_t spec_seq_unfed(const spec_seq *q) {
+    return q->n_pend;
+}
+
+/* Saved form: u32 n_pend, u32 n_held, the ids (int32), the held bytes. */
+uint8_t *spec_seq_save(const spec_seq *q, size_t *len) {
+    uint32_t np = (uint32_t)q->n_pend, nh = (uint32_t)q->n_held;
+    *len = 8 + 4 * (size_t)np + nh;
+    uint8_t *b = malloc(*len);
+    if (!b) return NULL;
+    memcpy(b, &np, 4);
+    memcpy(b + 4, &nh, 4);
+    if (np) memcpy(b + 8, q->pend, 4 * (size_t)np);
+    if (nh) memcpy(b + 8 + 4 * (size_t)np, q->held, nh);
+    return b;
+}
+
+spec_seq *spec_seq_load(const spm_tokenizer *tok, const uint8_t *b, size_t len, mb_err *e) {
+    uint32_t np, nh;
+    if (len < 8) {
+        mb_fail(e, "drafter text: %zu bytes", len);
+        return NULL;
+    }
+    memcpy(&np, b, 4);
+    memcpy(&nh, b + 4, 4);
+    if (!np || np > (len - 8) / 4 || len != 8 + 4 * (size_t)np + nh) {
+        mb_fail(e, "drafter text: %u ids and %u bytes in %zu bytes", np, nh, len);
+        return NULL;
+    }
+    spec_seq *q = spec_seq_new(tok, NULL, 0, e);
+    if (!q) return NULL;
+    q->n_pend = 0;
+    for (uint32_t i = 0; i < np; i++) {
+        int32_t id;
+        memcpy(&id, b + 8 + 4 * (size_t)i, 4);
+        if (id < 0 || id >= q->n_vocab) {
+            mb_fail(e, "drafter text: id %d out of range", (int)id);
+            spec_seq_free(q);
+            return NULL;
+        }
+        if (push_id(q, id, e)) {
+            spec_seq_free(q);
+            return NULL;
+        }
+    }
+    if (append(&q->held, &q->n_held, &q->cap_held, b + 8 + 4 * (size_t)np, nh, e)) {
+        spec_seq_free(q);
+        return NULL;
+    }
+    return q;
+}
+
+/* ---- drafting ---- */
+
+/* Starts a draft of up to max_bytes new bytes in up to max_tokens ids, from the held bytes. */
+static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, mb_err *e) {
+    q->n_draft = q->n_new = 0;
+    q->n_bytes = q->n_lead = q->cov = 0;
+    q->max_bytes = max_bytes;
+    q->max_tokens = max_tokens;
+    q->began = 1;
+    if (max_tokens > q->cap_draft) {
+        int32_t *d = realloc(q->draft, (size_t)max_tokens * sizeof *d);
+        if (d) q->draft = d;
+        int *de = realloc(q->draft_end, (size_t)max_tokens * sizeof *de);
+        if (de) q->draft_end = de;
+        if (!d || !de) return mb_fail(e, "out of memory");
+        q->cap_draft = max_tokens;
+    }
+    if (append(&q->bytes, &q->n_bytes, &q->cap_bytes, q->held, q->n_held, e)) return -1;
+    q->n_lead = q->n_held;
+    return 0;
 }
 
 /* The most likely id. With held bytes, the most likely id whose bytes begin with all of them
  * (a word the drafter would finish); only when there is none, the most likely id whose bytes are
  * a part of them, so that the rest is cut again at the next step. Short pieces such as a bare
  * space gather the mass of every rare word after them: they must not win over whole words. */
-static int pick(const spec_drafter *d, const uint8_t *pre, size_t n_pre) {
+static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre) {
     int best = -1;
     for (int pass = 0; pass < 2 && best < 0; pass++)
-        for (int id = 0; id < d->n_vocab; id++) {
+        for (int id = 0; id < q->n_vocab; id++) {
             int len;
-            const uint8_t *p = spm_piece(d->tok, id, &len);
+            const uint8_t *p = spm_piece(q->tok, id, &len);
             if (!len && n_pre) continue;
             if (n_pre) {
                 int covers = (size_t)len >= n_pre;
                 if (covers == pass || memcmp(p, pre, covers ? n_pre : (size_t)len)) continue;
             }
-            if (best < 0 || d->logits[id] > d->logits[best]) best = id;
+            if (best < 0 || logits[id] > logits[best]) best = id;
         }
     return best;
 }
 
-int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
-    d->n_draft = 0;
-    d->n_bytes = d->n_lead = 0;
-    if (max_bytes <= 0) return 0;
-    for (size_t i = 0; i < d->n_pend; i += FEED_CHUNK) { /* catch slot 0 up */
-        int len = d->n_pend - i < FEED_CHUNK ? (int)(d->n_pend - i) : FEED_CHUNK;
-        int off[2] = {0, len}, slot = 0;
-        mb_batch b = {1, d->pend + i, off, &slot, NULL};
-        if (mb_forward(d->m, d->pool, &b, d->base, e)) return -1;
-        d->fed = 1;
+/* One drafted id from the logits after the last id fed to the scratch state. Returns 1 when
+ * the draft goes on (*feed: the id to feed next), 0 when it is complete, -1 on error. */
+static int draft_step(spec_seq *q, const float *logits, int32_t *feed, mb_err *e) {
+    if (q->n_new >= q->max_bytes || q->n_draft >= q->max_tokens) return 0;
+    const size_t lead_left = q->cov < q->n_lead ? q->n_lead - q->cov : 0;
+    int id = pick(q, logits, q->bytes + q->cov, lead_left), len;
+    const uint8_t *p = spm_piece(q->tok, id, &len);
+    if (!len) return 0; /* a control piece: the drafter ends its text */
+    size_t fresh = (size_t)len > lead_left ? (size_t)len - lead_left : 0;
+    if (fresh > (size_t)(q->max_bytes - q->n_new)) fresh = (size_t)(q->max_bytes - q->n_new);
+    if (fresh && append(&q->bytes, &q->n_bytes, &q->cap_bytes, p + lead_left, fresh, e)) return -1;
+    q->n_new += (int)fresh;
+    q->cov = fresh ? q->n_bytes : q->cov + (size_t)len;
+    q->draft[q->n_draft] = id;
+    q->draft_end[q->n_draft++] = (int)q->cov;
+    if (q->n_new == q->max_bytes || q->n_draft == q->max_tokens) return 0;
+    *feed = id;
+    return 1;
+}
+
+struct spec_batch {
+    mb_model *m;
+    int n_vocab, max_seqs, pool_tokens, chunk;
+    int32_t *tokens;       /* pool_tokens */
+    int *off;              /* max_seqs + 1 */
+    int *slot, *idx, *len; /* max_seqs: the forward's slots, which sequence, ids fed */
+    float *logits;         /* max_seqs rows */
+};
+
+spec_batch *spec_batch_new(mb_model *m, int max_seqs, int pool_tokens, int chunk, mb_err *e) {
+    spec_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        mb_fail(e, "out of memory");
+        return NULL;
     }
-    d->n_pend = 0;
-    if (append(&d->bytes, &d->n_bytes, &d->cap_bytes, d->held, d->n_held, e)) return -1;
-    d->n_lead = d->n_held;
-    if (mb_pool_copy(d->pool, 1, 0, e)) return -1;
-    memcpy(d->logits, d->base, (size_t)d->n_vocab * sizeof(float));
-    size_t cov = 0; /* bytes covered by the drafted ids */
-    int n = 0;      /* new bytes */
-    while (d->n_draft < d->max_tokens) {
-        const size_t lead_left = cov < d->n_lead ? d->n_lead - cov : 0;
-        int id = pick(d, d->bytes + cov, lead_left), len;
-        const uint8_t *p = spm_piece(d->tok, id, &len);
-        if (!len) break; /* a control piece: the drafter ends its text */
-        size_t fresh = (size_t)len > lead_left ? (size_t)len - lead_left : 0;
-        if (fresh > (size_t)(max_bytes - n)) fresh = (size_t)(max_bytes - n);
-        if (fresh && append(&d->bytes, &d->n_bytes, &d->cap_bytes, p + lead_left, fresh, e))
+    b->m = m;
+    b->n_vocab = mb_model_config(m)->n_vocab;
+    b->max_seqs = max_seqs;
+    b->pool_tokens = pool_tokens;
+    b->chunk = chunk;
+    b->tokens = malloc((size_t)(pool_tokens > max_seqs ? pool_tokens : max_seqs) * sizeof(int32_t));
+    b->off = malloc((size_t)(max_seqs + 1) * sizeof(int));
+    b->slot = malloc((size_t)max_seqs * sizeof(int));
+    b->idx = malloc((size_t)max_seqs * sizeof(int));
+    b->len = malloc((size_t)max_seqs * sizeof(int));
+    b->logits = malloc((size_t)max_seqs * (size_t)b->n_vocab * sizeof(float));
+    if (!b->tokens || !b->off || !b->slot || !b->idx || !b->len || !b->logits) {
+        mb_fail(e, "out of memory for drafting %d sequences", max_seqs);
+        spec_batch_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void spec_batch_free(spec_batch *b) {
+    if (!b) return;
+    free(b->tokens);
+    free(b->off);
+    free(b->slot);
+    free(b->idx);
+    free(b->len);
+    free(b->logits);
+    free(b);
+}
+
+int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const int *slot,
+                     const int *scratch, const int *max_bytes, int max_tokens, mb_err *e) {
+    if (n > b->max_seqs) return mb_fail(e, "drafting %d sequences, room for %d", n, b->max_seqs);
+    /* Catching up: each sequence feeds its pending ids (up to chunk, within the forward's
+     * budget, at least one each) to its committed slot, the last one with logits. */
+    int nt = 0, ns = 0;
+    for (int i = 0; i < n; i++) {
+        q[i]->n_new = 0;
+        q[i]->n_bytes = q[i]->n_lead = 0;
+        q[i]->n_draft = q[i]->began = 0;
+        size_t np = q[i]->n_pend;
+        int room = b->pool_tokens - nt - (n - i - 1),
+            len = (int)(np < (size_t)b->chunk ? np : (size_t)b->chunk);
+        if (len > room) len = room;
+        if (len <= 0 || max_bytes[i] <= 0) continue;
+        b->off[ns] = nt, b->slot[ns] = slot[i], b->idx[ns] = i, b->len[ns] = len;
+        memcpy(b->tokens + nt, q[i]->pend, (size_t)len * sizeof(int32_t));
+        nt += len, ns++;
+    }
+    if (!ns) return 0;
+    b->off[ns] = nt;
+    mb_batch fb = {ns, b->tokens, b->off, b->slot, NULL};
+    if (mb_forward(b->m, p, &fb, b->logits, e)) return -1;
+    /* A sequence that fed all its pending ids drafts from a copy of that state, and its
+     * committed slot goes back to before the last id, which stays pending. */
+    int na = 0;
+    for (int k = 0; k < ns; k++) {
+        spec_seq *s = q[b->idx[k]];
+        const int len = b->len[k], i = b->idx[k];
+        const int all = (size_t)len == s->n_pend;
+        const int fed = all ? len - 1 : len;
+        memmove(s->pend, s->pend + fed, (s->n_pend - (size_t)fed) * sizeof *s->pend);
+        s->n_pend -= (size_t)fed;
+        if (!all) continue;
+        if (mb_pool_copy(p, scratch[i], slot[i], e) || mb_pool_rollback(p, slot[i], len - 1, e))
             return -1;
-        n += (int)fresh;
-        cov = fresh ? d->n_bytes : cov + (size_t)len;
-        d->draft[d->n_draft] = id;
-        d->draft_end[d->n_draft++] = (int)cov;
-        if (n == max_bytes || d->n_draft == d->max_tokens) break;
-        int off[2] = {0, 1}, slot = 1;
-        int32_t t = id;
-        mb_batch b = {1, &t, off, &slot, NULL};
-        if (mb_forward(d->m, d->pool, &b, d->logits, e)) return -1;
+        if (draft_begin(s, max_bytes[i], max_tokens, e)) return -1;
+        int32_t id;
+        int rc = draft_step(s, b->logits + (size_t)k * (size_t)b->n_vocab, &id, e);
+        if (rc < 0) return -1;
+        if (rc) {
+            b->idx[na] = i, b->slot[na] = scratch[i], b->tokens[na] = id;
+            na++;
+        }
     }
-    memcpy(out, d->bytes + d->n_lead, (size_t)n);
+    /* One forward per drafted id across every sequence still drafting. */
+    while (na) {
+        for (int k = 0; k <= na; k++) b->off[k] = k;
+        mb_batch db = {na, b->tokens, b->off, b->slot, NULL};
+        if (mb_forward(b->m, p, &db, b->logits, e)) return -1;
+        int next = 0;
+        for (int k = 0; k < na; k++) {
+            const int i = b->idx[k];
+            int32_t id;
+            int rc = draft_step(q[i], b->logits + (size_t)k * (size_t)b->n_vocab, &id, e);
+            if (rc < 0) return -1;
+            if (rc) {
+                b->idx[next] = i, b->slot[next] = scratch[i], b->tokens[next] = id;
+                next++;
+            }
+        }
+        na = next;
+    }
+    return 0;
+}
+
+int spec_next_cap(int cap, int drafted, int kept, int max) {
+    int c = kept == drafted ? 2 * cap : kept + 2;
+    if (c < SPEC_CAP_MIN) c = SPEC_CAP_MIN;
+    return c > max ? max : c;
+}
+
+/* ---- one sequence with its own pool: `generate --draft` ---- */
+
+struct spec_drafter {
+    mb_model *m;
+    const spm_tokenizer *tok;
+    mb_pool *pool; /* slot 0: committed; slot 1: scratch to draft from */
+    spec_batch *batch;
+    spec_seq *q;
+    int max_tokens;
+};
+
+spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens,
+                                  mb_err *e) {
+    const int V = mb_model_config(m)->n_vocab;
+    if (V != spm_vocab(tok)) {
+        mb_fail(e, "drafter: the model's vocabulary (%d) is not its tokenizer's (%d)", V,
+                spm_vocab(tok));
+        return NULL;
+    }
+    spec_drafter *d = calloc(1, sizeof *d);
+    if (!d) {
+        mb_fail(e, "out of memory");
+        return NULL;
+    }
+    d->m = m;
+    d->tok = tok;
+    d->max_tokens = max_tokens < 1 ? 1 : max_tokens;
+    if (!(d->pool = mb_pool_create(m, 2, FEED_CHUNK, e)) ||
+        !(d->batch = spec_batch_new(m, 1, FEED_CHUNK, FEED_CHUNK, e))) {
+        spec_drafter_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void spec_drafter_free(spec_drafter *d) {
+    if (!d) return;
+    mb_pool_free(d->pool);
+    spec_batch_free(d->batch);
+    spec_seq_free(d->q);
+    free(d);
+}
+
+int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e) {
+    spec_seq_free(d->q);
+    d->q = NULL;
+    if (mb_pool_reset(d->pool, 0, e)) return -1;
+    return (d->q = spec_seq_new(d->tok, text, n, e)) ? 0 : -1;
+}
+
+int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e) {
+    const int slot = 0, scratch = 1;
+    if (max_bytes <= 0) {
+        d->q->n_new = 0;
+        d->q->n_bytes = d->q->n_lead = 0;
+        return 0;
+    }
+    do { /* a long text catches up in chunks first */
+        if (spec_draft_batch(d->batch, d->pool, 1, &d->q, &slot, &scratch, &max_bytes,
+                             d->max_tokens, e))
+            return -1;
+    } while (!d->q->began);
+    const uint8_t *b;
+    int n = spec_seq_draft(d->q, &b);
+    if (n) memcpy(out, b, (size_t)n);
     return n;
 }
 
 int spec_drafter_commit(spec_drafter *d, int n_accept, const uint8_t *extra, int n_extra,
                         mb_err *e) {
-    if (!d->n_bytes) { /* no draft this round: the bytes join the held ones */
-        if (append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e)) return -1;
-        if (d->n_held <= HELD_MAX) return 0;
-        /* many rounds without a draft (another drafter's): encode all but the last piece */
-        uint8_t *t = d->held;
-        size_t n = d->n_held;
-        d->held = NULL;
-        d->n_held = d->cap_held = 0;
-        int rc = settle(d, t, n, e);
-        free(t);
-        return rc;
-    }
-    /* drafted ids whose bytes were all kept (a cut last id never is) */
-    size_t kept = d->n_lead + (size_t)n_accept, done = 0;
-    if (kept > d->n_bytes) kept = d->n_bytes;
-    for (int a = 0; a < d->n_draft && (size_t)d->draft_end[a] <= kept; a++) {
-        int len;
-        spm_piece(d->tok, d->draft[a], &len);
-        if ((size_t)d->draft_end[a] - done != (size_t)len) break;
-        if (push_id(d, d->draft[a], e)) return -1;
-        done = (size_t)d->draft_end[a];
-    }
-    d->n_draft = 0;
-    d->n_held = 0;
-    if (append(&d->held, &d->n_held, &d->cap_held, d->bytes + done, kept - done, e)) return -1;
-    d->n_bytes = d->n_lead = 0;
-    return append(&d->held, &d->n_held, &d->cap_held, extra, (size_t)n_extra, e);
+    return spec_seq_commit(d->q, n_accept, extra, n_extra, e);
 }
 
 int spec_verify(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,

@@ -7,25 +7,76 @@
  * (seed, position) draws as plain decoding, and a span's logits equal step-by-step logits bit
  * for bit, so the output is byte for byte the output of plain decoding.
  *
- * spec_drafter holds one sequence's drafter side: a pool of two slots (the committed state and a
- * scratch copy to draft from), the ids not yet fed, and the current draft. Drive it from the
- * thread that drives the drafter model. */
+ * The drafter's side is spec_seq (one sequence's text) with spec_draft_batch (drafting for many
+ * sequences at once), and spec_drafter (one sequence with its own pool, for `generate`). */
 #ifndef SPEC_H
 #define SPEC_H
 
 #include "mambabyte.h"
 #include "spm.h"
 
+/* ---- one sequence's drafter side, batched over many sequences ----
+ *
+ * spec_seq holds a sequence's drafter text in host memory: the ids not yet fed to its committed
+ * drafter state (the last one always stays unfed: feeding it gives the first draft's logits),
+ * the held bytes (committed bytes after those ids, re-cut by the next draft) and this round's
+ * draft. Its drafter states live in a pool of the caller's: a committed slot and a scratch slot
+ * to draft from. spec_draft_batch drafts for many sequences at once, one drafter forward per
+ * drafted token across all of them; the server's scheduler and `generate --draft` (one
+ * sequence) both go through it. Drive it from the thread that drives the drafter model. */
+typedef struct spec_seq spec_seq;
+
+/* A sequence whose committed text is text[0..n) (a BOS first when the tokenizer has one); its
+ * committed slot must hold the empty state. NULL when out of memory. */
+spec_seq *spec_seq_new(const spm_tokenizer *tok, const uint8_t *text, size_t n, mb_err *e);
+void spec_seq_free(spec_seq *q);
+/* A copy (a forked session): the same text; its slot needs a copy of q's committed state. */
+spec_seq *spec_seq_clone(const spec_seq *q, mb_err *e);
+/* Appends committed bytes that no draft of q proposed (prompt, or bytes another drafter or
+ * plain decoding gave); they are cut into ids except the last piece, which stays held. */
+int spec_seq_append(spec_seq *q, const uint8_t *b, size_t n, mb_err *e);
+/* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
+ * was committed after them (n_accept 0, n_extra 0: the draft was not used). */
+int spec_seq_commit(spec_seq *q, int n_accept, const uint8_t *extra, int n_extra, mb_err *e);
+/* The bytes of the last draft (set by spec_draft_batch); returns how many. */
+int spec_seq_draft(const spec_seq *q, const uint8_t **bytes);
+/* Ids not yet fed to the committed state (what a draft must catch up on first). */
+size_t spec_seq_unfed(const spec_seq *q);
+/* The sequence as bytes to keep with a saved session, and back: the unfed ids and the held
+ * bytes. spec_seq_load checks every field (ids within the tokenizer's vocabulary). */
+uint8_t *spec_seq_save(const spec_seq *q, size_t *len);
+spec_seq *spec_seq_load(const spm_tokenizer *tok, const uint8_t *b, size_t len, mb_err *e);
+
+/* Buffers for batched drafting over up to max_seqs sequences of a pool that takes pool_tokens
+ * per forward; chunk: ids a sequence catches up on per call at most. */
+typedef struct spec_batch spec_batch;
+spec_batch *spec_batch_new(mb_model *m, int max_seqs, int pool_tokens, int chunk, mb_err *e);
+void spec_batch_free(spec_batch *b);
+/* Drafts for n sequences: q[i] from committed slot[i], using scratch[i] (all slots different),
+ * up to max_bytes[i] bytes in up to max_tokens tokens greedily, one forward of pool p for the ids
+ * each must catch up on, then one per drafted token across all of them. A sequence with more than
+ * chunk ids to catch up on (a long prompt) feeds chunk of them and drafts nothing this time.
+ * Each draft is then read with spec_seq_draft. Returns 0, or -1 (the states are then unknown:
+ * start the sequences over). */
+int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const int *slot,
+                     const int *scratch, const int *max_bytes, int max_tokens, mb_err *e);
+
+/* The length of the next model draft of a sequence: after a draft of `drafted` bytes of which
+ * `kept` were kept, doubled when all were, else kept + 2, within [SPEC_CAP_MIN, max]. */
+#define SPEC_CAP_MIN 4
+int spec_next_cap(int cap, int drafted, int kept, int max);
+
+/* ---- one sequence with its own drafter, for `generate --draft` ---- */
 typedef struct spec_drafter spec_drafter;
 
-/* max_tokens: drafted tokens per round at most. The drafter model's vocabulary must be the
- * tokenizer's. */
+/* max_tokens: drafted tokens per round at most. The drafter model's
+ * vocabulary must be the tokenizer's. */
 spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens, mb_err *e);
 void spec_drafter_free(spec_drafter *d);
 /* Starts a sequence whose committed text is text[0..n) (a BOS first when the tokenizer has one). */
 int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e);
-/* Drafts greedily from the committed text: writes up to max_bytes bytes to out and returns how
- * many (0 when max_bytes is 0 or the drafter ends its text), or -1 on error. */
+/* Drafts greedily from the committed text: writes up to max_bytes bytes to out and returns how many
+ * (0 when max_bytes is 0 or the drafter ends its text), or -1. */
 int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
 /* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
  * was committed after them. The next draft continues from there. */
