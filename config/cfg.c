@@ -50,6 +50,8 @@ static const key KEYS[] = {
     INT(lookup, 0, 256, "0",
         "speculative decoding by prompt lookup: draft what followed the latest earlier "
         "occurrence of the last N bytes (0: off)"),
+    INT(max_draft_bytes, 1, 32, "16",
+        "speculative decoding with the drafter: bytes one draft may propose at most"),
     INT(queue_limit, 0, 1 << 20, "1024", "requests waiting for a slot before 429"),
     INT(max_body_bytes, 64, 1 << 30, "1048576", "largest request body (413 beyond)"),
     INT(max_prompt_bytes, 1, 1 << 30, "262144", "longest prompt in bytes"),

@@ -21,6 +21,7 @@ typedef struct cfg {
     int max_batch_tokens; /* tokens fed by one forward, all sequences together */
     int prefill_chunk;    /* prompt bytes one sequence feeds per step */
     int lookup;           /* speculative decoding by prompt lookup: key bytes, 0: off */
+    int max_draft_bytes;  /* speculative decoding with the drafter: bytes per draft at most */
     int queue_limit;      /* requests waiting for a slot before 429 */
     int max_body_bytes;   /* larger request bodies get 413 */
     int max_prompt_bytes; /* longer prompts get 400 */

@@ -127,6 +127,14 @@ void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result) {
     pthread_mutex_unlock(&j->mu);
 }
 
+void srv_job_count_draft(srv_job *j, int drafted, int accepted) {
+    pthread_mutex_lock(&j->mu);
+    j->drafts++;
+    j->drafted += (unsigned long)drafted;
+    j->accepted += (unsigned long)accepted;
+    pthread_mutex_unlock(&j->mu);
+}
+
 static int ready(const srv_job *j, srv_wait what, size_t seen) {
     if (j->done) return 1;
     if (what == SRV_WAIT_ADMITTED) return j->admitted;

@@ -56,6 +56,8 @@ typedef struct srv_job {
     void *wake_arg;
     int held; /* srv_job_hold depth: bytes published meanwhile wait in held_visible */
     size_t held_visible;
+    /* speculative decoding: drafts verified for this request, their bytes and those kept */
+    unsigned long drafts, drafted, accepted;
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -81,6 +83,8 @@ void srv_job_publish(srv_job *j, size_t out_len, size_t visible);
 void srv_job_hold(srv_job *j);
 void srv_job_release(srv_job *j);
 void srv_job_finish(srv_job *j, srv_finish why, size_t visible, char *result);
+/* Counts one draft of `drafted` bytes, `accepted` of them kept, for the response's timings. */
+void srv_job_count_draft(srv_job *j, int drafted, int accepted);
 
 /* HTTP side. HTTP threads never block on a job: they park the connection and let the job wake
  * them. fn(arg) is called with the job's lock held whenever the job is admitted, shows more

@@ -43,6 +43,10 @@ static const hist_def HISTS[SRV_H_COUNT] = {
                         "Seconds per HTTP request",
                         10,
                         {.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 10}},
+    [SRV_H_SPEC_KEPT] = {"mambabyte_spec_kept_bytes",
+                         "Drafted bytes kept per draft (le=i: drafts whose byte i+1 was not kept)",
+                         11,
+                         {0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32}},
 };
 
 struct srv_metrics {
@@ -50,7 +54,8 @@ struct srv_metrics {
     unsigned long long by_status[600];
     unsigned long long http_in, http_out, prompt_bytes, gen_bytes, steps;
     unsigned long long drafts, drafted, accepted;
-    double step_seconds;
+    unsigned long long model_drafts, model_drafted, model_accepted;
+    double step_seconds, drafter_seconds, forward_seconds, verify_seconds;
     unsigned long long hist[SRV_H_COUNT][MAX_BUCKETS + 1]; /* last: +Inf */
     double hist_sum[SRV_H_COUNT];
     hist_def def[SRV_H_COUNT]; /* HISTS, with the deadline-bound ones extended */
@@ -129,11 +134,25 @@ void srv_metrics_step(srv_metrics *m, int n_seq, int n_tokens, size_t prompt_byt
     pthread_mutex_unlock(&m->mu);
 }
 
-void srv_metrics_drafts(srv_metrics *m, size_t drafts, size_t drafted, size_t accepted) {
+void srv_metrics_draft(srv_metrics *m, int model, size_t drafted, size_t accepted) {
     pthread_mutex_lock(&m->mu);
-    m->drafts += drafts;
+    m->drafts++;
     m->drafted += drafted;
     m->accepted += accepted;
+    if (model) {
+        m->model_drafts++;
+        m->model_drafted += drafted;
+        m->model_accepted += accepted;
+    }
+    observe_locked(m, SRV_H_SPEC_KEPT, (double)accepted);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_step_split(srv_metrics *m, double drafter_s, double forward_s, int spans) {
+    pthread_mutex_lock(&m->mu);
+    m->drafter_seconds += drafter_s;
+    m->forward_seconds += forward_s;
+    if (spans) m->verify_seconds += forward_s;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -179,6 +198,10 @@ static void counter(text *t, const char *name, const char *help, unsigned long l
 
 static void gauge(text *t, const char *name, const char *help, long long v) {
     put(t, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+static void seconds(text *t, const char *name, const char *help, double v) {
+    put(t, "# HELP %s %s\n# TYPE %s counter\n%s %.6f\n", name, help, name, name, v);
 }
 
 /* The standard process_* metrics (as Prometheus' client libraries name them), from /proc. */
@@ -236,10 +259,20 @@ char *srv_metrics_render(srv_metrics *m) {
     counter(&t, "mambabyte_spec_drafts_total", "Speculative drafts verified", m->drafts);
     counter(&t, "mambabyte_spec_drafted_bytes_total", "Drafted bytes verified", m->drafted);
     counter(&t, "mambabyte_spec_accepted_bytes_total", "Drafted bytes the model kept", m->accepted);
-    put(&t,
-        "# HELP mambabyte_step_seconds_total Seconds spent in scheduler steps\n"
-        "# TYPE mambabyte_step_seconds_total counter\nmambabyte_step_seconds_total %.6f\n",
-        m->step_seconds);
+    counter(&t, "mambabyte_spec_model_drafts_total", "Drafts of the drafter model verified",
+            m->model_drafts);
+    counter(&t, "mambabyte_spec_model_drafted_bytes_total", "Bytes the drafter model drafted",
+            m->model_drafted);
+    counter(&t, "mambabyte_spec_model_accepted_bytes_total",
+            "Bytes of the drafter model's drafts the model kept", m->model_accepted);
+    seconds(&t, "mambabyte_step_seconds_total", "Seconds spent in scheduler steps",
+            m->step_seconds);
+    seconds(&t, "mambabyte_forward_seconds_total", "Seconds in the byte model's forwards",
+            m->forward_seconds);
+    seconds(&t, "mambabyte_spec_verify_seconds_total",
+            "Seconds in the byte model's forwards that verified drafts", m->verify_seconds);
+    seconds(&t, "mambabyte_spec_drafter_seconds_total", "Seconds in the drafter model's forwards",
+            m->drafter_seconds);
     gauge(&t, "mambabyte_queue_depth", "Generation requests waiting for a slot", m->g.queue_depth);
     gauge(&t, "mambabyte_slots_total", "State pool slots", m->g.slots_total);
     gauge(&t, "mambabyte_slots_active", "Slots of running requests", m->g.slots_active);
@@ -251,6 +284,9 @@ char *srv_metrics_render(srv_metrics *m) {
           m->g.sessions_spilled);
     gauge(&t, "mambabyte_sessions_spilled_bytes", "Host memory held by spilled session states",
           m->g.sessions_spilled_bytes);
+    gauge(&t, "mambabyte_spec_auto",
+          "1 when the drafter drafts for requests that leave it to the server (by measured cost)",
+          m->g.spec_auto);
     for (int h = 0; h < SRV_H_COUNT; h++) {
         const hist_def *d = &m->def[h];
         put(&t, "# HELP %s %s\n# TYPE %s histogram\n", d->name, d->help, d->name);

@@ -95,7 +95,7 @@ static int default_only(const cJSON *o, srv_error *e) {
 static int known_field(srv_api api, const char *name) {
     static const char *const common[] = {"prompt", "max_tokens", "temperature", "top_p",
                                          "top_k",  "min_p",      "seed",        "stop",
-                                         "stream", "user",       "model"};
+                                         "stream", "user",       "model",       "speculative"};
     static const char *const openai[] = {"n",
                                          "best_of",
                                          "echo",
@@ -176,6 +176,30 @@ static int session_header(srv_api api, const char *h, srv_gen_req *r, srv_error 
     return 0;
 }
 
+/* "speculative": {"enabled": true|false|null, "max_draft_bytes": 1-32, "lookup": 0-256}, an
+ * extension of the OpenAI request on both endpoints. */
+static int parse_speculative(const cJSON *o, srv_gen_req *r, srv_error *e) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "speculative");
+    if (!s || cJSON_IsNull(s)) return 0;
+    if (!cJSON_IsObject(s)) return bad(e, "'speculative' must be an object");
+    for (const cJSON *it = s->child; it; it = it->next)
+        if (strcmp(it->string, "enabled") && strcmp(it->string, "max_draft_bytes") &&
+            strcmp(it->string, "lookup"))
+            return bad(e, "unknown field 'speculative.%.64s'", it->string);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, "enabled");
+    if (v && !cJSON_IsNull(v)) {
+        if (!cJSON_IsBool(v)) return bad(e, "'speculative.enabled' must be true or false");
+        r->spec_enabled = cJSON_IsTrue(v) ? SRV_SPEC_ON : SRV_SPEC_OFF;
+    }
+    double d = 0;
+    if (number_field(s, "max_draft_bytes", 1, SRV_DRAFT_MAX, 1, &d, e)) return -1;
+    r->spec_max_draft = (int)d;
+    d = -1;
+    if (number_field(s, "lookup", 0, 256, 1, &d, e)) return -1;
+    r->spec_lookup = (int)d;
+    return 0;
+}
+
 static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, const char *header,
                         srv_gen_req *r, srv_error *e) {
     for (const cJSON *it = o->child; it; it = it->next)
@@ -224,6 +248,7 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
     d = lim->max_timeout_s;
     if (number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e)) return -1;
     r->timeout_s = d;
+    if (parse_speculative(o, r, e)) return -1;
     if (api == SRV_API_GENERATE && !r->session[0] && r->prompt_len == 0)
         return bad(e, "'prompt' must not be empty without a session");
     if (api == SRV_API_COMPLETIONS && r->prompt_len == 0)
@@ -285,6 +310,8 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
                       const char *session_header, srv_gen_req *r, srv_error *e) {
     memset(r, 0, sizeof *r);
     r->api = api;
+    r->spec_enabled = SRV_SPEC_AUTO;
+    r->spec_lookup = -1;
     mb_sampling_default(&r->sampling);
     if (has_escaped_nul(body, len))
         return bad(e, "strings may not contain \\u0000 (NUL); send such a prompt as prompt_base64");

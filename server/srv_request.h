@@ -51,7 +51,14 @@ typedef struct srv_gen_req {
     int stream;
     char session[SRV_ID_MAX]; /* "" when the request has no session */
     double timeout_s;         /* the request's deadline, from arrival */
+    /* "speculative": {"enabled", "max_draft_bytes", "lookup"} */
+    int spec_enabled;   /* SRV_SPEC_AUTO (absent: the server decides), _OFF or _ON */
+    int spec_max_draft; /* model drafts: bytes at most; 0: the server's max_draft_bytes */
+    int spec_lookup;    /* prompt lookup key bytes, 0: off; -1: the server's lookup */
 } srv_gen_req;
+
+enum { SRV_SPEC_AUTO = -1, SRV_SPEC_OFF = 0, SRV_SPEC_ON = 1 };
+#define SRV_DRAFT_MAX 32 /* drafted bytes per round at most (model or lookup) */
 
 /* Parses body for api. session_header is the request's X-Session-Id (NULL: none): on the native
  * API it names the session when the body does not (a body that names another is refused), so a

@@ -59,6 +59,9 @@ static void add_timings(cJSON *o, const srv_job *j) {
     cJSON_AddNumberToObject(
         t, "bytes_per_second",
         decode > 0 && j->out_len > 1 ? round((double)(j->out_len - 1) * 1e4 / decode) / 10 : 0);
+    cJSON_AddNumberToObject(t, "drafts", (double)j->drafts);
+    cJSON_AddNumberToObject(t, "drafted_bytes", (double)j->drafted);
+    cJSON_AddNumberToObject(t, "accepted_bytes", (double)j->accepted);
 }
 
 static void add_usage(cJSON *o, const srv_job *j) {

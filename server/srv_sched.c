@@ -9,6 +9,7 @@
 #include "srv_id.h"
 #include "srv_session.h"
 #include "srv_text.h"
+#include "cost.h"
 #include "lookup.h"
 #include "spec.h"
 
@@ -35,7 +36,25 @@ typedef struct seq {
     double t_last;    /* when the last byte was generated */
     int lcap;         /* prompt lookup: longest draft next time */
     lookup_index *lx; /* prompt lookup: the index of input and output (made at the first draft) */
+    /* speculative decoding */
+    int spec;       /* SRV_SPEC_AUTO (the server decides by cost), _OFF or _ON (model drafts) */
+    int lookup_key; /* prompt lookup key bytes, 0: off */
+    int max_draft;  /* drafted bytes per round at most */
+    spec_seq *sq;   /* the drafter's text: the session's, or the request's own (NULL: none yet) */
+    size_t dseen;   /* bytes of input and output that sq holds */
+    int dcap;       /* model drafts: bytes next time (spec_next_cap) */
+    double dgain;   /* model drafts: bytes kept per draft, moving average */
+    int dbackoff;   /* model drafts: steps a sequence whose drafts fail waits next time */
+    unsigned long long dresume; /* model drafts: the step from which it drafts again */
 } seq;
+
+enum { DRAFT_NONE, DRAFT_LOOKUP, DRAFT_MODEL };
+_Static_assert(LOOKUP_MAX <= SRV_DRAFT_MAX, "a lookup draft fits a batch entry's draft");
+#define DRAFT_TOKENS  12  /* drafter tokens per draft at most: drafter forwards per step */
+#define DCAP_START    8   /* model drafts: bytes of the first draft */
+#define GAIN_MIN      0.5 /* auto mode: fewer bytes kept per draft on average back off */
+#define BACKOFF_START 16  /* steps of the first back-off; doubled while probes fail */
+#define BACKOFF_MAX   1024
 
 typedef struct job_list {
     srv_job **j;
@@ -79,10 +98,25 @@ struct srv_sched {
     int *entry_of;               /* per run[] index: its batch entry or -1 */
     int n_decode;                /* batch entries 0..n_decode-1 decode, the rest prefill */
     int *dlen;                   /* per batch entry: drafted bytes after the fed byte */
-    uint8_t *draft;              /* per batch entry: LOOKUP_MAX drafted bytes */
+    int *dkind;                  /* per batch entry: DRAFT_NONE, _LOOKUP or _MODEL */
+    uint8_t *draft;              /* per batch entry: SRV_DRAFT_MAX drafted bytes */
     uint8_t *want;
     float *logits;
     void *scratch;
+
+    /* Speculative decoding with the drafter model (dmodel NULL: none). Drafter slot i holds
+     * the committed drafter state of the sequence in byte slot i, slot n_slots + i its scratch
+     * copy to draft from. */
+    mb_model *dmodel;
+    const spm_tokenizer *tok;
+    mb_pool *dpool;
+    spec_batch *dbatch;
+    spec_cost cost; /* the measured choice for requests that leave it to the server */
+    unsigned long long n_step;
+    int step_choice;               /* this step: -1 no auto request could draft, 0/1 the choice */
+    double t_drafter;              /* this step's seconds in drafter forwards */
+    spec_seq **cq;                 /* n_slots: this step's model drafts: texts, */
+    int *ck, *cslot, *cscr, *cmax; /* batch entries, committed and scratch slots, byte caps */
 };
 
 static int list_push(job_list *l, srv_job *j) {
@@ -223,6 +257,10 @@ static void run_control(srv_sched *s) {
 static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     srv_gen_req *r = &j->req;
     srv_session *x = NULL;
+    if (r->spec_enabled == SRV_SPEC_ON && !s->dmodel)
+        return srv_error_set(e, 400, "invalid_request_error", "invalid_value",
+                             "'speculative.enabled' is true, but this server has no drafter "
+                             "(serve --draft DIR)");
     if (r->session[0]) {
         if (!(x = srv_session_get(s->slots, r->session, e))) return -1;
         if (x->busy)
@@ -256,6 +294,16 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     }
     q.t_last = srv_now();
     q.lcap = LOOKUP_START;
+    q.spec = r->spec_enabled;
+    q.lookup_key = q.spec == SRV_SPEC_OFF ? 0 : r->spec_lookup >= 0 ? r->spec_lookup : s->c.lookup;
+    q.max_draft = r->spec_max_draft ? r->spec_max_draft : s->c.max_draft_bytes;
+    q.dcap = q.max_draft < DCAP_START ? q.max_draft : DCAP_START;
+    q.dgain = 2 * GAIN_MIN;
+    q.dbackoff = BACKOFF_START;
+    if (x) { /* the session's drafter text holds its history, the pending byte included */
+        q.sq = x->draft;
+        q.dseen = pend;
+    }
     s->run[s->n_run++] = q;
     srv_job_admit(j);
     return 1;
@@ -310,9 +358,15 @@ static void admit_waiting(srv_sched *s) {
 
 /* ---- retiring ---- */
 
+static void draft_reset(srv_sched *s, seq *q);
+static int draft_sync(srv_sched *s, seq *q);
+
 static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     seq *q = &s->run[i];
     srv_session *x = q->sess;
+    /* A session's drafter text goes on from its whole history next time. */
+    if (x && q->sq && draft_sync(s, q)) draft_reset(s, q);
+    if (!x) spec_seq_free(q->sq);
     if (x) {
         /* The state holds every byte fed; a byte sampled last and not fed yet stays pending. */
         if (q->n_out > 0) {
@@ -342,9 +396,14 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
  * over empty rather than go on from a state that does not match its history. */
 static void forget_history(srv_sched *s, srv_session *x, int slot) {
     mb_pool_reset(s->pool, slot, NULL);
+    if (s->dpool) mb_pool_reset(s->dpool, slot, NULL);
     if (x) {
         x->n_bytes = 0;
         x->has_pending = 0;
+        if (s->dmodel) {
+            spec_seq_free(x->draft);
+            x->draft = spec_seq_new(s->tok, NULL, 0, NULL);
+        }
     }
 }
 
@@ -436,23 +495,85 @@ static int take_round_byte(void *ctx, int t, uint8_t b) {
     return take_byte(c->s, c->i, b, c->now);
 }
 
+/* ---- the drafter model's side ---- */
+
+/* q's drafter text takes the bytes of input and output it has not seen (the first time, for a
+ * request without a session, it starts from an empty drafter state and reads them all). */
+static int draft_sync(srv_sched *s, seq *q) {
+    mb_err e;
+    if (!q->sq) {
+        if (mb_pool_reset(s->dpool, q->slot, &e) || !(q->sq = spec_seq_new(s->tok, NULL, 0, &e)))
+            return -1;
+        q->dseen = 0;
+    }
+    if (q->dseen < q->input_len) {
+        if (spec_seq_append(q->sq, q->input + q->dseen, q->input_len - q->dseen, &e)) return -1;
+        q->dseen = q->input_len;
+    }
+    size_t o = q->dseen - q->input_len;
+    if (o < q->n_out && spec_seq_append(q->sq, q->job->out + o, q->n_out - o, &e)) return -1;
+    q->dseen = q->input_len + q->n_out;
+    return 0;
+}
+
+/* q's drafter state is unknown (a drafter forward failed, or memory ran out): it starts over
+ * from an empty text. Only later drafts change; the bytes are those of plain decoding anyway. */
+static void draft_reset(srv_sched *s, seq *q) {
+    mb_pool_reset(s->dpool, q->slot, NULL);
+    if (q->sess) {
+        spec_seq_free(q->sess->draft);
+        q->sq = q->sess->draft = spec_seq_new(s->tok, NULL, 0, NULL);
+        q->dseen = q->input_len + q->n_out;
+    } else {
+        spec_seq_free(q->sq);
+        q->sq = NULL;
+    }
+}
+
+/* After a model draft's round that did not end q: the drafter's text keeps the accepted bytes
+ * and the sampler's byte (re-cutting what follows its last whole accepted id), and the next
+ * draft's length follows the acceptance. A sequence that leaves speculation to the server and
+ * keeps fewer than GAIN_MIN bytes per draft on average stops drafting for dbackoff steps, then
+ * probes again (the pause doubles while probes fail). */
+static void model_round_done(srv_sched *s, seq *q, int dlen, int accepted, int taken) {
+    mb_err e;
+    if (spec_seq_commit(q->sq, accepted, q->job->out + q->n_out - 1, 1, &e))
+        draft_reset(s, q);
+    else
+        q->dseen += (size_t)taken;
+    q->dcap = spec_next_cap(q->dcap, dlen, accepted, q->max_draft);
+    q->dgain += 0.25 * (accepted - q->dgain);
+    if (q->spec != SRV_SPEC_AUTO) return;
+    if (q->dgain < GAIN_MIN) {
+        q->dresume = s->n_step + (unsigned)q->dbackoff;
+        q->dbackoff = q->dbackoff < BACKOFF_MAX / 2 ? 2 * q->dbackoff : BACKOFF_MAX;
+        q->dgain = GAIN_MIN; /* the probe decides */
+    } else if (q->dgain >= 2 * GAIN_MIN) {
+        q->dbackoff = BACKOFF_START;
+    }
+}
+
 /* A speculative entry of the batch: run[i] fed its last byte and dlen drafted bytes, with logits
  * at each. The bytes that equal the sampler's choices are kept, then the sampler's own byte (as
  * plain decoding would give them); the slot is rolled back to what was kept. Before each byte is
  * taken the slot's history is the bytes before it, so a retirement (stop, length) leaves the
  * state a plain run would leave. Returns the bytes taken. */
 static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *draft, int dlen,
-                      double now) {
+                      int kind, double now) {
     seq *q = &s->run[i];
     srv_session *x = q->sess;
+    srv_job *j = q->job;
     const int slot = q->slot;
     round_ctx c = {s, i, q->fed_total, now};
     spec_result r;
     mb_err e;
-    int rc = spec_round(&q->job->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q),
-                        s->scratch, s->pool, slot, take_round_byte, &c, &r, &e);
-    srv_metrics_drafts(s->mx, 1, (size_t)dlen, (size_t)r.accepted);
-    if (!r.ended) q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted); /* else q is gone */
+    int rc = spec_round(&j->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q), s->scratch,
+                        s->pool, slot, take_round_byte, &c, &r, &e);
+    srv_metrics_draft(s->mx, kind == DRAFT_MODEL, (size_t)dlen, (size_t)r.accepted);
+    srv_job_count_draft(j, dlen, r.accepted);
+    if (!r.ended && kind == DRAFT_LOOKUP) /* else q is gone */
+        q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted);
+    if (!r.ended && kind == DRAFT_MODEL) model_round_done(s, q, dlen, r.accepted, r.taken);
     /* The test fault: the round rolled back (taken <= dlen); the scheduler sees a failure. */
     if (!rc && s->fault.rollback && r.taken <= dlen)
         rc = mb_fail(&e, "rollback failed (test fault)");
@@ -500,6 +621,83 @@ static void lose_device(srv_sched *s) {
     kill(getpid(), SIGTERM);
 }
 
+/* The model drafts of this step, for the candidates ck[0..nc) (batch entries, with byte caps
+ * cmax already taken from the budget): one batched drafting round (spec_draft_batch) over all
+ * of them; what a draft does not use goes back to the budget. A failed drafter leaves its
+ * sequences decoding plainly (their drafter states start over); a lost device stops the
+ * daemon as for the byte model. */
+static void model_drafts(srv_sched *s, int nc, int *budget) {
+    int n = 0;
+    for (int c = 0; c < nc; c++) {
+        seq *q = &s->run[s->seq_of[s->ck[c]]];
+        if (draft_sync(s, q)) {
+            draft_reset(s, q);
+            *budget += s->cmax[c];
+            continue;
+        }
+        s->ck[n] = s->ck[c], s->cmax[n] = s->cmax[c];
+        s->cq[n] = q->sq, s->cslot[n] = q->slot, s->cscr[n] = s->n_slots + q->slot;
+        n++;
+    }
+    if (!n) return;
+    mb_err e;
+    double t0 = srv_now();
+    int rc = spec_draft_batch(s->dbatch, s->dpool, n, s->cq, s->cslot, s->cscr, s->cmax,
+                              DRAFT_TOKENS, &e);
+    s->t_drafter += srv_now() - t0;
+    if (rc) fprintf(stderr, "mambabyte: the drafter failed: %s\n", e.msg);
+    for (int c = 0; c < n; c++) {
+        const int k = s->ck[c];
+        seq *q = &s->run[s->seq_of[k]];
+        const uint8_t *b = NULL;
+        int d = rc ? 0 : spec_seq_draft(q->sq, &b);
+        *budget += s->cmax[c] - d;
+        if (rc || (!d && spec_seq_commit(q->sq, 0, NULL, 0, NULL))) draft_reset(s, q);
+        if (!d) continue;
+        memcpy(s->draft + (size_t)k * SRV_DRAFT_MAX, b, (size_t)d);
+        s->dlen[k] = d, s->took[k] += d, s->dkind[k] = DRAFT_MODEL;
+    }
+    if (rc && !mb_model_usable(s->dmodel)) lose_device(s);
+}
+
+/* Drafts for the decoding entries from what is left of the budget: prompt lookup first where it
+ * finds a match (when the request has it), else the drafter model. A request with speculation
+ * on drafts while there is room; one that leaves it to the server drafts only when the measured
+ * cost says drafting pays at this load (spec_cost), when decoding and prompts take at most half
+ * of the budget (near the budget a span costs throughput), and when its own drafts have not
+ * kept failing (see model_round_done). */
+static void plan_drafts(srv_sched *s, int *budget) {
+    const int used = s->c.max_batch_tokens - *budget;
+    int nc = 0;
+    for (int k = 0; k<s->n_decode && * budget> 0; k++) {
+        seq *q = &s->run[s->seq_of[k]];
+        if (q->spec == SRV_SPEC_OFF) continue;
+        int room = (int)((size_t)q->job->req.max_tokens - q->n_out) - 1; /* after the round's own */
+        if (room > q->max_draft) room = q->max_draft;
+        if (room > *budget) room = *budget;
+        if (room <= 0) continue;
+        if (q->lookup_key) {
+            int cap = q->lcap < room ? q->lcap : room;
+            int d = lookup_seq(q, q->lookup_key, s->draft + (size_t)k * SRV_DRAFT_MAX, cap);
+            if (d > 0) {
+                s->dlen[k] = d, s->took[k] += d, s->dkind[k] = DRAFT_LOOKUP;
+                *budget -= d;
+                continue;
+            }
+        }
+        if (!s->dmodel || (q->sess && !q->sq)) continue;
+        if (q->spec == SRV_SPEC_AUTO) {
+            if (2 * used > s->c.max_batch_tokens || s->n_step < q->dresume) continue;
+            if (s->step_choice < 0) s->step_choice = spec_cost_choose(&s->cost, s->n_decode);
+            if (!s->step_choice) continue;
+        }
+        s->ck[nc] = k;
+        s->cmax[nc] = q->dcap < room ? q->dcap : room;
+        *budget -= s->cmax[nc++];
+    }
+    if (nc) model_drafts(s, nc, budget);
+}
+
 /* Plans one batch within max_batch_tokens into seq_of/took/dlen and lays it out in tokens, off,
  * slot_of and want. A decoding sequence needs a byte each step and a prompt its chunks before
  * its first byte, while a draft only speeds decoding up; so first a byte for each decoding
@@ -521,7 +719,7 @@ static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
     for (int k = 0, first = s->rr; k < s->n_run && n < budget_all - reserve; k++) {
         int i = (first + k) % s->n_run;
         if (s->run[i].n_out == 0) continue;
-        s->seq_of[n] = i, s->took[n] = 1, s->dlen[n] = 0;
+        s->seq_of[n] = i, s->took[n] = 1, s->dlen[n] = 0, s->dkind[n] = DRAFT_NONE;
         n++, budget--;
         s->rr = (i + 1) % s->n_run; /* the next step starts after the last one served */
     }
@@ -532,24 +730,15 @@ static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
         size_t take = q->feed_target - q->fed_input;
         if (take > chunk) take = chunk;
         if (take > (size_t)budget) take = (size_t)budget;
-        s->seq_of[n] = i, s->took[n] = (int)take, s->dlen[n] = 0;
+        s->seq_of[n] = i, s->took[n] = (int)take, s->dlen[n] = 0, s->dkind[n] = DRAFT_NONE;
         n++, budget -= (int)take, *prompt_bytes += take;
     }
-    for (int k = 0; k < s->n_decode && s->c.lookup && budget > 0; k++) {
-        seq *q = &s->run[s->seq_of[k]];
-        int cap = q->lcap < budget ? q->lcap : budget;
-        size_t left = (size_t)q->job->req.max_tokens - q->n_out; /* bytes still to come */
-        if (cap > (int)left - 1) cap = (int)left - 1;
-        if (cap <= 0) continue;
-        s->dlen[k] = lookup_seq(q, s->c.lookup, s->draft + (size_t)k * LOOKUP_MAX, cap);
-        s->took[k] += s->dlen[k];
-        budget -= s->dlen[k];
-    }
+    plan_drafts(s, &budget);
     for (int k = 0; k < n; k++) {
         const seq *q = &s->run[s->seq_of[k]];
         s->off[k] = nt, s->slot_of[k] = q->slot;
         if (k < s->n_decode) {
-            const uint8_t *d = s->draft + (size_t)k * LOOKUP_MAX;
+            const uint8_t *d = s->draft + (size_t)k * SRV_DRAFT_MAX;
             s->want[nt] = 1;
             s->tokens[nt++] = q->job->out[q->n_out - 1];
             for (int t = 0; t < s->dlen[k]; t++) {
@@ -598,7 +787,8 @@ static int sample_batch(srv_sched *s, double now) {
         if (s->dlen[k]) {
             srv_job *held = s->run[i].job; /* the bytes of one step are shown together */
             srv_job_hold(held);
-            int got = take_draft(s, i, rows, s->draft + (size_t)k * LOOKUP_MAX, s->dlen[k], now);
+            int got = take_draft(s, i, rows, s->draft + (size_t)k * SRV_DRAFT_MAX, s->dlen[k],
+                                 s->dkind[k], now);
             srv_job_release(held);
             if (got < 0) return -1;
             sampled += got;
@@ -616,11 +806,17 @@ static int sample_batch(srv_sched *s, double now) {
 static void step(srv_sched *s) {
     int nt = 0;
     size_t prompt_bytes = 0;
+    double t0 = srv_now();
+    s->t_drafter = 0;
+    s->step_choice = -1;
+    s->n_step++;
     int n = build_batch(s, &nt, &prompt_bytes);
     if (n == 0) return;
+    int spans = 0;
+    for (int k = 0; k < s->n_decode; k++) spans |= s->dlen[k] > 0;
     mb_batch b = {
         .n_seq = n, .tokens = s->tokens, .off = s->off, .slot = s->slot_of, .want = s->want};
-    double t0 = srv_now();
+    double tf = srv_now();
     mb_err e;
     if (mb_forward(s->model, s->pool, &b, s->logits, &e)) {
         fprintf(stderr, "mambabyte: forward failed: %s\n", e.msg);
@@ -629,9 +825,16 @@ static void step(srv_sched *s) {
         return;
     }
     double now = srv_now();
+    const int n_decode = s->n_decode;
     advance(s, n, now);
     int sampled = sample_batch(s, now);
-    if (sampled >= 0) srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, now - t0);
+    if (sampled < 0) return;
+    double t1 = srv_now();
+    srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, t1 - t0);
+    srv_metrics_step_split(s->mx, s->t_drafter, now - tf, spans);
+    /* Decode steps only: a prompt chunk's cost would count against whichever way it met. */
+    if (s->step_choice >= 0 && !prompt_bytes)
+        spec_cost_record(&s->cost, n_decode, s->step_choice, (double)sampled, t1 - t0);
 }
 
 static void publish_gauges(srv_sched *s) {
@@ -642,7 +845,8 @@ static void publish_gauges(srv_sched *s) {
                     .slots_active = c.active,
                     .slots_idle = c.idle,
                     .sessions_spilled = c.spilled,
-                    .sessions_spilled_bytes = (long long)c.spilled_bytes};
+                    .sessions_spilled_bytes = (long long)c.spilled_bytes,
+                    .spec_auto = s->dmodel && spec_cost_better(&s->cost, s->n_decode)};
     pthread_mutex_lock(&s->mu);
     g.queue_depth = s->n_waiting;
     s->n_running = s->n_run;
@@ -709,13 +913,16 @@ static test_faults read_test_faults(void) {
     return f;
 }
 
-srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e) {
+srv_sched *srv_sched_start(mb_model *m, mb_model *draft, const spm_tokenizer *tok, const cfg *c,
+                           srv_metrics *mx, mb_err *e) {
     srv_sched *s = calloc(1, sizeof *s);
     if (!s) {
         mb_fail(e, "out of memory");
         return NULL;
     }
     s->model = m, s->mx = mx, s->c = *c;
+    s->dmodel = draft, s->tok = tok;
+    spec_cost_init(&s->cost);
     s->fault = read_test_faults();
     s->n_vocab = mb_model_config(m)->n_vocab;
     s->n_slots = c->slots;
@@ -739,14 +946,31 @@ srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e
     s->row_of = calloc(ns, sizeof(int));
     s->entry_of = calloc(ns, sizeof(int));
     s->dlen = calloc(ns, sizeof(int));
-    s->draft = calloc(ns, LOOKUP_MAX);
+    s->dkind = calloc(ns, sizeof(int));
+    s->draft = calloc(ns, SRV_DRAFT_MAX);
     s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||
-        !s->took || !s->row_of || !s->entry_of || !s->dlen || !s->draft || !s->logits ||
-        !s->scratch) {
+        !s->took || !s->row_of || !s->entry_of || !s->dlen || !s->dkind || !s->draft ||
+        !s->logits || !s->scratch) {
         mb_fail(e, "out of memory for %d slots", c->slots);
         goto fail;
+    }
+    if (draft) {
+        const int pt = c->max_batch_tokens > c->slots ? c->max_batch_tokens : c->slots;
+        if (!(s->dpool = mb_pool_create(draft, 2 * c->slots, pt, e)) ||
+            !(s->dbatch = spec_batch_new(draft, c->slots, pt, c->prefill_chunk, e)))
+            goto fail;
+        s->cq = calloc(ns, sizeof *s->cq);
+        s->ck = calloc(ns, sizeof(int));
+        s->cslot = calloc(ns, sizeof(int));
+        s->cscr = calloc(ns, sizeof(int));
+        s->cmax = calloc(ns, sizeof(int));
+        if (!s->cq || !s->ck || !s->cslot || !s->cscr || !s->cmax ||
+            srv_slots_set_drafter(s->slots, s->dpool, tok)) {
+            mb_fail(e, "out of memory for the drafter's %d slots", c->slots);
+            goto fail;
+        }
     }
     publish_gauges(s);
     if (pthread_create(&s->thread, NULL, sched_main, s)) {
@@ -805,6 +1029,14 @@ void srv_sched_stop(srv_sched *s) {
     fail_list(&s->control);
     srv_slots_free(s->slots);
     if (s->pool) mb_pool_free(s->pool);
+    if (s->dpool) mb_pool_free(s->dpool);
+    spec_batch_free(s->dbatch);
+    free(s->cq);
+    free(s->ck);
+    free(s->cslot);
+    free(s->cscr);
+    free(s->cmax);
+    free(s->dkind);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s->run);

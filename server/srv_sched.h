@@ -1,20 +1,26 @@
 /* srv_sched.h: the scheduler, the one thread that owns the engine. HTTP threads submit jobs to
  * its queue and wait on the jobs; it runs batched steps over every live sequence: a decode byte
  * for each running stream, prompt chunks for new ones (up to half the step is kept for them
- * while they wait), then prompt-lookup drafts from what is left, never more than
- * max_batch_tokens tokens per forward. Requests join and leave between steps. */
+ * while they wait), then drafts from what is left (prompt lookup, or the drafter model in one
+ * batched drafting round over every sequence that drafts), never more than max_batch_tokens
+ * tokens per forward. Requests join and leave between steps. */
 #ifndef SRV_SCHED_H
 #define SRV_SCHED_H
 
 #include "cfg.h"
 #include "mambabyte.h"
+#include "spm.h"
 #include "srv_job.h"
 #include "srv_metrics.h"
 
 typedef struct srv_sched srv_sched;
 
-/* Creates the state pool and starts the thread. The model stays owned by the caller. */
-srv_sched *srv_sched_start(mb_model *m, const cfg *c, srv_metrics *mx, mb_err *e);
+/* Creates the state pool and starts the thread. draft, with its tokenizer tok, is the drafter
+ * model for speculative decoding (NULL: none), on the device of m; it gets a pool of its own
+ * with two slots per slot of m's (the committed state and a scratch copy to draft from).
+ * The models stay owned by the caller. */
+srv_sched *srv_sched_start(mb_model *m, mb_model *draft, const spm_tokenizer *tok, const cfg *c,
+                           srv_metrics *mx, mb_err *e);
 /* Queues j (taking a reference). Generation jobs beyond queue_limit waiting get 429; after
  * srv_sched_drain everything gets 503. Returns 0, or -1 with e filled. */
 int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e);

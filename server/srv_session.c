@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,8 @@
 #include <unistd.h>
 
 typedef enum { SLOT_FREE, SLOT_REQUEST, SLOT_SESSION } slot_use;
+
+#define DRAFT_TEXT_MAX (1 << 20) /* a longer drafter text is not saved with a record */
 
 struct srv_slots {
     mb_pool *pool;
@@ -33,7 +36,20 @@ struct srv_slots {
     double next_scan; /* srv_now() of the next look for expired records in dir */
     char dir[1024];
     unsigned long long clock;
+    mb_pool *dpool; /* the drafter's (NULL: none): slot i follows slot i of pool */
+    const spm_tokenizer *tok;
+    size_t dstate_bytes;
 };
+
+int srv_slots_set_drafter(srv_slots *s, mb_pool *dp, const spm_tokenizer *tok) {
+    s->dpool = dp;
+    s->tok = tok;
+    s->dstate_bytes = mb_pool_state_bytes(dp);
+    for (int i = 0; i < s->n_sess; i++)
+        if (!s->sess[i]->draft && !(s->sess[i]->draft = spec_seq_new(tok, NULL, 0, NULL)))
+            return -1;
+    return 0;
+}
 
 srv_slots *srv_slots_new(mb_pool *p, const mb_config *shape, const cfg *c) {
     srv_slots *s = calloc(1, sizeof *s);
@@ -60,6 +76,8 @@ void srv_slots_free(srv_slots *s) {
     if (!s) return;
     for (int i = 0; i < s->n_sess; i++) {
         free(s->sess[i]->host);
+        free(s->sess[i]->dhost);
+        spec_seq_free(s->sess[i]->draft);
         free(s->sess[i]);
     }
     free(s->use);
@@ -81,15 +99,17 @@ static int spill_one(srv_slots *s) {
         if (x->slot >= 0 && !x->busy && (!lru || x->used < lru->used)) lru = x;
     }
     if (!lru) return -1;
-    void *host = malloc(s->state_bytes);
-    if (!host) return -1;
-    if (mb_pool_read(s->pool, lru->slot, host, NULL)) { /* the device failed: keep it resident */
-        free(host);
+    void *host = malloc(s->state_bytes), *dhost = s->dpool ? malloc(s->dstate_bytes) : NULL;
+    if (!host || (s->dpool && !dhost) || mb_pool_read(s->pool, lru->slot, host, NULL) ||
+        (s->dpool && mb_pool_read(s->dpool, lru->slot, dhost, NULL))) {
+        free(host); /* out of memory, or the device failed: keep it resident */
+        free(dhost);
         return -1;
     }
     s->use[lru->slot] = SLOT_FREE;
     s->owner[lru->slot] = NULL;
     lru->host = host;
+    lru->dhost = dhost;
     lru->slot = -1;
     return 0;
 }
@@ -106,7 +126,8 @@ static int free_slot(srv_slots *s) {
 int srv_slot_take(srv_slots *s) {
     int slot = free_slot(s);
     if (slot < 0) return -1;
-    if (mb_pool_reset(s->pool, slot, NULL)) return -1;
+    if (mb_pool_reset(s->pool, slot, NULL) || (s->dpool && mb_pool_reset(s->dpool, slot, NULL)))
+        return -1;
     s->use[slot] = SLOT_REQUEST;
     return slot;
 }
@@ -151,6 +172,50 @@ static int say(char *msg, size_t n, const char *fmt, ...) {
     return -1;
 }
 
+/* The drafter's part of x's record: its state, then its text (spec_seq_save); NULL (and
+ * *len 0) without a drafter, when out of memory, or when the text is too long to keep. */
+static uint8_t *draft_part(srv_slots *s, const srv_session *x, size_t *len) {
+    *len = 0;
+    if (!s->dpool || !x->draft) return NULL;
+    size_t tl = 0;
+    uint8_t *t = spec_seq_save(x->draft, &tl), *b = NULL;
+    if (t && tl <= DRAFT_TEXT_MAX && (b = calloc(1, s->dstate_bytes + tl))) {
+        memcpy(b + s->dstate_bytes, t, tl);
+        if (x->dhost) memcpy(b, x->dhost, s->dstate_bytes);
+        if (x->slot >= 0 && mb_pool_read(s->dpool, x->slot, b, NULL)) {
+            free(b);
+            b = NULL;
+        }
+    }
+    free(t);
+    if (b) *len = s->dstate_bytes + tl;
+    return b;
+}
+
+/* Takes the drafter's part of a loaded record into x, when it fits this drafter (else x keeps
+ * the empty drafter text it was made with). */
+static void load_draft_part(srv_slots *s, srv_session *x, const srv_session_record *r) {
+    if (!s->dpool || r->draft_len <= s->dstate_bytes) return;
+    const uint8_t *b = r->draft;
+    for (size_t i = 0; i + 4 <= s->dstate_bytes; i += 4) {
+        float v;
+        memcpy(&v, b + i, 4);
+        if (!isfinite(v)) return;
+    }
+    void *dhost = malloc(s->dstate_bytes);
+    spec_seq *q =
+        dhost ? spec_seq_load(s->tok, b + s->dstate_bytes, r->draft_len - s->dstate_bytes, NULL)
+              : NULL;
+    if (!q) {
+        free(dhost);
+        return;
+    }
+    memcpy(dhost, b, s->dstate_bytes);
+    spec_seq_free(x->draft);
+    x->draft = q;
+    x->dhost = dhost;
+}
+
 /* Writes x's record under a temporary name and renames it: a crash never leaves half a record.
  * Returns 0, or -1 with a message in msg. */
 static int write_record(srv_slots *s, srv_session *x, char *msg, size_t n) {
@@ -171,9 +236,12 @@ static int write_record(srv_slots *s, srv_session *x, char *msg, size_t n) {
                             .pending = x->pending,
                             .state = state};
     snprintf(r.id, sizeof r.id, "%s", x->id);
+    uint8_t *draft = draft_part(s, x, &r.draft_len);
+    r.draft = draft;
     size_t len = 0;
     uint8_t *buf = srv_session_record_build(&r, &s->shape, s->state_bytes, &len);
     if (state != x->host) free(state);
+    free(draft);
     if (!buf) return say(msg, n, "out of memory");
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int rc = 0;
@@ -204,6 +272,8 @@ static void drop(srv_slots *s, srv_session *x) {
         break;
     }
     free(x->host);
+    free(x->dhost);
+    spec_seq_free(x->draft);
     free(x);
 }
 
@@ -241,6 +311,10 @@ srv_session *srv_session_add(srv_slots *s, const char *id, const srv_session *ke
     if (!x) return NULL;
     snprintf(x->id, sizeof x->id, "%s", id);
     x->slot = -1;
+    if (s->tok && !(x->draft = spec_seq_new(s->tok, NULL, 0, NULL))) {
+        free(x);
+        return NULL;
+    }
     srv_session_touch(s, x);
     s->sess[s->n_sess++] = x;
     return x;
@@ -266,7 +340,8 @@ srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
                       id);
         return NULL;
     }
-    if (!(buf = mb_read_file(path, s->state_bytes + 4096, &len, &me))) {
+    size_t most = s->state_bytes + 4096 + (s->dpool ? 8 + s->dstate_bytes + DRAFT_TEXT_MAX : 0);
+    if (!(buf = mb_read_file(path, most, &len, &me))) {
         srv_error_set(e, 400, "invalid_request_error", "session_corrupt",
                       "the record of session %s cannot be read", id);
         return NULL;
@@ -296,6 +371,7 @@ srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
         x->pending = r.pending;
         x->saved = 1;
         host = NULL;
+        load_draft_part(s, x, &r);
     }
     free(host);
     free(buf);
@@ -320,11 +396,35 @@ int srv_session_resident(srv_slots *s, srv_session *x) {
     if (slot < 0) return -1;
     if (x->host ? mb_pool_write(s->pool, slot, x->host, NULL) : mb_pool_reset(s->pool, slot, NULL))
         return -1; /* the device failed; the spilled state stays in host memory */
+    if (s->dpool && (x->dhost ? mb_pool_write(s->dpool, slot, x->dhost, NULL)
+                              : mb_pool_reset(s->dpool, slot, NULL)))
+        return -1;
     free(x->host);
-    x->host = NULL;
+    free(x->dhost);
+    x->host = x->dhost = NULL;
     s->use[slot] = SLOT_SESSION;
     s->owner[slot] = x;
     x->slot = slot;
+    return 0;
+}
+
+/* src's drafter state and text into x (a fork of src, not resident); -1 when out of memory or
+ * the device failed. */
+static int fork_draft(srv_slots *s, const srv_session *src, srv_session *x) {
+    if (!s->dpool || !src->draft) return 0;
+    const int has_state = src->slot >= 0 || src->dhost; /* else the empty state */
+    spec_seq *q = spec_seq_clone(src->draft, NULL);
+    void *dhost = has_state ? malloc(s->dstate_bytes) : NULL;
+    if (dhost && src->dhost) memcpy(dhost, src->dhost, s->dstate_bytes);
+    if (!q || (has_state && !dhost) ||
+        (src->slot >= 0 && mb_pool_read(s->dpool, src->slot, dhost, NULL))) {
+        spec_seq_free(q);
+        free(dhost);
+        return -1;
+    }
+    spec_seq_free(x->draft);
+    x->draft = q;
+    x->dhost = dhost;
     return 0;
 }
 
@@ -350,6 +450,10 @@ srv_session *srv_session_fork(srv_slots *s, srv_session *src, const char *id) {
     x->has_pending = src->has_pending;
     x->pending = src->pending;
     x->n_bytes = src->n_bytes;
+    if (fork_draft(s, src, x)) {
+        drop(s, x);
+        return NULL;
+    }
     return x;
 }
 
@@ -403,7 +507,8 @@ void srv_sessions_maintain(srv_slots *s, double now) {
     }
     srv_slot_counts n;
     srv_slots_counts(s, &n);
-    for (size_t held = n.spilled_bytes; (double)held > s->max_spill_bytes; held -= s->state_bytes)
+    for (size_t held = n.spilled_bytes; (double)held > s->max_spill_bytes;
+         held -= s->state_bytes + s->dstate_bytes)
         if (evict_one(s, 1, NULL, 1)) break;
 }
 
@@ -457,5 +562,5 @@ void srv_slots_counts(const srv_slots *s, srv_slot_counts *n) {
             n->idle++;
     }
     for (int i = 0; i < s->n_sess; i++) n->spilled += s->sess[i]->host != NULL;
-    n->spilled_bytes = (size_t)n->spilled * s->state_bytes;
+    n->spilled_bytes = (size_t)n->spilled * (s->state_bytes + s->dstate_bytes);
 }

@@ -16,6 +16,7 @@
 
 #include "cfg.h"
 #include "mambabyte.h"
+#include "spec.h"
 #include "srv_request.h"
 
 typedef struct srv_session {
@@ -29,6 +30,10 @@ typedef struct srv_session {
     int saved;                  /* its record in session_dir holds exactly this state */
     unsigned long long used;    /* LRU clock */
     double t_used;              /* srv_now() of its last use, for session_ttl_s */
+    /* With a drafter: its text of the history (NULL: out of memory, no drafts) and, while not
+     * resident, its state (NULL: the empty state); resident, it is in drafter slot `slot`. */
+    spec_seq *draft;
+    void *dhost;
 } srv_session;
 
 typedef struct srv_slots srv_slots;
@@ -36,6 +41,11 @@ typedef struct srv_slots srv_slots;
 /* shape: the model's, written into saved records; c: max_sessions, max_spill_bytes,
  * session_ttl_s and session_dir. */
 srv_slots *srv_slots_new(mb_pool *p, const mb_config *shape, const cfg *c);
+/* The drafter's pool (speculative decoding): its slot i follows slot i of p everywhere (reset,
+ * spill, restore, fork, save), and every session keeps a drafter text (spec_seq) of tok. A
+ * record saved without a drafter part, or with one that does not fit, starts the drafter over
+ * from an empty text. -1 when out of memory. */
+int srv_slots_set_drafter(srv_slots *s, mb_pool *dp, const spm_tokenizer *tok);
 void srv_slots_free(srv_slots *s);
 
 /* A slot for a request, reset to the empty history; spills an idle session if none is free.

@@ -29,7 +29,7 @@ static void shape_fields(const mb_config *c, uint32_t *f) {
 uint8_t *srv_session_record_build(const srv_session_record *r, const mb_config *shape,
                                   size_t state_bytes, size_t *len) {
     size_t id_len = strlen(r->id);
-    size_t n = FIXED_BYTES + id_len + 8 + state_bytes + 8;
+    size_t n = FIXED_BYTES + id_len + 8 + state_bytes + (r->draft_len ? 8 + r->draft_len : 0) + 8;
     uint8_t *buf = malloc(n), *p = buf;
     if (!buf) return NULL;
     uint32_t version = VERSION, f[SHAPE_FIELDS];
@@ -46,6 +46,11 @@ uint8_t *srv_session_record_build(const srv_session_record *r, const mb_config *
     memcpy(p, r->id, id_len), p += id_len;
     memcpy(p, &sb, 8), p += 8;
     memcpy(p, r->state, state_bytes), p += state_bytes;
+    if (r->draft_len) {
+        uint64_t dl = r->draft_len;
+        memcpy(p, &dl, 8), p += 8;
+        memcpy(p, r->draft, r->draft_len), p += r->draft_len;
+    }
     uint64_t sum = fnv1a(buf, (size_t)(p - buf));
     memcpy(p, &sum, 8);
     *len = n;
@@ -67,8 +72,18 @@ int srv_session_record_parse(const uint8_t *buf, size_t len, const mb_config *sh
     if (len < FIXED_BYTES || memcmp(buf, MAGIC, 8)) return bad(err, n, "not a session record");
     size_t id_len = buf[FIXED_BYTES - 2];
     /* Every length is checked before the checksum is read, so nothing is read past len. */
-    if (len != FIXED_BYTES + id_len + 8 + state_bytes + 8)
+    const size_t plain = FIXED_BYTES + id_len + 8 + state_bytes + 8;
+    uint64_t dl = 0;
+    if (len > plain) {
+        if (len - plain < 8)
+            return bad(err, n, "%zu bytes, not the size of a record for this model", len);
+        memcpy(&dl, buf + plain - 8, 8);
+        if (dl == 0 || dl != len - plain - 8)
+            return bad(err, n, "a drafter part of %llu bytes in a record of %zu bytes",
+                       (unsigned long long)dl, len);
+    } else if (len != plain) {
         return bad(err, n, "%zu bytes, not the size of a record for this model", len);
+    }
     uint64_t sum;
     memcpy(&sum, buf + len - 8, 8);
     if (sum != fnv1a(buf, len - 8)) return bad(err, n, "checksum mismatch (corrupt)");
@@ -103,5 +118,7 @@ int srv_session_record_parse(const uint8_t *buf, size_t len, const mb_config *sh
     r->has_pending = buf[FIXED_BYTES - 4];
     r->pending = buf[FIXED_BYTES - 3];
     r->state = p;
+    r->draft = dl ? p + state_bytes + 8 : NULL;
+    r->draft_len = (size_t)dl;
     return 0;
 }

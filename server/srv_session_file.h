@@ -9,6 +9,8 @@
  *   u8 has_pending, u8 pending  pending is 0 when has_pending is 0
  *   u8 id_len, u8 0             then id_len bytes of id (a valid session id)
  *   u64 state_bytes             then the state: mb_pool_read's blob (float32, all finite)
+ *   optionally (a server with a drafter): u64 draft_len (> 0), then draft_len bytes of the
+ *     drafter's state and text (srv_session.c writes and checks them)
  *   u64 FNV-1a of every byte before it */
 #ifndef SRV_SESSION_FILE_H
 #define SRV_SESSION_FILE_H
@@ -25,6 +27,8 @@ typedef struct srv_session_record {
     int has_pending;
     uint8_t pending;
     const void *state; /* state_bytes bytes */
+    const void *draft; /* draft_len bytes; draft_len 0: none */
+    size_t draft_len;
 } srv_session_record;
 
 /* The record as a malloc'd buffer of *len bytes; NULL when out of memory. */

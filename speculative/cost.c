@@ -1,0 +1,46 @@
+/* cost.c: the measured choice between drafting and plain decoding (cost.h). */
+#include "cost.h"
+
+#include <string.h>
+
+#define ALPHA 0.125 /* weight of the newest step in the moving averages */
+
+static int bucket(int n_decode) {
+    int b = 0;
+    while (n_decode > 1 && b < SPEC_COST_BUCKETS - 1) n_decode >>= 1, b++;
+    return b;
+}
+
+void spec_cost_init(spec_cost *c) {
+    memset(c, 0, sizeof *c);
+}
+
+static double rate(const spec_cost_arm *a) {
+    return a->seconds > 0 ? a->bytes / a->seconds : 0;
+}
+
+int spec_cost_better(const spec_cost *c, int n_decode) {
+    const spec_cost_arm *a = c->b[bucket(n_decode)].arm;
+    return a[0].n >= SPEC_COST_WARMUP && a[1].n >= SPEC_COST_WARMUP && rate(&a[1]) > rate(&a[0]);
+}
+
+int spec_cost_choose(spec_cost *c, int n_decode) {
+    int k = bucket(n_decode);
+    const spec_cost_arm *a = c->b[k].arm;
+    unsigned long long t = c->b[k].steps++;
+    if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) return a[1].n < a[0].n;
+    int best = rate(&a[1]) > rate(&a[0]);
+    return t % SPEC_COST_PERIOD < SPEC_COST_PROBE ? !best : best;
+}
+
+void spec_cost_record(spec_cost *c, int n_decode, int drafted, double bytes, double seconds) {
+    spec_cost_arm *a = &c->b[bucket(n_decode)].arm[drafted != 0];
+    if (a->n == 0) {
+        a->bytes = bytes;
+        a->seconds = seconds;
+    } else {
+        a->bytes += ALPHA * (bytes - a->bytes);
+        a->seconds += ALPHA * (seconds - a->seconds);
+    }
+    if (a->n < SPEC_COST_WARMUP) a->n++;
+}
