@@ -832,9 +832,14 @@ static void step(srv_sched *s) {
     double t1 = srv_now();
     srv_metrics_step(s->mx, n, nt, prompt_bytes, (size_t)sampled, t1 - t0);
     srv_metrics_step_split(s->mx, s->t_drafter, now - tf, spans);
-    /* Decode steps only: a prompt chunk's cost would count against whichever way it met. */
-    if (s->step_choice >= 0 && !prompt_bytes)
-        spec_cost_record(&s->cost, n_decode, s->step_choice, (double)sampled, t1 - t0);
+    /* The choice is measured on decoding alone: prompt chunks in the same forward take their
+     * share of it (by tokens) out, or a way chosen in steps with fewer prompts would win. */
+    if (s->step_choice >= 0) {
+        int dt = 0;
+        for (int k = 0; k < n_decode; k++) dt += s->took[k];
+        double fwd = now - tf, cost = t1 - t0 - fwd + fwd * dt / nt;
+        spec_cost_record(&s->cost, n_decode, s->step_choice, (double)sampled, cost);
+    }
 }
 
 static void publish_gauges(srv_sched *s) {

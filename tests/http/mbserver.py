@@ -24,11 +24,11 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *flags, env=None, session_dir=None):
+    def __init__(self, *flags, env=None, session_dir=None, model=None):
         self.port = free_port()
         self.session_dir = session_dir or tempfile.mkdtemp(prefix="mb-sessions-")
         self.log = tempfile.NamedTemporaryFile(prefix="mb-serve-", suffix=".log", delete=False)
-        args = [BIN, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
+        args = [BIN, "serve", "-m", model or MODEL, "--host", "127.0.0.1", "--port", str(self.port),
                 "--session-dir", self.session_dir, "--threads", "1",
                 "--device", os.environ.get("MB_DEVICE", "cpu"), *flags]
         e = dict(os.environ)
