@@ -1,11 +1,13 @@
 /* test_spec.c: the drafter's tokenizer wrapper (speculative/spm.h) on the bundled
- * tokenizer, the verifier's rule (spec_verify) and prompt lookup (lookup.h) against its
- * straightforward reference. `test_spec --bench` times prompt lookup. */
+ * tokenizer, the verifier's rule (spec_verify), prompt lookup (lookup.h) against its
+ * straightforward reference, batched drafting against one sequence's drafter, and the measured
+ * choice of speculation (cost.h). `test_spec --bench` times prompt lookup. */
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
 #include "check.h"
+#include "cost.h"
 #include "mambabyte.h"
 #include "lookup.h"
 #include "reference.h"
@@ -321,6 +323,132 @@ static void bench(void) {
     free(t);
 }
 
+/* Batched drafting gives every sequence the drafts it gets alone (spec_drafter, one sequence
+ * with its own pool), round after round, with partial acceptances re-cut, a long text caught up
+ * in chunks, and plain bytes appended between drafts; and a saved drafter text comes back the
+ * same (spec_seq_save / load), while a damaged one is refused. */
+static void test_draft_batch(void) {
+    mb_err e;
+    mb_backend_opts o = {.n_threads = 1, .device = MB_DEVICE_CPU};
+    spm_tokenizer *tok = spm_load(TOKENIZER, &e);
+    mb_model *m = tok ? mb_model_load("models/drafter-small", &o, &e) : NULL;
+    CHECK(m, "%s", e.msg);
+    if (!m) {
+        spm_free(tok);
+        return;
+    }
+    enum { N = 3, CHUNK = 16 };
+    const char *text[N] = {"It was the best of times, it was the worst of times, it was the age of",
+                           "The",
+                           "Call me Ishmael. Some years ago, never mind how long precisely, "
+                           "having little or no money in my purse, and nothing particular"};
+    mb_pool *p = mb_pool_create(m, 2 * N, 256, &e);
+    spec_batch *b = spec_batch_new(m, N, 256, CHUNK, &e);
+    spec_seq *q[N];
+    spec_drafter *one[N];
+    int slot[N], scratch[N];
+    for (int i = 0; i < N; i++) {
+        slot[i] = i, scratch[i] = N + i;
+        q[i] = spec_seq_new(tok, (const uint8_t *)text[i], strlen(text[i]), &e);
+        one[i] = spec_drafter_create(m, tok, 6, &e);
+        CHECK(q[i] && one[i] &&
+                  !spec_drafter_start(one[i], (const uint8_t *)text[i], strlen(text[i]), &e),
+              "%s", e.msg);
+    }
+    int rounds = 0, caught_up = 0;
+    for (int r = 0; r < 12; r++) {
+        int max_bytes[N] = {4 + r % 5, 9, r % 3 ? 12 : 1};
+        CHECK(!spec_draft_batch(b, p, N, q, slot, scratch, max_bytes, 6, &e), "%s", e.msg);
+        for (int i = 0; i < N; i++) {
+            const uint8_t *got;
+            int k = spec_seq_draft(q[i], &got);
+            if (!k && spec_seq_unfed(q[i]) > 1) { /* catching up on a long text: no draft yet */
+                caught_up++;
+                continue;
+            }
+            uint8_t want[64];
+            int kw = spec_drafter_draft(one[i], want, max_bytes[i], &e);
+            CHECK(kw == k && !memcmp(want, got, (size_t)k), "round %d seq %d: %d vs %d bytes", r, i,
+                  k, kw);
+            rounds++;
+            /* keep a part (all, some, none), then a byte of "plain decoding" */
+            int keep = (r + i) % 3 == 0 ? k : (r + i) % 3 == 1 ? k / 2 : 0;
+            uint8_t extra = keep < k ? (uint8_t)(got[keep] ^ 0x20) : (uint8_t)'e';
+            CHECK(!spec_seq_commit(q[i], keep, &extra, 1, &e) &&
+                      !spec_drafter_commit(one[i], keep, &extra, 1, &e),
+                  "%s", e.msg);
+        }
+    }
+    CHECK(rounds > 20 && caught_up > 0, "%d rounds compared, %d catching up", rounds, caught_up);
+    /* save and load: the same drafts from a copy of the state */
+    size_t len = 0;
+    uint8_t *saved = spec_seq_save(q[0], &len);
+    spec_seq *back = saved ? spec_seq_load(tok, saved, len, &e) : NULL;
+    CHECK(back, "load: %s", e.msg);
+    if (back) {
+        CHECK(!mb_pool_copy(p, 1, 0, &e), "%s", e.msg);
+        spec_seq *two[2] = {q[0], back};
+        int sl[2] = {0, 1}, sc[2] = {N, N + 1}, mx[2] = {10, 10};
+        const uint8_t *d0, *d1;
+        CHECK(!spec_draft_batch(b, p, 2, two, sl, sc, mx, 6, &e), "%s", e.msg);
+        int k0 = spec_seq_draft(q[0], &d0), k1 = spec_seq_draft(back, &d1);
+        CHECK(k0 > 0 && k0 == k1 && !memcmp(d0, d1, (size_t)k0), "a loaded text drafts the same");
+        spec_seq_free(back);
+        saved[11] = 0x7f; /* an id out of range */
+        CHECK(!spec_seq_load(tok, saved, len, &e) && strstr(e.msg, "out of range"), "%s", e.msg);
+        CHECK(!spec_seq_load(tok, saved, len - 1, &e), "a cut text is refused");
+        CHECK(!spec_seq_load(tok, saved, 3, &e), "a short text is refused");
+    }
+    free(saved);
+    for (int i = 0; i < N; i++) {
+        spec_seq_free(q[i]);
+        spec_drafter_free(one[i]);
+    }
+    spec_batch_free(b);
+    mb_pool_free(p);
+    mb_model_free(m);
+    spm_free(tok);
+}
+
+/* The draft length of the drafter model follows acceptance, within [SPEC_CAP_MIN, max]. */
+static void test_next_cap(void) {
+    CHECK(spec_next_cap(8, 8, 8, 16) == 16 && spec_next_cap(16, 16, 16, 16) == 16, "doubles");
+    CHECK(spec_next_cap(8, 8, 3, 16) == 5 && spec_next_cap(8, 8, 0, 16) == SPEC_CAP_MIN, "shrinks");
+    CHECK(spec_next_cap(4, 4, 4, 3) == 3, "never past max");
+}
+
+/* The measured choice: both ways are tried first, then the cheaper per byte wins, and the other
+ * is probed now and then (so a change of cost is seen); buckets of load are separate. */
+static void test_cost(void) {
+    spec_cost c;
+    spec_cost_init(&c);
+    int drafted = 0, steps = 0;
+    /* one sequence: drafting gives 2 bytes per step at 3 ms, plain 1 byte at 1 ms (the CPU) */
+    for (int i = 0; i < 2000; i++, steps++) {
+        int d = spec_cost_choose(&c, 1);
+        drafted += d;
+        spec_cost_record(&c, 1, d, d ? 2 : 1, d ? 3e-3 : 1e-3);
+    }
+    CHECK(!spec_cost_better(&c, 1), "plain is better");
+    CHECK(drafted >= 8 && drafted < 2000 * 0.06, "drafting tried and then probed only: %d",
+          drafted);
+    /* 64 sequences at once, where drafting pays (a GPU): 2x the bytes at 1.2x the time */
+    drafted = 0;
+    for (int i = 0; i < 2000; i++) {
+        int d = spec_cost_choose(&c, 64);
+        drafted += d;
+        spec_cost_record(&c, 64, d, d ? 128 : 64, d ? 1.2e-3 : 1e-3);
+    }
+    CHECK(spec_cost_better(&c, 64) && !spec_cost_better(&c, 1), "the buckets are separate");
+    CHECK(drafted > 2000 * 0.94, "drafting chosen: %d", drafted);
+    /* the cost changes: drafting gets slow for 64 too, and the probes find out */
+    for (int i = 0; i < 2000; i++) {
+        int d = spec_cost_choose(&c, 64);
+        spec_cost_record(&c, 64, d, d ? 128 : 64, d ? 4e-3 : 1e-3);
+    }
+    CHECK(!spec_cost_better(&c, 64), "probes see the change");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--bench")) {
         bench();
@@ -332,5 +460,8 @@ int main(int argc, char **argv) {
     RUN(test_round);
     RUN(test_lookup);
     RUN(test_lookup_matches_scan);
+    RUN(test_draft_batch);
+    RUN(test_next_cap);
+    RUN(test_cost);
     return check_failures != 0;
 }
