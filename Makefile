@@ -85,6 +85,9 @@ test-gpu: build/rel/mambabyte build/rel/tests/gpu/test_gpu
 test: test-deps
 	$(MAKE) build/asan/mambabyte $(addprefix build/asan/tests/,$(TESTS)) build/asan/tests/gpu/test_gpu
 	MB_BIN=build/asan/mambabyte MB_BUILD=build/asan tests/run.sh
+	@echo "== tests/http/test_spec_drafter.py whole (240 books_test prompts) on the optimised build"
+	$(MAKE) build/rel/mambabyte
+	MB_BIN=build/rel/mambabyte python3 tests/http/test_spec_drafter.py
 	@echo "== tests/gpu/test_gpu on the CPU backend (its checks, under ASan; make test-gpu: on a GPU)"
 	MB_GPU_TEST_DEVICE=cpu MB_GPU_TEST_QUICK=1 build/asan/tests/gpu/test_gpu
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-20}
@@ -138,11 +141,12 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	  tail -1 build/fuzz/$$t.log; \
 	done
 
-# Serve the bundled default model (on the GPU when one is usable, else the CPU). The daemon does
-# not use a drafter yet, so none is passed.
+# Serve the bundled pair (on the GPU when one is usable, else the CPU): the byte model, with the
+# subword drafter for speculative decoding (the server drafts where the measured cost says it
+# pays: on a GPU; on a small CPU it switches itself off).
 run: deps
 	$(MAKE) build/rel/mambabyte
-	build/rel/mambabyte serve -m models/mambabyte-small
+	build/rel/mambabyte serve -m models/mambabyte-small --draft models/drafter-small
 
 build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm
