@@ -46,6 +46,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int i = 0; i < r.n_stops; i++)
             if (!r.stops[i][0] || strlen(r.stops[i]) > (size_t)lim.max_stop_bytes) abort();
         if (r.session[0] && !srv_id_valid(r.session)) abort();
+        if (r.spec_enabled < SRV_SPEC_AUTO || r.spec_enabled > SRV_SPEC_ON ||
+            r.spec_max_draft < 0 || r.spec_max_draft > SRV_DRAFT_MAX || r.spec_lookup < -1 ||
+            r.spec_lookup > 256)
+            abort();
         srv_gen_req_free(&r);
     } else {
         if (e.status < 400 || e.status > 599 || !e.message[0]) abort();

@@ -25,7 +25,7 @@ with open(os.path.join(ROOT, "tests/fixtures/books_test_prompts.json"), encoding
 # test-tsan run every real-HTTP test there): those builds check a cut of it, and make test runs
 # the whole of it against the optimised build too.
 FULL = not any(v in os.path.basename(os.path.dirname(BIN)) for v in ("asan", "tsan"))
-CUT = len(PROMPTS) if FULL else 12
+CUT = len(PROMPTS) if FULL else 6
 ON = {"enabled": True}
 SAMPLED = {"temperature": 0.7, "seed": 11}
 PLAIN = SPEC = None
@@ -70,7 +70,7 @@ def model_counts(srv):
 
 def test_books_64_at_once():
     before = model_counts(SPEC)
-    jobs = [(p, 40 if FULL else 16, st) for st in ({}, SAMPLED) for p in PROMPTS[:CUT]]
+    jobs = [(p, 40 if FULL else 12, st) for st in ({}, SAMPLED) for p in PROMPTS[:CUT]]
     want, got = many(PLAIN, jobs), many(SPEC, jobs, ON)
     bad = [(jobs[i][0][:30], jobs[i][2], want[i], got[i]) for i in range(len(jobs)) if want[i] != got[i]]
     assert not bad, (len(bad), bad[:3])
@@ -91,16 +91,16 @@ def test_books_alone():
 
 def test_stops_and_limits():
     checked = 0
-    for i, p in enumerate(PROMPTS[:24 if FULL else 6]):
+    for i, p in enumerate(PROMPTS[:24 if FULL else 2]):
         st = SAMPLED if i % 2 else {}
-        out = gen(PLAIN, p, 64, **st)[0]
+        out = gen(PLAIN, p, 64 if FULL else 32, **st)[0]
         stop = next((out[j:j + 2].decode() for j in range(3, len(out) - 2)
                      if all(32 <= c < 127 and c != 92 for c in out[j:j + 2])), None)
-        for n, kw in ((1, {}), (2, {}), (5, {}), (64, {"stop": [stop]} if stop else {})):
+        for n, kw in ((1, {}), (2, {}), (5, {}), (len(out), {"stop": [stop]} if stop else {})):
             a, b = gen(PLAIN, p, n, **st, **kw), gen(SPEC, p, n, ON, **st, **kw)
             assert a[:2] == b[:2], (p, n, kw, a[:2], b[:2])
             checked += a[1] == "stop"
-    assert checked >= (8 if FULL else 2), checked
+    assert checked >= (8 if FULL else 1), checked
 
 
 def test_streamed():
@@ -156,28 +156,30 @@ def test_sessions():
 
 def test_lookup_combined():
     rep = b"the cat and the dog and the cat and the dog and the cat and the "
+    n = 120 if FULL else 40
     for st in ({}, SAMPLED):
         before = SPEC.metrics()
-        a = gen(PLAIN, rep, 120, **st)
-        b = gen(SPEC, rep, 120, {"enabled": True, "lookup": 8}, **st)
+        a = gen(PLAIN, rep, n, **st)
+        b = gen(SPEC, rep, n, {"enabled": True, "lookup": 8}, **st)
         assert a[:2] == b[:2], (st, a[:2], b[:2])
         m = SPEC.metrics()
         lookup = (m["mambabyte_spec_drafts_total"] - before["mambabyte_spec_drafts_total"]) - \
             (m["mambabyte_spec_model_drafts_total"] - before["mambabyte_spec_model_drafts_total"])
         assert lookup > 0, "prompt lookup drafts first when it finds a match"
-    a = gen(SPEC, rep, 60, {"enabled": False})
-    assert a[2]["drafts"] == 0 and a[:2] == gen(PLAIN, rep, 60)[:2]
+    a = gen(SPEC, rep, n, {"enabled": False})
+    assert a[2]["drafts"] == 0 and a[:2] == gen(PLAIN, rep, n)[:2]
 
 
 def test_random_weights():
     """The fixture byte model (random weights) with the real drafter: drafts nearly all fail."""
     with Server("--slots", "64", model=FIXTURE) as plain, \
             Server("--slots", "64", "--draft", DRAFTER, model=FIXTURE) as spec:
-        jobs = [(p, 48, st) for st in ({}, {"temperature": 1.0, "seed": 3}) for p in PROMPTS[:120 if FULL else 24]]
+        jobs = [(p, 48 if FULL else 16, st) for st in ({}, {"temperature": 1.0, "seed": 3})
+                for p in PROMPTS[:120 if FULL else 8]]
         want, got = many(plain, jobs), many(spec, jobs, ON)
         assert want == got, [i for i in range(len(jobs)) if want[i] != got[i]][:5]
-        alone = [gen(spec, p, 48, ON, **st)[:2] for p, _, st in jobs[::40]]
-        assert alone == want[::40]
+        alone = [gen(spec, p, n, ON, **st)[:2] for p, n, st in jobs[::8]]
+        assert alone == want[::8]
         drafts, drafted, kept = model_counts(spec)
         assert drafts > 20 * len(jobs) and kept < 0.3 * drafted, (drafts, drafted, kept)
 
@@ -188,7 +190,7 @@ def test_auto_by_cost():
     m0 = SPEC.metrics()
     t0 = time.time()
     n = 0
-    while time.time() - t0 < 6 or n < 8:
+    while time.time() - t0 < (6 if FULL else 3) or n < (8 if FULL else 4):
         p = PROMPTS[20 + n % 100]
         assert gen(PLAIN, p, 64 if FULL else 16)[:2] == gen(SPEC, p, 64 if FULL else 16)[:2]
         n += 1
