@@ -669,8 +669,9 @@ static void model_drafts(srv_sched *s, int nc, int *budget) {
 static void plan_drafts(srv_sched *s, int *budget) {
     const int used = s->c.max_batch_tokens - *budget;
     int nc = 0;
-    for (int k = 0; k<s->n_decode && * budget> 0; k++) {
+    for (int k = 0; k < s->n_decode; k++) {
         seq *q = &s->run[s->seq_of[k]];
+        if (*budget <= 0) break;
         if (q->spec == SRV_SPEC_OFF) continue;
         int room = (int)((size_t)q->job->req.max_tokens - q->n_out) - 1; /* after the round's own */
         if (room > q->max_draft) room = q->max_draft;

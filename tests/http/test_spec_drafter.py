@@ -26,6 +26,8 @@ with open(os.path.join(ROOT, "tests/fixtures/books_test_prompts.json"), encoding
 # the whole of it against the optimised build too.
 FULL = not any(v in os.path.basename(os.path.dirname(BIN)) for v in ("asan", "tsan"))
 CUT = len(PROMPTS) if FULL else 6
+if not FULL:  # the shortest: prompt bytes cost as much as generated ones
+    PROMPTS = sorted(PROMPTS, key=len)[:24]
 ON = {"enabled": True}
 SAMPLED = {"temperature": 0.7, "seed": 11}
 PLAIN = SPEC = None
@@ -181,7 +183,7 @@ def test_random_weights():
         alone = [gen(spec, p, n, ON, **st)[:2] for p, n, st in jobs[::8]]
         assert alone == want[::8]
         drafts, drafted, kept = model_counts(spec)
-        assert drafts > 20 * len(jobs) and kept < 0.3 * drafted, (drafts, drafted, kept)
+        assert drafts > len(jobs) * jobs[0][1] / 4 and kept < 0.3 * drafted, (drafts, drafted, kept)
 
 
 def test_auto_by_cost():
@@ -191,7 +193,7 @@ def test_auto_by_cost():
     t0 = time.time()
     n = 0
     while time.time() - t0 < (6 if FULL else 3) or n < (8 if FULL else 4):
-        p = PROMPTS[20 + n % 100]
+        p = PROMPTS[(20 + n) % len(PROMPTS)]
         assert gen(PLAIN, p, 64 if FULL else 16)[:2] == gen(SPEC, p, 64 if FULL else 16)[:2]
         n += 1
     m = SPEC.metrics()
