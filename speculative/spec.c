@@ -128,7 +128,7 @@ static int resettle(spec_seq *q, const uint8_t *b, size_t n, mb_err *e) {
 
 int spec_seq_append(spec_seq *q, const uint8_t *b, size_t n, mb_err *e) {
     q->n_bytes = q->n_lead = 0;
-    q->n_draft = 0;
+    q->n_draft = q->n_new = 0;
     return n ? resettle(q, b, n, e) : 0;
 }
 
@@ -149,7 +149,7 @@ int spec_seq_commit(spec_seq *q, int n_accept, const uint8_t *extra, int n_extra
         if (push_id(q, q->draft[a], e)) return -1;
         done = (size_t)q->draft_end[a];
     }
-    q->n_draft = 0;
+    q->n_draft = q->n_new = 0;
     q->n_held = 0;
     if (append(&q->held, &q->n_held, &q->cap_held, q->bytes + done, kept - done, e)) return -1;
     q->n_bytes = q->n_lead = 0;
