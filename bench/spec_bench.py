@@ -3,7 +3,8 @@
 --draft (bench/spec-gpu.sh starts it). For each sampling setting (greedy; temperature 0.7 with a
 seed per prompt) and each concurrency, every prompt is generated three ways on the same daemon:
 speculative.enabled false (plain), true (the drafter drafts every round) and absent (the server
-decides by measured cost). Prints one Markdown row per setting and concurrency: bytes/s of each
+decides by measured cost), the three ways taking turns on rounds of `conc` prompts, so that a
+change of load on the machine meets all three alike. Prints one Markdown row per setting and concurrency: bytes/s of each
 way, the ratios, the drafts' acceptance, bytes per verification round, and the step time split
 (drafter, verifier, host) from /metrics; and checks that every speculative output equals the
 plain one.
@@ -53,11 +54,21 @@ def metrics():
     return m
 
 
-def run(temp, conc, spec):
-    """All prompts at `conc` at once; returns (outputs, seconds, summed timings, metric deltas)."""
-    outs = [None] * len(PROMPTS)
-    tot = {"drafts": 0, "drafted_bytes": 0, "accepted_bytes": 0}
-    nxt = iter(range(len(PROMPTS)))
+class Way:
+    """One way of decoding over the rounds: outputs, seconds, summed timings, metric deltas."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.outs = [None] * len(PROMPTS)
+        self.secs = 0.0
+        self.tot = {"drafts": 0, "drafted_bytes": 0, "accepted_bytes": 0}
+        self.delta = {}
+
+
+def run(temp, conc, way, ids):
+    """Prompts ids at `conc` at once, added to way."""
+    spec, outs, tot = way.spec, way.outs, way.tot
+    nxt = iter(ids)
     lock = threading.Lock()
 
     def worker():
@@ -83,10 +94,11 @@ def run(temp, conc, spec):
         t.start()
     for t in ts:
         t.join()
-    secs = time.time() - t0
+    way.secs += time.time() - t0
     m1 = metrics()
-    delta = {k: m1[k] - m0.get(k, 0) for k in m1 if k.endswith("_total") or k.endswith("_seconds_total")}
-    return outs, secs, tot, delta
+    for k in m1:
+        if k.endswith("_total"):
+            way.delta[k] = way.delta.get(k, 0) + m1[k] - m0.get(k, 0)
 
 
 def split(d):
@@ -104,9 +116,12 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for temp in TEMPS:
         for conc in CONC:
-            plain, tp, _, _ = run(temp, conc, False)
-            spec, ts, tot, d = run(temp, conc, True)
-            auto, ta, _, _ = run(temp, conc, None)
+            ways = [Way(False), Way(True), Way(None)]
+            for r in range(0, len(PROMPTS), conc):
+                for w in ways[r // conc % 3:] + ways[:r // conc % 3]:
+                    run(temp, conc, w, range(r, min(r + conc, len(PROMPTS))))
+            (plain, tp), (spec, ts), (auto, ta) = ((w.outs, w.secs) for w in ways)
+            tot, d = ways[1].tot, ways[1].delta
             n = sum(len(o) for o in plain)
             acc = tot["accepted_bytes"] / tot["drafted_bytes"] if tot["drafted_bytes"] else 0
             per_round = (tot["accepted_bytes"] + tot["drafts"]) / tot["drafts"] if tot["drafts"] else 0
