@@ -487,10 +487,13 @@ typedef struct round_ctx {
     int i;
     size_t base; /* fed_total before the round */
     double now;
+    const spec_result *r; /* drafted and accepted are known before the first byte */
 } round_ctx;
 
 static int take_round_byte(void *ctx, int t, uint8_t b) {
     round_ctx *c = ctx;
+    /* The request's counts, before its first byte may finish it (its answer is then built). */
+    if (t == 0) srv_job_count_draft(c->s->run[c->i].job, c->r->drafted, c->r->accepted);
     c->s->run[c->i].fed_total = c->base + 1 + (size_t)t;
     return take_byte(c->s, c->i, b, c->now);
 }
@@ -564,13 +567,12 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
     srv_session *x = q->sess;
     srv_job *j = q->job;
     const int slot = q->slot;
-    round_ctx c = {s, i, q->fed_total, now};
     spec_result r;
+    round_ctx c = {s, i, q->fed_total, now, &r};
     mb_err e;
     int rc = spec_round(&j->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q), s->scratch,
                         s->pool, slot, take_round_byte, &c, &r, &e);
     srv_metrics_draft(s->mx, kind == DRAFT_MODEL, (size_t)dlen, (size_t)r.accepted);
-    srv_job_count_draft(j, dlen, r.accepted);
     if (!r.ended && kind == DRAFT_LOOKUP) /* else q is gone */
         q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted);
     if (!r.ended && kind == DRAFT_MODEL) model_round_done(s, q, dlen, r.accepted, r.taken);

@@ -107,8 +107,9 @@ typedef int (*spec_take_fn)(void *ctx, int t, uint8_t byte);
  * slot `slot` of pool p with logits at each (rows, as for spec_verify). The round's bytes, the
  * accepted draft bytes then the sampler's own, go to take one by one, and the slot is rolled
  * back to hold the bytes before the last one taken (which the next span begins with), so a
- * sequence that ends in the middle of a round leaves the state plain decoding leaves. Returns
- * 0, or -1 when the rollback failed (e says why, r is filled). */
+ * sequence that ends in the middle of a round leaves the state plain decoding leaves. r's
+ * drafted and accepted are set before the first byte goes to take. Returns 0, or -1 when the
+ * rollback failed (e says why, r is filled). */
 int spec_round(const mb_sampling *s, const float *rows, int n_vocab, const uint8_t *draft, int k,
                uint64_t pos0, void *scratch, mb_pool *p, int slot, spec_take_fn take, void *ctx,
                spec_result *r, mb_err *e);
