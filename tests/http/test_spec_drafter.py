@@ -156,6 +156,32 @@ def test_sessions():
         spec.wait_idle()
 
 
+def test_sessions_keep_the_drafter():
+    """A session's drafter state goes with it: the same request on a session and on its forks,
+    one of them saved and evicted to session_dir and read back, one spilled to host memory and
+    restored, drafts the same drafts (equal draft counts, not only equal bytes); a drafter
+    started over would draft differently."""
+    n = 48 if FULL else 16
+    with Server("--slots", "2", "--max-sessions", "4", "--draft", DRAFTER, model=BYTE) as srv:
+        def g(sid, prompt, nb):
+            r = srv.post("/v1/generate", {"prompt_base64": base64.b64encode(prompt).decode(), "max_tokens": nb,
+                                          "session": sid, "temperature": 0, "speculative": ON})
+            t = r["timings"]
+            return b64(r["bytes_base64"]), t["drafts"], t["drafted_bytes"], t["accepted_bytes"]
+
+        a = srv.post("/v1/sessions", {"prompt": PROMPTS[1].decode()})["id"]
+        g(a, b"", n)
+        b, c = (srv.post(f"/v1/sessions/{a}/fork", {})["id"] for _ in range(2))
+        srv.post(f"/v1/sessions/{b}/save", {})
+        want = g(a, PROMPTS[2], n)
+        assert want[1] > 0, want
+        others = [srv.post("/v1/sessions", {})["id"] for _ in range(3)]  # evicts b (saved) and c
+        for o in others:
+            g(o, PROMPTS[3], 4)
+        assert g(b, PROMPTS[2], n) == want, "read back from session_dir"
+        assert g(c, PROMPTS[2], n) == want, "forked, then spilled or evicted"
+
+
 def test_lookup_combined():
     rep = b"the cat and the dog and the cat and the dog and the cat and the "
     n = 120 if FULL else 40
@@ -225,7 +251,8 @@ def main():
     SPEC = Server("--slots", "64", "--draft", DRAFTER, model=BYTE)
     try:
         run([test_bad_requests, test_books_alone, test_books_64_at_once, test_stops_and_limits, test_streamed,
-             test_lookup_combined, test_auto_by_cost, test_sessions, test_random_weights])
+             test_lookup_combined, test_auto_by_cost, test_sessions, test_sessions_keep_the_drafter,
+             test_random_weights])
         SPEC.wait_idle()
         PLAIN.stop()
         SPEC.stop()
