@@ -30,7 +30,16 @@ int spec_cost_choose(spec_cost *c, int n_decode) {
     unsigned long long t = c->b[k].steps++;
     if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) return a[1].n < a[0].n;
     int best = rate(&a[1]) > rate(&a[0]);
-    return t % SPEC_COST_PERIOD < SPEC_COST_PROBE ? !best : best;
+    unsigned *period = &c->b[k].period;
+    if (!*period) *period = SPEC_COST_PERIOD;
+    if (t % *period == SPEC_COST_PROBE) { /* a probe just ended: how far behind is the loser? */
+        if (rate(&a[!best]) < 0.5 * rate(&a[best]))
+            *period = *period * 2 > SPEC_COST_PERIOD_MAX ? SPEC_COST_PERIOD_MAX : *period * 2;
+        else
+            *period = SPEC_COST_PERIOD;
+        c->b[k].steps = t = SPEC_COST_PROBE + 1; /* the new period starts after this probe */
+    }
+    return t % *period < SPEC_COST_PROBE ? !best : best;
 }
 
 void spec_cost_record(spec_cost *c, int n_decode, int drafted, double bytes, double seconds) {

@@ -8,14 +8,18 @@
  * keeps moving averages of bytes and seconds for steps with model drafts and without. It drafts
  * in a bucket while that gives more bytes per second, and now and then runs a few steps the
  * other way to keep both numbers current (both ways alternate until each has been measured).
+ * A way that keeps losing by more than half (drafting on a GPU with a drafter as slow as the
+ * byte model) is probed ever more rarely, down to once per SPEC_COST_PERIOD_MAX steps; a probe
+ * that finds the gap closed returns to SPEC_COST_PERIOD.
  * Speculation never changes the bytes, only when they come. */
 #ifndef SPEC_COST_H
 #define SPEC_COST_H
 
-#define SPEC_COST_BUCKETS 12  /* 1 .. 2048+ decoding sequences */
-#define SPEC_COST_WARMUP  8   /* steps measured each way before choosing */
-#define SPEC_COST_PERIOD  256 /* steps between probes of the way not chosen */
-#define SPEC_COST_PROBE   8   /* steps per probe */
+#define SPEC_COST_BUCKETS    12  /* 1 .. 2048+ decoding sequences */
+#define SPEC_COST_WARMUP     8   /* steps measured each way before choosing */
+#define SPEC_COST_PERIOD     256 /* steps between probes of the way not chosen */
+#define SPEC_COST_PROBE      8   /* steps per probe */
+#define SPEC_COST_PERIOD_MAX 8192
 
 typedef struct spec_cost_arm {
     double bytes, seconds; /* moving averages per step */
@@ -26,6 +30,7 @@ typedef struct spec_cost {
     struct {
         spec_cost_arm arm[2]; /* [0]: plain steps, [1]: steps with model drafts */
         unsigned long long steps;
+        unsigned period; /* steps between probes now (0: SPEC_COST_PERIOD) */
     } b[SPEC_COST_BUCKETS];
 } spec_cost;
 

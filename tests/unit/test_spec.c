@@ -447,6 +447,20 @@ static void test_cost(void) {
         spec_cost_record(&c, 64, d, d ? 128 : 64, d ? 4e-3 : 1e-3);
     }
     CHECK(!spec_cost_better(&c, 64), "probes see the change");
+    /* 8 sequences, drafting at a quarter of plain's rate (the bundled pair on a GPU): probes back
+     * off to one per SPEC_COST_PERIOD_MAX steps; when drafting catches up, they come back */
+    drafted = 0;
+    for (int i = 0; i < 100000; i++) {
+        int d = spec_cost_choose(&c, 8);
+        drafted += d;
+        spec_cost_record(&c, 8, d, d ? 8 : 8, d ? 4e-3 : 1e-3);
+    }
+    CHECK(!spec_cost_better(&c, 8) && drafted < 100000 / 400, "rare probes: %d drafted", drafted);
+    for (int i = 0; i < 3 * SPEC_COST_PERIOD_MAX; i++) {
+        int d = spec_cost_choose(&c, 8);
+        spec_cost_record(&c, 8, d, d ? 16 : 8, d ? 1.2e-3 : 1e-3);
+    }
+    CHECK(spec_cost_better(&c, 8), "a backed-off probe still sees drafting pay");
 }
 
 int main(int argc, char **argv) {
