@@ -28,7 +28,18 @@ int spec_cost_choose(spec_cost *c, int n_decode) {
     int k = bucket(n_decode);
     const spec_cost_arm *a = c->b[k].arm;
     unsigned long long t = c->b[k].steps++;
-    if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) return a[1].n < a[0].n;
+    if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) {
+        /* a heavier load than one where drafting lost by more than half: start plain, and
+         * measure drafting only in rare probes (spans cost more, not less, as the batch grows) */
+        for (int j = k - 1; j >= 0; j--) {
+            const spec_cost_arm *l = c->b[j].arm;
+            if (l[0].n < SPEC_COST_WARMUP || l[1].n < SPEC_COST_WARMUP) continue;
+            if (rate(&l[1]) < 0.5 * rate(&l[0]))
+                return t % SPEC_COST_PERIOD_MAX >= SPEC_COST_PERIOD_MAX - SPEC_COST_PROBE;
+            break;
+        }
+        return a[1].n < a[0].n;
+    }
     int best = rate(&a[1]) > rate(&a[0]);
     unsigned *period = &c->b[k].period;
     if (!*period) *period = SPEC_COST_PERIOD;

@@ -10,7 +10,8 @@
  * other way to keep both numbers current (both ways alternate until each has been measured).
  * A way that keeps losing by more than half (drafting on a GPU with a drafter as slow as the
  * byte model) is probed ever more rarely, down to once per SPEC_COST_PERIOD_MAX steps; a probe
- * that finds the gap closed returns to SPEC_COST_PERIOD.
+ * that finds the gap closed returns to SPEC_COST_PERIOD. A load heavier than one where drafting
+ * lost by more than half starts plain and measures drafting in those rare probes only.
  * Speculation never changes the bytes, only when they come. */
 #ifndef SPEC_COST_H
 #define SPEC_COST_H

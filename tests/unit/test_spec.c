@@ -461,6 +461,19 @@ static void test_cost(void) {
         spec_cost_record(&c, 8, d, d ? 16 : 8, d ? 1.2e-3 : 1e-3);
     }
     CHECK(spec_cost_better(&c, 8), "a backed-off probe still sees drafting pay");
+    /* a fresh chooser: drafting loses by 4x at one sequence, so 2-3 and 4-7 start plain */
+    spec_cost_init(&c);
+    for (int i = 0; i < 100; i++) {
+        int d = spec_cost_choose(&c, 1);
+        spec_cost_record(&c, 1, d, 1, d ? 4e-3 : 1e-3);
+    }
+    drafted = 0;
+    for (int i = 0; i < 1000; i++) {
+        int d = spec_cost_choose(&c, 2 + i % 4);
+        drafted += d;
+        spec_cost_record(&c, 2 + i % 4, d, 2, d ? 8e-3 : 2e-3);
+    }
+    CHECK(drafted == 0, "heavier loads start plain: %d drafted", drafted);
 }
 
 int main(int argc, char **argv) {
