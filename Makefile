@@ -7,7 +7,7 @@ WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 CSTD    := -std=c11 -D_GNU_SOURCE -DMB_VERSION='"$(VERSION)"'
 INC     := -Imodel -Iconfig -Ispeculative -Iserver -Icli -I/usr/include/cjson
-LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lpthread -ldl -lm
+LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lcurl -lpthread -ldl -lm
 REL_FLAGS  := -O3 $(ARCH) -g
 ASAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 

@@ -10,7 +10,8 @@ static const char usage[] =
     "  serve      HTTP completion server (OpenAI-compatible and native endpoints)\n"
     "  generate   generate bytes after a prompt\n"
     "  eval       bits per byte of a model on a text file\n"
-    "  logits     dump raw float32 logits of every position (parity checks)\n";
+    "  logits     dump raw float32 logits of every position (parity checks)\n"
+    "  loadgen    load client: latency and throughput of a completions endpoint, in bytes\n";
 
 int main(int argc, char **argv) {
     static const struct {
@@ -19,7 +20,8 @@ int main(int argc, char **argv) {
     } cmds[] = {{"serve", srv_main},
                 {"generate", cmd_generate},
                 {"eval", cmd_eval},
-                {"logits", cmd_logits}};
+                {"logits", cmd_logits},
+                {"loadgen", cmd_loadgen}};
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         fputs(usage, argc < 2 ? stderr : stdout);
