@@ -102,8 +102,9 @@ typedef struct figures {
     int n_groups;
 } figures;
 
-static double tpob_ms(const lg_rec *x) {
-    return x->out_bytes >= 2 && x->t_first >= 0
+/* Time per output byte after the first; -1 where there is none (a whole answer: no stream). */
+static double tpob_ms(const lg_opts *o, const lg_rec *x) {
+    return o->stream && x->out_bytes >= 2 && x->t_first >= 0
                ? (x->t_end - x->t_first) * 1e3 / (double)(x->out_bytes - 1)
                : -1;
 }
@@ -155,7 +156,7 @@ static int compute(const lg_opts *o, const lg_run *r, figures *f) {
         f->in_bytes += x->prompt_bytes;
         f->out_bytes += x->out_bytes;
         if (x->usage_out >= 0) f->usage_out = (f->usage_out < 0 ? 0 : f->usage_out) + x->usage_out;
-        double ttfb = x->t_first >= 0 ? (x->t_first - x->t_send) * 1e3 : -1, tp = tpob_ms(x);
+        double ttfb = x->t_first >= 0 ? (x->t_first - x->t_send) * 1e3 : -1, tp = tpob_ms(o, x);
         if (ttfb >= 0) v[ST_TTFB][n[ST_TTFB]++] = ttfb;
         if (tp >= 0) v[ST_TPOB][n[ST_TPOB]++] = tp;
         v[ST_E2E][n[ST_E2E]++] = (x->t_end - x->t_send) * 1e3;
@@ -250,8 +251,10 @@ static double num(const cJSON *o, const char *name) {
 /* ---- the table ---- */
 
 static void print_workload(const lg_opts *o) {
-    printf("mambabyte loadgen: POST %s%s\n", o->engine ? "(engine alone) " : "",
-           o->engine ? o->engine : o->endpoint);
+    if (o->engine)
+        printf("mambabyte loadgen: the engine alone (no HTTP) on %s\n", o->engine);
+    else
+        printf("mambabyte loadgen: POST %s\n", o->endpoint);
     if (o->rate > 0)
         printf("  open loop: %.3g requests/s (burstiness %.3g), at most %d in flight", o->rate,
                o->burstiness, o->concurrency ? o->concurrency : LG_MAX_CONCURRENCY);
@@ -276,7 +279,8 @@ static void print_table(const lg_opts *o, const lg_run *r, const figures *f, con
     if (r->stopped[0]) printf("  note     %s\n", r->stopped);
     printf("duration   %.3f s; %.3f requests/s; peak concurrency %d", d,
            d > 0 ? (double)f->completed / d : 0, r->peak);
-    if (r->delayed) printf("; %ld arrivals sent late (at the cap)", r->delayed);
+    if (r->delayed)
+        printf("; %ld arrivals sent over 1 ms late (the client busy or at its cap)", r->delayed);
     printf("\nbytes      input %zu (%.1f/s), output %zu (%.1f/s)", f->in_bytes,
            d > 0 ? (double)f->in_bytes / d : 0, f->out_bytes, d > 0 ? (double)f->out_bytes / d : 0);
     if (f->usage_out >= 0) printf("; the server's usage: %ld output", f->usage_out);
