@@ -148,7 +148,7 @@ static int warm_up(const lg_opts *o, const lg_prompts *p) {
     if (w.n && !ok) {
         const lg_rec *x = &w.rec[0];
         char status[32] = "";
-        if (x->status) snprintf(status, sizeof status, "status %d: ", x->status);
+        if (x->fail == LG_HTTP) snprintf(status, sizeof status, "status %d: ", x->status);
         fprintf(stderr,
                 "mambabyte " CMD ": every warm-up request to %s failed (%zu of %zu); the first: "
                 "%s%s\n",

@@ -138,7 +138,7 @@ def test_daemon_killed_mid_run():
     srv = Server()
     try:
         lg = subprocess.Popen([BIN, "loadgen", "--quiet", "--url", f"http://127.0.0.1:{srv.port}",
-                               "--concurrency", "4", "--duration", "120", "--max-tokens", "4000",
+                               "--concurrency", "4", "--duration", "120", "--max-tokens", "4000", "--warmup", "0",
                                "--json", out], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
         deadline = time.time() + 60
