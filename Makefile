@@ -41,7 +41,7 @@ build/asan/libmambabyte_cuda.so: build/rel/libmambabyte_cuda.so
 	cp $< $@
 
 .SECONDARY:
-.PHONY: all test test-gpu fuzz run bench format format-check clean deps test-deps
+.PHONY: all test test-gpu fuzz run bench bench-serve format format-check clean deps test-deps
 all: build/rel/mambabyte
 
 define variant
@@ -152,6 +152,12 @@ build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm
 bench: build/rel/mambabyte
 	bench/engine.sh
+# The serving benchmark: a `mambabyte loadgen` sweep against a local daemon on the bundled model
+# (bench/server.sh, bench/sweep.sh), leaving the table, the JSON files and the plot in
+# build/bench-serve. bench/efficiency.sh compares the daemon with the engine alone.
+bench-serve: build/rel/mambabyte
+	@tools/deps.sh --bench
+	bench/server.sh
 # The GPU benchmark (bench/gpu.sh runs it on a machine with a GPU): the backend's kernels are
 # compiled in for the invariance-cost comparison against cuBLAS.
 build/rel/bench_gpu: bench/bench_gpu.cu kernels/cu_matmul.cu kernels/cu_kernels.h build/rel/libengine.a

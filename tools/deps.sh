@@ -1,11 +1,14 @@
 #!/bin/sh
-# Installs the Debian packages that building, serving and testing need, if any is missing, and
-# with --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML).
-# Shared by `make run`, `make test` and CI; does nothing when everything is there.
+# Installs the Debian packages that building, serving and testing need, if any is missing; with
+# --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML); with
+# --bench gnuplot for the plots of `make bench-serve`. Shared by `make run`, `make test`,
+# `make bench-serve` and CI; does nothing when everything is there. libcurl is the load client's
+# (`mambabyte loadgen`).
 set -e
 PKGS="build-essential clang libclang-rt-14-dev python3-pip libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libcurl4-openssl-dev python3 xz-utils"
 # make test-deploy: nginx in front of two daemons, YAML for the Kubernetes manifests
 [ "$1" = --test ] && PKGS="$PKGS nginx python3-yaml"
+[ "$1" = --bench ] && PKGS="$PKGS gnuplot-nox"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
