@@ -128,8 +128,8 @@ static void handle_json(conn *c, char *text, size_t n, double now) {
     if (got > 0) {
         if (c->rec.t_first < 0)
             c->rec.t_first = now - c->t0;
-        else if (lg_run_gap(c->run, now - c->last_text))
-            set_why(&c->rec, "out of memory");
+        else if (lg_run_gap(c->run, now - c->last_text) && c->rec.fail == LG_OK)
+            c->rec.fail = LG_BAD, set_why(&c->rec, "the client ran out of memory");
         c->last_text = now;
         c->rec.out_bytes += got;
         c->rec.chunks++;
