@@ -16,6 +16,7 @@ ENG_C   := $(wildcard model/*.c speculative/*.c)
 ENG_CC  := $(wildcard speculative/*.cc)
 APP_C   := $(wildcard config/*.c) $(wildcard server/*.c)
 CLI_C   := $(wildcard cli/*.c)
+LG_C    := cli/lg_answer.c cli/lg_prompts.c cli/lg_report.c # loadgen without its network loop
 LIB_C   := $(ENG_C) $(APP_C)
 HDRS    := $(wildcard */*.h tests/*/*.h)
 TESTS   := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
@@ -63,6 +64,9 @@ build/$(1)/mambabyte: $$(patsubst %.c,build/$(1)/%.o,$$(CLI_C)) build/$(1)/libap
 build/$(1)/tests/test_srv_%: build/$(1)/tests/unit/test_srv_%.o build/$(1)/libapp.a build/$(1)/libengine.a
 	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
 build/$(1)/tests/test_cfg_%: build/$(1)/tests/unit/test_cfg_%.o build/$(1)/libapp.a build/$(1)/libengine.a
+	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
+# loadgen's test links the parts of it that need no server (answers, prompts, figures)
+build/$(1)/tests/test_lg_%: build/$(1)/tests/unit/test_lg_%.o $$(patsubst %.c,build/$(1)/%.o,$$(LG_C)) build/$(1)/libengine.a
 	$$(CXX) $(2) -o $$@ $$^ $$(LIBS)
 build/$(1)/tests/%: build/$(1)/tests/unit/%.o build/$(1)/libengine.a
 	@mkdir -p $$(dir $$@)
@@ -129,6 +133,9 @@ build/fuzz/%.o: %.cc $(HDRS)
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) -o $@ $< $(ENG_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
+build/fuzz/fuzz_answer: tests/fuzz/fuzz_answer.c $(LG_C) $(ENG_C) $(FUZZ_CC_OBJ) $(HDRS)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) -o $@ $< $(LG_C) $(ENG_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
 build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) -o $@ $< $(LIB_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++

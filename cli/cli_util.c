@@ -14,6 +14,12 @@ double cli_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double cli_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int cli_die(const char *cmd, const char *msg) {
     fprintf(stderr, "mambabyte %s: %s\n", cmd, msg);
     return 1;

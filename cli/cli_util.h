@@ -13,7 +13,8 @@
 #define CLI_MAX_FILE_BYTES ((size_t)1 << 32) /* bytes of an input file */
 #define CLI_MAX_THREADS    1024
 
-double cli_now(void); /* seconds, monotonic */
+double cli_now(void);     /* seconds, monotonic */
+double cli_cpu_now(void); /* CPU seconds this process has used */
 /* Prints "mambabyte cmd: msg" on stderr; returns 1, the exit status. */
 int cli_die(const char *cmd, const char *msg);
 /* Loads a model on the device of o and says on stderr which device runs it and why (unless the

@@ -96,6 +96,7 @@ typedef struct lg_run {
     size_t n_gaps, cap_gaps;
     double t0;         /* cli_now() when the run began */
     double duration;   /* from the run's start to its last answer */
+    double cpu_s;      /* CPU seconds this process used in the run (with --engine: the engine) */
     int peak;          /* most requests in flight at once */
     long delayed;      /* arrivals sent late because the concurrency cap was reached */
     char stopped[200]; /* why sending stopped before its end; "" */
@@ -116,6 +117,32 @@ int lg_may_send(const lg_opts *o, long sent, double now);
 extern volatile int lg_interrupted;
 
 /* ---- running (lg_http.c, lg_engine.c) ---- */
+
+/* One answer being read (lg_answer.c). Fill native, rec, t0 (the run's start: times in the
+ * record are relative to it) and run (where gaps go; NULL: nowhere); the rest starts at 0. */
+typedef struct lg_answer {
+    int native;  /* our /v1/generate: bytes_base64 gives the exact bytes */
+    lg_rec *rec; /* gets out_bytes, chunks, t_first, usage, and fail/why on an error */
+    lg_run *run;
+    double t0;
+    char *buf; /* bytes not yet handled (a stream's partial event) or the whole body */
+    size_t len, cap;
+    double last_text; /* time of the latest text event */
+    int done;         /* data: [DONE] seen */
+    int events;       /* JSON events seen */
+} lg_answer;
+
+/* Appends n bytes of the body at time now, keeping at most `keep` bytes (0: all); with events,
+ * handles every complete event of a stream. -1 when out of memory. */
+int lg_answer_add(lg_answer *a, const char *data, size_t n, int events, size_t keep, double now);
+/* A streamed 200 ended: handles a last event without its blank line; no event or no
+ * "data: [DONE]" is a malformed answer. */
+void lg_answer_stream_end(lg_answer *a, double now);
+/* A whole (not streamed) 200 answer: its text and usage, or an error in it. */
+void lg_answer_whole(lg_answer *a, double now);
+/* A failed answer: its message ({"error": {"message"}}, else the first line) into rec->why. */
+void lg_answer_error(lg_answer *a);
+void lg_answer_free(lg_answer *a);
 
 /* The request body for request idx (cJSON text, malloc'd), NULL when out of memory. */
 char *lg_body(const lg_opts *o, const lg_prompts *p, long idx, size_t *prompt_bytes);

@@ -112,6 +112,7 @@ static int phase(engine *g, long n, lg_run *r, mb_err *e) {
     lg_run scratch_run = {0};
     if (!recording) r = &scratch_run;
     r->t0 = cli_now();
+    const double cpu0 = cli_cpu_now();
     long sent = 0;
     double next_tick = tick;
     for (;;) {
@@ -136,6 +137,7 @@ static int phase(engine *g, long n, lg_run *r, mb_err *e) {
         }
     }
     if (recording) {
+        r->cpu_s = cli_cpu_now() - cpu0;
         r->duration = r->n ? cli_now() - r->t0 : 0;
         for (size_t i = 0; i < r->n; i++)
             if (r->rec[i].t_end > r->duration) r->duration = r->rec[i].t_end;

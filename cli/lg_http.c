@@ -45,170 +45,22 @@ char *lg_body(const lg_opts *o, const lg_prompts *p, long idx, size_t *prompt_by
 typedef struct conn {
     CURL *h;
     char *body;
-    char *buf; /* bytes of the answer not yet handled (a stream's partial event) */
-    size_t len, cap;
-    double last_text; /* time of the latest text event */
-    int done;         /* data: [DONE] seen */
-    int events;       /* JSON events seen */
+    lg_answer ans;
     lg_rec rec;
-    struct conn *prev, *next; /* the transfers in flight */
-    lg_run *run;
     const lg_opts *o;
-    double t0;
+    struct conn *prev, *next; /* the transfers in flight */
     char err[CURL_ERROR_SIZE];
 } conn;
 
-static void set_why(lg_rec *r, const char *s) {
-    snprintf(r->why, sizeof r->why, "%s", s);
-}
-
-/* cJSON ends a string at a NUL, and a byte model may generate one ("\u0000" in the JSON): such
- * escapes become "\u0001" before parsing, which keeps every length. */
-static void mask_nul_escapes(char *s, size_t n) {
-    int in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!in_str) {
-            in_str = s[i] == '"';
-        } else if (s[i] == '"') {
-            in_str = 0;
-        } else if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) s[i + 5] = '1';
-            i++;
-        }
-    }
-}
-
-static long number_or(const cJSON *o, const char *name, long dflt) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsNumber(v) ? (long)v->valuedouble : dflt;
-}
-
-/* Bytes of an exact base64 text: 3 per 4 characters, less the padding. */
-static size_t base64_bytes(const char *s) {
-    size_t n = strlen(s);
-    if (n % 4) return n / 4 * 3;
-    return n / 4 * 3 - (n >= 1 && s[n - 1] == '=') - (n >= 2 && s[n - 2] == '=');
-}
-
-/* One JSON answer (a whole body, or one event of a stream) seen at time now: its text, its
- * usage, or its error. */
-static void handle_json(conn *c, char *text, size_t n, double now) {
-    mask_nul_escapes(text, n);
-    cJSON *j = cJSON_ParseWithLength(text, n);
-    if (!cJSON_IsObject(j)) {
-        if (c->rec.fail == LG_OK) {
-            c->rec.fail = LG_BAD;
-            set_why(&c->rec, "an answer that is not a JSON object");
-        }
-        cJSON_Delete(j);
-        return;
-    }
-    c->events++;
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
-    if (err && !cJSON_IsNull(err)) {
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
-        if (c->rec.fail == LG_OK) {
-            c->rec.fail = LG_STREAM;
-            set_why(&c->rec, cJSON_IsString(m) ? m->valuestring : "an error without a message");
-        }
-        cJSON_Delete(j);
-        return;
-    }
-    size_t got = 0;
-    const cJSON *b64 = cJSON_GetObjectItemCaseSensitive(j, "bytes_base64");
-    if (c->o->native && cJSON_IsString(b64)) {
-        got = base64_bytes(b64->valuestring);
-    } else {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "text");
-        const cJSON *ch = cJSON_GetObjectItemCaseSensitive(j, "choices");
-        if (!t && cJSON_IsArray(ch) && cJSON_GetArraySize(ch) > 0)
-            t = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(ch, 0), "text");
-        if (cJSON_IsString(t)) got = strlen(t->valuestring);
-    }
-    if (got > 0) {
-        if (c->rec.t_first < 0)
-            c->rec.t_first = now - c->t0;
-        else if (lg_run_gap(c->run, now - c->last_text) && c->rec.fail == LG_OK)
-            c->rec.fail = LG_BAD, set_why(&c->rec, "the client ran out of memory");
-        c->last_text = now;
-        c->rec.out_bytes += got;
-        c->rec.chunks++;
-    }
-    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
-    if (cJSON_IsObject(u)) {
-        c->rec.usage_prompt = number_or(u, c->o->native ? "prompt_bytes" : "prompt_tokens", -1);
-        c->rec.usage_out =
-            number_or(u, c->o->native ? "completion_bytes" : "completion_tokens", -1);
-    }
-    cJSON_Delete(j);
-}
-
-/* Handles every whole event in c->buf (events end at a blank line; "data:" lines carry the
- * payload, ":" lines are comments such as keep-alives) and keeps the partial one. */
-static void handle_events(conn *c, double now, int final) {
-    size_t at = 0;
-    for (;;) {
-        char *end = c->len > at ? strstr(c->buf + at, "\n\n") : NULL;
-        char *crend = c->len > at ? strstr(c->buf + at, "\r\n\r\n") : NULL;
-        size_t sep = 2;
-        if (crend && (!end || crend < end)) end = crend, sep = 4;
-        if (!end && final && at < c->len) end = c->buf + c->len, sep = 0;
-        if (!end) break;
-        /* the data lines of this event, joined by newlines, in place */
-        char *ev = c->buf + at, *data = NULL;
-        size_t dn = 0;
-        *end = 0;
-        for (char *line = ev; line;) {
-            char *nl = strchr(line, '\n');
-            if (nl) *nl = 0;
-            size_t ll = strlen(line);
-            if (ll && line[ll - 1] == '\r') line[--ll] = 0;
-            if (!strncmp(line, "data:", 5)) {
-                char *v = line + 5 + (line[5] == ' ');
-                size_t vl = strlen(v);
-                if (!data) data = ev;
-                if (dn) data[dn++] = '\n';
-                memmove(data + dn, v, vl);
-                dn += vl;
-            }
-            line = nl ? nl + 1 : NULL;
-        }
-        if (data) {
-            data[dn] = 0;
-            if (!strcmp(data, "[DONE]"))
-                c->done = 1;
-            else
-                handle_json(c, data, dn, now);
-        }
-        at = (size_t)(end - c->buf) + sep;
-        if (at >= c->len) break;
-    }
-    if (at >= c->len) {
-        c->len = 0;
-    } else if (at > 0) {
-        memmove(c->buf, c->buf + at, c->len - at);
-        c->len -= at;
-    }
-    if (c->buf) c->buf[c->len] = 0;
-}
-
 static size_t on_data(char *data, size_t size, size_t nmemb, void *userp) {
     conn *c = userp;
-    size_t n = size * nmemb;
     long status = 0;
     curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
-    int streaming = c->o->stream && status == 200;
-    if (!streaming && c->len + n > MAX_ERROR_BODY && status != 200) n = 0; /* keep the head */
-    if (c->len + n + 1 > c->cap) {
-        size_t cap = (c->len + n + 1) * 2;
-        char *b = realloc(c->buf, cap);
-        if (!b) return 0; /* curl fails the transfer: a transport error */
-        c->buf = b, c->cap = cap;
-    }
-    memcpy(c->buf + c->len, data, n);
-    c->len += n;
-    c->buf[c->len] = 0;
-    if (streaming) handle_events(c, cli_now(), 0);
+    /* a stream is read as it comes; a failure's body is kept for its message only */
+    int events = c->o->stream && status == 200;
+    if (lg_answer_add(&c->ans, data, size * nmemb, events, status == 200 ? 0 : MAX_ERROR_BODY,
+                      cli_now()))
+        return 0; /* curl fails the transfer: a transport error */
     return size * nmemb;
 }
 
@@ -216,7 +68,8 @@ static conn *conn_start(CURLM *multi, const lg_opts *o, const lg_prompts *p, lon
                         struct curl_slist *hdrs, lg_run *run) {
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->o = o, c->run = run, c->t0 = run->t0;
+    c->o = o;
+    c->ans.native = o->native, c->ans.rec = &c->rec, c->ans.run = run, c->ans.t0 = run->t0;
     c->rec.idx = idx, c->rec.t_first = -1, c->rec.usage_prompt = c->rec.usage_out = -1;
     c->body = lg_body(o, p, idx, &c->rec.prompt_bytes);
     c->h = curl_easy_init();
@@ -241,20 +94,6 @@ fail:
     return NULL;
 }
 
-/* The error message of a failed answer: {"error": {"message"}} as OpenAI-compatible servers send
- * it, else the first line of the body. */
-static void http_why(conn *c) {
-    cJSON *j = c->buf ? cJSON_Parse(c->buf) : NULL;
-    const cJSON *m =
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
-    if (cJSON_IsString(m)) {
-        set_why(&c->rec, m->valuestring);
-    } else if (c->buf && c->len) {
-        snprintf(c->rec.why, sizeof c->rec.why, "%.*s", (int)strcspn(c->buf, "\r\n"), c->buf);
-    }
-    cJSON_Delete(j);
-}
-
 /* A transfer has ended with result res: completes the record. */
 static void conn_finish(conn *c, CURLcode res, double now) {
     lg_rec *r = &c->rec;
@@ -267,20 +106,13 @@ static void conn_finish(conn *c, CURLcode res, double now) {
                  c->err[0] ? ": " : "", c->err);
     } else if (status != 200) {
         r->fail = LG_HTTP;
-        http_why(c);
+        lg_answer_error(&c->ans);
     } else if (c->o->stream) {
-        handle_events(c, now, 1);
-        if (r->fail == LG_OK && !c->events) {
-            r->fail = LG_BAD;
-            set_why(r, "a 200 answer without a data event");
-        } else if (r->fail == LG_OK && !c->done) {
-            r->fail = LG_BAD;
-            set_why(r, "the stream ended before data: [DONE]");
-        }
+        lg_answer_stream_end(&c->ans, now);
     } else {
-        handle_json(c, c->buf ? c->buf : "", c->len, now);
+        lg_answer_whole(&c->ans, now);
     }
-    r->t_end = now - c->t0;
+    r->t_end = now - c->ans.t0;
 }
 
 static void conn_free(CURLM *multi, conn **live, conn *c) {
@@ -290,7 +122,7 @@ static void conn_free(CURLM *multi, conn **live, conn *c) {
     curl_multi_remove_handle(multi, c->h);
     curl_easy_cleanup(c->h);
     free(c->body);
-    free(c->buf);
+    lg_answer_free(&c->ans);
     free(c);
 }
 
@@ -334,6 +166,7 @@ int lg_http_run(const lg_opts *o, const lg_prompts *p, long n, int measured, lg_
     const int open_loop = measured && o->rate > 0;
     const double tick = isatty(2) ? 0.25 : 10.0;
     r->t0 = cli_now();
+    const double cpu0 = cli_cpu_now();
     double next_arrival = 0, next_tick = tick, t_last = 0;
     long sent = 0;
     int inflight = 0, rc = 0;
@@ -388,6 +221,7 @@ int lg_http_run(const lg_opts *o, const lg_prompts *p, long n, int measured, lg_
         if (wait > 0) curl_multi_poll(multi, NULL, 0, (int)(wait * 1e3) + 1, NULL);
     }
     r->duration = t_last;
+    r->cpu_s = cli_cpu_now() - cpu0;
     if (measured && !o->quiet) lg_progress(r, sent, inflight, cli_now() - r->t0, 1);
     while (live) conn_free(multi, &live, live); /* after an out-of-memory stop */
     curl_multi_cleanup(multi);

@@ -284,7 +284,8 @@ static void print_table(const lg_opts *o, const lg_run *r, const figures *f, con
     printf("\nbytes      input %zu (%.1f/s), output %zu (%.1f/s)", f->in_bytes,
            d > 0 ? (double)f->in_bytes / d : 0, f->out_bytes, d > 0 ? (double)f->out_bytes / d : 0);
     if (f->usage_out >= 0) printf("; the server's usage: %ld output", f->usage_out);
-    printf("\n");
+    printf("\n%s %.3f CPU s (%.1f%% of a core)\n", o->engine ? "engine    " : "client    ",
+           r->cpu_s, d > 0 ? 100 * r->cpu_s / d : 0);
     if (o->slo_ttfb_ms || o->slo_tpob_ms)
         printf("goodput    %ld requests within the SLO (ttfb <= %g ms, tpob <= %g ms): %.3f "
                "requests/s, %.1f%% of those sent\n",
@@ -427,6 +428,7 @@ static int write_json(const lg_opts *o, const lg_run *r, const figures *f, cJSON
     else
         cJSON_AddNullToObject(j, "usage_output_bytes");
     cJSON_AddNumberToObject(j, "peak_concurrency", r->peak);
+    cJSON_AddNumberToObject(j, "loadgen_cpu_seconds", r->cpu_s);
     cJSON_AddNumberToObject(j, "delayed_arrivals", (double)r->delayed);
     if (o->slo_ttfb_ms || o->slo_tpob_ms) {
         cJSON *g = cJSON_AddObjectToObject(j, "goodput");
