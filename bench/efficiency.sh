@@ -2,7 +2,10 @@
 # Server efficiency: one workload through the engine alone (`mambabyte loadgen --engine`: the
 # daemon's batching in one process, no HTTP) and through the daemon (`mambabyte loadgen --url` on
 # loopback), at each concurrency, the two alternated ROUNDS times so that both see the same
-# machine; prints the output bytes/s of each and the daemon's share (per round and the median).
+# machine; prints the output bytes/s of each and the daemon's share (per round and the median),
+# and the output bytes per CPU second of each (the engine's process; the daemon's from its
+# /metrics, all threads): the wall-clock ratio shows what other load on the machine does to
+# both, the CPU ratio what the daemon spends beyond the engine.
 # Where there are two cores or more, the engine and the daemon get the same cores (all but the
 # last, one engine thread each) and the HTTP client the last one.
 # Usage: bench/efficiency.sh [MODEL_DIR] [OUT_DIR]
@@ -46,22 +49,31 @@ for k in $(seq "$ROUNDS"); do
             $COMMON --json "$OUT/d-c$c-$k.json" >/dev/null
     done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' | tee "$OUT/efficiency.md"
 import glob, json, os, statistics, sys
 out = sys.argv[1]
+
+
 def load(kind, c):
     return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, f"{kind}-c{c}-*.json")))]
+
+
 levels = sorted({int(p.split("-c")[1].split("-")[0]) for p in glob.glob(os.path.join(out, "e-c*.json"))})
-print("| concurrency | engine alone, output B/s | daemon, output B/s | daemon / engine, per round | median | TTFB p50 engine / daemon (ms) | TPOB p50 engine / daemon (ms) |")
-print("| ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+print("| concurrency | engine alone, output B/s | daemon, output B/s | daemon / engine (wall), per round | median | engine / daemon, output B per CPU s | daemon / engine (CPU), median | TTFB p50 engine / daemon (ms) | TPOB p50 engine / daemon (ms) |")
+print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+med = statistics.median
 for c in levels:
     e, d = load("e", c), load("d", c)
+    assert all(x["failed"] == 0 for x in e + d), "failed requests"
     eb = [x["output_bytes_per_s"] for x in e]
     db = [x["output_bytes_per_s"] for x in d]
+    # output bytes per CPU second: the engine's process, the daemon's (all its threads, /metrics)
+    ec = [x["output_bytes"] / x["loadgen_cpu_seconds"] for x in e]
+    dc = [x["output_bytes"] / x["server"]["cpu_seconds"] for x in d]
     ratios = [b / a for a, b in zip(eb, db)]
-    assert all(x["failed"] == 0 for x in e + d), "failed requests"
-    med = lambda xs: statistics.median(xs)
+    cpu_ratios = [b / a for a, b in zip(ec, dc)]
+    lat = lambda runs, k: med([x["latency_ms"][k]["median"] for x in runs])
     print(f"| {c} | {med(eb):,.0f} | {med(db):,.0f} | {', '.join(f'{r:.2f}' for r in ratios)} | {med(ratios):.2f} | "
-          f"{med([x['latency_ms']['ttfb']['median'] for x in e]):.1f} / {med([x['latency_ms']['ttfb']['median'] for x in d]):.1f} | "
-          f"{med([x['latency_ms']['tpob']['median'] for x in e]):.2f} / {med([x['latency_ms']['tpob']['median'] for x in d]):.2f} |")
+          f"{med(ec):,.0f} / {med(dc):,.0f} | {med(cpu_ratios):.2f} | "
+          f"{lat(e, 'ttfb'):.1f} / {lat(d, 'ttfb'):.1f} | {lat(e, 'tpob'):.2f} / {lat(d, 'tpob'):.2f} |")
 PY

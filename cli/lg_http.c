@@ -216,8 +216,11 @@ int lg_http_run(const lg_opts *o, const lg_prompts *p, long n, int measured, lg_
             lg_progress(r, sent, inflight, now, 0);
             next_tick = now + tick;
         }
+        /* wait for the sockets, unless a request may start now (a slot freed in a closed loop),
+         * and no further than the next arrival */
         double wait = 0.1;
-        if (open_loop && may && inflight < cap) wait = next_arrival - now;
+        if (inflight < cap && may_send(o, n, measured, sent, now, r))
+            wait = open_loop ? next_arrival - now : 0;
         if (wait > 0) curl_multi_poll(multi, NULL, 0, (int)(wait * 1e3) + 1, NULL);
     }
     r->duration = t_last;
