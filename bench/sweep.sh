@@ -83,12 +83,14 @@ set key top left
 set ylabel "median time per output byte (ms)"
 plot "$OUT/closed.dat" using 5:8 with linespoints title "closed loop (concurrency)", \
      "$OUT/closed.dat" using 5:8:1 with labels offset 0,1 notitle, \
-     "$OUT/open.dat" using 5:8 with linespoints title "open loop (rate)"
+     "$OUT/open.dat" using 5:8 with linespoints title "open loop (rate)", \
+     "$OUT/open.dat" using 5:8:1 with labels offset 0,-1 notitle
 set ylabel "p99 time to first byte (ms)"
 set logscale y
 plot "$OUT/closed.dat" using 5:7 with linespoints title "closed loop (concurrency)", \
      "$OUT/closed.dat" using 5:7:1 with labels offset 0,1 notitle, \
-     "$OUT/open.dat" using 5:7 with linespoints title "open loop (rate)"
+     "$OUT/open.dat" using 5:7 with linespoints title "open loop (rate)", \
+     "$OUT/open.dat" using 5:7:1 with labels offset 0,-1 notitle
 unset multiplot
 EOF
     echo "plot: $OUT/sweep.png" >&2

@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +27,7 @@ static const char loadgen_usage[] =
     "                       (closed loop; --threads N engine threads), to measure the daemon's "
     "cost\n"
     "  --concurrency N      closed loop: N requests in flight (default 1); with --rate, the most\n"
-    "                       in flight at once (default no limit)\n"
+    "                       in flight at once (default: what the open-files limit allows)\n"
     "  --rate R             open loop: R requests/s on average, random arrivals\n"
     "  --burstiness B       gamma shape of the arrival gaps: 1 Poisson (default), < 1 burstier\n"
     "  --requests N         requests to measure (default 100 unless --duration)\n"
@@ -58,6 +59,20 @@ static void on_sigint(int sig) {
     (void)sig;
     if (lg_interrupted) _exit(130);
     lg_interrupted = 1;
+}
+
+/* Sockets this process may open: the soft limit on open files, raised to the hard one, less a
+ * few for everything else. */
+static long socket_room(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return 1024 - 64;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl)) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > LG_MAX_CONCURRENCY + 64
+               ? LG_MAX_CONCURRENCY
+               : (long)rl.rlim_cur - 64;
 }
 
 int lg_may_send(const lg_opts *o, long sent, double now) {
@@ -377,6 +392,17 @@ int cmd_loadgen(int argc, char **argv) {
     if (o.engine && o.concurrency > LG_ENGINE_MAX_CONCURRENCY)
         return cli_die(CMD, "--engine runs at most 256 requests at once (--concurrency)");
     if (o.concurrency < 0) o.concurrency = o.rate > 0 ? 0 : 1;
+    if (!o.engine) { /* a socket per request in flight */
+        long room = socket_room();
+        if (o.concurrency > room) {
+            fprintf(stderr,
+                    "mambabyte " CMD ": --concurrency %d needs as many sockets; this process may "
+                    "open %ld (ulimit -n)\n",
+                    o.concurrency, room);
+            return 2;
+        }
+        if (!o.concurrency) o.concurrency = (int)room; /* an open loop's cap */
+    }
     if (!o.requests && o.duration <= 0) o.requests = 100;
     if (curl_global_init(CURL_GLOBAL_DEFAULT)) return cli_die(CMD, "libcurl failed to start");
     int rc = o.url && set_url(&o, metrics) ? 2 : 0;

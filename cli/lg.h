@@ -19,7 +19,7 @@ typedef struct lg_opts {
     char *endpoint;    /* where requests go: the URL, or URL + /v1/completions */
     char *metrics_url; /* GET before and after the run; NULL: not scraped */
     int native;        /* endpoint is our /v1/generate: output arrives as exact bytes */
-    int concurrency;   /* closed loop: requests in flight; with rate > 0: the cap (0: none) */
+    int concurrency;   /* closed loop: requests in flight; with rate > 0: the cap */
     double rate;       /* requests per second, arrivals drawn at random (0: closed loop) */
     double burstiness; /* shape of the gamma inter-arrival times: 1 Poisson, < 1 burstier */
     long requests;     /* measured requests (0: until the duration ends) */

@@ -159,7 +159,7 @@ int lg_http_run(const lg_opts *o, const lg_prompts *p, long n, int measured, lg_
         return mb_fail(e, "out of memory");
     }
     /* requests in flight at most: a warm-up sends at most its count at once */
-    int cap = o->concurrency ? o->concurrency : LG_MAX_CONCURRENCY;
+    int cap = o->concurrency;
     if (!measured && n < cap) cap = (int)n;
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)(cap < 1024 ? cap : 1024));
     uint64_t arrivals = o->sampling.seed ^ 0xa5a5a5a5a5a5a5a5ull;

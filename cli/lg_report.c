@@ -257,7 +257,7 @@ static void print_workload(const lg_opts *o) {
         printf("mambabyte loadgen: POST %s\n", o->endpoint);
     if (o->rate > 0)
         printf("  open loop: %.3g requests/s (burstiness %.3g), at most %d in flight", o->rate,
-               o->burstiness, o->concurrency ? o->concurrency : LG_MAX_CONCURRENCY);
+               o->burstiness, o->concurrency);
     else
         printf("  closed loop: concurrency %d", o->concurrency);
     if (o->requests) printf("; %ld requests", o->requests);
