@@ -283,7 +283,7 @@ static void print_table(const lg_opts *o, const lg_run *r, const figures *f, con
         printf("; %ld arrivals sent over 1 ms late (the client busy or at its cap)", r->delayed);
     printf("\nbytes      input %zu (%.1f/s), output %zu (%.1f/s)", f->in_bytes,
            d > 0 ? (double)f->in_bytes / d : 0, f->out_bytes, d > 0 ? (double)f->out_bytes / d : 0);
-    if (f->usage_out >= 0) printf("; the server's usage: %ld output", f->usage_out);
+    if (f->usage_out >= 0 && !o->engine) printf("; the server's usage: %ld output", f->usage_out);
     printf("\n%s %.3f CPU s (%.1f%% of a core)\n", o->engine ? "engine    " : "client    ",
            r->cpu_s, d > 0 ? 100 * r->cpu_s / d : 0);
     if (o->slo_ttfb_ms || o->slo_tpob_ms)
