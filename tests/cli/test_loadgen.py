@@ -184,10 +184,9 @@ def test_bad_urls_are_one_clear_error():
         one_error_line(loadgen("--url", url, "--requests", "3"), "warm-up", "status 401")
         r = loadgen("--url", url, "--api-key", "sesame", "--requests", "3", "--max-tokens", "5")
         assert r.returncode == 0 and "completed 3, failed 0" in r.stdout, (r.stdout, r.stderr)
-        # speculation is sent only when asked: the daemon either knows the field or names it
-        r = loadgen("--url", url, "--api-key", "sesame", "--requests", "2", "--max-tokens", "5",
-                    "--speculative", "off")
-        assert (r.returncode == 0 and "completed 2" in r.stdout) or "speculative" in r.stderr, r.stderr
+        # asking for speculation where there is no drafter: the daemon's 400 names it
+        one_error_line(loadgen("--url", url, "--api-key", "sesame", "--requests", "2", "--speculative", "on"),
+                       "warm-up", "status 400", "drafter")
 
 
 def test_engine_alone_runs_the_same_workload():
@@ -224,8 +223,28 @@ def test_interrupt_still_reports():
         srv.wait_idle()
 
 
+def test_speculation_on_and_off():
+    """--speculative sends the request field; the daemon's /metrics then counts the drafts (the
+    fixture's random weights reject nearly all of them: only their count is checked)."""
+    with Server("--draft", os.path.join(ROOT, "models/drafter-small")) as srv:
+        drafts = {}
+        for flag in ("on", "off"):
+            out = os.path.join(TMP, f"spec-{flag}.json")
+            r = loadgen("--url", f"http://127.0.0.1:{srv.port}", "--concurrency", "2", "--requests", "4",
+                        "--prompt-bytes", "64", "--max-tokens", "16", "--speculative", flag, "--json", out)
+            assert r.returncode == 0, r.stderr
+            j = report(out)
+            assert j["completed"] == 4 and j["settings"]["speculative"] == (flag == "on"), j["settings"]
+            drafts[flag] = j["server"]["spec_drafts"]
+            if flag == "on":
+                assert 0 <= j["server"]["spec_acceptance"] <= 1, j["server"]
+                assert "speculation:" in r.stdout, r.stdout
+        assert drafts["on"] > 0 and drafts["off"] == 0, drafts
+        srv.wait_idle()
+
+
 if __name__ == "__main__":
     run([test_bytes_counted_are_bytes_served, test_native_endpoint_counts_exact_bytes,
          test_no_stream_and_open_loop, test_seed_sends_the_same_requests, test_429_storm_is_counted,
          test_daemon_killed_mid_run, test_bad_urls_are_one_clear_error, test_engine_alone_runs_the_same_workload,
-         test_interrupt_still_reports])
+         test_interrupt_still_reports, test_speculation_on_and_off])
