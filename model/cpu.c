@@ -5,14 +5,16 @@
  * every per-token or per-channel loop computes each output from its own inputs only. So a
  * token's logits are the same bits whether it came alone, inside a span, or beside other
  * sequences, and whatever the number of threads. */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cpu.h"
 
 /* ---------------------------------------------------------------- maths helpers */
 
@@ -180,26 +182,26 @@ static inline __attribute__((always_inline)) void dot_block(const mb_mat *W, int
         dot_block_dt(W, r0, X, ldx, out, ldo, R, T, MB_BF16);
 }
 
-enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
+void mb_cpu_store_group(const matmul_task *m, int t0, int nt, int r, int rows, const float *out) {
+    for (int t = 0; t < nt; t++) {
+        float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
+        const float *o = out + t * ROW_GROUP;
+        if (rows == ROW_GROUP) { /* a full group: 8 lanes (the same rows always are) */
+            __m256 v = _mm256_loadu_ps(o);
+            if (m->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(m->bias + r));
+            if (m->epi == EPI_ADD) v = _mm256_add_ps(_mm256_loadu_ps(y), v);
+            if (m->epi == EPI_SOFTPLUS) v = softplus8(v);
+            _mm256_storeu_ps(y, v);
+            continue;
+        }
+        for (int i = 0; i < rows; i++) {
+            float v = o[i] + (m->bias ? m->bias[r + i] : 0.0f);
+            y[i] = m->epi == EPI_ADD ? y[i] + v : m->epi == EPI_SOFTPLUS ? softplus(v) : v;
+        }
+    }
+}
 
-/* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r] for t < T and the rows [0, n_rows) of W. */
-typedef struct matmul_task {
-    const mb_mat *W;
-    int n_rows;
-    const float *X;
-    int ldx;
-    float *Y;
-    int ldy;
-    int T;
-    const float *bias;
-    int epi;
-} matmul_task;
-
-#define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
-#define ROW_GROUP   8
-#define WIDEN_MIN_T 8 /* BF16 rows are widened to F32 once for this many tokens or more */
-
-static void matmul_worker(void *ctx, int ti, int nt) {
+void mb_matmul_avx2(void *ctx, int ti, int nt) {
     const matmul_task *m = ctx;
     int groups = (m->n_rows + ROW_GROUP - 1) / ROW_GROUP;
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
@@ -249,31 +251,106 @@ static void matmul_worker(void *ctx, int ti, int nt) {
                 for (int t = 0; t < nt_blk; t++)
                     dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
                               out + t * ROW_GROUP + q, ROW_GROUP, 1, 1);
-            for (int t = 0; t < nt_blk; t++) {
-                float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
-                const float *o = out + t * ROW_GROUP;
-                if (rows == ROW_GROUP) { /* a full group: 8 lanes (the same rows always are) */
-                    __m256 v = _mm256_loadu_ps(o);
-                    if (m->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(m->bias + r));
-                    if (m->epi == EPI_ADD) v = _mm256_add_ps(_mm256_loadu_ps(y), v);
-                    if (m->epi == EPI_SOFTPLUS) v = softplus8(v);
-                    _mm256_storeu_ps(y, v);
-                    continue;
-                }
-                for (int i = 0; i < rows; i++) {
-                    float v = o[i] + (m->bias ? m->bias[r + i] : 0.0f);
-                    y[i] = m->epi == EPI_ADD ? y[i] + v : m->epi == EPI_SOFTPLUS ? softplus(v) : v;
-                }
-            }
+            mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }
     free(wide);
 }
 
-static void matmul(mb_threads *th, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
+/* ---------------------------------------------------------------- dispatch by CPU features */
+
+/* The variants in order of preference, lowest first: each needs the features of the ones
+ * before it. A variant serves every matmul of a process (all batch sizes and spans), so batch
+ * invariance holds per variant; results differ between variants in the last bits (avx512: 16
+ * lanes, another summation order) or a little more (avx512bf16: bf16 dot products). */
+typedef struct isa_variant {
+    const char *name;
+    void (*matmul)(void *task, int ti, int nt);
+} isa_variant;
+
+static const isa_variant isa_variants[] = {
+    {"avx2", mb_matmul_avx2},
+    {"avx512", mb_matmul_avx512},
+    {"avx512bf16", mb_matmul_avx512bf16},
+};
+enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_COUNT };
+
+/* The best variant this processor and its operating system support (CPUID; XGETBV for the
+ * zmm and mask registers' state). The binary's baseline is x86-64-v3, so AVX2 and FMA are
+ * given. */
+static int isa_best(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return ISA_AVX2;
+    unsigned xlo, xhi;
+    __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 0xe6) != 0xe6) return ISA_AVX2; /* SSE, AVX, opmask, zmm state enabled */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return ISA_AVX2;
+    const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
+    if ((b & need) != need) return ISA_AVX2;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return ISA_AVX512;
+    return ISA_AVX512BF16;
+}
+
+static int isa_max = -1, isa_cur = -1;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+
+static int isa_index(const char *name) {
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (!strcmp(name, isa_variants[i].name)) return i;
+    return -1;
+}
+
+/* The best variant, or the one $MB_CPU_ISA names if this machine supports it. */
+static void isa_init(void) {
+    isa_max = isa_best();
+    isa_cur = isa_max;
+    const char *env = getenv("MB_CPU_ISA");
+    if (!env || !*env) return;
+    int i = isa_index(env);
+    if (i >= 0 && i <= isa_max)
+        isa_cur = i;
+    else
+        fprintf(stderr, "mambabyte: MB_CPU_ISA=%s is not a variant this CPU supports; using %s\n",
+                env, isa_variants[isa_cur].name);
+}
+
+const char *mb_cpu_isa(void) {
+    pthread_once(&isa_once, isa_init);
+    return isa_variants[isa_cur].name;
+}
+
+int mb_cpu_isa_supported(int i) {
+    pthread_once(&isa_once, isa_init);
+    return i >= 0 && i < ISA_COUNT && i <= isa_max ? 1 : 0;
+}
+
+const char *mb_cpu_isa_name(int i) {
+    return i >= 0 && i < ISA_COUNT ? isa_variants[i].name : NULL;
+}
+
+int mb_cpu_isa_set(const char *name) {
+    pthread_once(&isa_once, isa_init);
+    int i = isa_index(name);
+    if (i < 0 || i > isa_max) return -1;
+    isa_cur = i;
+    return 0;
+}
+
+/* The widest input of any matrix: d_model, d_inner or dt_rank. */
+static size_t max_cols(const mb_config *c) {
+    int n = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+    return (size_t)(n > c->dt_rank ? n : c->dt_rank);
+}
+
+static size_t scratch_per_thread(const mb_config *c) {
+    return 2 * (size_t)TOKEN_BLOCK * max_cols(c);
+}
+
+static void matmul(mb_model *mdl, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
                    int ldy, int T, const float *bias, int epi) {
-    matmul_task m = {W, n_rows, X, ldx, Y, ldy, T, bias, epi};
-    mb_threads_run(th, matmul_worker, &m);
+    matmul_task m = {
+        W, n_rows, X, ldx, Y, ldy, T, bias, epi, mdl->dev, scratch_per_thread(&mdl->c)};
+    mb_threads_run(mdl->threads, isa_variants[isa_cur].matmul, &m);
 }
 
 /* ---------------------------------------------------------------- conv and scan steps */
@@ -467,13 +544,13 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         f.layer = l;
         /* xz = in_proj(norm(h)) */
         mb_threads_run(th, norm_worker, &f);
-        matmul(th, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE);
+        matmul(m, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE);
         /* u = silu(conv(x)), advancing each sequence's conv window */
         mb_threads_run(th, conv_worker, &f);
         /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
-        matmul(th, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE);
+        matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE);
         float *jdt = p->j_dt + (size_t)l * (size_t)p->max_tokens * E;
-        matmul(th, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
+        matmul(m, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
         float *jB = p->j_B + (size_t)l * (size_t)p->max_tokens * N;
         for (int t = 0; t < T; t++)
             memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R,
@@ -481,13 +558,13 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         /* selective scan, then y * silu(z) */
         mb_threads_run(th, scan_worker, &f);
         /* residual connection: h += out_proj(y) */
-        matmul(th, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD);
+        matmul(m, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD);
     }
     /* final norm and the head, only for the rows asked for */
     f.layer = c->n_layer;
     if (n_out) {
         mb_threads_run(th, norm_worker, &f);
-        matmul(th, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
+        matmul(m, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
     }
     return 0;
 }
@@ -583,11 +660,20 @@ static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, siz
     int nt = o && o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     m->threads = mb_threads_create(nt < 1 ? 1 : nt > 256 ? 256 : nt);
     if (!m->threads) return mb_fail(e, "cannot start worker threads");
-    snprintf(note, note_len, "%d threads", mb_threads_count(m->threads));
+    snprintf(note, note_len, "%d threads, %s", mb_threads_count(m->threads), mb_cpu_isa());
+    m->dev =
+        malloc((size_t)mb_threads_count(m->threads) * scratch_per_thread(&m->c) * sizeof(uint16_t));
+    if (!m->dev) {
+        mb_threads_free(m->threads);
+        m->threads = NULL;
+        return mb_fail(e, "out of memory for the CPU kernels' scratch");
+    }
     return 0;
 }
 
 static void cpu_model_free(mb_model *m) {
+    free(m->dev);
+    m->dev = NULL;
     if (m->threads) mb_threads_free(m->threads);
     m->threads = NULL;
 }

@@ -120,4 +120,14 @@ void mb_scan_step(const mb_layer *L, const mb_config *c, const float *s_in, floa
                   const float *u, const float *dt, const float *B, const float *C, float *y, int c0,
                   int c1);
 
+/* ---- the CPU backend's ISA variants (cpu.c), numbered from 0 (avx2) up; for tests and
+ * benchmarks that compare them in one process ---- */
+/* 1 if this machine can run variant i. */
+int mb_cpu_isa_supported(int i);
+/* Variant i's name, NULL past the last. */
+const char *mb_cpu_isa_name(int i);
+/* Makes the variant named `name` serve every later forward (0), or -1 if this machine cannot
+ * run it. Not while a forward is running. */
+int mb_cpu_isa_set(const char *name);
+
 #endif
