@@ -95,12 +95,23 @@ static AI void group16(const mb_mat *W, int r0, int rows, const float *X, int ld
         const float *x = X + (size_t)t * (size_t)ldx;
         float *o = out + t * ROW_GROUP + q;
         switch (nt - t) {
-        case 5: dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 5, dt); break;
-        case 4: dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 4, dt); break;
-        case 3: dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 3, dt); break;
-        case 2: dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 2, dt); break;
-        case 1: dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 1, dt); break;
-        default: break;
+        case 5:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 5, dt);
+            break;
+        case 4:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 4, dt);
+            break;
+        case 3:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 3, dt);
+            break;
+        case 2:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 2, dt);
+            break;
+        case 1:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 1, dt);
+            break;
+        default:
+            break;
         }
     }
     for (; q < rows; q++)
@@ -218,12 +229,23 @@ BF16_FN static void group_bf16(const mb_mat *W, int r0, int rows, const uint16_t
         const float *x = X + (size_t)t * (size_t)ldx;
         float *o = out + t * ROW_GROUP + q;
         switch (nt - t) {
-        case 5: dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 5); break;
-        case 4: dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 4); break;
-        case 3: dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 3); break;
-        case 2: dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 2); break;
-        case 1: dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 1); break;
-        default: break;
+        case 5:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 5);
+            break;
+        case 4:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 4);
+            break;
+        case 3:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 3);
+            break;
+        case 2:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 2);
+            break;
+        case 1:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 1);
+            break;
+        default:
+            break;
         }
     }
     for (; q < rows; q++)
