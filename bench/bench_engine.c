@@ -238,13 +238,17 @@ int main(int argc, char **argv) {
     double state = (double)mb_pool_state_bytes(p1);
     mb_pool_free(p1);
     double wbytes = (double)mb_model_weight_bytes(m);
-    int esize = mb_model_dtype(m) == MB_F32 ? 4 : 2;
+    mb_dtype dt = mb_model_dtype(m);
+    int esize = dt == MB_F32 ? 4 : dt == MB_Q8 ? 1 : 2;
     double flops_per_byte = 2.0 * wbytes / esize; /* one multiply-add per weight per token */
     double bw = bandwidth(th);
     printf("model %s: d_model %d, layers %d, d_inner %d, d_state %d, weights %s (%.1f MB per "
            "step), state %.2f MB, threads %d\n",
            argv[1], c->d_model, c->n_layer, c->d_inner, c->d_state,
-           mb_model_dtype(m) == MB_F32 ? "f32" : "bf16", wbytes / 1e6, state / 1e6, th);
+           dt == MB_F32  ? "f32"
+           : dt == MB_Q8 ? "q8"
+                         : "bf16",
+           wbytes / 1e6, state / 1e6, th);
     double peak = peak_gflops(0, th);
     printf("read bandwidth: %.1f GB/s; peak FLOP rate (%d threads): ymm FMA %.1f GFLOP/s", bw, th,
            peak);

@@ -32,6 +32,7 @@ static AI float bf16_to_f32(uint16_t v) {
 }
 
 static AI float load1(const void *w, mb_dtype dt, size_t i) {
+    if (dt == MB_Q8) return (float)((const int8_t *)w)[i];
     return dt == MB_F32 ? ((const float *)w)[i] : bf16_to_f32(((const uint16_t *)w)[i]);
 }
 
@@ -41,6 +42,9 @@ static AI __m512 widen16(__m256i h) {
 
 static AI __m512 load16(const void *w, mb_dtype dt, size_t i) {
     if (dt == MB_F32) return _mm512_loadu_ps((const float *)w + i);
+    if (dt == MB_Q8) /* the int8 values; the row's scale comes after the sum (cpu.c) */
+        return _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
     return widen16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
 }
 
@@ -56,7 +60,7 @@ static AI void prefetch_rows(const void *w, size_t ld, int row, int R, size_t k,
 static AI void dot16(const mb_mat *W, int r0, const float *X, int ldx, float *out, int ldo,
                      const int R, const int T, const mb_dtype dt) {
     const int n = W->cols;
-    const size_t ld = (size_t)n, esize = dt == MB_F32 ? 4 : 2;
+    const size_t ld = (size_t)n, esize = mb_dtype_size(dt);
     __m512 acc[24]; /* R * T <= 24: with R weight chunks and an input, in the 32 zmm registers */
     for (int i = 0; i < R * T; i++) acc[i] = _mm512_setzero_ps();
     int k = 0;
@@ -133,9 +137,9 @@ void mb_matmul_avx512(void *ctx, int ti, int nt) {
     thread_rows(m, ti, nt, &r_begin, &r_end);
     const int n = m->W->cols;
     float out[ROW_GROUP * TOKEN_BLOCK];
-    /* many tokens and BF16 weights: each row group widened to F32 once per token block (exact:
-     * the same bits as the BF16 path, which serves if the buffer cannot be had) */
-    float *wide = m->W->dtype == MB_BF16 && m->T >= WIDEN_MIN_T
+    /* many tokens and BF16 or q8 weights: each row group widened to F32 once per token block
+     * (exact: the same bits as the direct path, which serves if the buffer cannot be had) */
+    float *wide = m->W->dtype != MB_F32 && m->T >= WIDEN_MIN_T
                       ? malloc((size_t)ROW_GROUP * (size_t)n * 4)
                       : NULL;
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
@@ -146,14 +150,16 @@ void mb_matmul_avx512(void *ctx, int ti, int nt) {
             if (wide) {
                 size_t len = (size_t)rows * (size_t)n, base = (size_t)r * (size_t)n, i = 0;
                 for (; i + 16 <= len; i += 16)
-                    _mm512_storeu_ps(wide + i, load16(m->W->w, MB_BF16, base + i));
-                for (; i < len; i++) wide[i] = load1(m->W->w, MB_BF16, base + i);
+                    _mm512_storeu_ps(wide + i, load16(m->W->w, m->W->dtype, base + i));
+                for (; i < len; i++) wide[i] = load1(m->W->w, m->W->dtype, base + i);
                 mb_mat Wf = *m->W;
                 Wf.w = wide;
                 Wf.dtype = MB_F32;
                 group16(&Wf, 0, rows, X, m->ldx, nt_blk, out, MB_F32);
             } else if (m->W->dtype == MB_F32)
                 group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_F32);
+            else if (m->W->dtype == MB_Q8)
+                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_Q8);
             else
                 group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_BF16);
             mb_cpu_store_group(m, t0, nt_blk, r, rows, out);

@@ -9,12 +9,18 @@
 #include "mambabyte.h"
 #include "safetensors.h"
 
-/* A weight matrix [rows, cols], row-major, held in F32 or BF16. */
+/* A weight matrix [rows, cols], row-major, held in F32, BF16 or Q8 (int8 with a float32 scale
+ * per row: W[r, k] = scale[r] * w[r, k]; the CPU backend's --weights q8). */
 typedef struct mb_mat {
     const void *w;
-    mb_dtype dtype; /* MB_F32 or MB_BF16 */
+    mb_dtype dtype; /* MB_F32, MB_BF16 or MB_Q8 */
     int rows, cols;
+    const float *scale; /* (rows) for MB_Q8, else NULL */
 } mb_mat;
+
+static inline size_t mb_dtype_size(mb_dtype dt) {
+    return dt == MB_F32 ? 4 : dt == MB_Q8 ? 1 : 2;
+}
 
 typedef struct mb_layer {
     const float *norm_w, *norm_b; /* (d_model); norm_b NULL for RMSNorm */

@@ -21,7 +21,7 @@ typedef struct mb_err {
 /* Formats the message into e (if e is not NULL); always returns -1 for `return mb_fail(...)`. */
 int mb_fail(mb_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-typedef enum { MB_F32 = 0, MB_F16 = 1, MB_BF16 = 2 } mb_dtype;
+typedef enum { MB_F32 = 0, MB_F16 = 1, MB_BF16 = 2, MB_Q8 = 3 } mb_dtype;
 
 /* The shape of a Mamba-1 language model, read from config.json in either the Hugging Face
  * MambaForCausalLM keys or the mamba_ssm keys. */

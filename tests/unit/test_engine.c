@@ -8,7 +8,8 @@
 #include "check.h"
 #include "internal.h"
 
-#define FIX "tests/fixtures/"
+#define FIX    "tests/fixtures/"
+#define Q8_TOL 1e-2 /* q8 weights against the float32 reference: max|err| / max|ref| */
 
 typedef struct fixture {
     int32_t toks[256];
@@ -439,6 +440,30 @@ static void test_bad_batches(void) {
     mb_model_free(m);
 }
 
+/* q8 weights (MB_WEIGHTS=q8, int8 with a scale per row): near the float32 reference, and the
+ * invariances hold as with float32 weights. */
+static void test_q8(void) {
+    setenv("MB_WEIGHTS", "q8", 1);
+    mb_model *m = load(FIX "tiny-byte-tied", 0);
+    if (m) {
+        CHECK(mb_model_dtype(m) == MB_Q8 && strstr(mb_model_device(m), "q8 weights"), "q8: %s",
+              mb_model_device(m));
+        mb_model_free(m);
+    }
+    check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", Q8_TOL);
+    check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", Q8_TOL);
+    test_span_invariance();
+    batch_invariance(FIX "tiny-byte-tied");
+    batch_invariance(FIX "tiny-byte-tied/model.bf16.safetensors");
+    setenv("MB_WEIGHTS", "q4", 1);
+    mb_err e = {{0}};
+    mb_backend_opts o = {0, MB_DEVICE_CPU, 0};
+    mb_model *bad = mb_model_load(FIX "tiny-byte-tied", &o, &e);
+    CHECK(!bad && strstr(e.msg, "MB_WEIGHTS=q4"), "MB_WEIGHTS=q4: %s", bad ? "loaded" : e.msg);
+    mb_model_free(bad);
+    unsetenv("MB_WEIGHTS");
+}
+
 /* The same bf16 model's logits under every CPU variant this machine runs, against avx2's:
  * close (the fixtures bound each against float64), and each variant deterministic. */
 static void test_variant_parity(void) {
@@ -482,6 +507,7 @@ int main(void) {
         RUN(test_span_invariance);
         RUN(test_batch_invariance);
         RUN(test_thread_invariance);
+        RUN(test_q8);
     }
     RUN(test_rollback);
     RUN(test_pool_copy);
