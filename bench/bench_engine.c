@@ -201,6 +201,34 @@ static void prefill(mb_model *m, int chunk, int n_chunks, int reps, double *med)
     mb_pool_free(p);
 }
 
+/* decode batch 1 of two models (the same weights as loaded and in q8), alternating rep by rep;
+ * bytes/s medians */
+static void decode_pair(mb_model *const ms[2], int steps, int reps, double med[2]) {
+    double r[2][16];
+    for (int rep = 0; rep < reps; rep++)
+        for (int k = 0; k < 2; k++) {
+            mb_err e;
+            mb_pool *p = mb_pool_create(ms[k], 1, 1, &e);
+            if (!p) {
+                fprintf(stderr, "%s\n", e.msg);
+                exit(1);
+            }
+            int32_t tok = 'a';
+            int off[2] = {0, 1}, slot = 0;
+            float logits[256];
+            double t0 = 0;
+            for (int s = -2; s < steps; s++) {
+                if (s == 0) t0 = now_s();
+                mb_batch b = {1, &tok, off, &slot, NULL};
+                if (mb_forward(ms[k], p, &b, logits, &e)) exit(1);
+                tok = (tok * 7 + 3) & 0x7f;
+            }
+            r[k][rep] = steps / (now_s() - t0);
+            mb_pool_free(p);
+        }
+    for (int k = 0; k < 2; k++) med[k] = median(r[k], reps);
+}
+
 static void print_row(const char *what, const double *bps, double flops_per_byte, double peak) {
     printf("%-22s", what);
     for (int v = 0; v < n_var; v++)
@@ -211,7 +239,8 @@ static void print_row(const char *what, const double *bps, double flops_per_byte
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads [variant,variant,...]]\n");
+        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads [variant,variant,... [q8]]]\n"
+                        "  q8: only decode at batch 1, the weights as loaded against q8\n");
         return 2;
     }
     mb_err e;
@@ -231,6 +260,24 @@ int main(int argc, char **argv) {
     if (!n_var) {
         fprintf(stderr, "no CPU variant of %s runs here\n", argv[3]);
         return 2;
+    }
+    if (argc > 4 && !strcmp(argv[4], "q8")) { /* the same weights in q8, the best variant */
+        setenv("MB_WEIGHTS", "q8", 1);
+        mb_model *mq = mb_model_load(argv[1], &o, &e);
+        if (!mq) {
+            fprintf(stderr, "%s\n", e.msg);
+            return 1;
+        }
+        mb_cpu_isa_set(variants[n_var - 1]);
+        mb_model *const ms[2] = {m, mq};
+        double med[2], scale = 82e6 / (double)mb_model_weight_bytes(m);
+        int steps = (int)(200 * (scale < 1 ? scale : 1));
+        decode_pair(ms, steps < 8 ? 8 : steps, 9, med);
+        printf("decode batch 1 (%s, %s): as loaded %.1f bytes/s, q8 %.1f bytes/s: %.2fx\n", argv[1],
+               variants[n_var - 1], med[0], med[1], med[1] / med[0]);
+        mb_model_free(mq);
+        mb_model_free(m);
+        return 0;
     }
     const mb_config *c = mb_model_config(m);
     int th = mb_model_threads(m);
