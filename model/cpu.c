@@ -217,9 +217,9 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
     int r_begin = g0 * ROW_GROUP, r_end = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
     float out[ROW_GROUP * TOKEN_BLOCK];
-    /* Many tokens and BF16 weights: widen each row group to F32 once, not once per token block
-     * (exact, so the sums are the same bits). A short span (a verification, a few prompt
-     * bytes) reads the BF16 rows directly: widening costs more than it saves there. */
+    /* Many tokens and BF16 or q8 weights: widen each row group to F32 once, not once per token
+     * block (exact, so the sums are the same bits). A short span (a verification, a few prompt
+     * bytes) reads the narrow rows directly: widening costs more than it saves there. */
     float *wide = m->W->dtype != MB_F32 && m->T >= WIDEN_MIN_T
                       ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4)
                       : NULL;

@@ -27,7 +27,7 @@ enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
 
 #define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
 #define ROW_GROUP   8
-#define WIDEN_MIN_T 8 /* BF16 rows are widened to F32 once for this many tokens or more */
+#define WIDEN_MIN_T 8 /* BF16 and q8 rows are widened to F32 once for this many tokens or more */
 
 /* Writes the dot products out[t * ROW_GROUP + i] (t < nt, i < rows) of rows [r, r + rows) and
  * tokens [t0, t0 + nt) to Y with the task's bias and epilogue. */
