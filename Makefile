@@ -11,6 +11,11 @@ LIBS    := -lmicrohttpd -lcjson -lsentencepiece -lcurl -lpthread -ldl -lm
 REL_FLAGS  := -O3 $(ARCH) -g
 ASAN_FLAGS := -O1 $(ARCH) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
+# The CPU kernels' ISA variants (model/cpu_*.c): compiled with their own -m flags on top of the
+# x86-64-v3 baseline; cpu.c calls them only on a processor that has those features.
+ISA_C   := model/cpu_avx512.c
+build/%/model/cpu_avx512.o: ISA := -mavx512f -mavx512dq -mavx512bw -mavx512vl
+
 # the engine (model/, speculative/) and the application around it (server/, config/)
 ENG_C   := $(wildcard model/*.c speculative/*.c)
 ENG_CC  := $(wildcard speculative/*.cc)
@@ -48,7 +53,7 @@ all: build/rel/mambabyte
 define variant
 build/$(1)/%.o: %.c $$(HDRS)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CSTD) $$(WARN) $(2) $$(INC) -c $$< -o $$@
+	$$(CC) $$(CSTD) $$(WARN) $(2) $$(ISA) $$(INC) -c $$< -o $$@
 build/$(1)/%.o: %.cc $$(HDRS)
 	@mkdir -p $$(dir $$@)
 	$$(CXX) -std=c++17 $$(WARN) $(2) $$(INC) -c $$< -o $$@
@@ -126,19 +131,22 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_CC := clang $(CSTD) $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer,address,undefined $(INC)
 FUZZ_CXX := clang++ -std=c++17 $(WARN) -O1 -g $(ARCH) -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr $(INC)
-FUZZ_CC_OBJ := $(patsubst %.cc,build/fuzz/%.o,$(ENG_CC))
+FUZZ_CC_OBJ := $(patsubst %.cc,build/fuzz/%.o,$(ENG_CC)) $(patsubst %.c,build/fuzz/%.o,$(ISA_C))
 build/fuzz/%.o: %.cc $(HDRS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CXX) -c $< -o $@
+build/fuzz/model/%.o: model/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(ISA) -c $< -o $@
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(ENG_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) -o $@ $< $(ENG_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
+	$(FUZZ_CC) -o $@ $< $(filter-out $(ISA_C),$(ENG_C)) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
 build/fuzz/fuzz_answer: tests/fuzz/fuzz_answer.c $(LG_C) $(ENG_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) -o $@ $< $(LG_C) $(ENG_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
+	$(FUZZ_CC) -o $@ $< $(LG_C) $(filter-out $(ISA_C),$(ENG_C)) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
 build/fuzz/%: tests/fuzz/%.c $(LIB_C) $(FUZZ_CC_OBJ) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) -o $@ $< $(LIB_C) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
+	$(FUZZ_CC) -o $@ $< $(filter-out $(ISA_C),$(LIB_C)) $(FUZZ_CC_OBJ) $(LIBS) -lstdc++
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \

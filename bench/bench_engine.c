@@ -1,6 +1,8 @@
 /* bench_engine.c: CPU engine throughput. Decode bytes/s at several batch sizes, prefill
  * bytes/s, the machine's read bandwidth (a large streaming read on every thread) and the
- * decode step's share of the bandwidth bound (weights + states touched per step / time).
+ * decode step's share of the bandwidth bound (weights + states touched per step / time); each
+ * figure for every CPU variant (cpu.c) this machine runs, alternating rep by rep, with its
+ * ratio to the first and its share of the measured peak FLOP rate.
  * Medians of repeated runs; run it through bench/engine.sh. */
 #include <immintrin.h>
 #include <pthread.h>
@@ -10,7 +12,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "mambabyte.h"
+#include "internal.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -72,8 +74,79 @@ static double bandwidth(int threads) {
     return median(r, 5);
 }
 
-/* bytes/s of decode at batch B: B sequences, one byte each per forward; median of reps. */
-static double decode(mb_model *m, int B, int steps, int reps) {
+/* ---- FLOP rate: independent FMA chains on every thread, the machine's peak for a kernel ---- */
+
+typedef struct peak_arg {
+    int kind; /* 0: ymm FMA, 1: zmm FMA, 2: zmm vdpbf16ps */
+    double flops;
+    float out;
+} peak_arg;
+
+#define PEAK_ITERS 20000000L
+
+static void *peak_ymm(void *a) {
+    peak_arg *p = a;
+    __m256 acc[10], x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+    for (int i = 1; i < 10; i++) acc[0] = _mm256_add_ps(acc[0], acc[i]);
+    p->out = _mm256_cvtss_f32(acc[0]);
+    p->flops = 10.0 * 8 * 2 * PEAK_ITERS;
+    return NULL;
+}
+
+__attribute__((target("avx512f"))) static void *peak_zmm(void *a) {
+    peak_arg *p = a;
+    __m512 acc[10], x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 10; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+    for (int i = 1; i < 10; i++) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    p->out = _mm512_reduce_add_ps(acc[0]);
+    p->flops = 10.0 * 16 * 2 * PEAK_ITERS;
+    return NULL;
+}
+
+/* 32 bf16 products and their sums per instruction: 64 flops */
+__attribute__((target("avx512f,avx512bf16"))) static void *peak_bf16(void *a) {
+    peak_arg *p = a;
+    __m512 acc[10];
+    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3300);
+    for (int i = 0; i < 10; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
+    for (int i = 1; i < 10; i++) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    p->out = _mm512_reduce_add_ps(acc[0]);
+    p->flops = 10.0 * 32 * 2 * PEAK_ITERS;
+    return NULL;
+}
+
+/* GFLOP/s of `kind` on `threads` threads at once */
+static double peak_gflops(int kind, int threads) {
+    void *(*fn[])(void *) = {peak_ymm, peak_zmm, peak_bf16};
+    pthread_t th[64];
+    peak_arg a[64];
+    double t0 = now_s(), flops = 0;
+    for (int i = 0; i < threads; i++) {
+        a[i].kind = kind;
+        pthread_create(&th[i], NULL, fn[kind], &a[i]);
+    }
+    for (int i = 0; i < threads; i++) {
+        pthread_join(th[i], NULL);
+        flops += a[i].flops;
+    }
+    return flops / (now_s() - t0) / 1e9;
+}
+
+/* ---- the engine, each measurement alternating over the CPU variants rep by rep ---- */
+
+#define MAX_VAR 8
+static const char *variants[MAX_VAR];
+static int n_var;
+
+/* bytes/s of decode at batch B (B sequences, one byte each per forward) per variant: medians */
+static void decode(mb_model *m, int B, int steps, int reps, double *med) {
     mb_err e;
     mb_pool *p = mb_pool_create(m, B, B, &e);
     if (!p) {
@@ -85,47 +158,89 @@ static double decode(mb_model *m, int B, int steps, int reps) {
     for (int i = 0; i <= B; i++) off[i] = i;
     for (int i = 0; i < B; i++) slot[i] = i;
     float *logits = malloc((size_t)B * 256 * sizeof(float));
-    double r[16];
-    for (int rep = 0; rep < reps; rep++) {
-        for (int i = 0; i < B; i++) toks[i] = 'a' + i % 26;
-        for (int s = -3; s < steps; s++) {
-            if (s == 0) r[rep] = now_s();
-            mb_batch b = {B, toks, off, slot, NULL};
-            if (mb_forward(m, p, &b, logits, &e)) exit(1);
-            for (int i = 0; i < B; i++) toks[i] = (toks[i] * 7 + 3) & 0x7f;
+    double r[MAX_VAR][16];
+    for (int rep = 0; rep < reps; rep++)
+        for (int v = 0; v < n_var; v++) {
+            mb_cpu_isa_set(variants[v]);
+            for (int i = 0; i < B; i++) toks[i] = 'a' + i % 26;
+            double t0 = 0;
+            for (int s = -2; s < steps; s++) {
+                if (s == 0) t0 = now_s();
+                mb_batch b = {B, toks, off, slot, NULL};
+                if (mb_forward(m, p, &b, logits, &e)) exit(1);
+                for (int i = 0; i < B; i++) toks[i] = (toks[i] * 7 + 3) & 0x7f;
+            }
+            r[v][rep] = (double)B * steps / (now_s() - t0);
         }
-        r[rep] = (double)B * steps / (now_s() - r[rep]);
-    }
+    for (int v = 0; v < n_var; v++) med[v] = median(r[v], reps);
     free(logits);
     mb_pool_free(p);
-    return median(r, reps);
 }
 
-static double prefill(mb_model *m, int chunk, int n_chunks, int reps) {
+static void prefill(mb_model *m, int chunk, int n_chunks, int reps, double *med) {
     mb_err e;
     mb_pool *p = mb_pool_create(m, 1, chunk, &e);
     int32_t *toks = malloc((size_t)chunk * sizeof *toks);
     for (int i = 0; i < chunk; i++) toks[i] = "the quick brown fox "[i % 20];
     float logits[256];
-    double r[16];
-    for (int rep = 0; rep < reps; rep++) {
-        mb_pool_reset(p, 0, NULL);
-        double t0 = now_s();
-        for (int c = 0; c < n_chunks; c++) {
-            int off[2] = {0, chunk}, slot = 0;
-            mb_batch b = {1, toks, off, &slot, NULL};
-            if (mb_forward(m, p, &b, logits, &e)) exit(1);
+    double r[MAX_VAR][16];
+    for (int rep = 0; rep < reps; rep++)
+        for (int v = 0; v < n_var; v++) {
+            mb_cpu_isa_set(variants[v]);
+            mb_pool_reset(p, 0, NULL);
+            double t0 = now_s();
+            for (int c = 0; c < n_chunks; c++) {
+                int off[2] = {0, chunk}, slot = 0;
+                mb_batch b = {1, toks, off, &slot, NULL};
+                if (mb_forward(m, p, &b, logits, &e)) exit(1);
+            }
+            r[v][rep] = (double)chunk * n_chunks / (now_s() - t0);
         }
-        r[rep] = (double)chunk * n_chunks / (now_s() - t0);
-    }
+    for (int v = 0; v < n_var; v++) med[v] = median(r[v], reps);
     free(toks);
     mb_pool_free(p);
-    return median(r, reps);
+}
+
+/* decode batch 1 of two models (the same weights as loaded and in q8), alternating rep by rep;
+ * bytes/s medians */
+static void decode_pair(mb_model *const ms[2], int steps, int reps, double med[2]) {
+    double r[2][16];
+    for (int rep = 0; rep < reps; rep++)
+        for (int k = 0; k < 2; k++) {
+            mb_err e;
+            mb_pool *p = mb_pool_create(ms[k], 1, 1, &e);
+            if (!p) {
+                fprintf(stderr, "%s\n", e.msg);
+                exit(1);
+            }
+            int32_t tok = 'a';
+            int off[2] = {0, 1}, slot = 0;
+            float logits[256];
+            double t0 = 0;
+            for (int s = -2; s < steps; s++) {
+                if (s == 0) t0 = now_s();
+                mb_batch b = {1, &tok, off, &slot, NULL};
+                if (mb_forward(ms[k], p, &b, logits, &e)) exit(1);
+                tok = (tok * 7 + 3) & 0x7f;
+            }
+            r[k][rep] = steps / (now_s() - t0);
+            mb_pool_free(p);
+        }
+    for (int k = 0; k < 2; k++) med[k] = median(r[k], reps);
+}
+
+static void print_row(const char *what, const double *bps, double flops_per_byte, double peak) {
+    printf("%-22s", what);
+    for (int v = 0; v < n_var; v++)
+        printf(" %10.1f (%4.2fx, %5.1f GFLOP/s, %3.0f%%)", bps[v], bps[v] / bps[0],
+               bps[v] * flops_per_byte / 1e9, 100.0 * bps[v] * flops_per_byte / 1e9 / peak);
+    printf("\n");
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads]\n");
+        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads [variant,variant,... [q8]]]\n"
+                        "  q8: only decode at batch 1, the weights as loaded against q8\n");
         return 2;
     }
     mb_err e;
@@ -135,28 +250,81 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", e.msg);
         return 1;
     }
+    char list[256], want[64];
+    snprintf(list, sizeof list, ",%s,", argc > 3 ? argv[3] : "");
+    for (int i = 0; mb_cpu_isa_name(i) && n_var < MAX_VAR; i++) {
+        snprintf(want, sizeof want, ",%s,", mb_cpu_isa_name(i));
+        if (mb_cpu_isa_supported(i) && (argc < 4 || strstr(list, want)))
+            variants[n_var++] = mb_cpu_isa_name(i);
+    }
+    if (!n_var) {
+        fprintf(stderr, "no CPU variant of %s runs here\n", argv[3]);
+        return 2;
+    }
+    if (argc > 4 && !strcmp(argv[4], "q8")) { /* the same weights in q8, the best variant */
+        setenv("MB_WEIGHTS", "q8", 1);
+        mb_model *mq = mb_model_load(argv[1], &o, &e);
+        if (!mq) {
+            fprintf(stderr, "%s\n", e.msg);
+            return 1;
+        }
+        mb_cpu_isa_set(variants[n_var - 1]);
+        mb_model *const ms[2] = {m, mq};
+        double med[2], scale = 82e6 / (double)mb_model_weight_bytes(m);
+        int steps = (int)(200 * (scale < 1 ? scale : 1));
+        decode_pair(ms, steps < 8 ? 8 : steps, 9, med);
+        printf("decode batch 1 (%s, %s): as loaded %.1f bytes/s, q8 %.1f bytes/s: %.2fx\n", argv[1],
+               variants[n_var - 1], med[0], med[1], med[1] / med[0]);
+        mb_model_free(mq);
+        mb_model_free(m);
+        return 0;
+    }
     const mb_config *c = mb_model_config(m);
     int th = mb_model_threads(m);
     mb_pool *p1 = mb_pool_create(m, 1, 1, &e);
     double state = (double)mb_pool_state_bytes(p1);
     mb_pool_free(p1);
     double wbytes = (double)mb_model_weight_bytes(m);
+    mb_dtype dt = mb_model_dtype(m);
+    int esize = dt == MB_F32 ? 4 : dt == MB_Q8 ? 1 : 2;
+    double flops_per_byte = 2.0 * wbytes / esize; /* one multiply-add per weight per token */
     double bw = bandwidth(th);
     printf("model %s: d_model %d, layers %d, d_inner %d, d_state %d, weights %s (%.1f MB per "
            "step), state %.2f MB, threads %d\n",
            argv[1], c->d_model, c->n_layer, c->d_inner, c->d_state,
-           mb_model_dtype(m) == MB_F32 ? "f32" : "bf16", wbytes / 1e6, state / 1e6, th);
-    printf("read bandwidth: %.1f GB/s\n", bw);
+           dt == MB_F32  ? "f32"
+           : dt == MB_Q8 ? "q8"
+                         : "bf16",
+           wbytes / 1e6, state / 1e6, th);
+    double peak = peak_gflops(0, th);
+    printf("read bandwidth: %.1f GB/s; peak FLOP rate (%d threads): ymm FMA %.1f GFLOP/s", bw, th,
+           peak);
+    if (mb_cpu_isa_supported(1)) printf(", zmm FMA %.1f", peak_gflops(1, th));
+    if (mb_cpu_isa_supported(2)) printf(", zmm vdpbf16ps %.1f", peak_gflops(2, th));
+    printf("\nper cell: bytes/s (x the first variant, GFLOP/s at %.0f flops a byte, %% of the ymm "
+           "FMA peak)\n%-22s",
+           flops_per_byte, "");
+    for (int v = 0; v < n_var; v++) printf(" %-45s", variants[v]);
+    printf("\n");
+    /* steps per repetition: about the 20M shape's 200 at batch 1, fewer for larger models */
+    double scale = 82e6 / wbytes < 1 ? 82e6 / wbytes : 1;
     int batches[] = {1, 8, 32};
     for (int i = 0; i < 3; i++) {
-        int B = batches[i];
-        double bps = decode(m, B, B == 1 ? 200 : 40, 5);
+        int B = batches[i], steps = (int)((B == 1 ? 200 : 40) * scale);
+        double bps[MAX_VAR];
+        decode(m, B, steps < 4 ? 4 : steps, 5, bps);
+        char what[64];
+        snprintf(what, sizeof what, "decode batch %d", B);
+        print_row(what, bps, flops_per_byte, peak);
         /* per step: the weights once, each sequence's state read and written */
         double bound = bw * 1e9 / (wbytes + 2.0 * state * B) * B;
-        printf("decode batch %2d: %8.1f bytes/s  (bandwidth bound %.1f, %.0f%% of it)\n", B, bps,
-               bound, 100.0 * bps / bound);
+        printf("%-22s bandwidth bound %.1f bytes/s: %.0f%% of it (%s)\n", "", bound,
+               100.0 * bps[n_var - 1] / bound, variants[n_var - 1]);
     }
-    printf("prefill (chunks of 512): %8.1f bytes/s\n", prefill(m, 512, 4, 3));
+    double bps[MAX_VAR];
+    int chunks = (int)(4 * scale + 0.5);
+    prefill(m, 512, chunks < 1 ? 1 : chunks, 3, bps);
+    print_row("prefill (512 chunks)", bps, flops_per_byte, peak);
     mb_model_free(m);
     return 0;
 }

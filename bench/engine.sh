@@ -1,7 +1,10 @@
 #!/bin/sh
 # Engine benchmark on this machine's CPU: a random MambaByte of the shape (d_model 512,
-# 12 layers, d_state 16, expand 2, about 20M parameters) in float32 and bf16 weights.
-# Usage: bench/engine.sh [threads]   (needs python3 with numpy for the random model)
+# 12 layers, d_state 16, expand 2, about 20M parameters) in float32 and bf16 weights, then the
+# paper's 354M shape (d_model 1024, 53 layers) in bf16 and in q8 (MB_WEIGHTS=q8). Each figure is
+# given for every CPU variant the machine runs (avx2, avx512, avx512bf16), alternating rep by rep.
+# Usage: bench/engine.sh [threads [variant,variant,...]]   (needs python3 with numpy for the
+# random models; BENCH_354M=0 leaves out the 354M shape, a few minutes on 2 cores)
 set -e
 make -s build/rel/bench_engine
 for dt in f32 bf16; do
@@ -9,3 +12,8 @@ for dt in f32 bf16; do
         python3 tools/random_model.py build/bench-model-$dt --dtype $dt
     build/rel/bench_engine build/bench-model-$dt "$@"
 done
+[ "${BENCH_354M:-1}" = 0 ] && exit 0
+[ -f build/bench-354m-bf16/model.safetensors ] ||
+    python3 tools/random_model.py build/bench-354m-bf16 --d-model 1024 --layers 53 --dtype bf16
+build/rel/bench_engine build/bench-354m-bf16 "$@"
+MB_WEIGHTS=q8 build/rel/bench_engine build/bench-354m-bf16 "$@"

@@ -5,14 +5,16 @@
  * every per-token or per-channel loop computes each output from its own inputs only. So a
  * token's logits are the same bits whether it came alone, inside a span, or beside other
  * sequences, and whatever the number of threads. */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cpu.h"
 
 /* ---------------------------------------------------------------- maths helpers */
 
@@ -108,14 +110,20 @@ static inline __m256 softplus8(__m256 x) {
 
 /* ---------------------------------------------------------------- matrix x vectors */
 
+/* 8 weights from element i as float32: float32, bf16 (widened) or q8 (the int8 values; the
+ * row's scale is applied to the finished dot product, mb_cpu_store_group) */
 static inline __m256 load8(const void *w, mb_dtype dt, size_t i) {
     if (dt == MB_F32) return _mm256_loadu_ps((const float *)w + i);
+    if (dt == MB_Q8)
+        return _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 static inline float load1(const void *w, mb_dtype dt, size_t i) {
     if (dt == MB_F32) return ((const float *)w)[i];
+    if (dt == MB_Q8) return (float)((const int8_t *)w)[i];
     uint32_t b = (uint32_t)((const uint16_t *)w)[i] << 16;
     float f;
     memcpy(&f, &b, 4);
@@ -143,7 +151,7 @@ static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, 
     __m256 acc[12]; /* R * T <= 12: with the R weight chunks, all in the 16 ymm registers */
     for (int i = 0; i < R * T; i++) acc[i] = _mm256_setzero_ps();
     int k = 0;
-    const size_t esize = dt == MB_F32 ? 4 : 2;
+    const size_t esize = mb_dtype_size(dt);
     for (; k + 8 <= n; k += 8) {
         __m256 w[8];
         /* Decode and short spans stream each row once and rows are short (1 KB for a bf16 row
@@ -176,39 +184,43 @@ static inline __attribute__((always_inline)) void dot_block(const mb_mat *W, int
                                                             const int R, const int T) {
     if (W->dtype == MB_F32)
         dot_block_dt(W, r0, X, ldx, out, ldo, R, T, MB_F32);
+    else if (W->dtype == MB_Q8)
+        dot_block_dt(W, r0, X, ldx, out, ldo, R, T, MB_Q8);
     else
         dot_block_dt(W, r0, X, ldx, out, ldo, R, T, MB_BF16);
 }
 
-enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
+void mb_cpu_store_group(const matmul_task *m, int t0, int nt, int r, int rows, const float *out) {
+    for (int t = 0; t < nt; t++) {
+        float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
+        const float *o = out + t * ROW_GROUP;
+        if (rows == ROW_GROUP) { /* a full group: 8 lanes (the same rows always are) */
+            __m256 v = _mm256_loadu_ps(o);
+            if (m->W->dtype == MB_Q8) v = _mm256_mul_ps(v, _mm256_loadu_ps(m->W->scale + r));
+            if (m->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(m->bias + r));
+            if (m->epi == EPI_ADD) v = _mm256_add_ps(_mm256_loadu_ps(y), v);
+            if (m->epi == EPI_SOFTPLUS) v = softplus8(v);
+            _mm256_storeu_ps(y, v);
+            continue;
+        }
+        for (int i = 0; i < rows; i++) {
+            float v = (m->W->dtype == MB_Q8 ? o[i] * m->W->scale[r + i] : o[i]) +
+                      (m->bias ? m->bias[r + i] : 0.0f);
+            y[i] = m->epi == EPI_ADD ? y[i] + v : m->epi == EPI_SOFTPLUS ? softplus(v) : v;
+        }
+    }
+}
 
-/* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r] for t < T and the rows [0, n_rows) of W. */
-typedef struct matmul_task {
-    const mb_mat *W;
-    int n_rows;
-    const float *X;
-    int ldx;
-    float *Y;
-    int ldy;
-    int T;
-    const float *bias;
-    int epi;
-} matmul_task;
-
-#define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
-#define ROW_GROUP   8
-#define WIDEN_MIN_T 8 /* BF16 rows are widened to F32 once for this many tokens or more */
-
-static void matmul_worker(void *ctx, int ti, int nt) {
+void mb_matmul_avx2(void *ctx, int ti, int nt) {
     const matmul_task *m = ctx;
     int groups = (m->n_rows + ROW_GROUP - 1) / ROW_GROUP;
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
     int r_begin = g0 * ROW_GROUP, r_end = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
     float out[ROW_GROUP * TOKEN_BLOCK];
-    /* Many tokens and BF16 weights: widen each row group to F32 once, not once per token block
-     * (exact, so the sums are the same bits). A short span (a verification, a few prompt
-     * bytes) reads the BF16 rows directly: widening costs more than it saves there. */
-    float *wide = m->W->dtype == MB_BF16 && m->T >= WIDEN_MIN_T
+    /* Many tokens and BF16 or q8 weights: widen each row group to F32 once, not once per token
+     * block (exact, so the sums are the same bits). A short span (a verification, a few prompt
+     * bytes) reads the narrow rows directly: widening costs more than it saves there. */
+    float *wide = m->W->dtype != MB_F32 && m->T >= WIDEN_MIN_T
                       ? malloc((size_t)ROW_GROUP * (size_t)m->W->cols * 4)
                       : NULL;
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
@@ -221,8 +233,8 @@ static void matmul_worker(void *ctx, int ti, int nt) {
                 size_t n = (size_t)rows * (size_t)Wf.cols, base = (size_t)r * (size_t)Wf.cols,
                        i = 0;
                 for (; i + 8 <= n; i += 8)
-                    _mm256_storeu_ps(wide + i, load8(m->W->w, MB_BF16, base + i));
-                for (; i < n; i++) wide[i] = load1(m->W->w, MB_BF16, base + i);
+                    _mm256_storeu_ps(wide + i, load8(m->W->w, m->W->dtype, base + i));
+                for (; i < n; i++) wide[i] = load1(m->W->w, m->W->dtype, base + i);
                 Wf.w = wide;
                 Wf.dtype = MB_F32;
                 rw = 0;
@@ -249,31 +261,113 @@ static void matmul_worker(void *ctx, int ti, int nt) {
                 for (int t = 0; t < nt_blk; t++)
                     dot_block(W, rw + q, X + (size_t)t * (size_t)m->ldx, m->ldx,
                               out + t * ROW_GROUP + q, ROW_GROUP, 1, 1);
-            for (int t = 0; t < nt_blk; t++) {
-                float *y = m->Y + (size_t)(t0 + t) * (size_t)m->ldy + r;
-                const float *o = out + t * ROW_GROUP;
-                if (rows == ROW_GROUP) { /* a full group: 8 lanes (the same rows always are) */
-                    __m256 v = _mm256_loadu_ps(o);
-                    if (m->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(m->bias + r));
-                    if (m->epi == EPI_ADD) v = _mm256_add_ps(_mm256_loadu_ps(y), v);
-                    if (m->epi == EPI_SOFTPLUS) v = softplus8(v);
-                    _mm256_storeu_ps(y, v);
-                    continue;
-                }
-                for (int i = 0; i < rows; i++) {
-                    float v = o[i] + (m->bias ? m->bias[r + i] : 0.0f);
-                    y[i] = m->epi == EPI_ADD ? y[i] + v : m->epi == EPI_SOFTPLUS ? softplus(v) : v;
-                }
-            }
+            mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }
     free(wide);
 }
 
-static void matmul(mb_threads *th, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
+/* ---------------------------------------------------------------- dispatch by CPU features */
+
+/* The variants in order of preference, lowest first: each needs the features of the ones
+ * before it. A variant serves every matmul of a process (all batch sizes and spans), so batch
+ * invariance holds per variant; results differ between variants in the last bits (avx512: 16
+ * lanes, another summation order) or a little more (avx512bf16: bf16 dot products). */
+typedef struct isa_variant {
+    const char *name;
+    void (*matmul)(void *task, int ti, int nt);
+} isa_variant;
+
+static const isa_variant isa_variants[] = {
+    {"avx2", mb_matmul_avx2},
+    {"avx512", mb_matmul_avx512},
+    {"avx512bf16", mb_matmul_avx512bf16},
+};
+enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_COUNT };
+
+/* The best variant this processor and its operating system support (CPUID; XGETBV for the
+ * zmm and mask registers' state). The binary's baseline is x86-64-v3, so AVX2 and FMA are
+ * given. */
+static int isa_best(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return ISA_AVX2;
+    unsigned xlo, xhi;
+    __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 0xe6) != 0xe6) return ISA_AVX2; /* SSE, AVX, opmask, zmm state enabled */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return ISA_AVX2;
+    const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
+    if ((b & need) != need) return ISA_AVX2;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return ISA_AVX512;
+    return ISA_AVX512BF16;
+}
+
+static int isa_max = -1, isa_cur = -1;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+
+static int isa_index(const char *name) {
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (!strcmp(name, isa_variants[i].name)) return i;
+    return -1;
+}
+
+/* The best variant, or the one $MB_CPU_ISA names if this machine supports it. */
+static void isa_init(void) {
+    isa_max = isa_best();
+    isa_cur = isa_max;
+    const char *env = getenv("MB_CPU_ISA");
+    if (!env || !*env) return;
+    int i = isa_index(env);
+    if (i >= 0 && i <= isa_max)
+        isa_cur = i;
+    else
+        fprintf(stderr, "mambabyte: MB_CPU_ISA=%s is not a variant this CPU supports; using %s\n",
+                env, isa_variants[isa_cur].name);
+}
+
+const char *mb_cpu_isa(void) {
+    pthread_once(&isa_once, isa_init);
+    return isa_variants[isa_cur].name;
+}
+
+int mb_cpu_isa_supported(int i) {
+    pthread_once(&isa_once, isa_init);
+    return i >= 0 && i < ISA_COUNT && i <= isa_max ? 1 : 0;
+}
+
+const char *mb_cpu_isa_name(int i) {
+    return i >= 0 && i < ISA_COUNT ? isa_variants[i].name : NULL;
+}
+
+int mb_cpu_isa_set(const char *name) {
+    pthread_once(&isa_once, isa_init);
+    int i = isa_index(name);
+    if (i < 0 || i > isa_max) return -1;
+    isa_cur = i;
+    return 0;
+}
+
+/* The widest input of any matrix: d_model, d_inner or dt_rank. */
+static size_t max_cols(const mb_config *c) {
+    int n = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+    return (size_t)(n > c->dt_rank ? n : c->dt_rank);
+}
+
+static size_t scratch_per_thread(const mb_config *c) {
+    return 2 * (size_t)TOKEN_BLOCK * max_cols(c);
+}
+
+/* The CPU backend's own model data (m->dev). */
+typedef struct cpu_model {
+    uint16_t *scratch; /* (threads, scratch_per_thread) for the kernels */
+    void *q8;          /* the layers' weights in q8 and their scales, when asked for */
+} cpu_model;
+
+static void matmul(mb_model *mdl, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
                    int ldy, int T, const float *bias, int epi) {
-    matmul_task m = {W, n_rows, X, ldx, Y, ldy, T, bias, epi};
-    mb_threads_run(th, matmul_worker, &m);
+    const cpu_model *cm = mdl->dev;
+    matmul_task m = {
+        W, n_rows, X, ldx, Y, ldy, T, bias, epi, cm->scratch, scratch_per_thread(&mdl->c)};
+    mb_threads_run(mdl->threads, isa_variants[isa_cur].matmul, &m);
 }
 
 /* ---------------------------------------------------------------- conv and scan steps */
@@ -467,13 +561,13 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         f.layer = l;
         /* xz = in_proj(norm(h)) */
         mb_threads_run(th, norm_worker, &f);
-        matmul(th, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE);
+        matmul(m, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE);
         /* u = silu(conv(x)), advancing each sequence's conv window */
         mb_threads_run(th, conv_worker, &f);
         /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
-        matmul(th, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE);
+        matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE);
         float *jdt = p->j_dt + (size_t)l * (size_t)p->max_tokens * E;
-        matmul(th, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
+        matmul(m, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
         float *jB = p->j_B + (size_t)l * (size_t)p->max_tokens * N;
         for (int t = 0; t < T; t++)
             memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R,
@@ -481,13 +575,13 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         /* selective scan, then y * silu(z) */
         mb_threads_run(th, scan_worker, &f);
         /* residual connection: h += out_proj(y) */
-        matmul(th, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD);
+        matmul(m, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD);
     }
     /* final norm and the head, only for the rows asked for */
     f.layer = c->n_layer;
     if (n_out) {
         mb_threads_run(th, norm_worker, &f);
-        matmul(th, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
+        matmul(m, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
     }
     return 0;
 }
@@ -578,18 +672,92 @@ static int cpu_write(mb_pool *p, int slot, const void *src, mb_err *e) {
 
 /* ---------------------------------------------------------------- the model */
 
-static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, size_t note_len,
-                          mb_err *e) {
-    int nt = o && o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    m->threads = mb_threads_create(nt < 1 ? 1 : nt > 256 ? 256 : nt);
-    if (!m->threads) return mb_fail(e, "cannot start worker threads");
-    snprintf(note, note_len, "%d threads", mb_threads_count(m->threads));
+/* bytes of W in q8 with its scales, each part 64-byte aligned */
+static size_t q8_bytes(const mb_mat *W) {
+    return ((size_t)W->rows * (size_t)W->cols + 63) / 64 * 64 +
+           ((size_t)W->rows * 4 + 63) / 64 * 64;
+}
+
+/* W to int8 at mem (q8_bytes(W)) with a scale per row: scale = max|w| / 127 and each weight
+ * w / scale rounded to the nearest integer (a row of zeros: scale 0). */
+static void quantize_q8(mb_mat *W, uint8_t *mem) {
+    const size_t n = (size_t)W->cols;
+    int8_t *q = (int8_t *)mem;
+    float *scale = (float *)(mem + ((size_t)W->rows * n + 63) / 64 * 64);
+    for (size_t r = 0; r < (size_t)W->rows; r++) {
+        float amax = 0.0f;
+        for (size_t k = 0; k < n; k++) amax = fmaxf(amax, fabsf(load1(W->w, W->dtype, r * n + k)));
+        scale[r] = amax / 127.0f;
+        for (size_t k = 0; k < n; k++) {
+            float v = amax > 0.0f ? load1(W->w, W->dtype, r * n + k) / scale[r] : 0.0f;
+            q[r * n + k] = (int8_t)fmaxf(-127.0f, fminf(127.0f, nearbyintf(v)));
+        }
+    }
+    W->w = q;
+    W->scale = scale;
+    W->dtype = MB_Q8;
+}
+
+/* The layers' four matrices in q8 ($MB_WEIGHTS=q8); the embedding and the head stay as they
+ * are (the head is the embedding when tied, and small). */
+static int weights_q8(mb_model *m, cpu_model *cm, mb_err *e) {
+    size_t bytes = 0;
+    for (int l = 0; l < m->c.n_layer; l++) {
+        mb_layer *L = &m->layers[l];
+        bytes += q8_bytes(&L->in_proj) + q8_bytes(&L->x_proj) + q8_bytes(&L->dt_proj) +
+                 q8_bytes(&L->out_proj);
+    }
+    uint8_t *mem = cm->q8 = aligned_alloc(64, bytes);
+    if (!mem) return mb_fail(e, "out of memory for q8 weights (%zu bytes)", bytes);
+    for (int l = 0; l < m->c.n_layer; l++) {
+        mb_layer *L = &m->layers[l];
+        mb_mat *mats[] = {&L->in_proj, &L->x_proj, &L->dt_proj, &L->out_proj};
+        for (int i = 0; i < 4; i++) {
+            size_t b = q8_bytes(mats[i]);
+            quantize_q8(mats[i], mem);
+            mem += b;
+        }
+    }
     return 0;
 }
 
 static void cpu_model_free(mb_model *m) {
+    cpu_model *cm = m->dev;
+    if (cm) {
+        free(cm->scratch);
+        free(cm->q8);
+        free(cm);
+    }
+    m->dev = NULL;
     if (m->threads) mb_threads_free(m->threads);
     m->threads = NULL;
+}
+
+static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, size_t note_len,
+                          mb_err *e) {
+    const char *wt = getenv("MB_WEIGHTS");
+    int q8 = wt && !strcmp(wt, "q8");
+    if (wt && *wt && !q8) return mb_fail(e, "MB_WEIGHTS=%s: the one choice is q8", wt);
+    int nt = o && o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m->threads = mb_threads_create(nt < 1 ? 1 : nt > 256 ? 256 : nt);
+    cpu_model *cm = m->dev = calloc(1, sizeof *cm);
+    if (!m->threads || !cm) {
+        cpu_model_free(m);
+        return mb_fail(e, "cannot start worker threads");
+    }
+    cm->scratch =
+        malloc((size_t)mb_threads_count(m->threads) * scratch_per_thread(&m->c) * sizeof(uint16_t));
+    if (!cm->scratch) {
+        cpu_model_free(m);
+        return mb_fail(e, "out of memory for the CPU kernels' scratch");
+    }
+    if (q8 && weights_q8(m, cm, e)) {
+        cpu_model_free(m);
+        return -1;
+    }
+    snprintf(note, note_len, "%d threads, %s%s", mb_threads_count(m->threads), mb_cpu_isa(),
+             q8 ? ", q8 weights" : "");
+    return 0;
 }
 
 static int cpu_fit_slots(const mb_model *m, int max_tokens) {

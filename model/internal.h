@@ -9,12 +9,18 @@
 #include "mambabyte.h"
 #include "safetensors.h"
 
-/* A weight matrix [rows, cols], row-major, held in F32 or BF16. */
+/* A weight matrix [rows, cols], row-major, held in F32, BF16 or Q8 (int8 with a float32 scale
+ * per row: W[r, k] = scale[r] * w[r, k]; the CPU backend's --weights q8). */
 typedef struct mb_mat {
     const void *w;
-    mb_dtype dtype; /* MB_F32 or MB_BF16 */
+    mb_dtype dtype; /* MB_F32, MB_BF16 or MB_Q8 */
     int rows, cols;
+    const float *scale; /* (rows) for MB_Q8, else NULL */
 } mb_mat;
+
+static inline size_t mb_dtype_size(mb_dtype dt) {
+    return dt == MB_F32 ? 4 : dt == MB_Q8 ? 1 : 2;
+}
 
 typedef struct mb_layer {
     const float *norm_w, *norm_b; /* (d_model); norm_b NULL for RMSNorm */
@@ -119,5 +125,15 @@ void mb_conv_step(const mb_layer *L, const mb_config *c, const float *win_in, fl
 void mb_scan_step(const mb_layer *L, const mb_config *c, const float *s_in, float *s_out,
                   const float *u, const float *dt, const float *B, const float *C, float *y, int c0,
                   int c1);
+
+/* ---- the CPU backend's ISA variants (cpu.c), numbered from 0 (avx2) up; for tests and
+ * benchmarks that compare them in one process ---- */
+/* 1 if this machine can run variant i. */
+int mb_cpu_isa_supported(int i);
+/* Variant i's name, NULL past the last. */
+const char *mb_cpu_isa_name(int i);
+/* Makes the variant named `name` serve every later forward (0), or -1 if this machine cannot
+ * run it. Not while a forward is running. */
+int mb_cpu_isa_set(const char *name);
 
 #endif

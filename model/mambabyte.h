@@ -21,7 +21,7 @@ typedef struct mb_err {
 /* Formats the message into e (if e is not NULL); always returns -1 for `return mb_fail(...)`. */
 int mb_fail(mb_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-typedef enum { MB_F32 = 0, MB_F16 = 1, MB_BF16 = 2 } mb_dtype;
+typedef enum { MB_F32 = 0, MB_F16 = 1, MB_BF16 = 2, MB_Q8 = 3 } mb_dtype;
 
 /* The shape of a Mamba-1 language model, read from config.json in either the Hugging Face
  * MambaForCausalLM keys or the mamba_ssm keys. */
@@ -68,6 +68,9 @@ int mb_model_threads(const mb_model *m);         /* CPU worker threads; 0 on a G
 const char *mb_model_device(const mb_model *m);
 const char *mb_model_device_note(const mb_model *m);
 int mb_model_on_gpu(const mb_model *m);
+/* The CPU kernels' instruction-set variant, chosen once per process by the processor's features
+ * ("avx2", "avx512", "avx512bf16"); $MB_CPU_ISA names a lower one (for tests and comparisons). */
+const char *mb_cpu_isa(void);
 /* 0 once the device has failed for good (a sticky CUDA error): every later call fails too. */
 int mb_model_usable(const mb_model *m);
 /* How many pool slots of a pool taking max_tokens per forward fit in the device memory left

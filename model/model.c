@@ -427,7 +427,7 @@ mb_dtype mb_model_dtype(const mb_model *m) {
 }
 
 static size_t mat_bytes(const mb_mat *w) {
-    return (size_t)w->rows * (size_t)w->cols * (w->dtype == MB_F32 ? 4 : 2);
+    return (size_t)w->rows * ((size_t)w->cols * mb_dtype_size(w->dtype) + (w->scale ? 4 : 0));
 }
 
 size_t mb_model_weight_bytes(const mb_model *m) {

@@ -8,7 +8,8 @@
 #include "check.h"
 #include "internal.h"
 
-#define FIX "tests/fixtures/"
+#define FIX    "tests/fixtures/"
+#define Q8_TOL 1e-2 /* q8 weights against the float32 reference: max|err| / max|ref| */
 
 typedef struct fixture {
     int32_t toks[256];
@@ -231,8 +232,8 @@ static void test_span_invariance(void) {
 }
 
 /* A batch of different sequences (different lengths and histories) == each alone, for 1, 2 and 3
- * threads, bit for bit. */
-static void test_batch_invariance(void) {
+ * threads, bit for bit, with float32 and bf16 weights. */
+static void batch_invariance(const char *path) {
     enum { S = 5, V = 256 };
     static const int lens[S] = {1, 17, 3, 33, 8};
     int32_t toks[128];
@@ -243,7 +244,7 @@ static void test_batch_invariance(void) {
     uint8_t want[128];
     memset(want, 1, sizeof want);
     for (int threads = 1; threads <= 3; threads++) {
-        mb_model *m = load(FIX "tiny-byte-tied", threads);
+        mb_model *m = load(path, threads);
         if (!m) return;
         mb_pool *p = mb_pool_create(m, S, 128, NULL);
         /* give each slot a different history first */
@@ -262,18 +263,23 @@ static void test_batch_invariance(void) {
         mb_batch b = {S, toks, off, slots, want};
         mb_err e;
         CHECK(mb_forward(m, p, &b, batched, &e) == 0, "%s", e.msg);
-        CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4), "batched logits differ (threads %d)",
-              threads);
+        CHECK(!memcmp(alone, batched, (size_t)off[S] * V * 4),
+              "%s: batched logits differ (threads %d)", path, threads);
         for (int s = 0; s < S; s++) {
             mb_pool_read(p, slots[s], saved, NULL);
-            CHECK(!memcmp(saved, after + sb * s, sb), "batched state %d differs (threads %d)", s,
-                  threads);
+            CHECK(!memcmp(saved, after + sb * s, sb), "%s: batched state %d differs (threads %d)",
+                  path, s, threads);
         }
         free(saved);
         free(after);
         mb_pool_free(p);
         mb_model_free(m);
     }
+}
+
+static void test_batch_invariance(void) {
+    batch_invariance(FIX "tiny-byte-tied");
+    batch_invariance(FIX "tiny-byte-tied/model.bf16.safetensors");
 }
 
 /* Results do not depend on the thread count either (compared against one thread). */
@@ -434,13 +440,75 @@ static void test_bad_batches(void) {
     mb_model_free(m);
 }
 
+/* q8 weights (MB_WEIGHTS=q8, int8 with a scale per row): near the float32 reference, and the
+ * invariances hold as with float32 weights. */
+static void test_q8(void) {
+    setenv("MB_WEIGHTS", "q8", 1);
+    mb_model *m = load(FIX "tiny-byte-tied", 0);
+    if (m) {
+        CHECK(mb_model_dtype(m) == MB_Q8 && strstr(mb_model_device(m), "q8 weights"), "q8: %s",
+              mb_model_device(m));
+        mb_model_free(m);
+    }
+    check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", Q8_TOL);
+    check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", Q8_TOL);
+    test_span_invariance();
+    batch_invariance(FIX "tiny-byte-tied");
+    batch_invariance(FIX "tiny-byte-tied/model.bf16.safetensors");
+    setenv("MB_WEIGHTS", "q4", 1);
+    mb_err e = {{0}};
+    mb_backend_opts o = {0, MB_DEVICE_CPU, 0};
+    mb_model *bad = mb_model_load(FIX "tiny-byte-tied", &o, &e);
+    CHECK(!bad && strstr(e.msg, "MB_WEIGHTS=q4"), "MB_WEIGHTS=q4: %s", bad ? "loaded" : e.msg);
+    mb_model_free(bad);
+    unsetenv("MB_WEIGHTS");
+}
+
+/* The same bf16 model's logits under every CPU variant this machine runs, against avx2's:
+ * close (the fixtures bound each against float64), and each variant deterministic. */
+static void test_variant_parity(void) {
+    enum { n = 48, V = 256 };
+    int32_t toks[n];
+    bytes_of(toks, n, 11);
+    static float ref[n * V], got[n * V], again[n * V];
+    for (int i = 0; mb_cpu_isa_name(i); i++) {
+        if (!mb_cpu_isa_supported(i)) continue;
+        CHECK(mb_cpu_isa_set(mb_cpu_isa_name(i)) == 0 && !strcmp(mb_cpu_isa(), mb_cpu_isa_name(i)),
+              "cannot choose %s", mb_cpu_isa_name(i));
+        mb_model *m = load(FIX "tiny-byte-tied/model.bf16.safetensors", 2);
+        if (!m) return;
+        CHECK(strstr(mb_model_device(m), mb_cpu_isa_name(i)), "device %s", mb_model_device(m));
+        mb_pool *p = mb_pool_create(m, 2, n, NULL);
+        feed(m, p, 0, toks, n, i ? got : ref, 1);
+        feed(m, p, 1, toks, n, again, 1);
+        CHECK(!memcmp(i ? got : ref, again, sizeof again), "%s: not deterministic",
+              mb_cpu_isa_name(i));
+        if (i) {
+            double err = rel_err(got, ref, (size_t)n * V);
+            printf("     %s vs avx2: max|err|/max|ref| = %.3g\n", mb_cpu_isa_name(i), err);
+            CHECK(err < 1e-4, "%s vs avx2: relative error %g", mb_cpu_isa_name(i), err);
+        }
+        mb_pool_free(p);
+        mb_model_free(m);
+    }
+    CHECK(mb_cpu_isa_set("avx9") == -1, "an unknown variant was accepted");
+}
+
 int main(void) {
-    RUN(test_fixture_logits);
-    RUN(test_fixture_states);
-    RUN(test_greedy_continuation);
-    RUN(test_span_invariance);
-    RUN(test_batch_invariance);
-    RUN(test_thread_invariance);
+    RUN(test_variant_parity);
+    /* the engine's tests under every CPU variant this machine can run, best last */
+    for (int i = 0; mb_cpu_isa_name(i); i++) {
+        if (!mb_cpu_isa_supported(i)) continue;
+        mb_cpu_isa_set(mb_cpu_isa_name(i));
+        printf("== CPU variant %s\n", mb_cpu_isa());
+        RUN(test_fixture_logits);
+        RUN(test_fixture_states);
+        RUN(test_greedy_continuation);
+        RUN(test_span_invariance);
+        RUN(test_batch_invariance);
+        RUN(test_thread_invariance);
+        RUN(test_q8);
+    }
     RUN(test_rollback);
     RUN(test_pool_copy);
     RUN(test_pool_files);

@@ -1,0 +1,286 @@
+/* cpu_avx512.c: the CPU backend's dot products on AVX-512, built with -mavx512f -mavx512dq
+ * -mavx512bw -mavx512vl (Makefile) and called only on a processor that has them (cpu.c,
+ * isa_best); the functions that use vdpbf16ps also carry target("avx512bf16").
+ *
+ * avx512: the AVX2 kernel's scheme on 16 lanes and 32 registers: one 16-lane accumulator per
+ *   (row, token) over the 16-float chunks in order, a fixed horizontal sum, a scalar tail; blocks
+ *   of 4 rows x 6 tokens (24 accumulators) load each weight chunk once per 6 tokens. BF16 rows
+ *   are widened exactly, as in cpu.c.
+ * avx512bf16: BF16 weights through vdpbf16ps, which multiplies bf16 pairs. Each activation x is
+ *   split into hi = bf16(x) and lo = bf16(x - hi) (16 of its 24 significand bits; the rest is
+ *   below 2^-16 x), and each 32-element chunk adds its products with hi, then with lo, into one
+ *   16-lane accumulator; then the fixed horizontal sum and a scalar float32 tail. float32
+ *   weights take the avx512 kernel.
+ * Both compute each (row, token) dot product in the same order for every block shape, so a
+ * token's result does not depend on the batch or span around it. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+
+#define PREFETCH_T 3 /* dot blocks for up to this many tokens prefetch the next rows */
+#define AI         __attribute__((always_inline)) inline
+#define BF16_FN    __attribute__((target("avx512bf16")))
+
+static AI float bf16_to_f32(uint16_t v) {
+    uint32_t b = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static AI float load1(const void *w, mb_dtype dt, size_t i) {
+    if (dt == MB_Q8) return (float)((const int8_t *)w)[i];
+    return dt == MB_F32 ? ((const float *)w)[i] : bf16_to_f32(((const uint16_t *)w)[i]);
+}
+
+static AI __m512 widen16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static AI __m512 load16(const void *w, mb_dtype dt, size_t i) {
+    if (dt == MB_F32) return _mm512_loadu_ps((const float *)w + i);
+    if (dt == MB_Q8) /* the int8 values; the row's scale comes after the sum (cpu.c) */
+        return _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
+    return widen16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+}
+
+static AI void prefetch_rows(const void *w, size_t ld, int row, int R, size_t k, size_t esize) {
+    for (int r = 0; r < R; r++)
+        _mm_prefetch((const char *)w + ((size_t)(row + r) * ld + k) * esize, _MM_HINT_T0);
+}
+
+/* ---------------------------------------------------------------- avx512: float32 FMAs */
+
+/* out[t * ldo + r] = W[r0 + r, :] . X[t, :] for R rows and T tokens (compile-time constants
+ * after inlining, as the dtype). */
+static AI void dot16(const mb_mat *W, int r0, const float *X, int ldx, float *out, int ldo,
+                     const int R, const int T, const mb_dtype dt) {
+    const int n = W->cols;
+    const size_t ld = (size_t)n, esize = mb_dtype_size(dt);
+    __m512 acc[24]; /* R * T <= 24: with R weight chunks and an input, in the 32 zmm registers */
+    for (int i = 0; i < R * T; i++) acc[i] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 w[8];
+        /* streaming decode and short spans: the next row group's line now (see cpu.c) */
+        if (T <= PREFETCH_T && (size_t)k * esize % 64 == 0)
+            prefetch_rows(W->w, ld, r0 + R, R, (size_t)k, esize);
+        for (int r = 0; r < R; r++) w[r] = load16(W->w, dt, (size_t)(r0 + r) * ld + (size_t)k);
+        for (int t = 0; t < T; t++) {
+            __m512 x = _mm512_loadu_ps(X + (size_t)t * (size_t)ldx + (size_t)k);
+            for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], x, acc[t * R + r]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            float s = _mm512_reduce_add_ps(acc[t * R + r]);
+            const float *x = X + (size_t)t * (size_t)ldx;
+            for (int kk = k; kk < n; kk++)
+                s = fmaf(load1(W->w, dt, (size_t)(r0 + r) * ld + (size_t)kk), x[kk], s);
+            out[(size_t)t * (size_t)ldo + (size_t)r] = s;
+        }
+}
+
+/* rows [r0, r0 + rows) of W times nt tokens of X into out (ROW_GROUP x nt) */
+static AI void group16(const mb_mat *W, int r0, int rows, const float *X, int ldx, int nt,
+                       float *out, const mb_dtype dt) {
+    int q = 0;
+    if (nt == 1) /* decode: 8 rows at once streams the weights */
+        for (; q + 8 <= rows; q += 8) dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 8, 1, dt);
+    for (; q + 4 <= rows; q += 4) {
+        int t = 0;
+        for (; t + 6 <= nt; t += 6)
+            dot16(W, r0 + q, X + (size_t)t * (size_t)ldx, ldx, out + t * ROW_GROUP + q, ROW_GROUP,
+                  4, 6, dt);
+        const float *x = X + (size_t)t * (size_t)ldx;
+        float *o = out + t * ROW_GROUP + q;
+        switch (nt - t) {
+        case 5:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 5, dt);
+            break;
+        case 4:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 4, dt);
+            break;
+        case 3:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 3, dt);
+            break;
+        case 2:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 2, dt);
+            break;
+        case 1:
+            dot16(W, r0 + q, x, ldx, o, ROW_GROUP, 4, 1, dt);
+            break;
+        default:
+            break;
+        }
+    }
+    for (; q < rows; q++)
+        for (int t = 0; t < nt; t++)
+            dot16(W, r0 + q, X + (size_t)t * (size_t)ldx, ldx, out + t * ROW_GROUP + q, ROW_GROUP,
+                  1, 1, dt);
+}
+
+static inline void thread_rows(const matmul_task *m, int ti, int nt, int *r0, int *r1) {
+    int groups = (m->n_rows + ROW_GROUP - 1) / ROW_GROUP;
+    int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
+    *r0 = g0 * ROW_GROUP;
+    *r1 = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
+}
+
+void mb_matmul_avx512(void *ctx, int ti, int nt) {
+    const matmul_task *m = ctx;
+    int r_begin, r_end;
+    thread_rows(m, ti, nt, &r_begin, &r_end);
+    const int n = m->W->cols;
+    float out[ROW_GROUP * TOKEN_BLOCK];
+    /* many tokens and BF16 or q8 weights: each row group widened to F32 once per token block
+     * (exact: the same bits as the direct path, which serves if the buffer cannot be had) */
+    float *wide = m->W->dtype != MB_F32 && m->T >= WIDEN_MIN_T
+                      ? malloc((size_t)ROW_GROUP * (size_t)n * 4)
+                      : NULL;
+    for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
+        int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
+        const float *X = m->X + (size_t)t0 * (size_t)m->ldx;
+        for (int r = r_begin; r < r_end; r += ROW_GROUP) {
+            int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
+            if (wide) {
+                size_t len = (size_t)rows * (size_t)n, base = (size_t)r * (size_t)n, i = 0;
+                for (; i + 16 <= len; i += 16)
+                    _mm512_storeu_ps(wide + i, load16(m->W->w, m->W->dtype, base + i));
+                for (; i < len; i++) wide[i] = load1(m->W->w, m->W->dtype, base + i);
+                mb_mat Wf = *m->W;
+                Wf.w = wide;
+                Wf.dtype = MB_F32;
+                group16(&Wf, 0, rows, X, m->ldx, nt_blk, out, MB_F32);
+            } else if (m->W->dtype == MB_F32)
+                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_F32);
+            else if (m->W->dtype == MB_Q8)
+                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_Q8);
+            else
+                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_BF16);
+            mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
+        }
+    }
+    free(wide);
+}
+
+/* ---------------------------------------------------------------- avx512bf16: vdpbf16ps */
+
+/* hi = bf16(x), lo = bf16(x - hi) for the first n32 inputs of T tokens, rows of n32 */
+BF16_FN static void split_bf16(const float *X, int ldx, int T, int n32, uint16_t *hi,
+                               uint16_t *lo) {
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < n32; k += 16) {
+            __m512 x = _mm512_loadu_ps(X + (size_t)t * (size_t)ldx + (size_t)k);
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+            __m256i l = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, widen16(h)));
+            size_t o = (size_t)t * (size_t)n32 + (size_t)k;
+            _mm256_storeu_si256((__m256i *)(hi + o), h);
+            _mm256_storeu_si256((__m256i *)(lo + o), l);
+        }
+}
+
+/* out[t * ldo + r] = W[r0 + r, :] . X[t, :] with X given as hi, lo (rows of n32) and, for the
+ * tail past n32, as float32 X. */
+BF16_FN static AI void dot_bf16(const mb_mat *W, int r0, const uint16_t *hi, const uint16_t *lo,
+                                int n32, const float *X, int ldx, float *out, int ldo, const int R,
+                                const int T) {
+    const int n = W->cols;
+    const size_t ld = (size_t)n;
+    const uint16_t *w = W->w;
+    __m512 acc[24];
+    for (int i = 0; i < R * T; i++) acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < n32; k += 32) {
+        __m512i wv[8];
+        if (T <= PREFETCH_T) prefetch_rows(w, ld, r0 + R, R, (size_t)k, 2);
+        for (int r = 0; r < R; r++)
+            wv[r] = _mm512_loadu_si512(w + (size_t)(r0 + r) * ld + (size_t)k);
+        for (int t = 0; t < T; t++) {
+            size_t o = (size_t)t * (size_t)n32 + (size_t)k;
+            __m512bh h = (__m512bh)_mm512_loadu_si512(hi + o);
+            __m512bh l = (__m512bh)_mm512_loadu_si512(lo + o);
+            for (int r = 0; r < R; r++) {
+                __m512 a = _mm512_dpbf16_ps(acc[t * R + r], (__m512bh)wv[r], h);
+                acc[t * R + r] = _mm512_dpbf16_ps(a, (__m512bh)wv[r], l);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            float s = _mm512_reduce_add_ps(acc[t * R + r]);
+            const float *x = X + (size_t)t * (size_t)ldx;
+            for (int kk = n32; kk < n; kk++)
+                s = fmaf(bf16_to_f32(w[(size_t)(r0 + r) * ld + (size_t)kk]), x[kk], s);
+            out[(size_t)t * (size_t)ldo + (size_t)r] = s;
+        }
+}
+
+BF16_FN static void group_bf16(const mb_mat *W, int r0, int rows, const uint16_t *hi,
+                               const uint16_t *lo, int n32, const float *X, int ldx, int nt,
+                               float *out) {
+    int q = 0;
+    if (nt == 1)
+        for (; q + 8 <= rows; q += 8)
+            dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 8, 1);
+    for (; q + 4 <= rows; q += 4) {
+        int t = 0;
+        for (; t + 6 <= nt; t += 6)
+            dot_bf16(W, r0 + q, hi + (size_t)t * (size_t)n32, lo + (size_t)t * (size_t)n32, n32,
+                     X + (size_t)t * (size_t)ldx, ldx, out + t * ROW_GROUP + q, ROW_GROUP, 4, 6);
+        const uint16_t *h = hi + (size_t)t * (size_t)n32, *l = lo + (size_t)t * (size_t)n32;
+        const float *x = X + (size_t)t * (size_t)ldx;
+        float *o = out + t * ROW_GROUP + q;
+        switch (nt - t) {
+        case 5:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 5);
+            break;
+        case 4:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 4);
+            break;
+        case 3:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 3);
+            break;
+        case 2:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 2);
+            break;
+        case 1:
+            dot_bf16(W, r0 + q, h, l, n32, x, ldx, o, ROW_GROUP, 4, 1);
+            break;
+        default:
+            break;
+        }
+    }
+    for (; q < rows; q++)
+        for (int t = 0; t < nt; t++)
+            dot_bf16(W, r0 + q, hi + (size_t)t * (size_t)n32, lo + (size_t)t * (size_t)n32, n32,
+                     X + (size_t)t * (size_t)ldx, ldx, out + t * ROW_GROUP + q, ROW_GROUP, 1, 1);
+}
+
+BF16_FN void mb_matmul_avx512bf16(void *ctx, int ti, int nt) {
+    const matmul_task *m = ctx;
+    if (m->W->dtype != MB_BF16) {
+        mb_matmul_avx512(ctx, ti, nt);
+        return;
+    }
+    int r_begin, r_end;
+    thread_rows(m, ti, nt, &r_begin, &r_end);
+    const int n32 = m->W->cols & ~31;
+    /* this thread's hi and lo halves of a token block (cpu.c sizes the scratch) */
+    uint16_t *hi = (uint16_t *)m->scratch + (size_t)ti * m->scratch_per_thread;
+    uint16_t *lo = hi + (size_t)TOKEN_BLOCK * (size_t)n32;
+    float out[ROW_GROUP * TOKEN_BLOCK];
+    for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
+        int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
+        const float *X = m->X + (size_t)t0 * (size_t)m->ldx;
+        split_bf16(X, m->ldx, nt_blk, n32, hi, lo);
+        for (int r = r_begin; r < r_end; r += ROW_GROUP) {
+            int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
+            group_bf16(m->W, r, rows, hi, lo, n32, X, m->ldx, nt_blk, out);
+            mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
+        }
+    }
+}
