@@ -1,6 +1,8 @@
 /* srv_metrics.c: counters, gauges and fixed-bucket histograms, and their Prometheus text. */
 #include "srv_metrics.h"
 
+#include "mambabyte.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -237,10 +239,10 @@ static void process_metrics(text *t, double start_time) {
         "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
         start_time);
     put(t,
-        "# HELP mambabyte_build_info The build: version and compiler\n"
+        "# HELP mambabyte_build_info The build: version, compiler and the CPU kernels in use\n"
         "# TYPE mambabyte_build_info gauge\n"
-        "mambabyte_build_info{version=\"%s\",compiler=\"%s\"} 1\n",
-        MB_VERSION, __VERSION__);
+        "mambabyte_build_info{version=\"%s\",compiler=\"%s\",cpu_isa=\"%s\"} 1\n",
+        MB_VERSION, __VERSION__, mb_cpu_isa());
 }
 
 char *srv_metrics_render(srv_metrics *m) {
