@@ -47,6 +47,19 @@ static __device__ int mm_items(const cu_mm &p, int T) {
     return p.gx * ((T + tt - 1) / tt);
 }
 
+/* A tensor-core tile, with the norm folded in when nstat is given. */
+template <int SPLIT>
+static __device__ void tc_item(const __nv_bfloat16 *w, int n_rows, int K, const float *X, int ldx,
+                               float *Y, int ldy, int T, const float *bias, int epi, int bx, int by,
+                               float *sh, const float2 *nstat, const float *nw, const float *nb) {
+    if (nstat)
+        matmul_tc_block<SPLIT, true>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, bx, by, sh, nstat,
+                                     nw, nb);
+    else
+        matmul_tc_block<SPLIT, false>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi, bx, by, sh,
+                                      nullptr, nullptr, nullptr);
+}
+
 /* One block's item of a projection, by the plan's kernel (cu_step_prepare admits these four). */
 static __device__ void mm_item(const cu_mm &p, const cu_mat &W, int n_rows, const float *X, int ldx,
                                float *Y, int ldy, int T, const float *bias, int epi, int item,
@@ -55,20 +68,10 @@ static __device__ void mm_item(const cu_mm &p, const cu_mat &W, int n_rows, cons
     const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(W.w);
     switch (p.kind) {
     case CU_MM_TC8:
-        if (nstat)
-            matmul_tc_block<8, true>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh,
-                                     nstat, nw, nb);
-        else
-            matmul_tc_block<8, false>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh,
-                                      nullptr, nullptr, nullptr);
+        tc_item<8>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh, nstat, nw, nb);
         break;
     case CU_MM_TC4:
-        if (nstat)
-            matmul_tc_block<4, true>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh,
-                                     nstat, nw, nb);
-        else
-            matmul_tc_block<4, false>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh,
-                                      nullptr, nullptr, nullptr);
+        tc_item<4>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx, by, sh, nstat, nw, nb);
         break;
     case CU_MM_BF16 | CU_MM_VEC:
         matmul_block<__nv_bfloat16, true, 1>(w, n_rows, W.cols, X, ldx, Y, ldy, T, bias, epi, bx,
