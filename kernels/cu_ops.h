@@ -415,48 +415,14 @@ static __device__ __forceinline__ float scan_step(float *s, const float *A, floa
     return y;
 }
 
-/* ---------------------------------------------------------------- conv
- *
- * (sequence s, channel c) walks its span in order from the slot's window; the window after the
- * span goes to the slot's other buffer, the inputs to j_xin (for rollback). */
+/* ---------------------------------------------------------------- conv */
 
-#define SPAN_CHUNK 8 /* tokens of a span whose inputs conv and scan load at once */
+#define SPAN_CHUNK 8 /* tokens of a span whose inputs the scan loads at once */
 
-template <int K>
-static __device__ void conv_chan(const float *conv_w, const float *conv_b, const int *off,
-                                 const int *slot, const int *cur, float *state, size_t sf,
-                                 size_t lofs, const float *xz, float *u, float *j_xin, int E, int c,
-                                 int s) {
-    const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs;
-    float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs;
-    float win[K > 1 ? K - 1 : 1];
-#pragma unroll
-    for (int k = 0; k < K - 1; k++) win[k] = src[(size_t)k * E + c];
-    const float bias = conv_b[c];
-    const int end = off[s + 1];
-    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
-        /* a chunk's inputs are loaded before any step: one memory latency per chunk, not per
-         * token, on long spans (prefill, verification) */
-        float xs[SPAN_CHUNK];
-#pragma unroll
-        for (int i = 0; i < SPAN_CHUNK; i++)
-            xs[i] = t0 + i < end ? xz[(size_t)(t0 + i) * 2 * E + c] : 0.0f;
-#pragma unroll
-        for (int i = 0; i < SPAN_CHUNK; i++) {
-            if (t0 + i >= end) break;
-            const size_t t = (size_t)(t0 + i);
-            u[t * E + c] = conv_step<K>(win, conv_w + c, E, bias, xs[i]);
-            j_xin[t * E + c] = xs[i];
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < K - 1; k++) dst[(size_t)k * E + c] = win[k];
-}
-
-/* The same conv with a thread per (channel c, token t of the forward), so a long span runs on
- * many threads: the token's window is read from the span's inputs (or the slot's window before
- * the span's start), then the same conv_step. The window after each span goes to the slot's
- * other buffer. */
+/* The conv with a thread per (channel c, token t of the forward), so a long span runs on many
+ * threads: the token's window is read from the span's inputs (or the slot's window before the
+ * span's start), then conv_step (which rollback replays). The window after each span goes to the
+ * slot's other buffer. */
 template <int K>
 static __device__ void conv_tok(const float *conv_w, const float *conv_b, const int *off, int n_seq,
                                 const int *slot, const int *cur, float *state, size_t sf,

@@ -123,11 +123,11 @@ __global__ void __launch_bounds__(CU_BLOCK, 1) k_step(const cu_step_args a) {
                     work, nstat, L.norm_w, L.norm_b);
             const int r0 = (item % a.in_mm.gx) * in_rows;
             if (r0 < E)
-                for (int i = threadIdx.x; i < in_rows * ns; i += CU_BLOCK) {
-                    const int c = r0 + i % in_rows, s = i / in_rows;
+                for (int i = threadIdx.x; i < in_rows * T; i += CU_BLOCK) {
+                    const int c = r0 + i % in_rows, t = i / in_rows;
                     if (c < E)
-                        conv_chan<STEP_K>(L.conv_w, L.conv_b, b.off, b.slot, b.cur, a.state,
-                                          a.state_floats, lofs, a.xz, a.u, j_xin, E, c, s);
+                        conv_tok<STEP_K>(L.conv_w, L.conv_b, b.off, ns, b.slot, b.cur, a.state,
+                                         a.state_floats, lofs, a.xz, a.u, j_xin, E, c, t);
                 }
         }
         grid.sync();
