@@ -36,7 +36,9 @@ typedef struct engine {
     uint8_t *want;
     int *off, *slot, *entry; /* per batch entry: offsets (one more), slot, sequence */
     float *logits;           /* concurrency rows of 256 */
-    void *scratch;
+    const mb_sampling **set; /* per row: the draw's settings, logits row, position and byte */
+    int *row, *byte;
+    uint64_t *pos;
 } engine;
 
 static void start(engine *g, eseq *q, long idx, double t) {
@@ -81,12 +83,19 @@ static int step(engine *g, lg_run *r, int recording, double t0, mb_err *e) {
     g->off[n] = nt;
     mb_batch b = {n, g->tokens, g->off, g->slot, g->want};
     if (mb_forward(g->m, g->pool, &b, g->logits, e)) return -1;
+    int nd = 0; /* the draws, all at once (as the daemon makes them) */
+    for (int k = 0; k < n; k++) {
+        const eseq *q = &g->seq[g->entry[k]];
+        if (!g->want[g->off[k + 1] - 1]) continue;
+        g->set[nd] = &q->s, g->row[nd] = nd, g->pos[nd] = q->plen + (size_t)q->n_out;
+        nd++;
+    }
+    if (mb_sample_rows(g->m, nd, g->set, g->logits, g->row, g->pos, g->byte, e)) return -1;
     const double now = cli_now();
     for (int k = 0, row = 0; k < n; k++) {
         eseq *q = &g->seq[g->entry[k]];
         if (!g->want[g->off[k + 1] - 1]) continue;
-        const float *l = g->logits + (size_t)row++ * 256;
-        q->last = mb_sample(&q->s, l, 256, q->plen + (size_t)q->n_out, g->scratch);
+        q->last = g->byte[row++];
         q->n_out++;
         q->rec.out_bytes++, q->rec.chunks++;
         if (q->rec.t_first < 0)
@@ -150,7 +159,7 @@ int lg_engine_run(const lg_opts *o, const lg_prompts *p, lg_run *r, mb_err *e) {
     const int C = o->concurrency;
     mb_backend_opts bo = {0};
     bo.n_threads = o->threads;
-    engine g = {o, p, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    engine g = {o, p, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     int rc = -1;
     if (!(g.m = mb_model_load(o->engine, &bo, e))) return -1;
     if (mb_model_config(g.m)->n_vocab != 256) {
@@ -165,16 +174,22 @@ int lg_engine_run(const lg_opts *o, const lg_prompts *p, lg_run *r, mb_err *e) {
     g.slot = malloc((size_t)C * sizeof *g.slot);
     g.entry = malloc((size_t)C * sizeof *g.entry);
     g.logits = malloc((size_t)C * 256 * sizeof *g.logits);
-    g.scratch = malloc(mb_sample_scratch_bytes(256));
-    if (!g.seq || !g.tokens || !g.want || !g.off || !g.slot || !g.entry || !g.logits ||
-        !g.scratch) {
+    g.set = malloc((size_t)C * sizeof *g.set);
+    g.row = malloc((size_t)C * sizeof *g.row);
+    g.byte = malloc((size_t)C * sizeof *g.byte);
+    g.pos = malloc((size_t)C * sizeof *g.pos);
+    if (!g.seq || !g.tokens || !g.want || !g.off || !g.slot || !g.entry || !g.logits || !g.set ||
+        !g.row || !g.byte || !g.pos) {
         mb_fail(e, "out of memory");
         goto out;
     }
     if (o->warmup && phase(&g, o->warmup, NULL, e)) goto out;
     rc = phase(&g, 0, r, e);
 out:
-    free(g.scratch);
+    free(g.pos);
+    free(g.byte);
+    free(g.row);
+    free(g.set);
     free(g.logits);
     free(g.entry);
     free(g.slot);

@@ -225,6 +225,9 @@ static cJSON *server_figures(const char *before, const char *after, double durat
                             delta(before, after, "mambabyte_prompt_bytes_total"));
     cJSON_AddNumberToObject(s, "steps", steps);
     cJSON_AddNumberToObject(s, "step_seconds", busy);
+    double fwd_s = delta(before, after, "mambabyte_forward_seconds_total");
+    cJSON_AddNumberToObject(s, "forward_seconds", fwd_s);
+    cJSON_AddNumberToObject(s, "forward_fraction", duration > 0 ? fwd_s / duration : 0);
     cJSON_AddNumberToObject(s, "busy_fraction", duration > 0 ? busy / duration : 0);
     cJSON_AddNumberToObject(s, "cpu_seconds", delta(before, after, "process_cpu_seconds_total"));
     cJSON_AddNumberToObject(s, "batch_sequences_mean", fwd > 0 ? seqs / fwd : 0);
@@ -301,14 +304,14 @@ static void print_table(const lg_opts *o, const lg_run *r, const figures *f, con
     if (srv) {
         const cJSON *acc = cJSON_GetObjectItemCaseSensitive(srv, "spec_acceptance");
         printf("\nserver (/metrics)  generated %.0f bytes, prompts %.0f bytes; %.0f steps, busy "
-               "%.1f%% of the run; %.2f CPU s\n"
+               "%.1f%% of the run (forwards %.1f%%); %.2f CPU s\n"
                "  batches: %.2f sequences, %.2f tokens per forward (mean)\n"
                "  speculation: %.0f drafts, %.0f bytes drafted, %.0f accepted",
                num(srv, "generated_bytes"), num(srv, "prompt_bytes"), num(srv, "steps"),
-               100 * num(srv, "busy_fraction"), num(srv, "cpu_seconds"),
-               num(srv, "batch_sequences_mean"), num(srv, "batch_tokens_mean"),
-               num(srv, "spec_drafts"), num(srv, "spec_drafted_bytes"),
-               num(srv, "spec_accepted_bytes"));
+               100 * num(srv, "busy_fraction"), 100 * num(srv, "forward_fraction"),
+               num(srv, "cpu_seconds"), num(srv, "batch_sequences_mean"),
+               num(srv, "batch_tokens_mean"), num(srv, "spec_drafts"),
+               num(srv, "spec_drafted_bytes"), num(srv, "spec_accepted_bytes"));
         if (cJSON_IsNumber(acc)) printf(" (%.1f%%)", 100 * acc->valuedouble);
         printf("\n");
     }

@@ -195,3 +195,66 @@ int mb_forward(mb_model *m, mb_pool *p, const mb_batch *b, float *logits, mb_err
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------- drawing many rows */
+
+#define ROWS_PER_THREAD                                                                            \
+    8                 /* fewer rows a thread than this: the hand-off costs more than it saves      \
+                       */
+#define SAMPLER_MAX 8 /* host threads drawing for a GPU model */
+
+typedef struct rows_job {
+    const mb_sampling *const *s;
+    const float *logits;
+    const int *row;
+    const uint64_t *pos;
+    int *out;
+    int n, n_vocab, used; /* rows, and the threads that share them */
+    char *scratch;        /* (threads, scratch_bytes) */
+    size_t scratch_bytes;
+} rows_job;
+
+static void rows_worker(void *ctx, int i, int nt) {
+    const rows_job *j = ctx;
+    (void)nt;
+    if (i >= j->used) return;
+    const int lo = (int)((long)j->n * i / j->used), hi = (int)((long)j->n * (i + 1) / j->used);
+    for (int k = lo; k < hi; k++)
+        j->out[k] = mb_sample(j->s[k], j->logits + (size_t)j->row[k] * (size_t)j->n_vocab,
+                              j->n_vocab, j->pos[k], j->scratch + (size_t)i * j->scratch_bytes);
+}
+
+/* The threads that draw: the CPU backend's forward team (idle between forwards), or on a GPU a
+ * team of half the cores, at most SAMPLER_MAX, started at the first call. */
+static mb_threads *rows_team(mb_model *m, size_t scratch_bytes, mb_err *e) {
+    mb_threads *t = m->threads;
+    if (!t && !m->sampler) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN) / 2;
+        m->sampler = mb_threads_create(n < 1 ? 1 : n > SAMPLER_MAX ? SAMPLER_MAX : (int)n);
+        if (!m->sampler) return mb_fail(e, "cannot start sampling threads"), NULL;
+    }
+    if (!t) t = m->sampler;
+    if (!m->sample_scratch &&
+        !(m->sample_scratch = malloc((size_t)mb_threads_count(t) * scratch_bytes)))
+        return mb_fail(e, "out of memory"), NULL;
+    return t;
+}
+
+int mb_sample_rows(mb_model *m, int n, const mb_sampling *const *s, const float *logits,
+                   const int *row, const uint64_t *pos, int *out, mb_err *e) {
+    if (n <= 0) return 0;
+    const int V = m->c.n_vocab;
+    rows_job j = {s, logits, row, pos, out, n, V, 1, NULL, mb_sample_scratch_bytes(V)};
+    mb_threads *t = rows_team(m, j.scratch_bytes, e);
+    if (!t) return -1;
+    j.scratch = m->sample_scratch;
+    j.used = n / ROWS_PER_THREAD;
+    if (j.used > mb_threads_count(t)) j.used = mb_threads_count(t);
+    if (j.used <= 1) {
+        j.used = 1;
+        rows_worker(&j, 0, 1);
+    } else {
+        mb_threads_run(t, rows_worker, &j);
+    }
+    return 0;
+}

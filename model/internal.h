@@ -55,6 +55,8 @@ struct mb_model {
     void **owned; /* buffers converted at load time, freed with the model */
     int n_owned, cap_owned;
     mb_threads *threads;  /* CPU backend only */
+    mb_threads *sampler;  /* host threads for mb_sample_rows on a GPU (NULL until used) */
+    void *sample_scratch; /* (threads, mb_sample_scratch_bytes) for mb_sample_rows */
     const mb_backend *be; /* the backend that runs it */
     void *dev;            /* the backend's own model data (device weights, streams) */
     void *dl;             /* dlopen handle of the CUDA backend */

@@ -140,6 +140,14 @@ void mb_sampling_default(mb_sampling *s); /* greedy */
 /* scratch: mb_sample_scratch_bytes(n_vocab) bytes, 8-byte aligned (malloc'd). */
 size_t mb_sample_scratch_bytes(int n_vocab);
 int mb_sample(const mb_sampling *s, const float *logits, int n_vocab, uint64_t pos, void *scratch);
+/* One draw per row, as mb_sample: out[i] = the byte for settings s[i] from the logits row
+ * logits + row[i] * n_vocab at position pos[i]. The rows are shared among the model's host
+ * threads (the CPU backend's team, idle between forwards; on a GPU a team of up to 8 started at
+ * the first call) when there are enough of them to pay for the hand-off; each draw is the same
+ * function of its own row as mb_sample, so the bytes never depend on the split. Returns 0, or
+ * -1 with e when the threads or their scratch cannot be had. */
+int mb_sample_rows(mb_model *m, int n, const mb_sampling *const *s, const float *logits,
+                   const int *row, const uint64_t *pos, int *out, mb_err *e);
 /* The uniform draw in [0, 1) for (seed, pos): a counter-based generator. */
 double mb_uniform(uint64_t seed, uint64_t pos);
 

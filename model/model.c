@@ -411,6 +411,8 @@ fail:
 void mb_model_free(mb_model *m) {
     if (!m) return;
     mb_backend_release(m);
+    if (m->sampler) mb_threads_free(m->sampler);
+    free(m->sample_scratch);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_files; i++) mb_st_close(&m->files[i]);

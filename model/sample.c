@@ -116,6 +116,12 @@ int mb_sample(const mb_sampling *s, const float *logits, int n, uint64_t pos, vo
     uint64_t *cand = scratch, *tmp = cand + n; /* scratch is 8-byte aligned */
     double *pr = (void *)((char *)scratch + 2 * (size_t)n * sizeof(uint64_t));
     for (int i = 0; i < n; i++) cand[i] = candidate(logits, i);
+#if defined(__AVX__) && defined(__GNUC__)
+    /* The loop above is vectorised with 256-bit registers, and GCC 12 leaves their upper halves
+     * dirty into the calls below: on a Sapphire Rapids host that made the 256 calls of exp()
+     * cost 51 us a draw instead of 4.7 (bench/RESULTS.md, issue 10). */
+    __builtin_ia32_vzeroupper();
+#endif
     int k = s->top_k > 0 && s->top_k < n ? s->top_k : n, m = n;
     uint64_t next = UINT64_MAX; /* after a min-p bound: the first candidate it left out */
     if (k < n) {

@@ -39,8 +39,10 @@ struct srv_http {
     int port;
     char daemon_id[192]; /* X-Mambabyte-Daemon: daemon_id, or <hostname>:<port> */
 
-    pthread_mutex_t mu; /* guards live and every req's watcher fields */
+    pthread_mutex_t mu; /* guards live, woken and every req's watcher fields */
+    pthread_cond_t cv;  /* the watcher waits on it between rounds: woken has work */
     req *live;          /* requests the watcher looks after */
+    req *woken;         /* parked requests whose job has news, for the watcher to resume */
     pthread_t watcher;
     int stopping;
 };
@@ -88,7 +90,9 @@ struct req {
     req *prev, *next;
     phase ph;
     double read_deadline, give_up;
-    int suspended;     /* parked by us and not yet woken */
+    int suspended; /* parked by us and not yet woken */
+    int queued;    /* on h->woken */
+    req *woken_next;
     int gone;          /* the client hung up while parked */
     int expired;       /* parked past any deadline: the job was lost */
     int quiet;         /* woken because a keep-alive is due */
@@ -155,9 +159,33 @@ static void resume(req *r) {
     pthread_mutex_unlock(&r->h->mu);
 }
 
-/* The job's waker: it runs on the scheduler thread with the job's lock held. */
+/* The job's waker: it runs on the scheduler thread with the job's lock held. Resuming a
+ * connection costs a system call (libmicrohttpd signals its polling thread), one per stream and
+ * step: the watcher does it, so the scheduler goes on to the next step. */
 static void wake(void *arg) {
-    resume(arg);
+    req *r = arg;
+    srv_http *h = r->h;
+    pthread_mutex_lock(&h->mu);
+    if (r->suspended && !r->queued) {
+        r->queued = 1;
+        r->woken_next = h->woken;
+        if (!h->woken) pthread_cond_signal(&h->cv);
+        h->woken = r;
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Resumes the parked requests a job woke (h->mu held). */
+static void resume_woken(srv_http *h) {
+    for (req *r = h->woken, *next; r; r = next) {
+        next = r->woken_next;
+        r->queued = 0;
+        if (r->suspended) {
+            r->suspended = 0;
+            MHD_resume_connection(r->c);
+        }
+    }
+    h->woken = NULL;
 }
 
 /* 1: the connection is parked until the job is ready for `what` (a handler then returns and
@@ -734,6 +762,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->prev) r->prev->next = r->next;
     if (r->next) r->next->prev = r->prev;
     if (h->live == r) h->live = r->next;
+    for (req **p = &h->woken; r->queued && *p; p = &(*p)->woken_next)
+        if (*p == r) {
+            *p = r->woken_next;
+            r->queued = 0;
+        }
     pthread_mutex_unlock(&h->mu);
     double now = srv_now(), ttfb = -1;
     /* 499: the client closed the connection first (nginx's convention). */
@@ -774,17 +807,22 @@ static int hang_ups(srv_http *h, struct pollfd **fds, size_t *cap) {
     return 0;
 }
 
-/* Every 50 ms: a request that has not arrived by its deadline loses its connection (shutdown
- * wakes libmicrohttpd, which closes it); a parked request whose client left, or which waited
- * past any deadline, is woken to end; a parked stream is woken when a keep-alive is due. */
+/* Resumes the parked requests their jobs woke, as soon as they are woken; and every 50 ms: a
+ * request that has not arrived by its deadline loses its connection (shutdown wakes
+ * libmicrohttpd, which closes it); a parked request whose client left, or which waited past
+ * any deadline, is woken to end; a parked stream is woken when a keep-alive is due. */
 static void *watch(void *arg) {
     srv_http *h = arg;
     struct pollfd *fds = NULL;
     size_t cap = 0;
+    struct timespec tick;
+    clock_gettime(CLOCK_MONOTONIC, &tick);
+    pthread_mutex_lock(&h->mu);
     for (;;) {
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        pthread_mutex_lock(&h->mu);
+        tick.tv_nsec += 50 * 1000 * 1000;
+        if (tick.tv_nsec >= 1000 * 1000 * 1000) tick.tv_sec++, tick.tv_nsec -= 1000 * 1000 * 1000;
+        while (!h->stopping && (h->woken || pthread_cond_timedwait(&h->cv, &h->mu, &tick) == 0))
+            resume_woken(h);
         if (h->stopping) {
             pthread_mutex_unlock(&h->mu);
             free(fds);
@@ -813,7 +851,7 @@ static void *watch(void *arg) {
             r->suspended = 0;
             MHD_resume_connection(r->c);
         }
-        pthread_mutex_unlock(&h->mu);
+        clock_gettime(CLOCK_MONOTONIC, &tick); /* the next round 50 ms after this one */
     }
 }
 
@@ -872,6 +910,11 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
     h->c = *c;
     h->mx = mx;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cv, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_store(&h->state, ST_LOADING);
     srv_metrics_set_limits(mx, c->request_timeout_s);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -884,6 +927,7 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
     if (!h->d) {
         snprintf(err, n, "cannot start the HTTP daemon");
         pthread_mutex_destroy(&h->mu);
+        pthread_cond_destroy(&h->cv);
         free(h);
         return NULL;
     }
@@ -894,11 +938,13 @@ srv_http *srv_http_start(const cfg *c, srv_metrics *mx, char *err, size_t n) {
         if (watching) {
             pthread_mutex_lock(&h->mu);
             h->stopping = 1;
+            pthread_cond_signal(&h->cv);
             pthread_mutex_unlock(&h->mu);
             pthread_join(h->watcher, NULL);
         }
         MHD_stop_daemon(h->d);
         pthread_mutex_destroy(&h->mu);
+        pthread_cond_destroy(&h->cv);
         free(h);
         return NULL;
     }
@@ -927,6 +973,7 @@ void srv_http_stop(srv_http *h) {
     /* libmicrohttpd must not stop with parked connections: wake them to end */
     pthread_mutex_lock(&h->mu);
     h->stopping = 1;
+    pthread_cond_signal(&h->cv);
     for (req *r = h->live; r; r = r->next)
         if (r->suspended) {
             r->suspended = 0;
@@ -937,5 +984,6 @@ void srv_http_stop(srv_http *h) {
     pthread_join(h->watcher, NULL);
     MHD_stop_daemon(h->d);
     pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->cv);
     free(h);
 }

@@ -103,6 +103,9 @@ struct srv_sched {
     uint8_t *want;
     float *logits;
     void *scratch;
+    const mb_sampling **d_set; /* per plain draw of a step: settings, logits row, position, */
+    int *d_row, *d_byte;       /* and the byte drawn (mb_sample_rows) */
+    uint64_t *d_pos;
 
     /* Speculative decoding with the drafter model (dmodel NULL: none). Drafter slot i holds
      * the committed drafter state of the sequence in byte slot i, slot n_slots + i its scratch
@@ -779,10 +782,25 @@ static void advance(srv_sched *s, int n, double now) {
 }
 
 /* Samples a byte (or verifies a draft) for every entry with logits; returns the bytes taken, or
- * -1 when an engine failure failed every running sequence. */
+ * -1 when an engine failure failed every running sequence. The plain draws are made first, all
+ * at once (mb_sample_rows shares them among threads), then each sequence takes its byte. */
 static int sample_batch(srv_sched *s, double now) {
-    int sampled = 0;
-    /* Sampling may retire a sequence, which shifts run[] above it: go from the top down. */
+    int sampled = 0, nd = 0;
+    /* Taking a byte may retire a sequence, which shifts run[] above it: go from the top down,
+     * in the same order both times. */
+    for (int i = s->n_run - 1; i >= 0; i--) {
+        int k = s->entry_of[i];
+        if (k < 0 || s->row_of[k] < 0 || s->dlen[k]) continue;
+        s->d_set[nd] = &s->run[i].job->req.sampling;
+        s->d_row[nd] = s->row_of[k];
+        s->d_pos[nd++] = next_pos(&s->run[i]);
+    }
+    mb_err e;
+    if (mb_sample_rows(s->model, nd, s->d_set, s->logits, s->d_row, s->d_pos, s->d_byte, &e)) {
+        fail_running(s, e.msg);
+        return -1;
+    }
+    nd = 0;
     for (int i = s->n_run - 1; i >= 0; i--) {
         int k = s->entry_of[i];
         if (k < 0 || s->row_of[k] < 0) continue;
@@ -797,9 +815,7 @@ static int sample_batch(srv_sched *s, double now) {
             sampled += got;
             continue;
         }
-        seq *q = &s->run[i];
-        take_byte(s, i, mb_sample(&q->job->req.sampling, rows, s->n_vocab, next_pos(q), s->scratch),
-                  now);
+        take_byte(s, i, s->d_byte[nd++], now);
         sampled++;
     }
     return sampled;
@@ -958,9 +974,13 @@ srv_sched *srv_sched_start(mb_model *m, mb_model *draft, const spm_tokenizer *to
     s->draft = calloc(ns, SRV_DRAFT_MAX);
     s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
+    s->d_set = calloc(ns, sizeof *s->d_set);
+    s->d_row = calloc(ns, sizeof(int));
+    s->d_byte = calloc(ns, sizeof(int));
+    s->d_pos = calloc(ns, sizeof *s->d_pos);
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||
         !s->took || !s->row_of || !s->entry_of || !s->dlen || !s->dkind || !s->draft ||
-        !s->logits || !s->scratch) {
+        !s->logits || !s->scratch || !s->d_set || !s->d_row || !s->d_byte || !s->d_pos) {
         mb_fail(e, "out of memory for %d slots", c->slots);
         goto fail;
     }
@@ -1057,6 +1077,10 @@ void srv_sched_stop(srv_sched *s) {
     free(s->seq_of);
     free(s->took);
     free(s->row_of);
+    free(s->d_set);
+    free(s->d_row);
+    free(s->d_byte);
+    free(s->d_pos);
     free(s->entry_of);
     free(s->logits);
     free(s->scratch);
