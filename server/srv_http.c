@@ -175,17 +175,28 @@ static void wake(void *arg) {
     pthread_mutex_unlock(&h->mu);
 }
 
-/* Resumes the parked requests a job woke (h->mu held). */
+/* Resumes the parked requests a job woke (h->mu held, and let go while resuming: the scheduler
+ * waits on it to wake the next ones). A request taken off the list here is still suspended in
+ * libmicrohttpd until resumed, so it cannot complete (and be freed) before; after its resume it
+ * may, so the next one is read first. */
 static void resume_woken(srv_http *h) {
+    req *take = NULL;
     for (req *r = h->woken, *next; r; r = next) {
         next = r->woken_next;
         r->queued = 0;
         if (r->suspended) {
             r->suspended = 0;
-            MHD_resume_connection(r->c);
+            r->woken_next = take;
+            take = r;
         }
     }
     h->woken = NULL;
+    pthread_mutex_unlock(&h->mu);
+    for (req *r = take, *next; r; r = next) {
+        next = r->woken_next;
+        MHD_resume_connection(r->c);
+    }
+    pthread_mutex_lock(&h->mu);
 }
 
 /* 1: the connection is parked until the job is ready for `what` (a handler then returns and
