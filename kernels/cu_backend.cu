@@ -47,6 +47,7 @@ typedef struct cu_pool {
     int *batch_dev, *batch_host;               /* the batch: 5 max_tokens + 1 ints */
     float *logits_host;                        /* pinned (max_tokens, n_vocab) */
     int use_graphs;                            /* MB_CUDA_GRAPHS=0 turns graphs off */
+    int use_pdl;                               /* MB_CUDA_PDL=0 turns overlapping launches off */
     int use_step, step_blocks;                 /* the persistent step kernel (MB_CUDA_STEP=1) */
     cu_step_args step;                         /* its arguments but the batch */
     int trace;                                 /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
@@ -350,7 +351,8 @@ static int pool_init(mb_pool *p, mb_err *e) {
     cu_pool *cp = static_cast<cu_pool *>(calloc(1, sizeof *cp));
     if (!cp) return fail(e, "out of memory");
     p->dev = cp;
-    const char *graphs = getenv("MB_CUDA_GRAPHS");
+    const char *graphs = getenv("MB_CUDA_GRAPHS"), *pdl = getenv("MB_CUDA_PDL");
+    cp->use_pdl = !(pdl && !strcmp(pdl, "0"));
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -408,6 +410,7 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
                             cudaMemcpyDeviceToHost, st);
         return;
     }
+    cu_pdl = cp->use_pdl && T <= CU_PDL_MAX_T;
     cu_embed(&cm->embed, &b, cp->h, D, st);
     for (int l = 0; l < c->n_layer; l++) {
         const cu_layer *L = &cm->layers[l];

@@ -60,6 +60,27 @@ typedef struct cu_mm {
 } cu_mm;
 cu_mm cu_mm_plan(const cu_mat *W, int n_rows, const float *X, int ldx, int T);
 
+/* Programmatic dependent launch: with cu_pdl set, a kernel launched by cu_launch may start while
+ * the kernel before it in the stream still runs, and fetch its weights towards L2 meanwhile;
+ * pdl_wait_then_release (cu_ops.h) holds it until that kernel has completed. Stream order is
+ * kept otherwise (copies, memsets, other kernels). The backend sets it per forward (cu_backend.cu,
+ * enqueue): on for forwards of up to CU_PDL_MAX_T tokens unless MB_CUDA_PDL=0; a longer one
+ * (a prompt chunk) runs kernels of several waves, whose slots the next kernel's early blocks
+ * would take (prefill lost 6-12 % with it). */
+#define CU_PDL_MAX_T 256
+extern bool cu_pdl;
+template <typename... P, typename... A>
+static inline void cu_launch(void (*k)(P...), dim3 grid, dim3 block, size_t shm, cudaStream_t st,
+                             A... args) {
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = shm, cfg.stream = st;
+    cfg.attrs = &at, cfg.numAttrs = cu_pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, k, static_cast<P>(args)...);
+}
+
 /* h[t] = embed[tokens[t]] for t < T. */
 void cu_embed(const cu_mat *embed, const cu_batch *b, float *h, int D, cudaStream_t st);
 /* out[i] = norm(x[rows ? rows[i] : i]) * w (+ bias: LayerNorm; RMSNorm without), i < n. */

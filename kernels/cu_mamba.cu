@@ -16,23 +16,26 @@
 
 __global__ void __launch_bounds__(CU_BLOCK)
     k_embed(const void *W, int bf16, const int32_t *tokens, float *h, int D) {
+    pdl_wait_then_release();
     embed_block(W, bf16, tokens, h, D, blockIdx.x);
 }
 
 void cu_embed(const cu_mat *embed, const cu_batch *b, float *h, int D, cudaStream_t st) {
-    if (b->T) k_embed<<<b->T, CU_BLOCK, 0, st>>>(embed->w, embed->dtype != 0, b->tokens, h, D);
+    if (b->T)
+        cu_launch(k_embed, b->T, CU_BLOCK, 0, st, embed->w, embed->dtype != 0, b->tokens, h, D);
 }
 
 __global__ void __launch_bounds__(CU_BLOCK)
     k_norm(const float *x, const int *rows, float *out, const float *w, const float *bias, int D,
            float eps) {
     __shared__ float sh[CU_BLOCK / 32];
+    pdl_wait_then_release();
     norm_block(x, rows, out, w, bias, D, eps, blockIdx.x, sh);
 }
 
 void cu_norm(const float *x, const int *rows, int n, float *out, const float *w, const float *bias,
              int D, float eps, cudaStream_t st) {
-    if (n) k_norm<<<n, CU_BLOCK, 0, st>>>(x, rows, out, w, bias, D, eps);
+    if (n) cu_launch(k_norm, n, CU_BLOCK, 0, st, x, rows, out, w, bias, D, eps);
 }
 
 /* Thread = (channel, token). */
@@ -42,6 +45,7 @@ __global__ void __launch_bounds__(CU_BLOCK)
            const int *cur, float *state, size_t sf, size_t lofs, const float *xz, float *u,
            float *j_xin, int E, int T) {
     const int c = blockIdx.x * CU_BLOCK + threadIdx.x;
+    pdl_wait_then_release();
     if (c < E)
         for (int t = blockIdx.y; t < T; t += gridDim.y)
             conv_tok<K>(conv_w, conv_b, off, n_seq, slot, cur, state, sf, lofs, xz, u, j_xin, E, c,
@@ -52,9 +56,8 @@ template <int K>
 static void launch_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                         const float *xz, float *u, int E, cudaStream_t st) {
     dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->T < 65535 ? b->T : 65535);
-    k_conv<K><<<grid, CU_BLOCK, 0, st>>>(L->conv_w, L->conv_b, b->off, b->n_seq, b->slot, b->cur,
-                                         ls->state, ls->state_floats, ls->layer_ofs, xz, u,
-                                         ls->j_xin, E, b->T);
+    cu_launch(k_conv<K>, grid, CU_BLOCK, 0, st, L->conv_w, L->conv_b, b->off, b->n_seq, b->slot,
+              b->cur, ls->state, ls->state_floats, ls->layer_ofs, xz, u, ls->j_xin, E, b->T);
 }
 
 void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *xz,
@@ -79,6 +82,7 @@ __global__ void __launch_bounds__(CU_BLOCK)
            float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
            float *j_dt, const float *dbl, const float *xz, float *y, float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_smem: SPAN_CHUNK rows of dbl, dt_proj columns */
+    pdl_wait_then_release();
     scan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz, y,
                       j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh);
 }
@@ -90,6 +94,7 @@ __global__ void __launch_bounds__(CU_BLOCK)
                 const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
                 float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_chan_smem */
+    pdl_wait_then_release();
     scan_chan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz,
                            y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
 }
@@ -112,9 +117,9 @@ static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_
         if (shared > 48 * 1024)
             cudaFuncSetAttribute(k_scan_chan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)shared);
-        k_scan_chan<N, WT><<<grid, CU_BLOCK, shared, st>>>(
-            L->A, L->D, b->off, b->slot, b->cur, ls->state, ls->state_floats, lofs, u, w, L->dt_b,
-            ls->j_dt, dbl, xz, y, ls->j_B, E, R);
+        cu_launch(k_scan_chan<N, WT>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot,
+                  b->cur, ls->state, ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y,
+                  ls->j_B, E, R);
         return;
     }
     dim3 grid((E + SCAN_CPB(N) - 1) / SCAN_CPB(N), b->n_seq);
@@ -122,9 +127,9 @@ static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_
     if (shared > 48 * 1024)
         cudaFuncSetAttribute(k_scan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              (int)shared);
-    k_scan<N, WT><<<grid, CU_BLOCK, shared, st>>>(L->A, L->D, b->off, b->slot, b->cur, ls->state,
-                                                  ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt,
-                                                  dbl, xz, y, ls->j_B, E, R);
+    cu_launch(k_scan<N, WT>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur,
+              ls->state, ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E,
+              R);
 }
 
 template <int N>

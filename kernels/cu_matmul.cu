@@ -15,6 +15,8 @@
 
 #define SPLIT_BELOW 512 /* matrices with fewer rows split K over the block's warps */
 
+bool cu_pdl = true; /* cu_kernels.h */
+
 cu_mm cu_mm_plan(const cu_mat *W, int n_rows, const float *X, int ldx, int T) {
     const int K = W->cols;
     /* 16-byte vector loads need rows and X rows that start on 16 bytes: a property of the
@@ -38,11 +40,24 @@ cu_mm cu_mm_plan(const cu_mat *W, int n_rows, const float *X, int ldx, int T) {
     return p;
 }
 
+/* Before the wait: the first token tile's block of each row tile prefetches its weight rows
+ * (rows r0 .. r0 + n, whole rows of K, 16-byte aligned when VEC). */
+template <typename WT>
+static __device__ __forceinline__ void prefetch_rows(const WT *W, int n_rows, int K, int r0, int n,
+                                                     bool aligned) {
+    if (!aligned || threadIdx.x || blockIdx.y || r0 >= n_rows) return;
+    if (n > n_rows - r0) n = n_rows - r0;
+    prefetch_l2(W + (size_t)r0 * K, (unsigned)((size_t)n * K * sizeof(WT)));
+}
+
 template <typename WT, bool VEC, int SPLIT>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_matmul(const WT *__restrict__ W, int n_rows, int K, const float *__restrict__ X, int ldx,
              float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
     __shared__ float sh[MM_WARPS * 32];
+    const int rows = SPLIT > 1 ? MM_RW : MM_RW * MM_WARPS;
+    prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, VEC);
+    pdl_wait_then_release();
     matmul_block<WT, VEC, SPLIT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x, blockIdx.y,
                                  sh);
 }
@@ -52,6 +67,9 @@ __global__ void __launch_bounds__(CU_BLOCK)
     k_matmul_tc(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
     __shared__ float sh[MM_WARPS * TC_TOK / 8 * 4 * 32];
+    const int rows = SPLIT == 8 ? 16 : 32;
+    prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, true);
+    pdl_wait_then_release();
     matmul_tc_block<SPLIT, false>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
                                   blockIdx.y, sh, nullptr, nullptr, nullptr);
 }
@@ -65,13 +83,16 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
     const float *wf = static_cast<const float *>(W->w);
     const __nv_bfloat16 *wb = static_cast<const __nv_bfloat16 *>(W->w);
 #define MM(WT, w, VEC, SPLIT)                                                                      \
-    k_matmul<WT, VEC, SPLIT><<<grid, CU_BLOCK, 0, st>>>(w, n_rows, K, X, ldx, Y, ldy, T, bias, epi)
+    cu_launch(k_matmul<WT, VEC, SPLIT>, grid, CU_BLOCK, 0, st, w, n_rows, K, X, ldx, Y, ldy, T,    \
+              bias, epi)
     switch (p.kind) {
     case CU_MM_TC8:
-        k_matmul_tc<8><<<grid, CU_BLOCK, 0, st>>>(wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+        cu_launch(k_matmul_tc<8>, grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias,
+                  epi);
         break;
     case CU_MM_TC4:
-        k_matmul_tc<4><<<grid, CU_BLOCK, 0, st>>>(wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+        cu_launch(k_matmul_tc<4>, grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias,
+                  epi);
         break;
     case 0:
         MM(float, wf, false, 1);

@@ -17,6 +17,20 @@
 
 #define CU_BLOCK 256
 
+/* The start of every kernel launched by cu_launch, after any weight prefetch and before it reads
+ * what the kernel before wrote or writes anything: waits until that kernel has completed (its
+ * writes visible), then lets the next kernel start. No-ops without a programmatic predecessor. */
+static __device__ __forceinline__ void pdl_wait_then_release() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+/* Fetches bytes (a multiple of 16, from a 16-byte aligned address) into L2: Hopper's bulk
+ * prefetch, one instruction for a block's weight rows. */
+static __device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
 /* ---------------------------------------------------------------- small helpers */
 
 static __device__ __forceinline__ float silu_f(float x) {
