@@ -494,6 +494,46 @@ static void test_variant_parity(void) {
     CHECK(mb_cpu_isa_set("avx9") == -1, "an unknown variant was accepted");
 }
 
+/* mb_sample_rows == mb_sample on each row, whether the rows are drawn on one thread or shared
+ * among several (100 rows of mixed settings, in a scrambled row order). */
+static void test_sample_rows(void) {
+    enum { n = 100, V = 256 };
+    static float logits[n * V];
+    mb_sampling set[n];
+    const mb_sampling *sp[n];
+    int row[n], got[n];
+    uint64_t pos[n];
+    uint32_t r = 12345;
+    for (int i = 0; i < n * V; i++) {
+        r = r * 1664525u + 1013904223u;
+        logits[i] = (float)(r >> 8) / (float)(1u << 24) * 12.0f - 6.0f;
+    }
+    for (int i = 0; i < n; i++) {
+        mb_sampling_default(&set[i]);
+        set[i].temperature = i % 5 ? 0.3f + 0.1f * (float)(i % 9) : 0.0f;
+        set[i].top_k = i % 3 ? 0 : 40;
+        set[i].top_p = i % 4 ? 1.0f : 0.9f;
+        set[i].min_p = i % 7 ? 0.0f : 0.05f;
+        set[i].seed = 1000u + (uint64_t)i;
+        sp[i] = &set[i];
+        row[i] = (i * 37) % n;
+        pos[i] = (uint64_t)i * 11u;
+    }
+    void *scratch = malloc(mb_sample_scratch_bytes(V));
+    for (int threads = 1; threads <= 3; threads += 2) {
+        mb_model *m = load(FIX "tiny-byte-tied", threads);
+        if (!m) break;
+        mb_err e = {{0}};
+        memset(got, 0xff, sizeof got);
+        CHECK(!mb_sample_rows(m, n, sp, logits, row, pos, got, &e), "sample_rows: %s", e.msg);
+        for (int i = 0; i < n; i++)
+            CHECK(got[i] == mb_sample(sp[i], logits + (size_t)row[i] * V, V, pos[i], scratch),
+                  "threads %d, row %d: %d", threads, i, got[i]);
+        mb_model_free(m);
+    }
+    free(scratch);
+}
+
 int main(void) {
     RUN(test_variant_parity);
     /* the engine's tests under every CPU variant this machine can run, best last */
@@ -513,5 +553,6 @@ int main(void) {
     RUN(test_pool_copy);
     RUN(test_pool_files);
     RUN(test_bad_batches);
+    RUN(test_sample_rows);
     return check_failures ? 1 : 0;
 }
