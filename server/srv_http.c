@@ -50,6 +50,7 @@ typedef enum {
     R_HEALTH,
     R_METRICS,
     R_MODELS,
+    R_MODEL,
     R_COMPLETIONS,
     R_GENERATE,
     R_SESSIONS,
@@ -72,7 +73,8 @@ struct req {
     char rid[SRV_ID_MAX]; /* X-Request-Id: the client's, or id */
     const char *origin;   /* the CORS origin to allow, NULL: none */
     route rt;
-    char session[SRV_ID_MAX]; /* the session the request is about: its X-Session-Id answer */
+    char session[SRV_ID_MAX];      /* the session the request is about: its X-Session-Id answer */
+    char ignored[SRV_IGNORED_MAX]; /* X-Ignored-Fields: unknown body fields that were ignored */
     double t0;
     char *body;
     size_t body_len, body_cap;
@@ -106,6 +108,7 @@ static route match(const char *url, char *session) {
                  {"/v1/generate", R_GENERATE}, {"/v1/sessions", R_SESSIONS}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (!strcmp(url, fixed[i].path)) return fixed[i].r;
+    if (!strncmp(url, "/v1/models/", 11) && url[11]) return R_MODEL; /* ids may hold '/' */
     if (strncmp(url, "/v1/sessions/", 13)) return R_NONE;
     const char *id = url + 13, *slash = strchr(id, '/');
     size_t n = slash ? (size_t)(slash - id) : strlen(id);
@@ -126,6 +129,7 @@ static const char *allowed(route r) {
         return "GET, HEAD";
     case R_METRICS:
     case R_MODELS:
+    case R_MODEL:
         return "GET";
     case R_SESSIONS:
         return "GET, POST";
@@ -216,12 +220,14 @@ static void common_headers(req *r, struct MHD_Response *resp, int status) {
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     MHD_add_response_header(resp, "X-Mambabyte-Daemon", r->h->daemon_id);
     if (r->session[0]) MHD_add_response_header(resp, "X-Session-Id", r->session);
+    if (r->ignored[0]) MHD_add_response_header(resp, "X-Ignored-Fields", r->ignored);
     /* One request per connection: every request passes the front door's deadline and checks. */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (r->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
-                                "X-Request-Id, X-Session-Id, X-Mambabyte-Daemon, Retry-After");
+                                "X-Request-Id, X-Session-Id, X-Mambabyte-Daemon, Retry-After, "
+                                "X-Ignored-Fields");
         if (strcmp(r->origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
     }
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
@@ -344,13 +350,35 @@ static enum MHD_Result health(req *r) {
     return send_json(r, st == ST_READY ? 200 : 503, body);
 }
 
-static enum MHD_Result models(req *r) {
-    const srv_http *h = r->h;
-    cJSON *o = cJSON_CreateObject(), *a, *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "object", "list");
-    a = cJSON_AddArrayToObject(o, "data");
-    cJSON_AddItemToArray(a, m);
-    cJSON_AddStringToObject(m, "id", h->model);
+/* 1 if name is the loaded model's id or one of model_aliases ("*" there: any name). */
+static int model_known(const srv_http *h, const char *name) {
+    if (!strcmp(name, h->model)) return 1;
+    size_t n = strlen(name);
+    for (const char *p = h->c.model_aliases; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ') t--;
+        if ((t - p == 1 && *p == '*') || ((size_t)(t - p) == n && n && !strncmp(p, name, n)))
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+static enum MHD_Result model_not_found(req *r, const char *name) {
+    srv_error e;
+    srv_error_set(&e, 404, "invalid_request_error", "model_not_found",
+                  "the model '%.128s' does not exist here (this server has '%.64s')", name,
+                  r->h->model);
+    return send_error(r, &e);
+}
+
+/* The loaded model as a /v1/models entry, under the id asked for (an alias stays the alias). */
+static cJSON *model_object(const srv_http *h, const char *id) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", id);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", 0);
     cJSON_AddStringToObject(m, "owned_by", "mambabyte");
@@ -358,8 +386,25 @@ static enum MHD_Result models(req *r) {
     cJSON_AddNumberToObject(m, "d_model", h->mc.d_model);
     cJSON_AddNumberToObject(m, "n_layer", h->mc.n_layer);
     cJSON_AddNumberToObject(m, "max_tokens_limit", h->c.max_tokens_limit);
+    return m;
+}
+
+static enum MHD_Result models(req *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "data"), model_object(r->h, r->h->model));
     char *body = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    return send_json(r, 200, body);
+}
+
+/* GET /v1/models/{id}: the model when id names it (or an alias does), else 404. */
+static enum MHD_Result model_info(req *r) {
+    const char *id = r->url + 11;
+    if (!model_known(r->h, id)) return model_not_found(r, id);
+    cJSON *m = model_object(r->h, id);
+    char *body = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
     return send_json(r, 200, body);
 }
 
@@ -432,8 +477,9 @@ static enum MHD_Result start_stream(req *r) {
 /* ---- jobs ---- */
 
 static srv_limits limits(const cfg *c) {
-    return (srv_limits){c->max_prompt_bytes, c->max_tokens_limit, c->default_max_tokens,
-                        c->max_stop,         c->max_stop_bytes,   c->request_timeout_s};
+    return (srv_limits){c->strict_fields,      c->max_prompt_bytes, c->max_tokens_limit,
+                        c->default_max_tokens, c->max_stop,         c->max_stop_bytes,
+                        c->request_timeout_s};
 }
 
 /* Generation: parse and submit on the first call, then answer once the job is admitted (a
@@ -449,6 +495,14 @@ static enum MHD_Result generate(req *r) {
         if (srv_request_parse(api, r->body ? r->body : "", r->body_len, &lim, hdr, &g, &e))
             return send_error(r, &e);
         snprintf(r->session, sizeof r->session, "%s", g.session);
+        snprintf(r->ignored, sizeof r->ignored, "%s", g.ignored);
+        if (g.ignored[0] && h->c.log_requests)
+            fprintf(stderr, "mambabyte: req=%s: ignored unknown fields: %s\n", r->rid, g.ignored);
+        if (g.model && !model_known(h, g.model)) {
+            enum MHD_Result rc = model_not_found(r, g.model);
+            srv_gen_req_free(&g);
+            return rc;
+        }
         /* An unseeded request still gets a reported seed, so it can be replayed; 53 bits keep
          * it exact in JSON. */
         if (!g.seed_given) g.sampling.seed = srv_random_u64() >> 11;
@@ -514,6 +568,7 @@ static enum MHD_Result session_create(req *r) {
         if (srv_request_parse(SRV_API_SESSION_CREATE, body, r->body_len ? r->body_len : 2, &lim,
                               NULL, &r->g, &e))
             return send_error(r, &e);
+        snprintf(r->ignored, sizeof r->ignored, "%s", r->g.ignored);
         /* X-Session-Id on a creation names the new session (a load balancer picks ids it can
          * route on) */
         const char *id = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
@@ -558,6 +613,8 @@ static enum MHD_Result dispatch(req *r) {
         return send_body(r, 200, srv_metrics_render(r->h->mx), "text/plain; version=0.0.4");
     case R_MODELS:
         return models(r);
+    case R_MODEL:
+        return model_info(r);
     case R_COMPLETIONS:
     case R_GENERATE:
         return generate(r);

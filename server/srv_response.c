@@ -221,8 +221,15 @@ static int frame(srv_stream *st, size_t visible, int done) {
     } else {
         cJSON *o = head(j, "text_completion", st->model, st->created);
         completion_choice(o, NULL, 0, 1, NULL, srv_finish_name(j->finish));
-        add_usage(o, j);
+        /* stream_options.include_usage: OpenAI's separate last chunk, with no choices */
+        if (!j->req.include_usage) add_usage(o, j);
         if (event(st, print_free(o))) return -1;
+        if (j->req.include_usage) {
+            o = head(j, "text_completion", st->model, st->created);
+            cJSON_AddArrayToObject(o, "choices");
+            add_usage(o, j);
+            if (event(st, print_free(o))) return -1;
+        }
     }
     st->ended = 1;
     return event(st, strdup("[DONE]"));
