@@ -30,6 +30,18 @@ typedef enum {
 
 typedef enum { SRV_WAIT_ADMITTED, SRV_WAIT_MORE, SRV_WAIT_DONE } srv_wait;
 
+/* Log-probabilities of the answer's bytes (req.logprobs >= 0), from the model's raw logits
+ * (before temperature, penalties and bias). Entry i is byte i of the answer: the prompt then
+ * the output with req.echo, the output alone without. The scheduler writes an entry before the
+ * byte is published (the prompt's all before the first output byte). */
+typedef struct srv_scores {
+    size_t n;       /* entries */
+    int k;          /* alternatives per entry: req.logprobs */
+    double *lp;     /* n: ln p(byte | the bytes before it); NaN: none (the prompt's first byte) */
+    uint8_t *top;   /* n * k: the k likeliest bytes at that position, likeliest first */
+    double *top_lp; /* n * k: their log-probabilities */
+} srv_scores;
+
 typedef struct srv_job {
     /* Set by the submitter, read-only afterwards. */
     srv_job_kind kind;
@@ -58,6 +70,7 @@ typedef struct srv_job {
     size_t held_visible;
     /* speculative decoding: drafts verified for this request, their bytes and those kept */
     unsigned long drafts, drafted, accepted;
+    srv_scores sc; /* req.logprobs >= 0 */
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
