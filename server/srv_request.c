@@ -185,7 +185,9 @@ static int prompt_value(const cJSON *p, const srv_limits *lim, srv_gen_req *r, s
 static int parse_prompt(const cJSON *o, srv_api api, const srv_limits *lim, srv_gen_req *r,
                         srv_error *e) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
-    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "prompt_base64");
+    /* the native fields are unknown (ignored) on the OpenAI endpoint */
+    const cJSON *b =
+        api == SRV_API_COMPLETIONS ? NULL : cJSON_GetObjectItemCaseSensitive(o, "prompt_base64");
     if (p && b) return bad(e, "give 'prompt' or 'prompt_base64', not both");
     if (p && api == SRV_API_COMPLETIONS) {
         if (prompt_value(p, lim, r, e)) return -1;
@@ -357,7 +359,8 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
         if (!cJSON_IsBool(v)) return bad(e, "'stream' must be true or false");
         r->stream = cJSON_IsTrue(v);
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "session")) && !cJSON_IsNull(v)) {
+    if (api == SRV_API_GENERATE && (v = cJSON_GetObjectItemCaseSensitive(o, "session")) &&
+        !cJSON_IsNull(v)) {
         if (!cJSON_IsString(v) || !srv_id_valid(v->valuestring))
             return bad(e, "'session' must be a session id (1-64 of A-Z a-z 0-9 _ -)");
         strcpy(r->session, v->valuestring);
@@ -388,7 +391,8 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
     r->seed_given = d >= 0;
     r->sampling.seed = d >= 0 ? (uint64_t)d : 0;
     d = lim->max_timeout_s;
-    if (number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e)) return -1;
+    if (api == SRV_API_GENERATE && number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e))
+        return -1;
     r->timeout_s = d;
     if (parse_speculative(o, r, e)) return -1;
     if (api == SRV_API_GENERATE && !r->session[0] && r->prompt_len == 0)

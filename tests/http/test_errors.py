@@ -50,7 +50,6 @@ BAD = [
     ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, None),
     ("/v1/completions", b'{"prompt": "x", "logprobs": 21}', 400, None),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"256": 1}}', 400, None),
-    ("/v1/completions", b'{"prompt": "x", "session": "abc"}', 400, None),
     ("/v1/completions", b'{"prompt": "' + b"p" * 1001 + b'"}', 400, None),
     ("/v1/generate", b'{"prompt_base64": "!!!!"}', 400, None),
     ("/v1/generate", b'{"prompt_base64": "QUJD="}', 400, None),
@@ -60,7 +59,7 @@ BAD = [
     ("/v1/generate", b'{"prompt": "x", "session": 12}', 400, None),
     ("/v1/generate", b'{"prompt": "x", "session": "no-such-session"}', 404, "session_not_found"),
     ("/v1/generate", b'{"prompt": "x", "timeout": 0}', 400, None),
-    ("/v1/sessions", b'{"max_tokens": 3}', 400, None),
+    ("/v1/sessions", b'{"prompt": 3}', 400, None),
     ("/v1/sessions/no-such/fork", b"{}", 404, "session_not_found"),
     ("/v1/sessions/no-such/save", b"{}", 404, "session_not_found"),
 ]

@@ -36,6 +36,10 @@ def test_tolerant_fields():
     assert "ignored unknown fields: foo, tools, bad?name" in SRV.output()
     st, body, h = SRV.request("POST", "/v1/completions", dict(base, stream_options={"include_usage": True, "x": 1}))
     assert st == 200 and h.get("X-Ignored-Fields") == "stream_options.x", (st, h)
+    # the native API's own fields are unknown here: ignored, not used
+    st, body, h = SRV.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "session": "abc",
+                                                          "timeout": 0, "prompt_base64": "!!"})
+    assert st == 200 and h.get("X-Ignored-Fields") == "session, timeout, prompt_base64", (st, body, h)
     # native endpoint and session creation are tolerant too
     st, body, h = SRV.request("POST", "/v1/generate", {"prompt": "x", "max_tokens": 1, "frobnicate": True})
     assert st == 200 and h.get("X-Ignored-Fields") == "frobnicate", (st, body, h)
