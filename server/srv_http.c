@@ -81,7 +81,9 @@ struct req {
     int too_large, responded;
     int status;
     size_t bytes_out;
-    srv_job *job;  /* the job the request waits on (cancelled on hang-up; for the log line) */
+    srv_job *job;   /* the job the request waits on (cancelled on hang-up; for the log line) */
+    srv_job **jobs; /* several completions (n, best_of, prompts): all of them, job the first */
+    int n_jobs;
     int stage;     /* POST /v1/sessions: 0 create, 1 prefill, 2 info */
     srv_gen_req g; /* POST /v1/sessions: the prompt to prefill */
     long created;
@@ -167,8 +169,16 @@ static void wake(void *arg) {
 /* 1: the connection is parked until the job is ready for `what` (a handler then returns and
  * is called again); 0: go on now. Parking comes before the second look, so a job that becomes
  * ready in between still wakes us. */
+/* The request's job is ready for `what`, and when it has several, all of them are done. */
+static int ready(req *r, srv_wait what, size_t seen) {
+    if (!srv_job_ready(r->job, what, seen)) return 0;
+    for (int i = 0; i < r->n_jobs; i++)
+        if (!srv_job_ready(r->jobs[i], SRV_WAIT_DONE, 0)) return 0;
+    return 1;
+}
+
 static int park(req *r, srv_wait what, size_t seen) {
-    if (r->gone || r->expired || srv_job_ready(r->job, what, seen)) return 0;
+    if (r->gone || r->expired || ready(r, what, seen)) return 0;
     pthread_mutex_lock(&r->h->mu);
     if (r->h->stopping) { /* libmicrohttpd must not stop with a parked connection */
         r->expired = 1;
@@ -178,7 +188,7 @@ static int park(req *r, srv_wait what, size_t seen) {
     r->suspended = 1;
     MHD_suspend_connection(r->c);
     pthread_mutex_unlock(&r->h->mu);
-    if (srv_job_ready(r->job, what, seen)) resume(r);
+    if (ready(r, what, seen)) resume(r);
     return 1;
 }
 
@@ -482,12 +492,50 @@ static srv_limits limits(const cfg *c) {
                         c->request_timeout_s};
 }
 
+/* Several completions (n, best_of, a list of prompts): one job per completion, in answer order
+ * (each prompt's best_of together; completion i's seed is the request's + i). The first of a
+ * prompt reads it and the others are its forks (they copy its state), so only it is submitted.
+ * Returns 0, or -1 with e filled (the jobs made so far are let go with the request). */
+static int submit_many(req *r, const srv_gen_req *g, srv_error *e) {
+    const int per = g->best_of, total = (g->n_more + 1) * per;
+    if (!(r->jobs = calloc((size_t)total, sizeof *r->jobs)))
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    for (int i = 0; i < total; i++) {
+        const int p = i / per;
+        srv_gen_req c;
+        srv_job *j = NULL;
+        if (!srv_gen_req_copy(g, p ? g->more[p - 1] : g->prompt,
+                              p ? g->more_len[p - 1] : g->prompt_len,
+                              g->sampling.seed + (uint64_t)i, &c) &&
+            !(j = srv_job_new(SRV_JOB_GENERATE, &c)))
+            srv_gen_req_free(&c);
+        if (!j) return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        r->jobs[r->n_jobs++] = j;
+        snprintf(j->id, sizeof j->id, "%s", r->id);
+        j->index = i;
+        j->t_arrive = r->t0;
+        j->deadline = r->t0 + j->req.timeout_s;
+        srv_job_set_waker(j, wake, r);
+        if (i % per == 0 && per > 1 && !(j->forks = calloc((size_t)per - 1, sizeof *j->forks)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        if (i % per == 0) continue;
+        srv_job *lead = r->jobs[i - i % per];
+        srv_job_ref(j);
+        lead->forks[lead->n_forks++] = j;
+    }
+    srv_job_ref(r->jobs[0]);
+    r->job = r->jobs[0];
+    for (int p = 0; p < total; p += per)
+        if (srv_sched_submit(r->h->sched, r->jobs[p], e)) return -1;
+    return 0;
+}
+
 /* Generation: parse and submit on the first call, then answer once the job is admitted (a
  * stream) or done (a whole answer). */
 static enum MHD_Result generate(req *r) {
     srv_http *h = r->h;
     srv_error e;
-    if (!r->job) {
+    if (!r->job && !r->jobs) {
         srv_gen_req g;
         srv_limits lim = limits(&h->c);
         srv_api api = r->rt == R_COMPLETIONS ? SRV_API_COMPLETIONS : SRV_API_GENERATE;
@@ -506,23 +554,42 @@ static enum MHD_Result generate(req *r) {
         /* An unseeded request still gets a reported seed, so it can be replayed; 53 bits keep
          * it exact in JSON. */
         if (!g.seed_given) g.sampling.seed = srv_random_u64() >> 11;
-        srv_job *j = srv_job_new(SRV_JOB_GENERATE, &g);
-        if (!j) {
-            srv_gen_req_free(&g);
-            return out_of_memory(r);
-        }
-        snprintf(j->id, sizeof j->id, "%s", r->id);
-        j->t_arrive = r->t0;
-        j->deadline = r->t0 + j->req.timeout_s;
         r->created = (long)time(NULL);
-        if (j->req.stream) {
-            pthread_mutex_lock(&h->mu);
-            r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
-            pthread_mutex_unlock(&h->mu);
+        if (g.n_more || g.best_of > 1) {
+            if (g.stream)
+                srv_error_set(&e, 400, "invalid_request_error", "invalid_value",
+                              "'stream' with several completions (n, best_of or a list of "
+                              "prompts) is not supported; send one request per completion");
+            int rc = g.stream || submit_many(r, &g, &e);
+            srv_gen_req_free(&g);
+            if (rc) return send_error(r, &e);
+        } else {
+            srv_job *j = srv_job_new(SRV_JOB_GENERATE, &g);
+            if (!j) {
+                srv_gen_req_free(&g);
+                return out_of_memory(r);
+            }
+            snprintf(j->id, sizeof j->id, "%s", r->id);
+            j->t_arrive = r->t0;
+            j->deadline = r->t0 + j->req.timeout_s;
+            if (j->req.stream) {
+                pthread_mutex_lock(&h->mu);
+                r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
+                pthread_mutex_unlock(&h->mu);
+            }
+            if (submit(r, j, &e)) return send_error(r, &e);
         }
-        if (submit(r, j, &e)) return send_error(r, &e);
     }
     srv_job *j = r->job;
+    if (r->jobs) {
+        if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
+        if (r->gone || r->expired) return abandoned(r);
+        for (int i = 0; i < r->n_jobs; i++)
+            if (r->jobs[i]->failed) return send_error(r, &r->jobs[i]->err);
+        return send_json(r, 200,
+                         srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n,
+                                              h->model, r->created));
+    }
     /* A stream still queued when a keep-alive is due starts now, with the keep-alive; should it
      * then fail to be admitted, its error comes as an event. */
     if (j->req.stream && r->quiet) return start_stream(r);
@@ -804,6 +871,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         pthread_mutex_unlock(&r->job->mu);
         srv_job_unref(r->job);
     }
+    for (int i = 0; i < r->n_jobs; i++) {
+        srv_job_set_waker(r->jobs[i], NULL, NULL);
+        atomic_store(&r->jobs[i]->cancelled, 1); /* no effect on a job that is done */
+        srv_job_unref(r->jobs[i]);
+    }
+    free(r->jobs);
     srv_metrics_request(h->mx, status, r->body_len, r->bytes_out, now - r->t0);
     log_line(h, r->rid, r->method, r->url, status, r->body_len, r->bytes_out, ttfb, now - r->t0);
     srv_gen_req_free(&r->g);
@@ -860,6 +933,7 @@ static void *watch(void *arg) {
             if (ev & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
                 r->gone = 1;
                 atomic_store(&r->job->cancelled, 1);
+                for (int i = 0; i < r->n_jobs; i++) atomic_store(&r->jobs[i]->cancelled, 1);
             } else if (now > r->give_up) {
                 r->expired = 1;
             } else if (r->last_write <= 0 || now - r->last_write < h->c.keepalive_s) {

@@ -79,6 +79,8 @@ void srv_job_unref(srv_job *j) {
     free(j->out);
     free(j->result);
     scores_free(&j->sc);
+    for (int i = 0; i < j->n_forks; i++) srv_job_unref(j->forks[i]);
+    free(j->forks);
     free(j);
     atomic_fetch_sub(&live_jobs, 1);
 }
@@ -103,6 +105,9 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
     j->t_done = srv_now();
     notify(j);
     pthread_mutex_unlock(&j->mu);
+    /* forks that have not started would wait for a prompt that is never read */
+    for (int f = 0; f < j->n_forks; f++)
+        if (!srv_job_ready(j->forks[f], SRV_WAIT_ADMITTED, 0)) srv_job_fail(j->forks[f], e);
 }
 
 void srv_job_first_byte(srv_job *j, double now) {

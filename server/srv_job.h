@@ -71,6 +71,14 @@ typedef struct srv_job {
     /* speculative decoding: drafts verified for this request, their bytes and those kept */
     unsigned long drafts, drafted, accepted;
     srv_scores sc; /* req.logprobs >= 0 */
+    /* n and best_of: the other completions of the same prompt, which copy this job's state
+     * (mb_pool_copy) once its prompt is read, instead of reading it again; set before it is
+     * submitted; the job holds a reference to each */
+    struct srv_job **forks;
+    int n_forks;
+    int index;     /* the completion's place in the answer (its seed is the request's + index) */
+    double sum_lp; /* best_of: the sum of the raw log-probabilities of the bytes drawn */
+    unsigned long n_lp; /* and their number */
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -85,6 +93,7 @@ void srv_job_unref(srv_job *j);
 
 /* Scheduler side. */
 void srv_job_admit(srv_job *j);
+/* Fails j, and its forks that have not started (they wait for j's prompt). */
 void srv_job_fail(srv_job *j, const srv_error *e);
 /* Stamps t_first under the lock: the HTTP side reads it when the client leaves. */
 void srv_job_first_byte(srv_job *j, double now);

@@ -68,12 +68,6 @@ static int number_field(const cJSON *o, const char *name, double lo, double hi, 
  * silently ignored, so a client never believes it got what it did not. */
 static int default_only(const cJSON *o, srv_error *e) {
     const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "n")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 1))
-        return bad(e, "'n' must be 1");
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "best_of")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 1))
-        return bad(e, "'best_of' must be 1");
     if ((v = cJSON_GetObjectItemCaseSensitive(o, "suffix")) && !cJSON_IsNull(v) &&
         !(cJSON_IsString(v) && !v->valuestring[0]))
         return bad(e, "'suffix' must be \"\" or absent (a byte model completes at the end)");
@@ -148,37 +142,54 @@ static void note_ignored(srv_gen_req *r, const char *prefix, const char *name) {
     snprintf(r->ignored + have, sizeof r->ignored - have, "%s%s", have ? ", " : "", one);
 }
 
-/* A prompt of token ids: for a byte model the ids are the byte values 0-255. */
-static int prompt_ids(const cJSON *a, const srv_limits *lim, srv_gen_req *r, srv_error *e) {
-    int n = cJSON_GetArraySize(a);
-    if (n > lim->max_prompt_bytes)
-        return bad(e, "the prompt has %d bytes; at most %d are allowed", n, lim->max_prompt_bytes);
-    if (!(r->prompt = malloc((size_t)n + 1)))
-        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
-    r->prompt_len = 0;
-    for (const cJSON *it = a->child; it; it = it->next) {
-        double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
-        if (d < 0 || d > 255 || d != floor(d))
-            return bad(e, "'prompt' token ids are bytes: integers in [0, 255]");
-        r->prompt[r->prompt_len++] = (uint8_t)d;
+/* One prompt: a string, or token ids, which for a byte model are the byte values 0-255. */
+static int prompt_one(const cJSON *p, const srv_limits *lim, uint8_t **out, size_t *len,
+                      srv_error *e) {
+    if (cJSON_IsString(p)) {
+        *len = strlen(p->valuestring);
+        if (!(*out = (uint8_t *)strdup(p->valuestring)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    } else if (cJSON_IsArray(p)) {
+        int n = cJSON_GetArraySize(p);
+        if (n > lim->max_prompt_bytes)
+            return bad(e, "a prompt has %d bytes; at most %d are allowed", n,
+                       lim->max_prompt_bytes);
+        if (!(*out = malloc((size_t)n + 1)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        *len = 0;
+        for (const cJSON *it = p->child; it; it = it->next) {
+            double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+            if (d < 0 || d > 255 || d != floor(d))
+                return bad(e, "'prompt' token ids are bytes: integers in [0, 255]");
+            (*out)[(*len)++] = (uint8_t)d;
+        }
+        (*out)[*len] = 0;
+    } else {
+        return bad(e, "'prompt' must be a string, a list of byte values, or a list of those");
     }
-    r->prompt[r->prompt_len] = 0;
+    if (*len == 0) return bad(e, "'prompt' must not be empty");
     return 0;
 }
 
-/* OpenAI's forms of "prompt": a string, token ids (bytes here), or a list of one of those. */
+/* OpenAI's forms of "prompt": one prompt (prompt_one), or a list of them: the first in
+ * r->prompt, the others in r->more. */
 static int prompt_value(const cJSON *p, const srv_limits *lim, srv_gen_req *r, srv_error *e) {
-    if (cJSON_IsArray(p) && p->child && !cJSON_IsNumber(p->child)) {
-        if (p->child->next)
-            return bad(e, "'prompt' lists %d prompts; send one per request", cJSON_GetArraySize(p));
-        p = p->child;
+    if (!cJSON_IsArray(p) || !p->child || cJSON_IsNumber(p->child))
+        return prompt_one(p, lim, &r->prompt, &r->prompt_len, e);
+    int n = cJSON_GetArraySize(p);
+    if (n > SRV_PROMPTS_MAX)
+        return bad(e, "'prompt' lists %d prompts; at most %d", n, SRV_PROMPTS_MAX);
+    if (n > 1 && (!(r->more = calloc((size_t)n - 1, sizeof *r->more)) ||
+                  !(r->more_len = calloc((size_t)n - 1, sizeof *r->more_len))))
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    if (prompt_one(p->child, lim, &r->prompt, &r->prompt_len, e)) return -1;
+    for (const cJSON *it = p->child->next; it; it = it->next) {
+        if (prompt_one(it, lim, &r->more[r->n_more], &r->more_len[r->n_more], e)) {
+            r->n_more++; /* freed with the request, whatever it holds */
+            return -1;
+        }
+        r->n_more++;
     }
-    if (cJSON_IsArray(p)) return prompt_ids(p, lim, r, e);
-    if (!cJSON_IsString(p))
-        return bad(e,
-                   "'prompt' must be a string, a list of byte values, or a list of one of those");
-    r->prompt_len = strlen(p->valuestring);
-    r->prompt = (uint8_t *)strdup(p->valuestring);
     return 0;
 }
 
@@ -251,7 +262,17 @@ static int parse_openai(const cJSON *o, const srv_limits *lim, srv_gen_req *r, s
         if (!cJSON_IsBool(v)) return bad(e, "'echo' must be true or false");
         r->echo = cJSON_IsTrue(v);
     }
-    double d = -1;
+    double d = 1;
+    if (number_field(o, "n", 1, SRV_CHOICES_MAX, 1, &d, e)) return -1;
+    r->n = (int)d;
+    if (number_field(o, "best_of", 1, SRV_CHOICES_MAX, 1, &d, e)) return -1;
+    r->best_of = (int)d;
+    if (r->best_of < r->n) return bad(e, "'best_of' must be at least 'n'");
+    if (r->best_of > r->n && r->stream) return bad(e, "'best_of' above 'n' cannot stream");
+    if ((r->n_more + 1) * r->best_of > SRV_CHOICES_MAX)
+        return bad(e, "%d prompts x %d completions: at most %d completions per request",
+                   r->n_more + 1, r->best_of, SRV_CHOICES_MAX);
+    d = -1;
     if (number_field(o, "logprobs", 0, SRV_TOP_MAX, 1, &d, e)) return -1;
     r->logprobs = (int)d;
     if ((v = cJSON_GetObjectItemCaseSensitive(o, "stream_options")) && !cJSON_IsNull(v)) {
@@ -397,8 +418,7 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
     if (parse_speculative(o, r, e)) return -1;
     if (api == SRV_API_GENERATE && !r->session[0] && r->prompt_len == 0)
         return bad(e, "'prompt' must not be empty without a session");
-    if (api == SRV_API_COMPLETIONS && r->prompt_len == 0)
-        return bad(e, "'prompt' must not be empty");
+
     return parse_stop(o, lim, r, e);
 }
 
@@ -459,6 +479,7 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     r->spec_enabled = SRV_SPEC_AUTO;
     r->spec_lookup = -1;
     r->logprobs = -1;
+    r->n = r->best_of = 1;
     r->pen.repetition = 1;
     mb_sampling_default(&r->sampling);
     if (has_escaped_nul(body, len))
@@ -486,11 +507,31 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     return rc;
 }
 
+int srv_gen_req_copy(const srv_gen_req *r, const uint8_t *p, size_t plen, uint64_t seed,
+                     srv_gen_req *dst) {
+    *dst = *r;
+    dst->more = NULL, dst->more_len = NULL, dst->n_more = 0;
+    dst->prompt = NULL, dst->stops = NULL, dst->n_stops = 0, dst->model = NULL;
+    dst->sampling.seed = seed;
+    int ok = (dst->prompt = malloc(plen + 1)) != NULL;
+    if (ok) memcpy(dst->prompt, p, plen), dst->prompt[plen] = 0, dst->prompt_len = plen;
+    if (ok && r->model) ok = (dst->model = strdup(r->model)) != NULL;
+    if (ok && r->n_stops)
+        ok = (dst->stops = calloc((size_t)r->n_stops + 1, sizeof *r->stops)) != NULL;
+    for (int i = 0; ok && i < r->n_stops; i++, dst->n_stops++)
+        ok = (dst->stops[i] = strdup(r->stops[i])) != NULL;
+    if (!ok) srv_gen_req_free(dst);
+    return ok ? 0 : -1;
+}
+
 void srv_gen_req_free(srv_gen_req *r) {
     free(r->prompt);
     if (r->stops)
         for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     free(r->stops);
     free(r->model);
+    for (int i = 0; i < r->n_more; i++) free(r->more[i]);
+    free(r->more);
+    free(r->more_len);
     memset(r, 0, sizeof *r);
 }

@@ -42,6 +42,8 @@ typedef struct srv_limits {
 
 #define SRV_TOP_MAX     20  /* logprobs: alternatives per byte at most */
 #define SRV_IGNORED_MAX 512 /* r->ignored: bytes of the list at most */
+#define SRV_PROMPTS_MAX 64  /* prompts in one request at most */
+#define SRV_CHOICES_MAX 64  /* n, best_of: completions of one prompt at most */
 
 /* Penalties and bias over the 256 bytes, applied to the logits before each draw (plain and
  * speculative decoding alike): presence is subtracted from the logit of every byte the output
@@ -72,6 +74,10 @@ typedef struct srv_gen_req {
     int spec_lookup;    /* prompt lookup key bytes, 0: off; -1: the server's lookup */
     srv_penalty pen;
     /* OpenAI completions only */
+    uint8_t **more; /* a list of prompts: those after the first (prompt); n_more of them */
+    size_t *more_len;
+    int n_more;
+    int n, best_of;    /* choices per prompt, and completions drawn to choose them from */
     int logprobs;      /* log-probabilities with this many alternatives per byte; -1: none */
     int echo;          /* the answer's text starts with the prompt */
     int include_usage; /* stream_options.include_usage: usage in a last chunk of its own */
@@ -91,6 +97,10 @@ enum { SRV_SPEC_AUTO = -1, SRV_SPEC_OFF = 0, SRV_SPEC_ON = 1 };
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
                       const char *session_header, srv_gen_req *r, srv_error *e);
 void srv_gen_req_free(srv_gen_req *r);
+/* A copy of r for one of its completions: prompt p (plen bytes), seed; without r->more.
+ * Returns 0, or -1 when out of memory (dst then holds nothing to free). */
+int srv_gen_req_copy(const srv_gen_req *r, const uint8_t *p, size_t plen, uint64_t seed,
+                     srv_gen_req *dst);
 
 /* 1 if s is a well-formed id (1..64 of [A-Za-z0-9_-]): ids become file names. */
 int srv_id_valid(const char *s);

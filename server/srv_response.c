@@ -160,17 +160,18 @@ static void add_logprobs(cJSON *c, const srv_job *j, const uint8_t *b, size_t n,
     free(off);
 }
 
-/* A completions choice for the answer's bytes b[0..n) (entries from.. of the scores; chars0
- * characters of text before them): *used tells how many bytes its text took (whole UTF-8
- * unless final), and the log-probabilities cover those. */
-static cJSON *completion_choice(cJSON *o, const srv_job *j, const uint8_t *b, size_t n, int final,
-                                size_t *used, const char *finish, size_t from, size_t chars0) {
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+/* A completions choice, added to the array ch, for the answer's bytes b[0..n) (entries from..
+ * of the scores; chars0 characters of text before them): *used tells how many bytes its text
+ * took (whole UTF-8 unless final), and the log-probabilities cover those. */
+static cJSON *completion_choice(cJSON *ch, const srv_job *j, const uint8_t *b, size_t n, int final,
+                                size_t *used, const char *finish, size_t from, size_t chars0,
+                                int index) {
+    cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(ch, c);
     size_t u = 0;
     add_text(c, "text", b, n, final, &u);
     if (used) *used = u;
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", index);
     if (j->req.logprobs >= 0 && u > 0)
         add_logprobs(c, j, b, u, from, chars0);
     else
@@ -201,16 +202,60 @@ static char *print_free(cJSON *o) {
     return s;
 }
 
+/* j's whole answer as a choice of the array ch; -1 when out of memory. */
+static int whole_choice(cJSON *ch, const srv_job *j, int index) {
+    size_t n = (j->req.echo ? j->req.prompt_len : 0) + j->out_visible;
+    uint8_t *tmp;
+    const uint8_t *b = answer_bytes(j, 0, n, &tmp);
+    if (!b) return -1;
+    completion_choice(ch, j, b, n, 1, NULL, srv_finish_name(j->finish), 0, 0, index);
+    free(tmp);
+    return 0;
+}
+
+/* The mean raw log-probability per byte of a best_of completion (none: the least). */
+static double mean_lp(const srv_job *j) {
+    return j->n_lp ? j->sum_lp / (double)j->n_lp : -HUGE_VAL;
+}
+
+char *srv_response_choices(srv_job *const *jobs, int n_jobs, int best_of, int n, const char *model,
+                           long created) {
+    cJSON *o = head(jobs[0], "text_completion", model, created);
+    cJSON *ch = cJSON_AddArrayToObject(o, "choices");
+    double prompt = 0, completion = 0;
+    for (int p = 0; p * best_of < n_jobs; p++) {
+        srv_job *const *g = jobs + p * best_of;
+        prompt += (double)g[0]->req.prompt_len;
+        int kept[SRV_CHOICES_MAX] = {0};
+        for (int c = 0; c < n; c++) {
+            /* the best not yet kept: highest mean log-probability, the earlier on a tie */
+            int best = -1;
+            for (int k = 0; k < best_of; k++)
+                if (!kept[k] && (best < 0 || (best_of > n && mean_lp(g[k]) > mean_lp(g[best]))))
+                    best = k;
+            kept[best] = 1;
+            completion += (double)g[best]->out_visible;
+            if (whole_choice(ch, g[best], p * n + c)) {
+                cJSON_Delete(o);
+                return NULL;
+            }
+        }
+    }
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", completion);
+    cJSON_AddNumberToObject(u, "total_tokens", prompt + completion);
+    return print_free(o);
+}
+
 char *srv_response_body(const srv_job *j, const char *model, long created) {
     if (j->req.api == SRV_API_COMPLETIONS) {
-        size_t n = (j->req.echo ? j->req.prompt_len : 0) + j->out_visible;
-        uint8_t *tmp;
-        const uint8_t *b = answer_bytes(j, 0, n, &tmp);
-        if (!b) return NULL;
         cJSON *o = head(j, "text_completion", model, created);
-        completion_choice(o, j, b, n, 1, NULL, srv_finish_name(j->finish), 0, 0);
+        if (whole_choice(cJSON_AddArrayToObject(o, "choices"), j, 0)) {
+            cJSON_Delete(o);
+            return NULL;
+        }
         add_usage(o, j);
-        free(tmp);
         return print_free(o);
     }
     cJSON *o = head(j, "generation", model, created);
@@ -290,7 +335,8 @@ static int frame(srv_stream *st, size_t visible, int done) {
             add_text(o, "text", b, n, done, &used);
             add_base64(o, "bytes_base64", b, used);
         } else {
-            completion_choice(o, j, b, n, done, &used, NULL, st->taken, st->chars);
+            completion_choice(cJSON_AddArrayToObject(o, "choices"), j, b, n, done, &used, NULL,
+                              st->taken, st->chars, 0);
         }
         st->chars += srv_utf8_offsets(b, used, NULL);
         free(tmp);
@@ -311,7 +357,8 @@ static int frame(srv_stream *st, size_t visible, int done) {
         if (event(st, print_free(o))) return -1;
     } else {
         cJSON *o = head(j, "text_completion", st->model, st->created);
-        completion_choice(o, j, NULL, 0, 1, NULL, srv_finish_name(j->finish), st->taken, st->chars);
+        completion_choice(cJSON_AddArrayToObject(o, "choices"), j, NULL, 0, 1, NULL,
+                          srv_finish_name(j->finish), st->taken, st->chars, 0);
         /* stream_options.include_usage: OpenAI's separate last chunk, with no choices */
         if (!j->req.include_usage) add_usage(o, j);
         if (event(st, print_free(o))) return -1;

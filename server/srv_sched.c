@@ -47,6 +47,7 @@ typedef struct seq {
     int dbackoff;   /* model drafts: steps a sequence whose drafts fail waits next time */
     unsigned long long dresume; /* model drafts: the step from which it drafts again */
     struct pen_state *pen;      /* the request's penalties and bias; NULL: it has none */
+    int *fork_slot;             /* the slots of job->forks, taken at admission, until they start */
 } seq;
 
 /* What penalties need of a sequence's past: each byte's count in the output so far, and which
@@ -263,6 +264,7 @@ static void run_control(srv_sched *s) {
 /* ---- admission ---- */
 
 static int pen_new(seq *q);
+static int *take_fork_slots(srv_sched *s, const srv_job *j);
 
 /* 1: admitted, 0: must wait for a slot, -1: failed (e filled). */
 static int admit(srv_sched *s, srv_job *j, srv_error *e) {
@@ -282,6 +284,10 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
                                  "session %s has nothing to continue from; give a prompt", x->id);
         if (srv_session_resident(s->slots, x)) return 0;
     }
+    if (1 + j->n_forks > s->n_slots)
+        return srv_error_set(e, 400, "invalid_request_error", "invalid_value",
+                             "%d completions of one prompt need as many slots; this server has %d",
+                             1 + j->n_forks, s->n_slots);
     int slot = x ? x->slot : srv_slot_take(s->slots);
     if (slot < 0) return 0;
     size_t pend = x && x->has_pending;
@@ -296,6 +302,12 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
         free(q.input);
         if (!x) srv_slot_release(s->slots, slot);
         return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    }
+    if (j->n_forks && !(q.fork_slot = take_fork_slots(s, j))) { /* wait for free slots */
+        free(q.input);
+        free(q.pen);
+        srv_slot_release(s->slots, slot);
+        return 0;
     }
     /* Without output, the last input byte stays pending: it is the one that will give logits. */
     q.feed_target = r->max_tokens > 0 || !q.input_len ? q.input_len : q.input_len - 1;
@@ -377,6 +389,8 @@ static void admit_waiting(srv_sched *s) {
 static void draft_reset(srv_sched *s, seq *q);
 static int draft_sync(srv_sched *s, seq *q);
 
+static void end_forks(srv_sched *s, seq *q, srv_finish why);
+
 static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     seq *q = &s->run[i];
     srv_session *x = q->sess;
@@ -400,6 +414,7 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     } else {
         srv_slot_release(s->slots, q->slot);
     }
+    if (q->fork_slot) end_forks(s, q, why);
     if (why != SRV_FINISH_NONE) srv_job_finish(q->job, why, visible, NULL);
     srv_job_unref(q->job);
     free(q->input);
@@ -536,16 +551,96 @@ static void score_prompt(srv_sched *s, int k, int row) {
     }
 }
 
-/* Before byte b joins run[i]'s output: its log-probabilities from the raw row, and its count
- * for the penalties. */
+/* Before byte b joins run[i]'s output: its log-probabilities from the raw row, its count for
+ * the penalties, and for best_of its share of the completion's log-probability. */
 static void note_byte(srv_sched *s, seq *q, const float *row, int b) {
+    srv_job *j = q->job;
     score_byte(s, q, q->input_len + q->n_out, row, b);
     if (q->pen) q->pen->out[b]++;
+    if (j->req.best_of > j->req.n) {
+        j->sum_lp += mb_logprob(row, s->n_vocab, b);
+        j->n_lp++;
+    }
 }
 
-/* The byte run[i] draws from its logits row (its penalties applied first), noted. */
+/* ---- forks: the completions of one prompt after the first (n, best_of) ---- */
+
+static int sample_byte(srv_sched *s, int i, const float *row);
+static int take_byte(srv_sched *s, int i, int b, double now);
+
+static int *take_fork_slots(srv_sched *s, const srv_job *j) {
+    int *slot = malloc((size_t)j->n_forks * sizeof *slot);
+    for (int f = 0; slot && f < j->n_forks; f++) {
+        if ((slot[f] = srv_slot_take(s->slots)) >= 0) continue;
+        while (f--) srv_slot_release(s->slots, slot[f]);
+        free(slot);
+        return NULL;
+    }
+    return slot;
+}
+
+/* The prompt's log-probabilities, scored once by the request that read it (echo). */
+static void copy_prompt_scores(srv_job *to, const srv_job *from) {
+    if (to->req.logprobs < 0 || !to->req.echo) return;
+    size_t n = to->req.prompt_len < to->sc.n ? to->req.prompt_len : to->sc.n, k = (size_t)to->sc.k;
+    memcpy(to->sc.lp, from->sc.lp, n * sizeof *to->sc.lp);
+    memcpy(to->sc.top, from->sc.top, n * k);
+    memcpy(to->sc.top_lp, from->sc.top_lp, n * k * sizeof *to->sc.top_lp);
+}
+
+/* q's forks that never started (its prompt was not read to the end, or nothing is drawn): they
+ * end as q ends (finished with its reason; a failure of q failed them already), and give their
+ * slots back. */
+static void end_forks(srv_sched *s, seq *q, srv_finish why) {
+    srv_job *j = q->job;
+    for (int f = 0; f < j->n_forks; f++) {
+        copy_prompt_scores(j->forks[f], j);
+        if (why != SRV_FINISH_NONE) srv_job_finish(j->forks[f], why, 0, NULL);
+        srv_slot_release(s->slots, q->fork_slot[f]);
+    }
+    free(q->fork_slot);
+    q->fork_slot = NULL;
+}
+
+/* run[i] has read its prompt and draws its first byte from row: each of its forks starts now
+ * in its own slot, a copy of run[i]'s state (the prompt is read once), and draws its own first
+ * byte from the same row with its own seed. A fork that cannot start fails alone. */
+static void start_forks(srv_sched *s, int i, const float *row) {
+    int *slot = s->run[i].fork_slot;
+    s->run[i].fork_slot = NULL;
+    double now = srv_now();
+    for (int f = 0; f < s->run[i].job->n_forks; f++) {
+        const seq *lead = &s->run[i];
+        seq c = *lead;
+        c.job = lead->job->forks[f], c.slot = slot[f], c.t_last = now;
+        c.input = NULL, c.lx = NULL, c.sq = NULL, c.pen = NULL, c.dseen = 0;
+        mb_err e;
+        srv_error err;
+        if (mb_pool_copy(s->pool, c.slot, lead->slot, &e) || !(c.input = malloc(c.input_len + 1)) ||
+            pen_new(&c)) {
+            free(c.input);
+            srv_slot_release(s->slots, c.slot);
+            srv_error_set(&err, 500, "server_error", "engine_error", "a fork failed to start");
+            srv_job_fail(c.job, &err);
+            continue;
+        }
+        memcpy(c.input, lead->input, c.input_len);
+        copy_prompt_scores(c.job, lead->job);
+        srv_job_ref(c.job);
+        c.job->t_prefilled = now;
+        srv_job_admit(c.job);
+        s->run[s->n_run++] = c;
+        take_byte(s, s->n_run - 1, sample_byte(s, s->n_run - 1, row), now);
+    }
+    free(slot);
+}
+
+/* The byte run[i] draws from its logits row (its penalties applied first), noted. A request
+ * with forks starts them at its first byte. */
 static int sample_byte(srv_sched *s, int i, const float *row) {
     seq *q = &s->run[i];
+    if (q->fork_slot) start_forks(s, i, row);
+    q = &s->run[i];
     int b = mb_sample(&q->job->req.sampling, penalized_rows(s, q, row, NULL, 0), s->n_vocab,
                       next_pos(q), s->scratch);
     note_byte(s, q, row, b);

@@ -53,9 +53,9 @@ def test_tolerant_fields_still_checked():
     bad = [{"max_tokens": 5, "max_completion_tokens": 6}, {"max_completion_tokens": -1},
            {"suffix": "x"}, {"suffix": 3}, {"response_format": {"type": "json_object"}},
            {"response_format": "text"}, {"stream_options": "yes"}, {"stream_options": {"include_usage": 1}},
-           {"ignore_eos": "no"}, {"n": 2}, {"best_of": 3}, {"echo": "yes"}, {"logprobs": 21},
+           {"ignore_eos": "no"}, {"n": 0}, {"best_of": 65}, {"echo": "yes"}, {"logprobs": 21},
            {"logprobs": -1}, {"logprobs": 1.5}, {"prompt": [256]}, {"prompt": [-1]}, {"prompt": [1.5]},
-           {"prompt": ["a", "b"]}, {"prompt": [["a"]]}, {"prompt": {}}, {"prompt": []}, {"model": 5},
+           {"prompt": [["a"]]}, {"prompt": {}}, {"prompt": []}, {"model": 5},
            {"presence_penalty": 2.5}, {"frequency_penalty": -3}, {"repetition_penalty": 0},
            {"logit_bias": []}, {"logit_bias": {"256": 1}}, {"logit_bias": {"a": 1}}, {"logit_bias": {"01": 1}},
            {"logit_bias": {"-1": 1}}, {"logit_bias": {"1": 101}}, {"logit_bias": {"1": "x"}}]
