@@ -24,6 +24,9 @@
 
 enum { ST_LOADING, ST_READY, ST_DRAINING };
 
+/* server/openapi.json, NUL-terminated (build/gen/openapi_json.c, made by the Makefile). */
+extern const char srv_openapi_json[];
+
 typedef struct req req;
 
 struct srv_http {
@@ -48,6 +51,7 @@ struct srv_http {
 typedef enum {
     R_NONE,
     R_HEALTH,
+    R_OPENAPI,
     R_METRICS,
     R_MODELS,
     R_MODEL,
@@ -105,9 +109,13 @@ static route match(const char *url, char *session) {
     static const struct {
         const char *path;
         route r;
-    } fixed[] = {{"/health", R_HEALTH},        {"/metrics", R_METRICS},
-                 {"/v1/models", R_MODELS},     {"/v1/completions", R_COMPLETIONS},
-                 {"/v1/generate", R_GENERATE}, {"/v1/sessions", R_SESSIONS}};
+    } fixed[] = {{"/health", R_HEALTH},
+                 {"/openapi.json", R_OPENAPI},
+                 {"/metrics", R_METRICS},
+                 {"/v1/models", R_MODELS},
+                 {"/v1/completions", R_COMPLETIONS},
+                 {"/v1/generate", R_GENERATE},
+                 {"/v1/sessions", R_SESSIONS}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (!strcmp(url, fixed[i].path)) return fixed[i].r;
     if (!strncmp(url, "/v1/models/", 11) && url[11]) return R_MODEL; /* ids may hold '/' */
@@ -129,6 +137,7 @@ static const char *allowed(route r) {
     switch (r) {
     case R_HEALTH:
         return "GET, HEAD";
+    case R_OPENAPI:
     case R_METRICS:
     case R_MODELS:
     case R_MODEL:
@@ -676,6 +685,8 @@ static enum MHD_Result dispatch(req *r) {
     switch (r->rt) {
     case R_HEALTH:
         return health(r);
+    case R_OPENAPI:
+        return send_body(r, 200, strdup(srv_openapi_json), "application/json");
     case R_METRICS:
         return send_body(r, 200, srv_metrics_render(r->h->mx), "text/plain; version=0.0.4");
     case R_MODELS:
@@ -715,7 +726,7 @@ static enum MHD_Result first_call(req *r) {
                  allowed(r->rt));
         return fail(r, 405, "invalid_request_error", "method_not_allowed", msg);
     }
-    if (r->rt == R_HEALTH) return MHD_YES;
+    if (r->rt == R_HEALTH || r->rt == R_OPENAPI) return MHD_YES; /* public, like the docs */
     /* On a session's own routes the header, when sent, must name the session of the path. */
     const char *hdr = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
     if (r->session[0] && hdr && strcmp(hdr, r->session)) {
