@@ -19,7 +19,7 @@ build/%/model/cpu_avx512.o: ISA := -mavx512f -mavx512dq -mavx512bw -mavx512vl
 # the engine (model/, speculative/) and the application around it (server/, config/)
 ENG_C   := $(wildcard model/*.c speculative/*.c)
 ENG_CC  := $(wildcard speculative/*.cc)
-APP_C   := $(wildcard config/*.c) $(wildcard server/*.c)
+APP_C   := $(wildcard config/*.c) $(wildcard server/*.c) build/gen/openapi_json.c
 CLI_C   := $(wildcard cli/*.c)
 LG_C    := cli/lg_answer.c cli/lg_prompts.c cli/lg_report.c # loadgen without its network loop
 LIB_C   := $(ENG_C) $(APP_C)
@@ -45,6 +45,13 @@ build/rel/libmambabyte_cuda.so: $(CU_SRC) $(wildcard kernels/*.h) $(HDRS)
 build/asan/libmambabyte_cuda.so: build/rel/libmambabyte_cuda.so
 	@mkdir -p $(dir $@)
 	cp $< $@
+
+# GET /openapi.json serves server/openapi.json, compiled in as a C array (od: no xxd needed)
+build/gen/openapi_json.c: server/openapi.json
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from server/openapi.json by the Makefile */'; \
+	  echo 'const char srv_openapi_json[] = {'; \
+	  od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; } > $@
 
 .SECONDARY:
 .PHONY: all test test-gpu fuzz run bench bench-serve format format-check clean deps test-deps

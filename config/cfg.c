@@ -85,6 +85,12 @@ static const key KEYS[] = {
     STR(daemon_id, "",
         "this daemon's name in the X-Mambabyte-Daemon header of every answer; empty: "
         "<hostname>:<port>"),
+    BOOL(strict_fields, "false",
+         "unknown request fields get 400 (default: ignored, logged and listed in the "
+         "X-Ignored-Fields header)"),
+    STR(model_aliases, "",
+        "comma-separated names a request's 'model' may also give for the loaded model (* for "
+        "any name); another name gets 404 model_not_found"),
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
 

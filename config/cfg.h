@@ -44,6 +44,8 @@ typedef struct cfg {
     double session_ttl_s;          /* idle sessions are deleted after this; 0: never */
     int log_requests;              /* one line per request on stderr */
     char daemon_id[128];           /* X-Mambabyte-Daemon on every answer; "": <hostname>:<port> */
+    int strict_fields;             /* unknown request fields: 400 instead of ignored */
+    char model_aliases[1024];      /* comma-separated other names of the model; "*": any name */
 } cfg;
 
 /* Fills c from the layers above. argv holds only the flags (no subcommand name); the first

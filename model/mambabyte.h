@@ -160,6 +160,9 @@ long mb_stop_find(const char *const *stops, int n_stops, const uint8_t *out, siz
 long mb_stop_find_tail(const char *const *stops, int n_stops, const uint8_t *out, size_t len);
 /* ln of the probability the softmax of logits[0..n) (n >= 1) gives token (<= 0). */
 double mb_logprob(const float *logits, int n, int token);
+/* The same, and the min(k, n) likeliest tokens (falling probability, lower index first on ties)
+ * into top[] with their log-probabilities in top_lp[]: the very numbers mb_logprob gives. */
+double mb_logprob_top(const float *logits, int n, int token, int k, int *top, double *top_lp);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,9 @@
 
 enum { ST_LOADING, ST_READY, ST_DRAINING };
 
+/* server/openapi.json, NUL-terminated (build/gen/openapi_json.c, made by the Makefile). */
+extern const char srv_openapi_json[];
+
 typedef struct req req;
 
 struct srv_http {
@@ -50,8 +53,10 @@ struct srv_http {
 typedef enum {
     R_NONE,
     R_HEALTH,
+    R_OPENAPI,
     R_METRICS,
     R_MODELS,
+    R_MODEL,
     R_COMPLETIONS,
     R_GENERATE,
     R_SESSIONS,
@@ -74,14 +79,17 @@ struct req {
     char rid[SRV_ID_MAX]; /* X-Request-Id: the client's, or id */
     const char *origin;   /* the CORS origin to allow, NULL: none */
     route rt;
-    char session[SRV_ID_MAX]; /* the session the request is about: its X-Session-Id answer */
+    char session[SRV_ID_MAX];      /* the session the request is about: its X-Session-Id answer */
+    char ignored[SRV_IGNORED_MAX]; /* X-Ignored-Fields: unknown body fields that were ignored */
     double t0;
     char *body;
     size_t body_len, body_cap;
     int too_large, responded;
     int status;
     size_t bytes_out;
-    srv_job *job;  /* the job the request waits on (cancelled on hang-up; for the log line) */
+    srv_job *job;   /* the job the request waits on (cancelled on hang-up; for the log line) */
+    srv_job **jobs; /* several completions (n, best_of, prompts): all of them, job the first */
+    int n_jobs;
     int stage;     /* POST /v1/sessions: 0 create, 1 prefill, 2 info */
     srv_gen_req g; /* POST /v1/sessions: the prompt to prefill */
     long created;
@@ -105,11 +113,16 @@ static route match(const char *url, char *session) {
     static const struct {
         const char *path;
         route r;
-    } fixed[] = {{"/health", R_HEALTH},        {"/metrics", R_METRICS},
-                 {"/v1/models", R_MODELS},     {"/v1/completions", R_COMPLETIONS},
-                 {"/v1/generate", R_GENERATE}, {"/v1/sessions", R_SESSIONS}};
+    } fixed[] = {{"/health", R_HEALTH},
+                 {"/openapi.json", R_OPENAPI},
+                 {"/metrics", R_METRICS},
+                 {"/v1/models", R_MODELS},
+                 {"/v1/completions", R_COMPLETIONS},
+                 {"/v1/generate", R_GENERATE},
+                 {"/v1/sessions", R_SESSIONS}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (!strcmp(url, fixed[i].path)) return fixed[i].r;
+    if (!strncmp(url, "/v1/models/", 11) && url[11]) return R_MODEL; /* ids may hold '/' */
     if (strncmp(url, "/v1/sessions/", 13)) return R_NONE;
     const char *id = url + 13, *slash = strchr(id, '/');
     size_t n = slash ? (size_t)(slash - id) : strlen(id);
@@ -128,8 +141,10 @@ static const char *allowed(route r) {
     switch (r) {
     case R_HEALTH:
         return "GET, HEAD";
+    case R_OPENAPI:
     case R_METRICS:
     case R_MODELS:
+    case R_MODEL:
         return "GET";
     case R_SESSIONS:
         return "GET, POST";
@@ -202,8 +217,16 @@ static void resume_woken(srv_http *h) {
 /* 1: the connection is parked until the job is ready for `what` (a handler then returns and
  * is called again); 0: go on now. Parking comes before the second look, so a job that becomes
  * ready in between still wakes us. */
+/* The request's job is ready for `what`, and when it has several, all of them are done. */
+static int ready(req *r, srv_wait what, size_t seen) {
+    if (!srv_job_ready(r->job, what, seen)) return 0;
+    for (int i = 0; i < r->n_jobs; i++)
+        if (!srv_job_ready(r->jobs[i], SRV_WAIT_DONE, 0)) return 0;
+    return 1;
+}
+
 static int park(req *r, srv_wait what, size_t seen) {
-    if (r->gone || r->expired || srv_job_ready(r->job, what, seen)) return 0;
+    if (r->gone || r->expired || ready(r, what, seen)) return 0;
     pthread_mutex_lock(&r->h->mu);
     if (r->h->stopping) { /* libmicrohttpd must not stop with a parked connection */
         r->expired = 1;
@@ -213,7 +236,7 @@ static int park(req *r, srv_wait what, size_t seen) {
     r->suspended = 1;
     MHD_suspend_connection(r->c);
     pthread_mutex_unlock(&r->h->mu);
-    if (srv_job_ready(r->job, what, seen)) resume(r);
+    if (ready(r, what, seen)) resume(r);
     return 1;
 }
 
@@ -255,12 +278,14 @@ static void common_headers(req *r, struct MHD_Response *resp, int status) {
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     MHD_add_response_header(resp, "X-Mambabyte-Daemon", r->h->daemon_id);
     if (r->session[0]) MHD_add_response_header(resp, "X-Session-Id", r->session);
+    if (r->ignored[0]) MHD_add_response_header(resp, "X-Ignored-Fields", r->ignored);
     /* One request per connection: every request passes the front door's deadline and checks. */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (r->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
-                                "X-Request-Id, X-Session-Id, X-Mambabyte-Daemon, Retry-After");
+                                "X-Request-Id, X-Session-Id, X-Mambabyte-Daemon, Retry-After, "
+                                "X-Ignored-Fields");
         if (strcmp(r->origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
     }
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
@@ -383,13 +408,35 @@ static enum MHD_Result health(req *r) {
     return send_json(r, st == ST_READY ? 200 : 503, body);
 }
 
-static enum MHD_Result models(req *r) {
-    const srv_http *h = r->h;
-    cJSON *o = cJSON_CreateObject(), *a, *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "object", "list");
-    a = cJSON_AddArrayToObject(o, "data");
-    cJSON_AddItemToArray(a, m);
-    cJSON_AddStringToObject(m, "id", h->model);
+/* 1 if name is the loaded model's id or one of model_aliases ("*" there: any name). */
+static int model_known(const srv_http *h, const char *name) {
+    if (!strcmp(name, h->model)) return 1;
+    size_t n = strlen(name);
+    for (const char *p = h->c.model_aliases; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ') t--;
+        if ((t - p == 1 && *p == '*') || ((size_t)(t - p) == n && n && !strncmp(p, name, n)))
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+static enum MHD_Result model_not_found(req *r, const char *name) {
+    srv_error e;
+    srv_error_set(&e, 404, "invalid_request_error", "model_not_found",
+                  "the model '%.128s' does not exist here (this server has '%.64s')", name,
+                  r->h->model);
+    return send_error(r, &e);
+}
+
+/* The loaded model as a /v1/models entry, under the id asked for (an alias stays the alias). */
+static cJSON *model_object(const srv_http *h, const char *id) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", id);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", 0);
     cJSON_AddStringToObject(m, "owned_by", "mambabyte");
@@ -397,8 +444,25 @@ static enum MHD_Result models(req *r) {
     cJSON_AddNumberToObject(m, "d_model", h->mc.d_model);
     cJSON_AddNumberToObject(m, "n_layer", h->mc.n_layer);
     cJSON_AddNumberToObject(m, "max_tokens_limit", h->c.max_tokens_limit);
+    return m;
+}
+
+static enum MHD_Result models(req *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "data"), model_object(r->h, r->h->model));
     char *body = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    return send_json(r, 200, body);
+}
+
+/* GET /v1/models/{id}: the model when id names it (or an alias does), else 404. */
+static enum MHD_Result model_info(req *r) {
+    const char *id = r->url + 11;
+    if (!model_known(r->h, id)) return model_not_found(r, id);
+    cJSON *m = model_object(r->h, id);
+    char *body = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
     return send_json(r, 200, body);
 }
 
@@ -471,8 +535,47 @@ static enum MHD_Result start_stream(req *r) {
 /* ---- jobs ---- */
 
 static srv_limits limits(const cfg *c) {
-    return (srv_limits){c->max_prompt_bytes, c->max_tokens_limit, c->default_max_tokens,
-                        c->max_stop,         c->max_stop_bytes,   c->request_timeout_s};
+    return (srv_limits){c->strict_fields,      c->max_prompt_bytes, c->max_tokens_limit,
+                        c->default_max_tokens, c->max_stop,         c->max_stop_bytes,
+                        c->request_timeout_s};
+}
+
+/* Several completions (n, best_of, a list of prompts): one job per completion, in answer order
+ * (each prompt's best_of together; completion i's seed is the request's + i). The first of a
+ * prompt reads it and the others are its forks (they copy its state), so only it is submitted.
+ * Returns 0, or -1 with e filled (the jobs made so far are let go with the request). */
+static int submit_many(req *r, const srv_gen_req *g, srv_error *e) {
+    const int per = g->best_of, total = (g->n_more + 1) * per;
+    if (!(r->jobs = calloc((size_t)total, sizeof *r->jobs)))
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    for (int i = 0; i < total; i++) {
+        const int p = i / per;
+        srv_gen_req c;
+        srv_job *j = NULL;
+        if (!srv_gen_req_copy(g, p ? g->more[p - 1] : g->prompt,
+                              p ? g->more_len[p - 1] : g->prompt_len,
+                              g->sampling.seed + (uint64_t)i, &c) &&
+            !(j = srv_job_new(SRV_JOB_GENERATE, &c)))
+            srv_gen_req_free(&c);
+        if (!j) return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        r->jobs[r->n_jobs++] = j;
+        snprintf(j->id, sizeof j->id, "%s", r->id);
+        j->index = i;
+        j->t_arrive = r->t0;
+        j->deadline = r->t0 + j->req.timeout_s;
+        srv_job_set_waker(j, wake, r);
+        if (i % per == 0 && per > 1 && !(j->forks = calloc((size_t)per - 1, sizeof *j->forks)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        if (i % per == 0) continue;
+        srv_job *lead = r->jobs[i - i % per];
+        srv_job_ref(j);
+        lead->forks[lead->n_forks++] = j;
+    }
+    srv_job_ref(r->jobs[0]);
+    r->job = r->jobs[0];
+    for (int p = 0; p < total; p += per)
+        if (srv_sched_submit(r->h->sched, r->jobs[p], e)) return -1;
+    return 0;
 }
 
 /* Generation: parse and submit on the first call, then answer once the job is admitted (a
@@ -480,7 +583,7 @@ static srv_limits limits(const cfg *c) {
 static enum MHD_Result generate(req *r) {
     srv_http *h = r->h;
     srv_error e;
-    if (!r->job) {
+    if (!r->job && !r->jobs) {
         srv_gen_req g;
         srv_limits lim = limits(&h->c);
         srv_api api = r->rt == R_COMPLETIONS ? SRV_API_COMPLETIONS : SRV_API_GENERATE;
@@ -488,26 +591,53 @@ static enum MHD_Result generate(req *r) {
         if (srv_request_parse(api, r->body ? r->body : "", r->body_len, &lim, hdr, &g, &e))
             return send_error(r, &e);
         snprintf(r->session, sizeof r->session, "%s", g.session);
+        snprintf(r->ignored, sizeof r->ignored, "%s", g.ignored);
+        if (g.ignored[0] && h->c.log_requests)
+            fprintf(stderr, "mambabyte: req=%s: ignored unknown fields: %s\n", r->rid, g.ignored);
+        if (g.model && !model_known(h, g.model)) {
+            enum MHD_Result rc = model_not_found(r, g.model);
+            srv_gen_req_free(&g);
+            return rc;
+        }
         /* An unseeded request still gets a reported seed, so it can be replayed; 53 bits keep
          * it exact in JSON. */
         if (!g.seed_given) g.sampling.seed = srv_random_u64() >> 11;
-        srv_job *j = srv_job_new(SRV_JOB_GENERATE, &g);
-        if (!j) {
-            srv_gen_req_free(&g);
-            return out_of_memory(r);
-        }
-        snprintf(j->id, sizeof j->id, "%s", r->id);
-        j->t_arrive = r->t0;
-        j->deadline = r->t0 + j->req.timeout_s;
         r->created = (long)time(NULL);
-        if (j->req.stream) {
-            pthread_mutex_lock(&h->mu);
-            r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
-            pthread_mutex_unlock(&h->mu);
+        if (g.n_more || g.best_of > 1) {
+            if (g.stream)
+                srv_error_set(&e, 400, "invalid_request_error", "invalid_value",
+                              "'stream' with several completions (n, best_of or a list of "
+                              "prompts) is not supported; send one request per completion");
+            int rc = g.stream || submit_many(r, &g, &e);
+            srv_gen_req_free(&g);
+            if (rc) return send_error(r, &e);
+        } else {
+            srv_job *j = srv_job_new(SRV_JOB_GENERATE, &g);
+            if (!j) {
+                srv_gen_req_free(&g);
+                return out_of_memory(r);
+            }
+            snprintf(j->id, sizeof j->id, "%s", r->id);
+            j->t_arrive = r->t0;
+            j->deadline = r->t0 + j->req.timeout_s;
+            if (j->req.stream) {
+                pthread_mutex_lock(&h->mu);
+                r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
+                pthread_mutex_unlock(&h->mu);
+            }
+            if (submit(r, j, &e)) return send_error(r, &e);
         }
-        if (submit(r, j, &e)) return send_error(r, &e);
     }
     srv_job *j = r->job;
+    if (r->jobs) {
+        if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
+        if (r->gone || r->expired) return abandoned(r);
+        for (int i = 0; i < r->n_jobs; i++)
+            if (r->jobs[i]->failed) return send_error(r, &r->jobs[i]->err);
+        return send_json(r, 200,
+                         srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n,
+                                              h->model, r->created));
+    }
     /* A stream still queued when a keep-alive is due starts now, with the keep-alive; should it
      * then fail to be admitted, its error comes as an event. */
     if (j->req.stream && r->quiet) return start_stream(r);
@@ -553,6 +683,7 @@ static enum MHD_Result session_create(req *r) {
         if (srv_request_parse(SRV_API_SESSION_CREATE, body, r->body_len ? r->body_len : 2, &lim,
                               NULL, &r->g, &e))
             return send_error(r, &e);
+        snprintf(r->ignored, sizeof r->ignored, "%s", r->g.ignored);
         /* X-Session-Id on a creation names the new session (a load balancer picks ids it can
          * route on) */
         const char *id = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
@@ -593,10 +724,14 @@ static enum MHD_Result dispatch(req *r) {
     switch (r->rt) {
     case R_HEALTH:
         return health(r);
+    case R_OPENAPI:
+        return send_body(r, 200, strdup(srv_openapi_json), "application/json");
     case R_METRICS:
         return send_body(r, 200, srv_metrics_render(r->h->mx), "text/plain; version=0.0.4");
     case R_MODELS:
         return models(r);
+    case R_MODEL:
+        return model_info(r);
     case R_COMPLETIONS:
     case R_GENERATE:
         return generate(r);
@@ -630,7 +765,7 @@ static enum MHD_Result first_call(req *r) {
                  allowed(r->rt));
         return fail(r, 405, "invalid_request_error", "method_not_allowed", msg);
     }
-    if (r->rt == R_HEALTH) return MHD_YES;
+    if (r->rt == R_HEALTH || r->rt == R_OPENAPI) return MHD_YES; /* public, like the docs */
     /* On a session's own routes the header, when sent, must name the session of the path. */
     const char *hdr = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Session-Id");
     if (r->session[0] && hdr && strcmp(hdr, r->session)) {
@@ -791,6 +926,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         pthread_mutex_unlock(&r->job->mu);
         srv_job_unref(r->job);
     }
+    for (int i = 0; i < r->n_jobs; i++) {
+        srv_job_set_waker(r->jobs[i], NULL, NULL);
+        atomic_store(&r->jobs[i]->cancelled, 1); /* no effect on a job that is done */
+        srv_job_unref(r->jobs[i]);
+    }
+    free(r->jobs);
     srv_metrics_request(h->mx, status, r->body_len, r->bytes_out, now - r->t0);
     log_line(h, r->rid, r->method, r->url, status, r->body_len, r->bytes_out, ttfb, now - r->t0);
     srv_gen_req_free(&r->g);
@@ -852,6 +993,7 @@ static void *watch(void *arg) {
             if (ev & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
                 r->gone = 1;
                 atomic_store(&r->job->cancelled, 1);
+                for (int i = 0; i < r->n_jobs; i++) atomic_store(&r->jobs[i]->cancelled, 1);
             } else if (now > r->give_up) {
                 r->expired = 1;
             } else if (r->last_write <= 0 || now - r->last_write < h->c.keepalive_s) {

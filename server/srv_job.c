@@ -1,6 +1,7 @@
 /* srv_job.c: the job's lifecycle and the hand-over between HTTP threads and the scheduler. */
 #include "srv_job.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,6 +19,25 @@ double srv_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Room for the log-probabilities of every byte the answer may hold. */
+static int scores_new(srv_scores *sc, const srv_gen_req *r) {
+    sc->k = r->logprobs;
+    sc->n = (size_t)r->max_tokens + (r->echo ? r->prompt_len : 0);
+    sc->lp = malloc((sc->n + 1) * sizeof *sc->lp);
+    sc->top = malloc(sc->n * (size_t)sc->k + 1);
+    sc->top_lp = malloc((sc->n * (size_t)sc->k + 1) * sizeof *sc->top_lp);
+    if (!sc->lp || !sc->top || !sc->top_lp) return -1;
+    /* NaN until scored (the prompt's first byte never is): a job that ends early shows null */
+    for (size_t i = 0; i <= sc->n; i++) sc->lp[i] = NAN;
+    return 0;
+}
+
+static void scores_free(srv_scores *sc) {
+    free(sc->lp);
+    free(sc->top);
+    free(sc->top_lp);
+}
+
 srv_job *srv_job_new(srv_job_kind kind, srv_gen_req *req) {
     srv_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
@@ -25,8 +45,12 @@ srv_job *srv_job_new(srv_job_kind kind, srv_gen_req *req) {
     if (req) {
         j->req = *req;
         memset(req, 0, sizeof *req);
-        if (kind == SRV_JOB_GENERATE && !(j->out = malloc((size_t)j->req.max_tokens + 1))) {
+        int gen = kind == SRV_JOB_GENERATE;
+        if (gen && (!(j->out = malloc((size_t)j->req.max_tokens + 1)) ||
+                    (j->req.logprobs >= 0 && scores_new(&j->sc, &j->req)))) {
             srv_gen_req_free(&j->req);
+            scores_free(&j->sc);
+            free(j->out);
             free(j);
             return NULL;
         }
@@ -54,6 +78,9 @@ void srv_job_unref(srv_job *j) {
     srv_gen_req_free(&j->req);
     free(j->out);
     free(j->result);
+    scores_free(&j->sc);
+    for (int i = 0; i < j->n_forks; i++) srv_job_unref(j->forks[i]);
+    free(j->forks);
     free(j);
     atomic_fetch_sub(&live_jobs, 1);
 }
@@ -78,6 +105,9 @@ void srv_job_fail(srv_job *j, const srv_error *e) {
     j->t_done = srv_now();
     notify(j);
     pthread_mutex_unlock(&j->mu);
+    /* forks that have not started would wait for a prompt that is never read */
+    for (int f = 0; f < j->n_forks; f++)
+        if (!srv_job_ready(j->forks[f], SRV_WAIT_ADMITTED, 0)) srv_job_fail(j->forks[f], e);
 }
 
 void srv_job_first_byte(srv_job *j, double now) {

@@ -30,6 +30,18 @@ typedef enum {
 
 typedef enum { SRV_WAIT_ADMITTED, SRV_WAIT_MORE, SRV_WAIT_DONE } srv_wait;
 
+/* Log-probabilities of the answer's bytes (req.logprobs >= 0), from the model's raw logits
+ * (before temperature, penalties and bias). Entry i is byte i of the answer: the prompt then
+ * the output with req.echo, the output alone without. The scheduler writes an entry before the
+ * byte is published (the prompt's all before the first output byte). */
+typedef struct srv_scores {
+    size_t n;       /* entries */
+    int k;          /* alternatives per entry: req.logprobs */
+    double *lp;     /* n: ln p(byte | the bytes before it); NaN: none (the prompt's first byte) */
+    uint8_t *top;   /* n * k: the k likeliest bytes at that position, likeliest first */
+    double *top_lp; /* n * k: their log-probabilities */
+} srv_scores;
+
 typedef struct srv_job {
     /* Set by the submitter, read-only afterwards. */
     srv_job_kind kind;
@@ -58,6 +70,15 @@ typedef struct srv_job {
     size_t held_visible;
     /* speculative decoding: drafts verified for this request, their bytes and those kept */
     unsigned long drafts, drafted, accepted;
+    srv_scores sc; /* req.logprobs >= 0 */
+    /* n and best_of: the other completions of the same prompt, which copy this job's state
+     * (mb_pool_copy) once its prompt is read, instead of reading it again; set before it is
+     * submitted; the job holds a reference to each */
+    struct srv_job **forks;
+    int n_forks;
+    int index;     /* the completion's place in the answer (its seed is the request's + index) */
+    double sum_lp; /* best_of: the sum of the raw log-probabilities of the bytes drawn */
+    unsigned long n_lp; /* and their number */
 } srv_job;
 
 double srv_now(void); /* CLOCK_MONOTONIC seconds */
@@ -72,6 +93,7 @@ void srv_job_unref(srv_job *j);
 
 /* Scheduler side. */
 void srv_job_admit(srv_job *j);
+/* Fails j, and its forks that have not started (they wait for j's prompt). */
 void srv_job_fail(srv_job *j, const srv_error *e);
 /* Stamps t_first under the lock: the HTTP side reads it when the client leaves. */
 void srv_job_first_byte(srv_job *j, double now);

@@ -68,42 +68,46 @@ static int number_field(const cJSON *o, const char *name, double lo, double hi, 
  * silently ignored, so a client never believes it got what it did not. */
 static int default_only(const cJSON *o, srv_error *e) {
     const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "n")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 1))
-        return bad(e, "'n' must be 1");
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "best_of")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 1))
-        return bad(e, "'best_of' must be 1");
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "echo")) && !cJSON_IsNull(v) && !cJSON_IsFalse(v))
-        return bad(e, "'echo' is not supported");
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "logprobs")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 0))
-        return bad(e, "'logprobs' is not supported");
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "suffix")) && !cJSON_IsNull(v))
-        return bad(e, "'suffix' is not supported");
-    const char *zero[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++)
-        if ((v = cJSON_GetObjectItemCaseSensitive(o, zero[i])) && !cJSON_IsNull(v) &&
-            !(cJSON_IsNumber(v) && v->valuedouble == 0))
-            return bad(e, "'%s' must be 0", zero[i]);
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "logit_bias")) && !cJSON_IsNull(v) &&
-        !(cJSON_IsObject(v) && !v->child))
-        return bad(e, "'logit_bias' is not supported");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "suffix")) && !cJSON_IsNull(v) &&
+        !(cJSON_IsString(v) && !v->valuestring[0]))
+        return bad(e, "'suffix' must be \"\" or absent (a byte model completes at the end)");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "ignore_eos")) && !cJSON_IsNull(v) &&
+        !cJSON_IsBool(v))
+        return bad(e, "'ignore_eos' must be true or false");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "response_format")) && !cJSON_IsNull(v)) {
+        const cJSON *t = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "type") : NULL;
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text"))
+            return bad(e, "'response_format' must be {\"type\": \"text\"}");
+    }
     return 0;
 }
 
 static int known_field(srv_api api, const char *name) {
-    static const char *const common[] = {"prompt", "max_tokens", "temperature", "top_p",
-                                         "top_k",  "min_p",      "seed",        "stop",
-                                         "stream", "user",       "model",       "speculative"};
+    static const char *const common[] = {"prompt",
+                                         "max_tokens",
+                                         "temperature",
+                                         "top_p",
+                                         "top_k",
+                                         "min_p",
+                                         "seed",
+                                         "stop",
+                                         "stream",
+                                         "user",
+                                         "model",
+                                         "speculative",
+                                         "presence_penalty",
+                                         "frequency_penalty",
+                                         "repetition_penalty",
+                                         "logit_bias"};
     static const char *const openai[] = {"n",
                                          "best_of",
                                          "echo",
                                          "logprobs",
                                          "suffix",
-                                         "presence_penalty",
-                                         "frequency_penalty",
-                                         "logit_bias"};
+                                         "stream_options",
+                                         "max_completion_tokens",
+                                         "ignore_eos",
+                                         "response_format"};
     static const char *const native[] = {"prompt_base64", "session", "timeout"};
     if (api == SRV_API_SESSION_CREATE)
         return !strcmp(name, "prompt") || !strcmp(name, "prompt_base64");
@@ -117,12 +121,88 @@ static int known_field(srv_api api, const char *name) {
     return 0;
 }
 
+/* Adds name (prefix.name when prefix is given) to r->ignored, as header-safe text; a list that
+ * would not fit ends with "...". */
+static void note_ignored(srv_gen_req *r, const char *prefix, const char *name) {
+    char one[128];
+    size_t n = 0;
+    for (const char *p = prefix; p && *p && n + 1 < sizeof one; p++) one[n++] = *p;
+    if (prefix && n + 1 < sizeof one) one[n++] = '.';
+    for (const char *p = name; *p && n + 1 < sizeof one; p++) {
+        unsigned char c = (unsigned char)*p;
+        one[n++] = c > 0x20 && c < 0x7f && c != ',' ? (char)c : '?';
+    }
+    one[n] = 0;
+    size_t have = strlen(r->ignored);
+    if (have >= 3 && !strcmp(r->ignored + have - 3, "...")) return;
+    if (have + 2 + n + 5 >= sizeof r->ignored) {
+        snprintf(r->ignored + have, sizeof r->ignored - have, "%s...", have ? ", " : "");
+        return;
+    }
+    snprintf(r->ignored + have, sizeof r->ignored - have, "%s%s", have ? ", " : "", one);
+}
+
+/* One prompt: a string, or token ids, which for a byte model are the byte values 0-255. */
+static int prompt_one(const cJSON *p, const srv_limits *lim, uint8_t **out, size_t *len,
+                      srv_error *e) {
+    if (cJSON_IsString(p)) {
+        *len = strlen(p->valuestring);
+        if (!(*out = (uint8_t *)strdup(p->valuestring)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    } else if (cJSON_IsArray(p)) {
+        int n = cJSON_GetArraySize(p);
+        if (n > lim->max_prompt_bytes)
+            return bad(e, "a prompt has %d bytes; at most %d are allowed", n,
+                       lim->max_prompt_bytes);
+        if (!(*out = malloc((size_t)n + 1)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+        *len = 0;
+        for (const cJSON *it = p->child; it; it = it->next) {
+            double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+            if (d < 0 || d > 255 || d != floor(d))
+                return bad(e, "'prompt' token ids are bytes: integers in [0, 255]");
+            (*out)[(*len)++] = (uint8_t)d;
+        }
+        (*out)[*len] = 0;
+    } else {
+        return bad(e, "'prompt' must be a string, a list of byte values, or a list of those");
+    }
+    if (*len == 0) return bad(e, "'prompt' must not be empty");
+    return 0;
+}
+
+/* OpenAI's forms of "prompt": one prompt (prompt_one), or a list of them: the first in
+ * r->prompt, the others in r->more. */
+static int prompt_value(const cJSON *p, const srv_limits *lim, srv_gen_req *r, srv_error *e) {
+    if (!cJSON_IsArray(p) || !p->child || cJSON_IsNumber(p->child))
+        return prompt_one(p, lim, &r->prompt, &r->prompt_len, e);
+    int n = cJSON_GetArraySize(p);
+    if (n > SRV_PROMPTS_MAX)
+        return bad(e, "'prompt' lists %d prompts; at most %d", n, SRV_PROMPTS_MAX);
+    if (n > 1 && (!(r->more = calloc((size_t)n - 1, sizeof *r->more)) ||
+                  !(r->more_len = calloc((size_t)n - 1, sizeof *r->more_len))))
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    if (prompt_one(p->child, lim, &r->prompt, &r->prompt_len, e)) return -1;
+    for (const cJSON *it = p->child->next; it; it = it->next) {
+        if (prompt_one(it, lim, &r->more[r->n_more], &r->more_len[r->n_more], e)) {
+            r->n_more++; /* freed with the request, whatever it holds */
+            return -1;
+        }
+        r->n_more++;
+    }
+    return 0;
+}
+
 static int parse_prompt(const cJSON *o, srv_api api, const srv_limits *lim, srv_gen_req *r,
                         srv_error *e) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
-    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "prompt_base64");
+    /* the native fields are unknown (ignored) on the OpenAI endpoint */
+    const cJSON *b =
+        api == SRV_API_COMPLETIONS ? NULL : cJSON_GetObjectItemCaseSensitive(o, "prompt_base64");
     if (p && b) return bad(e, "give 'prompt' or 'prompt_base64', not both");
-    if (p) {
+    if (p && api == SRV_API_COMPLETIONS) {
+        if (prompt_value(p, lim, r, e)) return -1;
+    } else if (p) {
         if (!cJSON_IsString(p)) return bad(e, "'prompt' must be a string");
         r->prompt_len = strlen(p->valuestring);
         r->prompt = (uint8_t *)strdup(p->valuestring);
@@ -139,6 +219,84 @@ static int parse_prompt(const cJSON *o, srv_api api, const srv_limits *lim, srv_
     if (r->prompt_len > (size_t)lim->max_prompt_bytes)
         return bad(e, "the prompt has %zu bytes; at most %d are allowed", r->prompt_len,
                    lim->max_prompt_bytes);
+    return 0;
+}
+
+/* presence_penalty, frequency_penalty (OpenAI's [-2, 2]), repetition_penalty (vLLM's, > 0) and
+ * logit_bias: {"<byte 0-255>": bias in [-100, 100]}. */
+static int parse_penalties(const cJSON *o, srv_gen_req *r, srv_error *e) {
+    srv_penalty *p = &r->pen;
+    double d = 0;
+    if (number_field(o, "presence_penalty", -2, 2, 0, &d, e)) return -1;
+    p->presence = (float)d;
+    d = 0;
+    if (number_field(o, "frequency_penalty", -2, 2, 0, &d, e)) return -1;
+    p->frequency = (float)d;
+    d = 1;
+    if (number_field(o, "repetition_penalty", 0, 10, 0, &d, e)) return -1;
+    if (d <= 0) return bad(e, "'repetition_penalty' must be in (0, 10]");
+    p->repetition = (float)d;
+    p->on = p->presence != 0 || p->frequency != 0 || p->repetition != 1;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "logit_bias");
+    if (!b || cJSON_IsNull(b)) return 0;
+    if (!cJSON_IsObject(b)) return bad(e, "'logit_bias' must be an object");
+    for (const cJSON *it = b->child; it; it = it->next) {
+        const char *k = it->string;
+        char *end = NULL;
+        long v = strtol(k, &end, 10);
+        if (!k[0] || *end || k[0] < '0' || k[0] > '9' || (k[0] == '0' && k[1]) || v > 255)
+            return bad(e, "'logit_bias' keys are byte values \"0\"-\"255\" (got \"%.16s\")", k);
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || fabs(it->valuedouble) > 100)
+            return bad(e, "'logit_bias' values must be numbers in [-100, 100]");
+        p->bias[v] = (float)it->valuedouble;
+        p->on |= p->bias[v] != 0;
+    }
+    return 0;
+}
+
+/* The OpenAI extras: logprobs, echo, stream_options, max_completion_tokens. */
+static int parse_openai(const cJSON *o, const srv_limits *lim, srv_gen_req *r, srv_error *e) {
+    if (default_only(o, e)) return -1;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "echo");
+    if (v && !cJSON_IsNull(v)) {
+        if (!cJSON_IsBool(v)) return bad(e, "'echo' must be true or false");
+        r->echo = cJSON_IsTrue(v);
+    }
+    double d = 1;
+    if (number_field(o, "n", 1, SRV_CHOICES_MAX, 1, &d, e)) return -1;
+    r->n = (int)d;
+    if (number_field(o, "best_of", 1, SRV_CHOICES_MAX, 1, &d, e)) return -1;
+    r->best_of = (int)d;
+    if (r->best_of < r->n) return bad(e, "'best_of' must be at least 'n'");
+    if (r->best_of > r->n && r->stream) return bad(e, "'best_of' above 'n' cannot stream");
+    if ((r->n_more + 1) * r->best_of > SRV_CHOICES_MAX)
+        return bad(e, "%d prompts x %d completions: at most %d completions per request",
+                   r->n_more + 1, r->best_of, SRV_CHOICES_MAX);
+    d = -1;
+    if (number_field(o, "logprobs", 0, SRV_TOP_MAX, 1, &d, e)) return -1;
+    r->logprobs = (int)d;
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "stream_options")) && !cJSON_IsNull(v)) {
+        if (!cJSON_IsObject(v)) return bad(e, "'stream_options' must be an object");
+        for (const cJSON *it = v->child; it; it = it->next) {
+            if (strcmp(it->string, "include_usage")) {
+                if (lim->strict_fields)
+                    return bad(e, "unknown field 'stream_options.%.64s'", it->string);
+                note_ignored(r, "stream_options", it->string);
+            } else if (!cJSON_IsNull(it)) {
+                if (!cJSON_IsBool(it))
+                    return bad(e, "'stream_options.include_usage' must be true or false");
+                r->include_usage = cJSON_IsTrue(it);
+            }
+        }
+    }
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "max_tokens");
+    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(o, "max_completion_tokens");
+    if (m && !cJSON_IsNull(m) && mc && !cJSON_IsNull(mc) &&
+        !(cJSON_IsNumber(m) && cJSON_IsNumber(mc) && m->valuedouble == mc->valuedouble))
+        return bad(e, "'max_tokens' and 'max_completion_tokens' differ");
+    d = r->max_tokens;
+    if (number_field(o, "max_completion_tokens", 0, lim->max_tokens_limit, 1, &d, e)) return -1;
+    r->max_tokens = (int)d;
     return 0;
 }
 
@@ -202,22 +360,28 @@ static int parse_speculative(const cJSON *o, srv_gen_req *r, srv_error *e) {
 
 static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, const char *header,
                         srv_gen_req *r, srv_error *e) {
-    for (const cJSON *it = o->child; it; it = it->next)
-        if (!known_field(api, it->string)) return bad(e, "unknown field '%s'", it->string);
+    for (const cJSON *it = o->child; it; it = it->next) {
+        if (known_field(api, it->string)) continue;
+        if (lim->strict_fields) return bad(e, "unknown field '%.64s'", it->string);
+        note_ignored(r, NULL, it->string);
+    }
     if (parse_prompt(o, api, lim, r, e)) return -1;
     if (api == SRV_API_SESSION_CREATE) return 0;
-    if (api == SRV_API_COMPLETIONS && default_only(o, e)) return -1;
 
     const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "model")) && !cJSON_IsString(v))
-        return bad(e, "'model' must be a string");
+    if ((v = cJSON_GetObjectItemCaseSensitive(o, "model")) && !cJSON_IsNull(v)) {
+        if (!cJSON_IsString(v)) return bad(e, "'model' must be a string");
+        if (!(r->model = strdup(v->valuestring)))
+            return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    }
     if ((v = cJSON_GetObjectItemCaseSensitive(o, "user")) && !cJSON_IsString(v))
         return bad(e, "'user' must be a string");
     if ((v = cJSON_GetObjectItemCaseSensitive(o, "stream")) && !cJSON_IsNull(v)) {
         if (!cJSON_IsBool(v)) return bad(e, "'stream' must be true or false");
         r->stream = cJSON_IsTrue(v);
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(o, "session")) && !cJSON_IsNull(v)) {
+    if (api == SRV_API_GENERATE && (v = cJSON_GetObjectItemCaseSensitive(o, "session")) &&
+        !cJSON_IsNull(v)) {
         if (!cJSON_IsString(v) || !srv_id_valid(v->valuestring))
             return bad(e, "'session' must be a session id (1-64 of A-Z a-z 0-9 _ -)");
         strcpy(r->session, v->valuestring);
@@ -227,6 +391,8 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
     double d = lim->default_max_tokens;
     if (number_field(o, "max_tokens", 0, lim->max_tokens_limit, 1, &d, e)) return -1;
     r->max_tokens = (int)d;
+    if (api == SRV_API_COMPLETIONS && parse_openai(o, lim, r, e)) return -1;
+    if (parse_penalties(o, r, e)) return -1;
     d = 1;
     if (number_field(o, "temperature", 0, 2, 0, &d, e)) return -1;
     r->sampling.temperature = (float)d;
@@ -246,13 +412,13 @@ static int parse_object(const cJSON *o, srv_api api, const srv_limits *lim, cons
     r->seed_given = d >= 0;
     r->sampling.seed = d >= 0 ? (uint64_t)d : 0;
     d = lim->max_timeout_s;
-    if (number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e)) return -1;
+    if (api == SRV_API_GENERATE && number_field(o, "timeout", 0.001, lim->max_timeout_s, 0, &d, e))
+        return -1;
     r->timeout_s = d;
     if (parse_speculative(o, r, e)) return -1;
     if (api == SRV_API_GENERATE && !r->session[0] && r->prompt_len == 0)
         return bad(e, "'prompt' must not be empty without a session");
-    if (api == SRV_API_COMPLETIONS && r->prompt_len == 0)
-        return bad(e, "'prompt' must not be empty");
+
     return parse_stop(o, lim, r, e);
 }
 
@@ -312,6 +478,9 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     r->api = api;
     r->spec_enabled = SRV_SPEC_AUTO;
     r->spec_lookup = -1;
+    r->logprobs = -1;
+    r->n = r->best_of = 1;
+    r->pen.repetition = 1;
     mb_sampling_default(&r->sampling);
     if (has_escaped_nul(body, len))
         return bad(e, "strings may not contain \\u0000 (NUL); send such a prompt as prompt_base64");
@@ -338,10 +507,31 @@ int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limit
     return rc;
 }
 
+int srv_gen_req_copy(const srv_gen_req *r, const uint8_t *p, size_t plen, uint64_t seed,
+                     srv_gen_req *dst) {
+    *dst = *r;
+    dst->more = NULL, dst->more_len = NULL, dst->n_more = 0;
+    dst->prompt = NULL, dst->stops = NULL, dst->n_stops = 0, dst->model = NULL;
+    dst->sampling.seed = seed;
+    int ok = (dst->prompt = malloc(plen + 1)) != NULL;
+    if (ok) memcpy(dst->prompt, p, plen), dst->prompt[plen] = 0, dst->prompt_len = plen;
+    if (ok && r->model) ok = (dst->model = strdup(r->model)) != NULL;
+    if (ok && r->n_stops)
+        ok = (dst->stops = calloc((size_t)r->n_stops + 1, sizeof *r->stops)) != NULL;
+    for (int i = 0; ok && i < r->n_stops; i++, dst->n_stops++)
+        ok = (dst->stops[i] = strdup(r->stops[i])) != NULL;
+    if (!ok) srv_gen_req_free(dst);
+    return ok ? 0 : -1;
+}
+
 void srv_gen_req_free(srv_gen_req *r) {
     free(r->prompt);
     if (r->stops)
         for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     free(r->stops);
+    free(r->model);
+    for (int i = 0; i < r->n_more; i++) free(r->more[i]);
+    free(r->more);
+    free(r->more_len);
     memset(r, 0, sizeof *r);
 }

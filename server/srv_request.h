@@ -31,6 +31,7 @@ typedef enum {
 } srv_api;
 
 typedef struct srv_limits {
+    int strict_fields; /* unknown fields: 1 refused (400), 0 ignored and listed in r->ignored */
     int max_prompt_bytes;
     int max_tokens_limit;
     int default_max_tokens;
@@ -38,6 +39,22 @@ typedef struct srv_limits {
     int max_stop_bytes;
     double max_timeout_s;
 } srv_limits;
+
+#define SRV_TOP_MAX     20  /* logprobs: alternatives per byte at most */
+#define SRV_IGNORED_MAX 512 /* r->ignored: bytes of the list at most */
+#define SRV_PROMPTS_MAX 64  /* prompts in one request at most */
+#define SRV_CHOICES_MAX 64  /* n, best_of: completions of one prompt at most */
+
+/* Penalties and bias over the 256 bytes, applied to the logits before each draw (plain and
+ * speculative decoding alike): presence is subtracted from the logit of every byte the output
+ * holds so far, frequency once per occurrence there; repetition (1: off) divides the positive
+ * logits and multiplies the negative ones of bytes seen in the prompt or the output; bias[b] is
+ * added to byte b's logit. */
+typedef struct srv_penalty {
+    float presence, frequency, repetition;
+    int on; /* any of them differs from its neutral value */
+    float bias[256];
+} srv_penalty;
 
 typedef struct srv_gen_req {
     srv_api api;
@@ -55,19 +72,35 @@ typedef struct srv_gen_req {
     int spec_enabled;   /* SRV_SPEC_AUTO (absent: the server decides), _OFF or _ON */
     int spec_max_draft; /* model drafts: bytes at most; 0: the server's max_draft_bytes */
     int spec_lookup;    /* prompt lookup key bytes, 0: off; -1: the server's lookup */
+    srv_penalty pen;
+    /* OpenAI completions only */
+    uint8_t **more; /* a list of prompts: those after the first (prompt); n_more of them */
+    size_t *more_len;
+    int n_more;
+    int n, best_of;    /* choices per prompt, and completions drawn to choose them from */
+    int logprobs;      /* log-probabilities with this many alternatives per byte; -1: none */
+    int echo;          /* the answer's text starts with the prompt */
+    int include_usage; /* stream_options.include_usage: usage in a last chunk of its own */
+    char *model;       /* the model the request names, NULL: none */
+    char ignored[SRV_IGNORED_MAX]; /* unknown fields ignored, ", "-separated ("": none) */
 } srv_gen_req;
 
 enum { SRV_SPEC_AUTO = -1, SRV_SPEC_OFF = 0, SRV_SPEC_ON = 1 };
 #define SRV_DRAFT_MAX 32 /* drafted bytes per round at most (model or lookup) */
 
-/* Parses body for api. session_header is the request's X-Session-Id (NULL: none): on the native
- * API it names the session when the body does not (a body that names another is refused), so a
- * proxy can route on the header alone; on the others it is refused. On success fills r (free
- * with srv_gen_req_free) and returns 0; otherwise fills e (400 with a message naming the field)
- * and returns -1, leaving nothing to free. */
+/* Parses body for api. Unknown fields are refused when lim->strict_fields is set, else listed
+ * in r->ignored (each name as header-safe text: other bytes become '?'). session_header is the
+ * request's X-Session-Id (NULL: none): on the native API it names the session when the body does
+ * not (a body that names another is refused), so a proxy can route on the header alone; on the
+ * others it is refused. On success fills r (free with srv_gen_req_free) and returns 0; otherwise
+ * fills e (400 with a message naming the field) and returns -1, leaving nothing to free. */
 int srv_request_parse(srv_api api, const char *body, size_t len, const srv_limits *lim,
                       const char *session_header, srv_gen_req *r, srv_error *e);
 void srv_gen_req_free(srv_gen_req *r);
+/* A copy of r for one of its completions: prompt p (plen bytes), seed; without r->more.
+ * Returns 0, or -1 when out of memory (dst then holds nothing to free). */
+int srv_gen_req_copy(const srv_gen_req *r, const uint8_t *p, size_t plen, uint64_t seed,
+                     srv_gen_req *dst);
 
 /* 1 if s is a well-formed id (1..64 of [A-Za-z0-9_-]): ids become file names. */
 int srv_id_valid(const char *s);

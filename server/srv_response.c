@@ -103,18 +103,97 @@ static void add_native_tail(cJSON *o, const srv_job *j) {
     add_timings(o, j);
 }
 
-static cJSON *completion_choice(cJSON *o, const uint8_t *b, size_t n, int final, size_t *used,
-                                const char *finish) {
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+/* The token string of byte b, as OpenAI writes one: the byte itself when it is text on its
+ * own (printable ASCII, tab, newline, carriage return), else "bytes:\xNN". */
+static void byte_token(uint8_t b, char out[12]) {
+    if ((b >= 0x20 && b < 0x7f) || b == '\t' || b == '\n' || b == '\r')
+        out[0] = (char)b, out[1] = 0;
+    else
+        snprintf(out, 12, "bytes:\\x%02x", b);
+}
+
+/* OpenAI's completions "logprobs" for bytes b[0..n), entries from..from+n of the job's scores:
+ * tokens, token_logprobs (null for the prompt's first byte), top_logprobs (the k likeliest
+ * bytes, and the byte itself when it is not among them), text_offset (characters of the text
+ * before the byte's character; chars0 before b). */
+static void add_logprobs(cJSON *c, const srv_job *j, const uint8_t *b, size_t n, size_t from,
+                         size_t chars0) {
+    const srv_scores *sc = &j->sc;
+    size_t *off = malloc((n + 1) * sizeof *off);
+    if (!off || from + n > sc->n) {
+        free(off);
+        cJSON_AddNullToObject(c, "logprobs");
+        return;
+    }
+    srv_utf8_offsets(b, n, off);
+    cJSON *lp = cJSON_AddObjectToObject(c, "logprobs");
+    cJSON *tokens = cJSON_AddArrayToObject(lp, "tokens");
+    cJSON *tlp = cJSON_AddArrayToObject(lp, "token_logprobs");
+    cJSON *top = cJSON_AddArrayToObject(lp, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(lp, "text_offset");
+    char tok[12];
+    for (size_t i = 0; i < n; i++) {
+        const size_t e = from + i;
+        byte_token(b[i], tok);
+        cJSON_AddItemToArray(tokens, cJSON_CreateString(tok));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(chars0 + off[i])));
+        if (isnan(sc->lp[e])) {
+            cJSON_AddItemToArray(tlp, cJSON_CreateNull());
+            cJSON_AddItemToArray(top, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(sc->lp[e]));
+        cJSON *alt = cJSON_CreateObject();
+        int self = 0;
+        for (int t = 0; t < sc->k; t++) {
+            uint8_t a = sc->top[e * (size_t)sc->k + (size_t)t];
+            byte_token(a, tok);
+            cJSON_AddNumberToObject(alt, tok, sc->top_lp[e * (size_t)sc->k + (size_t)t]);
+            self |= a == b[i];
+        }
+        if (!self) {
+            byte_token(b[i], tok);
+            cJSON_AddNumberToObject(alt, tok, sc->lp[e]);
+        }
+        cJSON_AddItemToArray(top, alt);
+    }
+    free(off);
+}
+
+/* A completions choice, added to the array ch, for the answer's bytes b[0..n) (entries from..
+ * of the scores; chars0 characters of text before them): *used tells how many bytes its text
+ * took (whole UTF-8 unless final), and the log-probabilities cover those. */
+static cJSON *completion_choice(cJSON *ch, const srv_job *j, const uint8_t *b, size_t n, int final,
+                                size_t *used, const char *finish, size_t from, size_t chars0,
+                                int index) {
+    cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(ch, c);
-    add_text(c, "text", b, n, final, used);
-    cJSON_AddNumberToObject(c, "index", 0);
-    cJSON_AddNullToObject(c, "logprobs");
+    size_t u = 0;
+    add_text(c, "text", b, n, final, &u);
+    if (used) *used = u;
+    cJSON_AddNumberToObject(c, "index", index);
+    if (j->req.logprobs >= 0 && u > 0)
+        add_logprobs(c, j, b, u, from, chars0);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
         cJSON_AddNullToObject(c, "finish_reason");
     return c;
+}
+
+/* The answer's bytes [from, to): with echo the prompt then the output, else the output; *tmp
+ * holds a copy (to free) when they reach into the prompt. NULL when out of memory. */
+static const uint8_t *answer_bytes(const srv_job *j, size_t from, size_t to, uint8_t **tmp) {
+    const size_t base = j->req.echo ? j->req.prompt_len : 0;
+    *tmp = NULL;
+    if (from >= base) return j->out + (from - base);
+    if (!(*tmp = malloc(to - from + 1))) return NULL;
+    size_t p = (to < base ? to : base) - from;
+    memcpy(*tmp, j->req.prompt + from, p);
+    if (to > base) memcpy(*tmp + p, j->out, to - base);
+    return *tmp;
 }
 
 static char *print_free(cJSON *o) {
@@ -123,10 +202,59 @@ static char *print_free(cJSON *o) {
     return s;
 }
 
+/* j's whole answer as a choice of the array ch; -1 when out of memory. */
+static int whole_choice(cJSON *ch, const srv_job *j, int index) {
+    size_t n = (j->req.echo ? j->req.prompt_len : 0) + j->out_visible;
+    uint8_t *tmp;
+    const uint8_t *b = answer_bytes(j, 0, n, &tmp);
+    if (!b) return -1;
+    completion_choice(ch, j, b, n, 1, NULL, srv_finish_name(j->finish), 0, 0, index);
+    free(tmp);
+    return 0;
+}
+
+/* The mean raw log-probability per byte of a best_of completion (none: the least). */
+static double mean_lp(const srv_job *j) {
+    return j->n_lp ? j->sum_lp / (double)j->n_lp : -HUGE_VAL;
+}
+
+char *srv_response_choices(srv_job *const *jobs, int n_jobs, int best_of, int n, const char *model,
+                           long created) {
+    cJSON *o = head(jobs[0], "text_completion", model, created);
+    cJSON *ch = cJSON_AddArrayToObject(o, "choices");
+    double prompt = 0, completion = 0;
+    for (int p = 0; p * best_of < n_jobs; p++) {
+        srv_job *const *g = jobs + p * best_of;
+        prompt += (double)g[0]->req.prompt_len;
+        int kept[SRV_CHOICES_MAX] = {0};
+        for (int c = 0; c < n; c++) {
+            /* the best not yet kept: highest mean log-probability, the earlier on a tie */
+            int best = -1;
+            for (int k = 0; k < best_of; k++)
+                if (!kept[k] && (best < 0 || (best_of > n && mean_lp(g[k]) > mean_lp(g[best]))))
+                    best = k;
+            kept[best] = 1;
+            completion += (double)g[best]->out_visible;
+            if (whole_choice(ch, g[best], p * n + c)) {
+                cJSON_Delete(o);
+                return NULL;
+            }
+        }
+    }
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", completion);
+    cJSON_AddNumberToObject(u, "total_tokens", prompt + completion);
+    return print_free(o);
+}
+
 char *srv_response_body(const srv_job *j, const char *model, long created) {
     if (j->req.api == SRV_API_COMPLETIONS) {
         cJSON *o = head(j, "text_completion", model, created);
-        completion_choice(o, j->out, j->out_visible, 1, NULL, srv_finish_name(j->finish));
+        if (whole_choice(cJSON_AddArrayToObject(o, "choices"), j, 0)) {
+            cJSON_Delete(o);
+            return NULL;
+        }
         add_usage(o, j);
         return print_free(o);
     }
@@ -144,7 +272,8 @@ struct srv_stream {
     char model[256];
     long created;
     size_t seen;  /* out_visible when last looked at */
-    size_t taken; /* bytes of output already sent as text */
+    size_t taken; /* bytes of the answer (with echo: the prompt, then the output) sent as text */
+    size_t chars; /* characters of the text sent */
     char *buf;    /* framed events not yet handed to MHD */
     size_t len, off, cap;
     int ended;
@@ -192,17 +321,25 @@ static int event(srv_stream *st, char *json) {
  * once the job is done. */
 static int frame(srv_stream *st, size_t visible, int done) {
     srv_job *j = st->job;
-    const uint8_t *b = j->out + st->taken;
-    size_t n = visible - st->taken, used = 0;
     int native = j->req.api != SRV_API_COMPLETIONS;
+    /* the answer's visible bytes: with echo, the prompt comes first (once the output starts or
+     * the job ends, so its log-probabilities are known) */
+    size_t to = (!native && j->req.echo ? j->req.prompt_len : 0) + visible;
+    size_t n = to - st->taken, used = 0;
     if (n > 0) {
+        uint8_t *tmp = NULL;
+        const uint8_t *b = native ? j->out + st->taken : answer_bytes(j, st->taken, to, &tmp);
+        if (!b) return -1;
         cJSON *o = head(j, native ? "generation.chunk" : "text_completion", st->model, st->created);
         if (native) {
             add_text(o, "text", b, n, done, &used);
             add_base64(o, "bytes_base64", b, used);
         } else {
-            completion_choice(o, b, n, done, &used, NULL);
+            completion_choice(cJSON_AddArrayToObject(o, "choices"), j, b, n, done, &used, NULL,
+                              st->taken, st->chars, 0);
         }
+        st->chars += srv_utf8_offsets(b, used, NULL);
+        free(tmp);
         /* A chunk that is only the start of a UTF-8 sequence waits for the rest. */
         if (used > 0) {
             if (event(st, print_free(o))) return -1;
@@ -220,9 +357,17 @@ static int frame(srv_stream *st, size_t visible, int done) {
         if (event(st, print_free(o))) return -1;
     } else {
         cJSON *o = head(j, "text_completion", st->model, st->created);
-        completion_choice(o, NULL, 0, 1, NULL, srv_finish_name(j->finish));
-        add_usage(o, j);
+        completion_choice(cJSON_AddArrayToObject(o, "choices"), j, NULL, 0, 1, NULL,
+                          srv_finish_name(j->finish), st->taken, st->chars, 0);
+        /* stream_options.include_usage: OpenAI's separate last chunk, with no choices */
+        if (!j->req.include_usage) add_usage(o, j);
         if (event(st, print_free(o))) return -1;
+        if (j->req.include_usage) {
+            o = head(j, "text_completion", st->model, st->created);
+            cJSON_AddArrayToObject(o, "choices");
+            add_usage(o, j);
+            if (event(st, print_free(o))) return -1;
+        }
     }
     st->ended = 1;
     return event(st, strdup("[DONE]"));

@@ -10,6 +10,11 @@
 /* The whole answer to a finished job, malloc'd JSON: OpenAI text_completion for
  * SRV_API_COMPLETIONS, the native object (bytes_base64, seed, session, timings) otherwise. */
 char *srv_response_body(const srv_job *j, const char *model, long created);
+/* The OpenAI answer to several completions (n, best_of, a list of prompts), all finished: jobs
+ * in order, best_of per prompt; of each prompt's, n are kept (those of highest mean raw
+ * log-probability per byte when best_of > n), with index p * n + rank. NULL when out of memory. */
+char *srv_response_choices(srv_job *const *jobs, int n_jobs, int best_of, int n, const char *model,
+                           long created);
 
 typedef struct srv_stream srv_stream;
 

@@ -46,7 +46,16 @@ typedef struct seq {
     double dgain;   /* model drafts: bytes kept per draft, moving average */
     int dbackoff;   /* model drafts: steps a sequence whose drafts fail waits next time */
     unsigned long long dresume; /* model drafts: the step from which it drafts again */
+    struct pen_state *pen;      /* the request's penalties and bias; NULL: it has none */
+    int *fork_slot;             /* the slots of job->forks, taken at admission, until they start */
 } seq;
+
+/* What penalties need of a sequence's past: each byte's count in the output so far, and which
+ * bytes the prompt holds. */
+typedef struct pen_state {
+    int out[256];
+    uint8_t in_prompt[256];
+} pen_state;
 
 enum { DRAFT_NONE, DRAFT_LOOKUP, DRAFT_MODEL };
 _Static_assert(LOOKUP_MAX <= SRV_DRAFT_MAX, "a lookup draft fits a batch entry's draft");
@@ -103,6 +112,7 @@ struct srv_sched {
     uint8_t *want;
     float *logits;
     void *scratch;
+    float *pen_rows; /* (SRV_DRAFT_MAX + 1) * n_vocab: logits rows with penalties applied */
     const mb_sampling **d_set; /* per plain draw of a step: settings, logits row, position, */
     int *d_row, *d_byte;       /* and the byte drawn (mb_sample_rows) */
     uint64_t *d_pos;
@@ -256,6 +266,9 @@ static void run_control(srv_sched *s) {
 
 /* ---- admission ---- */
 
+static int pen_new(seq *q);
+static int *take_fork_slots(srv_sched *s, const srv_job *j);
+
 /* 1: admitted, 0: must wait for a slot, -1: failed (e filled). */
 static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     srv_gen_req *r = &j->req;
@@ -274,6 +287,10 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
                                  "session %s has nothing to continue from; give a prompt", x->id);
         if (srv_session_resident(s->slots, x)) return 0;
     }
+    if (1 + j->n_forks > s->n_slots)
+        return srv_error_set(e, 400, "invalid_request_error", "invalid_value",
+                             "%d completions of one prompt need as many slots; this server has %d",
+                             1 + j->n_forks, s->n_slots);
     int slot = x ? x->slot : srv_slot_take(s->slots);
     if (slot < 0) return 0;
     size_t pend = x && x->has_pending;
@@ -284,6 +301,17 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
     }
     if (pend) q.input[0] = x->pending;
     memcpy(q.input + pend, r->prompt, r->prompt_len);
+    if (pen_new(&q)) {
+        free(q.input);
+        if (!x) srv_slot_release(s->slots, slot);
+        return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
+    }
+    if (j->n_forks && !(q.fork_slot = take_fork_slots(s, j))) { /* wait for free slots */
+        free(q.input);
+        free(q.pen);
+        srv_slot_release(s->slots, slot);
+        return 0;
+    }
     /* Without output, the last input byte stays pending: it is the one that will give logits. */
     q.feed_target = r->max_tokens > 0 || !q.input_len ? q.input_len : q.input_len - 1;
     for (int i = 0; i < r->n_stops; i++) {
@@ -364,6 +392,8 @@ static void admit_waiting(srv_sched *s) {
 static void draft_reset(srv_sched *s, seq *q);
 static int draft_sync(srv_sched *s, seq *q);
 
+static void end_forks(srv_sched *s, seq *q, srv_finish why);
+
 static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     seq *q = &s->run[i];
     srv_session *x = q->sess;
@@ -387,9 +417,11 @@ static void retire(srv_sched *s, int i, srv_finish why, size_t visible) {
     } else {
         srv_slot_release(s->slots, q->slot);
     }
+    if (q->fork_slot) end_forks(s, q, why);
     if (why != SRV_FINISH_NONE) srv_job_finish(q->job, why, visible, NULL);
     srv_job_unref(q->job);
     free(q->input);
+    free(q->pen);
     lookup_free(q->lx);
     memmove(s->run + i, s->run + i + 1, (size_t)(s->n_run - i - 1) * sizeof *s->run);
     s->n_run--;
@@ -450,6 +482,180 @@ static uint64_t next_pos(const seq *q) {
     return q->hist_base + q->input_len + q->n_out;
 }
 
+/* ---- log-probabilities, penalties and bias ---- */
+
+/* Penalty state for a request that has penalties or bias (none otherwise); -1 when out of
+ * memory. The prompt's bytes count as seen for repetition_penalty. */
+static int pen_new(seq *q) {
+    const srv_gen_req *r = &q->job->req;
+    if (!r->pen.on) return 0;
+    if (!(q->pen = calloc(1, sizeof *q->pen))) return -1;
+    for (size_t t = 0; t < r->prompt_len; t++) q->pen->in_prompt[r->prompt[t]] = 1;
+    return 0;
+}
+
+/* row with penalties p applied (the output's counts cnt, the prompt's bytes in_prompt) into
+ * out: repetition first, then presence and frequency, then the bias. */
+static void penalize(const srv_penalty *p, const int *cnt, const uint8_t *in_prompt,
+                     const float *row, float *out) {
+    for (int b = 0; b < 256; b++) {
+        float l = row[b];
+        if (p->repetition != 1 && (cnt[b] || in_prompt[b]))
+            l = l > 0 ? l / p->repetition : l * p->repetition;
+        if (cnt[b]) l -= p->presence + p->frequency * (float)cnt[b];
+        out[b] = l + p->bias[b];
+    }
+}
+
+/* The rows run[i]'s sampler sees for a span of its last byte and draft[0..dlen): rows with its
+ * penalties applied, row t counting the drafted bytes before it as output (row t matters only
+ * when they were all accepted), exactly as plain decoding would count them. Without penalties,
+ * rows themselves. */
+static const float *penalized_rows(srv_sched *s, const seq *q, const float *rows,
+                                   const uint8_t *draft, int dlen) {
+    if (!q->pen) return rows;
+    int cnt[256];
+    memcpy(cnt, q->pen->out, sizeof cnt);
+    for (int t = 0; t <= dlen; t++) {
+        const size_t at = (size_t)t * (size_t)s->n_vocab;
+        penalize(&q->job->req.pen, cnt, q->pen->in_prompt, rows + at, s->pen_rows + at);
+        if (t < dlen) cnt[draft[t]]++;
+    }
+    return s->pen_rows;
+}
+
+/* Writes the log-probabilities of byte b at position pos of q's text (prompt, then output) from
+ * the raw logits row that predicted it, when the answer shows that byte's. */
+static void score_byte(srv_sched *s, seq *q, size_t pos, const float *row, int b) {
+    const srv_gen_req *r = &q->job->req;
+    srv_scores *sc = &q->job->sc;
+    size_t base = r->echo ? 0 : q->input_len;
+    if (r->logprobs < 0 || pos < base || pos - base >= sc->n) return;
+    size_t e = pos - base;
+    int top[SRV_TOP_MAX];
+    sc->lp[e] = mb_logprob_top(row, s->n_vocab, b, sc->k, top, sc->top_lp + e * (size_t)sc->k);
+    for (int t = 0; t < sc->k; t++) sc->top[e * (size_t)sc->k + (size_t)t] = (uint8_t)top[t];
+}
+
+/* 1 when q's prompt is scored (echo with logprobs): every prompt byte fed asks for logits. */
+static int scores_prompt(const seq *q) {
+    return q->job->req.echo && q->job->req.logprobs >= 0;
+}
+
+/* Batch entry k fed prompt bytes with logits at each (scores_prompt), rows from `row` on: each
+ * gives the log-probabilities of the prompt byte after it. Before fed_input moves on. */
+static void score_prompt(srv_sched *s, int k, int row) {
+    seq *q = &s->run[s->seq_of[k]];
+    for (int t = 0; t < s->took[k]; t++) {
+        size_t pos = q->fed_input + (size_t)t + 1;
+        if (pos < q->input_len)
+            score_byte(s, q, pos, s->logits + (size_t)(row + t) * (size_t)s->n_vocab,
+                       q->input[pos]);
+    }
+}
+
+/* Before byte b joins run[i]'s output: its log-probabilities from the raw row, its count for
+ * the penalties, and for best_of its share of the completion's log-probability. */
+static void note_byte(srv_sched *s, seq *q, const float *row, int b) {
+    srv_job *j = q->job;
+    score_byte(s, q, q->input_len + q->n_out, row, b);
+    if (q->pen) q->pen->out[b]++;
+    if (j->req.best_of > j->req.n) {
+        j->sum_lp += mb_logprob(row, s->n_vocab, b);
+        j->n_lp++;
+    }
+}
+
+/* ---- forks: the completions of one prompt after the first (n, best_of) ---- */
+
+static int sample_byte(srv_sched *s, int i, const float *row);
+static int take_byte(srv_sched *s, int i, int b, double now);
+
+static int *take_fork_slots(srv_sched *s, const srv_job *j) {
+    int *slot = malloc((size_t)j->n_forks * sizeof *slot);
+    for (int f = 0; slot && f < j->n_forks; f++) {
+        if ((slot[f] = srv_slot_take(s->slots)) >= 0) continue;
+        while (f--) srv_slot_release(s->slots, slot[f]);
+        free(slot);
+        return NULL;
+    }
+    return slot;
+}
+
+/* The prompt's log-probabilities, scored once by the request that read it (echo). */
+static void copy_prompt_scores(srv_job *to, const srv_job *from) {
+    if (to->req.logprobs < 0 || !to->req.echo) return;
+    size_t n = to->req.prompt_len < to->sc.n ? to->req.prompt_len : to->sc.n, k = (size_t)to->sc.k;
+    memcpy(to->sc.lp, from->sc.lp, n * sizeof *to->sc.lp);
+    memcpy(to->sc.top, from->sc.top, n * k);
+    memcpy(to->sc.top_lp, from->sc.top_lp, n * k * sizeof *to->sc.top_lp);
+}
+
+/* q's forks that never started (its prompt was not read to the end, or nothing is drawn): they
+ * end as q ends (finished with its reason; a failure of q failed them already), and give their
+ * slots back. */
+static void end_forks(srv_sched *s, seq *q, srv_finish why) {
+    srv_job *j = q->job;
+    for (int f = 0; f < j->n_forks; f++) {
+        copy_prompt_scores(j->forks[f], j);
+        if (why != SRV_FINISH_NONE) srv_job_finish(j->forks[f], why, 0, NULL);
+        srv_slot_release(s->slots, q->fork_slot[f]);
+    }
+    free(q->fork_slot);
+    q->fork_slot = NULL;
+}
+
+/* run[i] has read its prompt and draws its first byte from row: each of its forks starts now
+ * in its own slot, a copy of run[i]'s state (the prompt is read once), and draws its own first
+ * byte from the same row with its own seed. A fork that cannot start fails alone. */
+static void start_forks(srv_sched *s, int i, const float *row) {
+    int *slot = s->run[i].fork_slot;
+    s->run[i].fork_slot = NULL;
+    double now = srv_now();
+    for (int f = 0; f < s->run[i].job->n_forks; f++) {
+        const seq *lead = &s->run[i];
+        seq c = *lead;
+        c.job = lead->job->forks[f], c.slot = slot[f], c.t_last = now;
+        c.input = NULL, c.lx = NULL, c.sq = NULL, c.pen = NULL, c.dseen = 0;
+        mb_err e;
+        srv_error err;
+        if (mb_pool_copy(s->pool, c.slot, lead->slot, &e) || !(c.input = malloc(c.input_len + 1)) ||
+            pen_new(&c)) {
+            free(c.input);
+            srv_slot_release(s->slots, c.slot);
+            srv_error_set(&err, 500, "server_error", "engine_error", "a fork failed to start");
+            srv_job_fail(c.job, &err);
+            continue;
+        }
+        memcpy(c.input, lead->input, c.input_len);
+        copy_prompt_scores(c.job, lead->job);
+        srv_job_ref(c.job);
+        c.job->t_prefilled = now;
+        srv_job_admit(c.job);
+        s->run[s->n_run++] = c;
+        take_byte(s, s->n_run - 1, sample_byte(s, s->n_run - 1, row), now);
+    }
+    free(slot);
+}
+
+/* 1 when q's byte is drawn with the step's other plain draws (sample_batch): no penalties to
+ * apply to its row first, no forks to start at its first byte. */
+static int drawn_at_once(const seq *q) {
+    return !q->pen && !q->fork_slot;
+}
+
+/* The byte run[i] draws from its logits row (its penalties applied first), noted. A request
+ * with forks starts them at its first byte. */
+static int sample_byte(srv_sched *s, int i, const float *row) {
+    seq *q = &s->run[i];
+    if (q->fork_slot) start_forks(s, i, row);
+    q = &s->run[i];
+    int b = mb_sample(&q->job->req.sampling, penalized_rows(s, q, row, NULL, 0), s->n_vocab,
+                      next_pos(q), s->scratch);
+    note_byte(s, q, row, b);
+    return b;
+}
+
 /* Appends byte b to run[i]'s output, checks stop strings and the length, retiring it when done;
  * returns 1 when it was retired. */
 static int take_byte(srv_sched *s, int i, int b, double now) {
@@ -491,6 +697,7 @@ typedef struct round_ctx {
     size_t base; /* fed_total before the round */
     double now;
     const spec_result *r; /* drafted and accepted are known before the first byte */
+    const float *rows;    /* the span's raw logits rows: byte t's log-probabilities */
 } round_ctx;
 
 static int take_round_byte(void *ctx, int t, uint8_t b) {
@@ -498,6 +705,7 @@ static int take_round_byte(void *ctx, int t, uint8_t b) {
     /* The request's counts, before its first byte may finish it (its answer is then built). */
     if (t == 0) srv_job_count_draft(c->s->run[c->i].job, c->r->drafted, c->r->accepted);
     c->s->run[c->i].fed_total = c->base + 1 + (size_t)t;
+    note_byte(c->s, &c->s->run[c->i], c->rows + (size_t)t * (size_t)c->s->n_vocab, b);
     return take_byte(c->s, c->i, b, c->now);
 }
 
@@ -571,10 +779,11 @@ static int take_draft(srv_sched *s, int i, const float *rows, const uint8_t *dra
     srv_job *j = q->job;
     const int slot = q->slot;
     spec_result r;
-    round_ctx c = {s, i, q->fed_total, now, &r};
+    round_ctx c = {s, i, q->fed_total, now, &r, rows};
     mb_err e;
-    int rc = spec_round(&j->req.sampling, rows, s->n_vocab, draft, dlen, next_pos(q), s->scratch,
-                        s->pool, slot, take_round_byte, &c, &r, &e);
+    int rc =
+        spec_round(&j->req.sampling, penalized_rows(s, q, rows, draft, dlen), s->n_vocab, draft,
+                   dlen, next_pos(q), s->scratch, s->pool, slot, take_round_byte, &c, &r, &e);
     srv_metrics_draft(s->mx, kind == DRAFT_MODEL, (size_t)dlen, (size_t)r.accepted);
     if (!r.ended && kind == DRAFT_LOOKUP) /* else q is gone */
         q->lcap = lookup_next_cap(q->lcap, dlen, r.accepted);
@@ -754,7 +963,7 @@ static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
             continue;
         }
         for (int t = 0; t < s->took[k]; t++) {
-            s->want[nt] = 0;
+            s->want[nt] = (uint8_t)scores_prompt(q);
             s->tokens[nt++] = q->input[q->fed_input + (size_t)t];
         }
         /* Logits only for the last prompt byte, and only when something is sampled from it. */
@@ -773,24 +982,30 @@ static void advance(srv_sched *s, int n, double now) {
     for (int k = 0; k < n; k++) {
         seq *q = &s->run[s->seq_of[k]];
         s->entry_of[s->seq_of[k]] = k;
+        int rows = 0; /* logits rows of the entry: its span, or prompt bytes (scores_prompt) */
+        for (int t = s->off[k]; t < s->off[k + 1]; t++) rows += s->want[t];
+        if (q->n_out == 0 && scores_prompt(q)) score_prompt(s, k, row);
         if (q->n_out == 0) q->fed_input += (size_t)s->took[k];
         if (!s->dlen[k]) q->fed_total += (size_t)s->took[k]; /* else take_draft counts */
-        s->row_of[k] = s->want[s->off[k + 1] - 1] ? row : -1;
-        row += s->dlen[k] ? 1 + s->dlen[k] : s->row_of[k] >= 0;
+        /* a byte is drawn after a decoding entry, and after the prompt's last byte when asked */
+        int draws = q->n_out > 0 || (q->fed_input == q->feed_target && q->job->req.max_tokens > 0);
+        s->row_of[k] = draws && s->want[s->off[k + 1] - 1] ? row + rows - 1 - s->dlen[k] : -1;
+        row += rows;
         if (q->n_out == 0 && q->fed_input == q->feed_target) q->job->t_prefilled = now;
     }
 }
 
 /* Samples a byte (or verifies a draft) for every entry with logits; returns the bytes taken, or
- * -1 when an engine failure failed every running sequence. The plain draws are made first, all
- * at once (mb_sample_rows shares them among threads), then each sequence takes its byte. */
+ * -1 when an engine failure failed every running sequence. The plain draws (drawn_at_once) are
+ * made first, all at once (mb_sample_rows shares them among threads), then each sequence takes
+ * its byte. */
 static int sample_batch(srv_sched *s, double now) {
     int sampled = 0, nd = 0;
     /* Taking a byte may retire a sequence, which shifts run[] above it: go from the top down,
      * in the same order both times. */
     for (int i = s->n_run - 1; i >= 0; i--) {
         int k = s->entry_of[i];
-        if (k < 0 || s->row_of[k] < 0 || s->dlen[k]) continue;
+        if (k < 0 || s->row_of[k] < 0 || s->dlen[k] || !drawn_at_once(&s->run[i])) continue;
         s->d_set[nd] = &s->run[i].job->req.sampling;
         s->d_row[nd] = s->row_of[k];
         s->d_pos[nd++] = next_pos(&s->run[i]);
@@ -815,7 +1030,12 @@ static int sample_batch(srv_sched *s, double now) {
             sampled += got;
             continue;
         }
-        take_byte(s, i, s->d_byte[nd++], now);
+        if (drawn_at_once(&s->run[i])) {
+            note_byte(s, &s->run[i], rows, s->d_byte[nd]);
+            take_byte(s, i, s->d_byte[nd++], now);
+        } else {
+            take_byte(s, i, sample_byte(s, i, rows), now);
+        }
         sampled++;
     }
     return sampled;
@@ -974,13 +1194,15 @@ srv_sched *srv_sched_start(mb_model *m, mb_model *draft, const spm_tokenizer *to
     s->draft = calloc(ns, SRV_DRAFT_MAX);
     s->logits = calloc((ns > nb ? ns : nb) * (size_t)s->n_vocab, sizeof(float));
     s->scratch = malloc(mb_sample_scratch_bytes(s->n_vocab));
+    s->pen_rows = malloc((SRV_DRAFT_MAX + 1) * (size_t)s->n_vocab * sizeof(float));
     s->d_set = calloc(ns, sizeof *s->d_set);
     s->d_row = calloc(ns, sizeof(int));
     s->d_byte = calloc(ns, sizeof(int));
     s->d_pos = calloc(ns, sizeof *s->d_pos);
     if (!s->slots || !s->run || !s->tokens || !s->want || !s->off || !s->slot_of || !s->seq_of ||
         !s->took || !s->row_of || !s->entry_of || !s->dlen || !s->dkind || !s->draft ||
-        !s->logits || !s->scratch || !s->d_set || !s->d_row || !s->d_byte || !s->d_pos) {
+        !s->logits || !s->scratch || !s->pen_rows || !s->d_set || !s->d_row || !s->d_byte ||
+        !s->d_pos) {
         mb_fail(e, "out of memory for %d slots", c->slots);
         goto fail;
     }
@@ -1084,5 +1306,6 @@ void srv_sched_stop(srv_sched *s) {
     free(s->entry_of);
     free(s->logits);
     free(s->scratch);
+    free(s->pen_rows);
     free(s);
 }

@@ -48,6 +48,22 @@ size_t srv_utf8_text(const uint8_t *in, size_t n, int final, char *out, size_t *
     return o;
 }
 
+size_t srv_utf8_offsets(const uint8_t *in, size_t n, size_t *off) {
+    size_t i = 0, chars = 0;
+    while (i < n) {
+        uint8_t lo, hi;
+        int need = utf8_lead(in[i], &lo, &hi), k = 1;
+        while (need > 1 && k < need && i + k < n && in[i + k] >= lo && in[i + k] <= hi) {
+            lo = 0x80, hi = 0xBF;
+            k++;
+        }
+        for (int t = 0; t < k && off; t++) off[i + (size_t)t] = chars;
+        chars++; /* a whole sequence or one U+FFFD for a maximal invalid subpart */
+        i += (size_t)k;
+    }
+    return chars;
+}
+
 char *srv_json_quote(const char *s, size_t n) {
     char *q = malloc(6 * n + 3), *p = q;
     if (!q) return NULL;

@@ -12,6 +12,11 @@
  * may contain NUL bytes, which srv_json_quote escapes). */
 size_t srv_utf8_text(const uint8_t *in, size_t n, int final, char *out, size_t *used);
 
+/* The characters of the text srv_utf8_text(in, n, final = 1, ...) gives: off[i] (off may be
+ * NULL) is the index, in characters of that text, of the character input byte i belongs to
+ * (bytes replaced together by one U+FFFD share it). Returns the text's length in characters. */
+size_t srv_utf8_offsets(const uint8_t *in, size_t n, size_t *off);
+
 /* A JSON string literal (with quotes) for n bytes of valid UTF-8; malloc'd, NULL when out of
  * memory. cJSON cannot carry NUL inside a string, hence this. */
 char *srv_json_quote(const char *s, size_t n);

@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages that building, serving and testing need, if any is missing; with
-# --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML); with
-# --bench gnuplot for the plots of `make bench-serve`. Shared by `make run`, `make test`,
-# `make bench-serve` and CI; does nothing when everything is there. libcurl is the load client's
-# (`mambabyte loadgen`).
+# --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML,
+# schemathesis); with --bench gnuplot for the plots of `make bench-serve`. Shared by `make run`,
+# `make test`, `make bench-serve` and CI; does nothing when everything is there. libcurl is the
+# load client's (`mambabyte loadgen`).
 set -e
 PKGS="build-essential clang libclang-rt-14-dev python3-pip libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libcurl4-openssl-dev python3 xz-utils"
 # make test-deploy: nginx in front of two daemons, YAML for the Kubernetes manifests
@@ -28,4 +28,10 @@ fi
 if [ "$1" = --test ] && ! python3 -c 'import yaml' 2>/dev/null; then
     echo "installing: pyyaml (pip)"
     python3 -m pip install -q pyyaml || python3 -m pip install -q --break-system-packages pyyaml
+fi
+# tests/http/test_openapi.py: the property-based API fuzzer run against the live daemon
+if [ "$1" = --test ] && ! command -v schemathesis >/dev/null 2>&1; then
+    echo "installing: schemathesis (pip)"
+    python3 -m pip install -q schemathesis || python3 -m pip install -q --break-system-packages schemathesis \
+        || echo "schemathesis could not be installed: tests/http/test_openapi.py will skip its run"
 fi

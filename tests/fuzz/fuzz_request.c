@@ -50,6 +50,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             r.spec_max_draft < 0 || r.spec_max_draft > SRV_DRAFT_MAX || r.spec_lookup < -1 ||
             r.spec_lookup > 256)
             abort();
+        if (r.logprobs < -1 || r.logprobs > SRV_TOP_MAX || !(r.pen.repetition > 0) ||
+            r.pen.presence < -2 || r.pen.presence > 2 || r.pen.frequency < -2 ||
+            r.pen.frequency > 2 || strlen(r.ignored) >= SRV_IGNORED_MAX)
+            abort();
+        for (const char *p = r.ignored; *p; p++) /* a response header: printable ASCII */
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) abort();
         srv_gen_req_free(&r);
     } else {
         if (e.status < 400 || e.status > 599 || !e.message[0]) abort();

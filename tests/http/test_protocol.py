@@ -112,7 +112,7 @@ def test_request_id():
     st, _, h = SRV.request("GET", "/v1/models", headers={"X-Request-Id": "bad id\x7f" + "x" * 80})
     assert h["X-Request-Id"].startswith("cmpl-"), h
     assert len(ids) == 3 and all(i.startswith("cmpl-") for i in ids), ids
-    st, _, h = SRV.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "n": 3},
+    st, _, h = SRV.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "n": 65},
                            headers={"X-Request-Id": "req-7"})
     assert st == 400 and h["X-Request-Id"] == "req-7"
     out, _ = raw(SRV.port, b"POST /v1/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n")

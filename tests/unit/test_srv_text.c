@@ -37,6 +37,21 @@ static void test_utf8(void) {
     expect_text("a\0b", 3, 0, "a\0b", 3);
 }
 
+/* Character offsets: one per whole sequence or replaced maximal subpart, as the text counts. */
+static void test_offsets(void) {
+    const char *in = "a\xc3\xa9\xe2\x98(\xf0\x9f\x98\x80\xff";
+    size_t off[11], want[11] = {0, 1, 1, 2, 2, 3, 4, 4, 4, 4, 5};
+    size_t chars = srv_utf8_offsets((const uint8_t *)in, 11, off);
+    CHECK(chars == 6, "chars %zu, want 6", chars);
+    for (int i = 0; i < 11; i++)
+        CHECK(off[i] == want[i], "off[%d] = %zu, want %zu", i, off[i], want[i]);
+    /* the count agrees with the replaced text's characters */
+    char out[64];
+    size_t used, len = srv_utf8_text((const uint8_t *)in, 11, 1, out, &used), n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)out[i] & 0xC0) != 0x80;
+    CHECK(n == chars && srv_utf8_offsets((const uint8_t *)"\xc3", 1, NULL) == 1, "%zu", n);
+}
+
 static void test_quote(void) {
     char *q = srv_json_quote("a\"\\\n\t\x01\0z\xc3\xa9", 10);
     CHECK(q && !strcmp(q, "\"a\\\"\\\\\\n\\t\\u0001\\u0000z\xc3\xa9\""), "quoted: %s", q);
@@ -79,6 +94,7 @@ static void test_base64(void) {
 
 int main(void) {
     RUN(test_utf8);
+    RUN(test_offsets);
     RUN(test_quote);
     RUN(test_stop_holdback);
     RUN(test_base64);
