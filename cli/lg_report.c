@@ -243,6 +243,19 @@ static cJSON *server_figures(const char *before, const char *after, double durat
         cJSON_AddNumberToObject(s, "spec_acceptance", accepted / drafted);
     else
         cJSON_AddNullToObject(s, "spec_acceptance");
+    /* drafts that reached each draft position, and those that kept it, by source */
+    cJSON *pos = cJSON_AddObjectToObject(s, "spec_by_position");
+    static const char *const src[2] = {"lookup", "model"};
+    for (int k = 0; k < 2; k++) {
+        char pre[2][96];
+        snprintf(pre[0], sizeof pre[0],
+                 "mambabyte_spec_position_drafted_total{source=\"%s\",position=\"", src[k]);
+        snprintf(pre[1], sizeof pre[1],
+                 "mambabyte_spec_position_accepted_total{source=\"%s\",position=\"", src[k]);
+        cJSON *o = cJSON_AddObjectToObject(pos, src[k]);
+        labelled(cJSON_AddObjectToObject(o, "drafted"), before, after, pre[0], 0);
+        labelled(cJSON_AddObjectToObject(o, "accepted"), before, after, pre[1], 0);
+    }
     return s;
 }
 
@@ -314,6 +327,19 @@ static void print_table(const lg_opts *o, const lg_run *r, const figures *f, con
                num(srv, "spec_drafted_bytes"), num(srv, "spec_accepted_bytes"));
         if (cJSON_IsNumber(acc)) printf(" (%.1f%%)", 100 * acc->valuedouble);
         printf("\n");
+        const cJSON *pos = cJSON_GetObjectItemCaseSensitive(srv, "spec_by_position"), *o;
+        cJSON_ArrayForEach(o, pos) {
+            const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "drafted"),
+                        *a = cJSON_GetObjectItemCaseSensitive(o, "accepted"), *x;
+            if (!cJSON_GetArraySize(d)) continue;
+            printf("  kept by draft position (%s):", o->string);
+            cJSON_ArrayForEach(x, d) {
+                const cJSON *k = cJSON_GetObjectItemCaseSensitive(a, x->string);
+                printf(" %s: %.2f", x->string,
+                       (cJSON_IsNumber(k) ? k->valuedouble : 0) / x->valuedouble);
+            }
+            printf("\n");
+        }
     }
     fflush(stdout);
 }

@@ -2,6 +2,7 @@
 #include "srv_metrics.h"
 
 #include "mambabyte.h"
+#include "srv_request.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -57,6 +58,9 @@ struct srv_metrics {
     unsigned long long http_in, http_out, prompt_bytes, gen_bytes, steps;
     unsigned long long drafts, drafted, accepted;
     unsigned long long model_drafts, model_drafted, model_accepted;
+    /* per source (0 prompt lookup, 1 the drafter model) and draft position (0: the first drafted
+     * byte): drafts that reached that position, and those whose byte there was kept */
+    unsigned long long pos_drafted[2][SRV_DRAFT_MAX], pos_accepted[2][SRV_DRAFT_MAX];
     double step_seconds, drafter_seconds, forward_seconds, verify_seconds;
     unsigned long long hist[SRV_H_COUNT][MAX_BUCKETS + 1]; /* last: +Inf */
     double hist_sum[SRV_H_COUNT];
@@ -147,6 +151,10 @@ void srv_metrics_draft(srv_metrics *m, int model, size_t drafted, size_t accepte
         m->model_accepted += accepted;
     }
     observe_locked(m, SRV_H_SPEC_KEPT, (double)accepted);
+    for (size_t p = 0; p < drafted && p < SRV_DRAFT_MAX; p++) {
+        m->pos_drafted[!!model][p]++;
+        m->pos_accepted[!!model][p] += p < accepted;
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -267,6 +275,19 @@ char *srv_metrics_render(srv_metrics *m) {
             m->model_drafted);
     counter(&t, "mambabyte_spec_model_accepted_bytes_total",
             "Bytes of the drafter model's drafts the model kept", m->model_accepted);
+    static const char *const src[2] = {"lookup", "model"};
+    static const char *const name[2] = {"mambabyte_spec_position_drafted_total",
+                                        "mambabyte_spec_position_accepted_total"};
+    static const char *const help[2] = {
+        "Drafts that reached a draft position (1: the first drafted byte), by source",
+        "Drafts whose byte at a draft position was kept, by source"};
+    for (int w = 0; w < 2; w++) {
+        put(&t, "# HELP %s %s\n# TYPE %s counter\n", name[w], help[w], name[w]);
+        for (int k = 0; k < 2; k++)
+            for (int p = 0; p < SRV_DRAFT_MAX && m->pos_drafted[k][p]; p++)
+                put(&t, "%s{source=\"%s\",position=\"%d\"} %llu\n", name[w], src[k], p + 1,
+                    w ? m->pos_accepted[k][p] : m->pos_drafted[k][p]);
+    }
     seconds(&t, "mambabyte_step_seconds_total", "Seconds spent in scheduler steps",
             m->step_seconds);
     seconds(&t, "mambabyte_forward_seconds_total", "Seconds in the byte model's forwards",

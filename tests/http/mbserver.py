@@ -99,6 +99,19 @@ class Server:
                 values[name] = float(value)
         return values
 
+    def by_position(self, source):
+        """/metrics' drafts by draft position for a source ("lookup" or "model"): two lists,
+        drafts that reached position 1, 2, ... and those whose byte there was kept."""
+        m = self.metrics()
+        out = []
+        for what in ("drafted", "accepted"):
+            col, p = [], 1
+            while (k := f'mambabyte_spec_position_{what}_total{{source="{source}",position="{p}"}}') in m:
+                col.append(m[k])
+                p += 1
+            out.append(col)
+        return out
+
     def wait_idle(self, timeout=30):
         """Waits until no slot runs a request and nothing waits: what a leak would prevent."""
         deadline = time.time() + timeout
@@ -142,6 +155,22 @@ def parse_sse(text):
 
 def b64(s):
     return base64.b64decode(s)
+
+
+def position_deltas(before, after):
+    """Per draft position: drafts that reached it and kept it between two by_position()s."""
+    pad = lambda c, n: c + [0.0] * (n - len(c))
+    n = max(len(after[0]), len(before[0]))
+    return [[a - b for a, b in zip(pad(after[w], n), pad(before[w], n))] for w in (0, 1)]
+
+
+def check_positions(drafted_at, kept_at, drafted, kept):
+    """The per-position counts add up to the totals, fall with the position, and a position is
+    kept only when the ones before it were."""
+    assert sum(drafted_at) == drafted and sum(kept_at) == kept, (drafted_at, kept_at, drafted, kept)
+    assert all(a >= b for a, b in zip(drafted_at, drafted_at[1:])), drafted_at
+    assert all(a >= b for a, b in zip(kept_at, kept_at[1:])), kept_at
+    assert all(k <= d for k, d in zip(kept_at, drafted_at)), (kept_at, drafted_at)
 
 
 def run(tests):

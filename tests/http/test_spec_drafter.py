@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from mbserver import BIN, ROOT, Server, b64, run
+from mbserver import BIN, ROOT, Server, b64, check_positions, position_deltas, run
 
 BYTE = os.path.join(ROOT, "models/mambabyte-small")
 FIXTURE = os.path.join(ROOT, "tests/fixtures/tiny-byte-tied")
@@ -72,13 +72,18 @@ def model_counts(srv):
 
 def test_books_64_at_once():
     before = model_counts(SPEC)
+    pos_before = SPEC.by_position("model")
     jobs = [(p, 40 if FULL else 12, st) for st in ({}, SAMPLED) for p in PROMPTS[:CUT]]
     want, got = many(PLAIN, jobs), many(SPEC, jobs, ON)
     bad = [(jobs[i][0][:30], jobs[i][2], want[i], got[i]) for i in range(len(jobs)) if want[i] != got[i]]
     assert not bad, (len(bad), bad[:3])
     drafts, drafted, kept = (a - b for a, b in zip(model_counts(SPEC), before))
     assert drafts > 2 * CUT and 0 < kept < drafted, (drafts, drafted, kept)
-    print(f"     {len(jobs)} requests: {drafts:.0f} drafts, {drafted:.0f} bytes drafted, {kept:.0f} kept")
+    drafted_at, kept_at = position_deltas(pos_before, SPEC.by_position("model"))
+    check_positions(drafted_at, kept_at, drafted, kept)
+    assert drafted_at[0] == drafts, (drafted_at, drafts)
+    print(f"     {len(jobs)} requests: {drafts:.0f} drafts, {drafted:.0f} bytes drafted, {kept:.0f} kept; "
+          "kept by draft position: " + " ".join(f"{k / d:.2f}" for k, d in zip(kept_at[:8], drafted_at[:8])))
 
 
 def test_books_alone():

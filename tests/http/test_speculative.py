@@ -5,7 +5,7 @@ limits, streamed, concurrent, and sessions continued over several requests; and 
 import base64
 import threading
 
-from mbserver import Server, b64, run
+from mbserver import Server, b64, check_positions, position_deltas, run
 
 PLAIN = SPEC = None
 PROMPTS = [b"abcabcabcabcabcabcabc", b"the cat and the dog and the cat and the ", b"\x00\x01\x02\x00\x01\x02\xff",
@@ -22,6 +22,7 @@ def gen(srv, prompt, n=80, **kw):
 
 def test_same_bytes():
     before = SPEC.metrics()
+    pos_before = SPEC.by_position("lookup")
     for p in PROMPTS:
         for st in SETTINGS:
             for n in (1, 2, 80):
@@ -31,7 +32,10 @@ def test_same_bytes():
     drafted = after["mambabyte_spec_drafted_bytes_total"] - before["mambabyte_spec_drafted_bytes_total"]
     kept = after["mambabyte_spec_accepted_bytes_total"] - before["mambabyte_spec_accepted_bytes_total"]
     assert drafted > 100 and 0 < kept < drafted, (drafted, kept)
-    print(f"     {drafted:.0f} bytes drafted, {kept:.0f} kept")
+    drafted_at, kept_at = position_deltas(pos_before, SPEC.by_position("lookup"))
+    check_positions(drafted_at, kept_at, drafted, kept)
+    print(f"     {drafted:.0f} bytes drafted, {kept:.0f} kept; kept by draft position: "
+          + " ".join(f"{k / d:.2f}" for k, d in zip(kept_at[:8], drafted_at[:8])))
 
 
 def test_stop_strings():
