@@ -32,8 +32,10 @@ struct srv_slots {
     srv_session **owner; /* n_slots: the session in a SLOT_SESSION slot */
     srv_session **sess;  /* n_sess of max_sess */
     int n_sess, max_sess;
+    int n_spilled; /* sessions whose state is in host memory (set_host keeps it) */
     double max_spill_bytes, ttl_s;
-    double next_scan; /* srv_now() of the next look for expired records in dir */
+    double next_scan;   /* srv_now() of the next look for expired records in dir */
+    double next_expire; /* and of the next look for expired sessions in memory */
     char dir[1024];
     unsigned long long clock;
     mb_pool *dpool; /* the drafter's (NULL: none): slot i follows slot i of pool */
@@ -86,6 +88,13 @@ void srv_slots_free(srv_slots *s) {
     free(s);
 }
 
+/* Sets x's state in host memory (NULL: none), counting the sessions that have one, so that
+ * nothing a step does needs to visit every session. The caller frees the old one. */
+static void set_host(srv_slots *s, srv_session *x, void *host) {
+    s->n_spilled += (host != NULL) - (x->host != NULL);
+    x->host = host;
+}
+
 void srv_session_touch(srv_slots *s, srv_session *x) {
     x->used = ++s->clock;
     x->t_used = srv_now();
@@ -108,7 +117,7 @@ static int spill_one(srv_slots *s) {
     }
     s->use[lru->slot] = SLOT_FREE;
     s->owner[lru->slot] = NULL;
-    lru->host = host;
+    set_host(s, lru, host);
     lru->dhost = dhost;
     lru->slot = -1;
     return 0;
@@ -271,7 +280,9 @@ static void drop(srv_slots *s, srv_session *x) {
         s->sess[i] = s->sess[--s->n_sess];
         break;
     }
-    free(x->host);
+    void *host = x->host;
+    set_host(s, x, NULL);
+    free(host);
     free(x->dhost);
     spec_seq_free(x->draft);
     free(x);
@@ -365,7 +376,7 @@ srv_session *srv_session_get(srv_slots *s, const char *id, srv_error *e) {
                       "%d sessions are held and none is idle", s->max_sess);
     } else {
         memcpy(host, r.state, s->state_bytes);
-        x->host = host;
+        set_host(s, x, host);
         x->n_bytes = r.n_bytes;
         x->has_pending = r.has_pending;
         x->pending = r.pending;
@@ -399,9 +410,11 @@ int srv_session_resident(srv_slots *s, srv_session *x) {
     if (s->dpool && (x->dhost ? mb_pool_write(s->dpool, slot, x->dhost, NULL)
                               : mb_pool_reset(s->dpool, slot, NULL)))
         return -1;
-    free(x->host);
+    void *host = x->host;
+    set_host(s, x, NULL);
+    free(host);
     free(x->dhost);
-    x->host = x->dhost = NULL;
+    x->dhost = NULL;
     s->use[slot] = SLOT_SESSION;
     s->owner[slot] = x;
     x->slot = slot;
@@ -446,7 +459,7 @@ srv_session *srv_session_fork(srv_slots *s, srv_session *src, const char *id) {
         free(host);
         return NULL;
     }
-    x->host = host;
+    set_host(s, x, host);
     x->has_pending = src->has_pending;
     x->pending = src->pending;
     x->n_bytes = src->n_bytes;
@@ -498,17 +511,18 @@ void srv_sessions_maintain(srv_slots *s, double now) {
         expire_records(s);
         s->next_scan = now + (s->ttl_s < 60 ? s->ttl_s / 2 : 30);
     }
-    for (int i = 0; s->ttl_s > 0 && i < s->n_sess;) {
-        srv_session *x = s->sess[i];
-        if (!x->busy && now - x->t_used > s->ttl_s)
-            srv_session_delete(s, x); /* the last one moved to i */
-        else
-            i++;
+    /* a look at every session, so not at every step: a few times per TTL, at most every 0.25 s */
+    if (s->ttl_s > 0 && now >= s->next_expire) {
+        for (int i = 0; i < s->n_sess;) {
+            srv_session *x = s->sess[i];
+            if (!x->busy && now - x->t_used > s->ttl_s)
+                srv_session_delete(s, x); /* the last one moved to i */
+            else
+                i++;
+        }
+        s->next_expire = now + (s->ttl_s < 1 ? s->ttl_s / 4 : 0.25);
     }
-    srv_slot_counts n;
-    srv_slots_counts(s, &n);
-    for (size_t held = n.spilled_bytes; (double)held > s->max_spill_bytes;
-         held -= s->state_bytes + s->dstate_bytes)
+    while ((double)s->n_spilled * (double)(s->state_bytes + s->dstate_bytes) > s->max_spill_bytes)
         if (evict_one(s, 1, NULL, 1)) break;
 }
 
@@ -561,6 +575,6 @@ void srv_slots_counts(const srv_slots *s, srv_slot_counts *n) {
         else if (s->use[i] == SLOT_SESSION)
             n->idle++;
     }
-    for (int i = 0; i < s->n_sess; i++) n->spilled += s->sess[i]->host != NULL;
+    n->spilled = s->n_spilled;
     n->spilled_bytes = (size_t)n->spilled * (s->state_bytes + s->dstate_bytes);
 }
