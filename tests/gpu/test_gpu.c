@@ -295,6 +295,45 @@ static void test_rollback(void) {
     mb_model_free(m);
 }
 
+/* Slot operations called one after another on the same slots, before anything reads them (the
+ * CUDA backend queues them and runs them in as few launches as their order allows): each slot
+ * ends as if they had run one by one. Checked bit for bit against slots fed the same tokens in
+ * the same forward (batch invariance makes those the expected states). */
+static void test_queued_slot_ops(void) {
+    mb_model *m = load_checked("models/mambabyte-small", dut);
+    if (!m) return;
+    const int V = 256, S = 16, KEEP = 5;
+    int32_t toks[S];
+    random_tokens(toks, S, V);
+    mb_pool *p = mb_pool_create(m, 8, 64, NULL);
+    const size_t sb = mb_pool_state_bytes(p);
+    float *lg = malloc((size_t)3 * S * V * 4);
+    char *st = malloc(sb * 8);
+    for (int i = 0; i < 8; i++) mb_pool_reset(p, i, NULL);
+    /* slot 0 reads the span; slot 5 the same span, slot 6 its first KEEP tokens; 4 gets a span */
+    const int32_t *t[4] = {toks, toks, toks, toks};
+    int len[4] = {S, S, KEEP, 3}, sl[4] = {0, 5, 6, 4};
+    forward_all(m, p, 4, t, len, sl, lg);
+    mb_err e;
+    CHECK(mb_pool_copy(p, 1, 0, &e) == 0, "copy: %s", e.msg);            /* the whole span */
+    CHECK(mb_pool_rollback(p, 0, KEEP, &e) == 0, "rollback: %s", e.msg); /* then back to KEEP */
+    CHECK(mb_pool_copy(p, 2, 0, &e) == 0, "copy: %s", e.msg);            /* the rolled-back one */
+    CHECK(mb_pool_copy(p, 3, 2, &e) == 0, "copy: %s", e.msg);            /* a copy of a copy */
+    CHECK(mb_pool_reset(p, 4, &e) == 0, "reset: %s", e.msg);             /* and a reset */
+    CHECK(mb_pool_copy(p, 7, 4, &e) == 0, "copy: %s", e.msg);            /* of the reset one */
+    for (int i = 0; i < 8; i++) CHECK(mb_pool_read(p, i, st + sb * (size_t)i, NULL) == 0, "read");
+    CHECK(!memcmp(st + sb, st + 5 * sb, sb), "a copy before a rollback missed the span");
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            CHECK(!memcmp(st + (size_t)i * sb, st + 6 * sb, sb), "slot %d is not at %d", i, KEEP);
+    for (size_t i = 0; i < sb; i++)
+        CHECK(!st[4 * sb + i] && !st[7 * sb + i], "a reset slot is not zero");
+    free(lg);
+    free(st);
+    mb_pool_free(p);
+    mb_model_free(m);
+}
+
 /* Copy (fork) and spill/restore continue exactly like the original. */
 static void test_copy_spill(void) {
     mb_model *m = load_checked("models/mambabyte-small", dut);
@@ -476,6 +515,7 @@ int main(void) {
     RUN(test_step_kernel);
     RUN(test_rollback);
     RUN(test_copy_spill);
+    RUN(test_queued_slot_ops);
     RUN(test_state_files);
     RUN(test_seeded_generation);
     RUN(test_errors);
