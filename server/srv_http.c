@@ -488,9 +488,10 @@ static void stream_free(void *cls) {
     free(x);
 }
 
-/* MHD's content reader: what the job has shown since the last call goes out as one event; with
- * nothing new, a keep-alive comment when one is due, else the connection parks until the job
- * (or the watcher, for the next keep-alive) wakes it. */
+/* MHD's content reader: what each job has shown since the last call goes out as one event (a
+ * request with several completions has several jobs, all waking it); with nothing new, a
+ * keep-alive comment when one is due, else the connection parks until a job (or the watcher,
+ * for the next keep-alive) wakes it. */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     stream_ctx *x = cls;
     req *r = x->r;
