@@ -214,19 +214,28 @@ static void resume_woken(srv_http *h) {
     pthread_mutex_lock(&h->mu);
 }
 
-/* 1: the connection is parked until the job is ready for `what` (a handler then returns and
- * is called again); 0: go on now. Parking comes before the second look, so a job that becomes
- * ready in between still wakes us. */
-/* The request's job is ready for `what`, and when it has several, all of them are done. */
-static int ready(req *r, srv_wait what, size_t seen) {
-    if (!srv_job_ready(r->job, what, seen)) return 0;
-    for (int i = 0; i < r->n_jobs; i++)
-        if (!srv_job_ready(r->jobs[i], SRV_WAIT_DONE, 0)) return 0;
+/* The request's jobs are ready for `what`: its job, or when it has several, every one (for
+ * SRV_WAIT_ADMITTED every one it submitted: each prompt's first; its forks are admitted as they
+ * start). */
+static int ready(req *r, srv_wait what) {
+    if (!r->jobs) return srv_job_ready(r->job, what, 0);
+    const int step = what == SRV_WAIT_ADMITTED ? r->job->req.best_of : 1;
+    for (int i = 0; i < r->n_jobs; i += step)
+        if (!srv_job_ready(r->jobs[i], what, 0)) return 0;
     return 1;
 }
 
-static int park(req *r, srv_wait what, size_t seen) {
-    if (r->gone || r->expired || ready(r, what, seen)) return 0;
+/* 1 when the request need not wait: its stream has news (st), or its jobs are ready for
+ * `what` (st NULL). */
+static int news(req *r, srv_wait what, srv_stream *st) {
+    return st ? srv_stream_news(st) : ready(r, what);
+}
+
+/* 1: the connection is parked until the stream st has news, or (st NULL) the request's jobs are
+ * ready for `what` (a handler then returns and is called again); 0: go on now. Parking comes
+ * before the second look, so a job that becomes ready in between still wakes us. */
+static int park(req *r, srv_wait what, srv_stream *st) {
+    if (r->gone || r->expired || news(r, what, st)) return 0;
     pthread_mutex_lock(&r->h->mu);
     if (r->h->stopping) { /* libmicrohttpd must not stop with a parked connection */
         r->expired = 1;
@@ -236,7 +245,7 @@ static int park(req *r, srv_wait what, size_t seen) {
     r->suspended = 1;
     MHD_suspend_connection(r->c);
     pthread_mutex_unlock(&r->h->mu);
-    if (ready(r, what, seen)) resume(r);
+    if (news(r, what, st)) resume(r);
     return 1;
 }
 
@@ -479,9 +488,10 @@ static void stream_free(void *cls) {
     free(x);
 }
 
-/* MHD's content reader: what the job has shown since the last call goes out as one event; with
- * nothing new, a keep-alive comment when one is due, else the connection parks until the job
- * (or the watcher, for the next keep-alive) wakes it. */
+/* MHD's content reader: what each job has shown since the last call goes out as one event (a
+ * request with several completions has several jobs, all waking it); with nothing new, a
+ * keep-alive comment when one is due, else the connection parks until a job (or the watcher,
+ * for the next keep-alive) wakes it. */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     stream_ctx *x = cls;
     req *r = x->r;
@@ -498,7 +508,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             f = 1;
         }
         if (!f) {
-            park(r, SRV_WAIT_MORE, srv_stream_seen(x->st));
+            park(r, SRV_WAIT_MORE, x->st);
             return 0;
         }
         n = srv_stream_take(x->st, buf, max);
@@ -512,17 +522,26 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     return n;
 }
 
+/* Cancels every job of the request. */
+static void cancel_all(req *r) {
+    atomic_store(&r->job->cancelled, 1);
+    for (int i = 0; i < r->n_jobs; i++) atomic_store(&r->jobs[i]->cancelled, 1);
+}
+
 static enum MHD_Result start_stream(req *r) {
-    srv_job *j = r->job;
     stream_ctx *x = calloc(1, sizeof *x);
-    if (x) x->st = srv_stream_new(j, r->h->model, r->created), x->r = r;
+    if (x) {
+        x->r = r;
+        x->st = r->jobs ? srv_stream_new(r->jobs, r->n_jobs, r->h->model, r->created)
+                        : srv_stream_new(&r->job, 1, r->h->model, r->created);
+    }
     struct MHD_Response *resp = x && x->st
                                     ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
                                                                         stream_read, x, stream_free)
                                     : NULL;
     if (!resp) {
         if (x) stream_free(x);
-        atomic_store(&j->cancelled, 1);
+        cancel_all(r);
         return out_of_memory(r);
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
@@ -603,12 +622,13 @@ static enum MHD_Result generate(req *r) {
          * it exact in JSON. */
         if (!g.seed_given) g.sampling.seed = srv_random_u64() >> 11;
         r->created = (long)time(NULL);
+        if (g.stream) {
+            pthread_mutex_lock(&h->mu);
+            r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
+            pthread_mutex_unlock(&h->mu);
+        }
         if (g.n_more || g.best_of > 1) {
-            if (g.stream)
-                srv_error_set(&e, 400, "invalid_request_error", "invalid_value",
-                              "'stream' with several completions (n, best_of or a list of "
-                              "prompts) is not supported; send one request per completion");
-            int rc = g.stream || submit_many(r, &g, &e);
+            int rc = submit_many(r, &g, &e);
             srv_gen_req_free(&g);
             if (rc) return send_error(r, &e);
         } else {
@@ -620,35 +640,27 @@ static enum MHD_Result generate(req *r) {
             snprintf(j->id, sizeof j->id, "%s", r->id);
             j->t_arrive = r->t0;
             j->deadline = r->t0 + j->req.timeout_s;
-            if (j->req.stream) {
-                pthread_mutex_lock(&h->mu);
-                r->last_write = r->t0; /* quiet since arrival: a keep-alive is due keepalive_s on */
-                pthread_mutex_unlock(&h->mu);
-            }
             if (submit(r, j, &e)) return send_error(r, &e);
         }
     }
     srv_job *j = r->job;
-    if (r->jobs) {
-        if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
-        if (r->gone || r->expired) return abandoned(r);
-        for (int i = 0; i < r->n_jobs; i++)
-            if (r->jobs[i]->failed) return send_error(r, &r->jobs[i]->err);
-        return send_json(r, 200,
-                         srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n,
-                                              h->model, r->created));
-    }
     /* A stream still queued when a keep-alive is due starts now, with the keep-alive; should it
      * then fail to be admitted, its error comes as an event. */
     if (j->req.stream && r->quiet) return start_stream(r);
-    if (park(r, j->req.stream ? SRV_WAIT_ADMITTED : SRV_WAIT_DONE, 0)) return MHD_YES;
+    if (park(r, j->req.stream ? SRV_WAIT_ADMITTED : SRV_WAIT_DONE, NULL)) return MHD_YES;
     if (r->gone || r->expired) return abandoned(r);
-    pthread_mutex_lock(&j->mu);
-    int failed = j->failed;
-    pthread_mutex_unlock(&j->mu);
-    if (failed) return send_error(r, &j->err);
-    if (!j->req.stream) return send_json(r, 200, srv_response_body(j, h->model, r->created));
-    return start_stream(r);
+    for (int i = 0; i < (r->jobs ? r->n_jobs : 1); i++) {
+        srv_job *f = r->jobs ? r->jobs[i] : j;
+        pthread_mutex_lock(&f->mu);
+        int failed = f->failed;
+        pthread_mutex_unlock(&f->mu);
+        if (failed) return send_error(r, &f->err);
+    }
+    if (j->req.stream) return start_stream(r);
+    if (!r->jobs) return send_json(r, 200, srv_response_body(j, h->model, r->created));
+    return send_json(
+        r, 200,
+        srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n, h->model, r->created));
 }
 
 static srv_job *session_job(srv_job_kind kind, const char *session) {
@@ -665,7 +677,7 @@ static enum MHD_Result session_simple(req *r, srv_job_kind kind) {
         if (!j) return out_of_memory(r);
         if (submit(r, j, &e)) return send_error(r, &e);
     }
-    if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
+    if (park(r, SRV_WAIT_DONE, NULL)) return MHD_YES;
     if (r->gone || r->expired) return abandoned(r);
     srv_job *j = r->job;
     if (j->failed) return send_error(r, &j->err);
@@ -695,7 +707,7 @@ static enum MHD_Result session_create(req *r) {
         if (submit(r, j, &e)) return send_error(r, &e);
     }
     if (r->stage == 2) return session_simple(r, SRV_JOB_SESSION_INFO);
-    if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
+    if (park(r, SRV_WAIT_DONE, NULL)) return MHD_YES;
     if (r->gone || r->expired) return abandoned(r);
     if (r->job->failed) return send_error(r, &r->job->err);
     if (r->stage == 0) {
@@ -710,7 +722,7 @@ static enum MHD_Result session_create(req *r) {
             p->deadline = r->t0 + r->h->c.request_timeout_s;
             r->stage = 1;
             if (submit(r, p, &e)) return send_error(r, &e);
-            if (park(r, SRV_WAIT_DONE, 0)) return MHD_YES;
+            if (park(r, SRV_WAIT_DONE, NULL)) return MHD_YES;
             if (r->gone || r->expired) return abandoned(r);
             if (r->job->failed) return send_error(r, &r->job->err);
         }
@@ -992,8 +1004,7 @@ static void *watch(void *arg) {
             short ev = polled ? fds[k++].revents : 0;
             if (ev & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
                 r->gone = 1;
-                atomic_store(&r->job->cancelled, 1);
-                for (int i = 0; i < r->n_jobs; i++) atomic_store(&r->jobs[i]->cancelled, 1);
+                cancel_all(r);
             } else if (now > r->give_up) {
                 r->expired = 1;
             } else if (r->last_write <= 0 || now - r->last_write < h->c.keepalive_s) {

@@ -267,23 +267,36 @@ char *srv_response_body(const srv_job *j, const char *model, long created) {
 
 /* ---- Server-Sent Events ---- */
 
-struct srv_stream {
+/* One completion of a stream: what of its job has been sent. */
+typedef struct stream_choice {
     srv_job *job;
-    char model[256];
-    long created;
     size_t seen;  /* out_visible when last looked at */
     size_t taken; /* bytes of the answer (with echo: the prompt, then the output) sent as text */
     size_t chars; /* characters of the text sent */
-    char *buf;    /* framed events not yet handed to MHD */
+    int ended;    /* its closing event (finish reason, or error) is framed */
+} stream_choice;
+
+struct srv_stream {
+    stream_choice *ch;
+    int n;
+    char model[256];
+    long created;
+    char *buf; /* framed events not yet handed to MHD */
     size_t len, off, cap;
     int ended;
 };
 
-srv_stream *srv_stream_new(srv_job *j, const char *model, long created) {
+srv_stream *srv_stream_new(srv_job *const *jobs, int n, const char *model, long created) {
     srv_stream *st = calloc(1, sizeof *st);
-    if (!st) return NULL;
-    srv_job_ref(j);
-    st->job = j;
+    if (!st || !(st->ch = calloc((size_t)n, sizeof *st->ch))) {
+        free(st);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        srv_job_ref(jobs[i]);
+        st->ch[i].job = jobs[i];
+    }
+    st->n = n;
     snprintf(st->model, sizeof st->model, "%s", model);
     st->created = created;
     return st;
@@ -291,7 +304,8 @@ srv_stream *srv_stream_new(srv_job *j, const char *model, long created) {
 
 void srv_stream_free(srv_stream *st) {
     if (!st) return;
-    srv_job_unref(st->job);
+    for (int i = 0; i < st->n; i++) srv_job_unref(st->ch[i].job);
+    free(st->ch);
     free(st->buf);
     free(st);
 }
@@ -317,18 +331,37 @@ static int event(srv_stream *st, char *json) {
     return rc;
 }
 
-/* One event for out[taken..visible) (all of it that is whole UTF-8), and the closing events
- * once the job is done. */
-static int frame(srv_stream *st, size_t visible, int done) {
-    srv_job *j = st->job;
+/* The usage of every completion of a stream: each prompt counted once (its first completion's,
+ * as in the whole answer), the output of all. */
+static void add_usage_sum(cJSON *o, const srv_stream *st) {
+    if (st->n == 1) {
+        add_usage(o, st->ch[0].job);
+        return;
+    }
+    double p = 0, c = 0;
+    for (int i = 0; i < st->n; i++) {
+        const srv_job *j = st->ch[i].job;
+        if (j->index % j->req.best_of == 0) p += (double)j->req.prompt_len;
+        c += (double)j->out_visible;
+    }
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", p);
+    cJSON_AddNumberToObject(u, "completion_tokens", c);
+    cJSON_AddNumberToObject(u, "total_tokens", p + c);
+}
+
+/* One event for choice c's out[taken..visible) (all of it that is whole UTF-8), and its
+ * closing event once its job is done: the finish reason, or the error it failed with. */
+static int frame(srv_stream *st, stream_choice *c, size_t visible, int done) {
+    srv_job *j = c->job;
     int native = j->req.api != SRV_API_COMPLETIONS;
     /* the answer's visible bytes: with echo, the prompt comes first (once the output starts or
      * the job ends, so its log-probabilities are known) */
     size_t to = (!native && j->req.echo ? j->req.prompt_len : 0) + visible;
-    size_t n = to - st->taken, used = 0;
+    size_t n = to - c->taken, used = 0;
     if (n > 0) {
         uint8_t *tmp = NULL;
-        const uint8_t *b = native ? j->out + st->taken : answer_bytes(j, st->taken, to, &tmp);
+        const uint8_t *b = native ? j->out + c->taken : answer_bytes(j, c->taken, to, &tmp);
         if (!b) return -1;
         cJSON *o = head(j, native ? "generation.chunk" : "text_completion", st->model, st->created);
         if (native) {
@@ -336,9 +369,9 @@ static int frame(srv_stream *st, size_t visible, int done) {
             add_base64(o, "bytes_base64", b, used);
         } else {
             completion_choice(cJSON_AddArrayToObject(o, "choices"), j, b, n, done, &used, NULL,
-                              st->taken, st->chars, 0);
+                              c->taken, c->chars, j->index);
         }
-        st->chars += srv_utf8_offsets(b, used, NULL);
+        c->chars += srv_utf8_offsets(b, used, NULL);
         free(tmp);
         /* A chunk that is only the start of a UTF-8 sequence waits for the rest. */
         if (used > 0) {
@@ -346,52 +379,70 @@ static int frame(srv_stream *st, size_t visible, int done) {
         } else {
             cJSON_Delete(o);
         }
-        st->taken += used;
+        c->taken += used;
     }
     if (!done) return 0;
-    if (j->failed) {
-        if (event(st, srv_error_json(&j->err))) return -1;
-    } else if (native) {
-        cJSON *o = head(j, "generation.done", st->model, st->created);
+    c->ended = 1;
+    if (j->failed) return event(st, srv_error_json(&j->err));
+    cJSON *o;
+    if (native) {
+        o = head(j, "generation.done", st->model, st->created);
         add_native_tail(o, j);
-        if (event(st, print_free(o))) return -1;
     } else {
-        cJSON *o = head(j, "text_completion", st->model, st->created);
+        o = head(j, "text_completion", st->model, st->created);
         completion_choice(cJSON_AddArrayToObject(o, "choices"), j, NULL, 0, 1, NULL,
-                          srv_finish_name(j->finish), st->taken, st->chars, 0);
-        /* stream_options.include_usage: OpenAI's separate last chunk, with no choices */
-        if (!j->req.include_usage) add_usage(o, j);
-        if (event(st, print_free(o))) return -1;
-        if (j->req.include_usage) {
-            o = head(j, "text_completion", st->model, st->created);
-            cJSON_AddArrayToObject(o, "choices");
-            add_usage(o, j);
-            if (event(st, print_free(o))) return -1;
-        }
+                          srv_finish_name(j->finish), c->taken, c->chars, j->index);
+        /* one completion without stream_options.include_usage: its usage comes here */
+        if (st->n == 1 && !j->req.include_usage) add_usage(o, j);
     }
+    return event(st, print_free(o));
+}
+
+/* The events after every choice's last: with stream_options.include_usage, OpenAI's usage
+ * chunk with no choices (every completion's usage summed), then "data: [DONE]". A failed
+ * completion ends the stream after its error, the others' events unsent. */
+static int close_stream(srv_stream *st, int failed) {
+    srv_job *j = st->ch[0].job;
     st->ended = 1;
+    if (!failed && j->req.api == SRV_API_COMPLETIONS && j->req.include_usage) {
+        cJSON *o = head(j, "text_completion", st->model, st->created);
+        cJSON_AddArrayToObject(o, "choices");
+        add_usage_sum(o, st);
+        if (event(st, print_free(o))) return -1;
+    }
     return event(st, strdup("[DONE]"));
 }
 
 int srv_stream_fill(srv_stream *st) {
     if (st->off < st->len || st->ended) return 1;
     st->off = st->len = 0;
-    pthread_mutex_lock(&st->job->mu);
-    size_t visible = st->job->out_visible;
-    int done = st->job->done;
-    pthread_mutex_unlock(&st->job->mu);
-    if (visible == st->seen && !done) return 0;
-    st->seen = visible;
-    if (frame(st, visible, done)) return -1;
+    int open = 0, failed = 0;
+    for (int i = 0; i < st->n && !failed; i++) {
+        stream_choice *c = &st->ch[i];
+        if (c->ended) continue;
+        pthread_mutex_lock(&c->job->mu);
+        size_t visible = c->job->out_visible;
+        int done = c->job->done;
+        failed = c->job->failed;
+        pthread_mutex_unlock(&c->job->mu);
+        open += !done;
+        if (visible == c->seen && !done) continue;
+        c->seen = visible;
+        if (frame(st, c, visible, done)) return -1;
+    }
+    if ((failed || !open) && close_stream(st, failed)) return -1;
     return st->len > 0;
+}
+
+int srv_stream_news(srv_stream *st) {
+    for (int i = 0; i < st->n; i++)
+        if (!st->ch[i].ended && srv_job_ready(st->ch[i].job, SRV_WAIT_MORE, st->ch[i].seen))
+            return 1;
+    return 0;
 }
 
 int srv_stream_keepalive(srv_stream *st) {
     return append(st, ": keep-alive\n\n");
-}
-
-size_t srv_stream_seen(const srv_stream *st) {
-    return st->seen;
 }
 
 ssize_t srv_stream_take(srv_stream *st, char *buf, size_t max) {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages that building, serving and testing need, if any is missing; with
 # --test those only the tests use (nginx, YAML) and the Python packages (numpy, PyYAML,
-# schemathesis); with --bench gnuplot for the plots of `make bench-serve`. Shared by `make run`,
+# schemathesis, openai); with --bench gnuplot for the plots of `make bench-serve`. Shared by `make run`,
 # `make test`, `make bench-serve` and CI; does nothing when everything is there. libcurl is the
 # load client's (`mambabyte loadgen`).
 set -e
@@ -34,4 +34,10 @@ if [ "$1" = --test ] && ! command -v schemathesis >/dev/null 2>&1; then
     echo "installing: schemathesis (pip)"
     python3 -m pip install -q schemathesis || python3 -m pip install -q --break-system-packages schemathesis \
         || echo "schemathesis could not be installed: tests/http/test_openapi.py will skip its run"
+fi
+# tests/http/test_openai_client.py: the official OpenAI Python client against the live daemon
+if [ "$1" = --test ] && ! python3 -c 'import openai' 2>/dev/null; then
+    echo "installing: openai (pip)"
+    python3 -m pip install -q openai || python3 -m pip install -q --break-system-packages openai \
+        || echo "openai could not be installed: tests/http/test_openai_client.py will skip"
 fi

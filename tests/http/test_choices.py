@@ -79,8 +79,7 @@ def test_best_of():
     # best_of == n: the completions themselves, in order
     out = completion(dict(req, best_of=2))
     assert [c["text"] for c in out["choices"]] == [alone("It was", 50 + i, max_tokens=24)["text"] for i in range(2)]
-    for bad in ({"n": 3, "best_of": 2}, {"best_of": 3, "stream": True}, {"n": 2, "stream": True},
-                {"prompt": ["a", "b"], "stream": True}, {"n": 0}, {"n": 65}, {"best_of": 1.5},
+    for bad in ({"n": 3, "best_of": 2}, {"best_of": 3, "stream": True}, {"n": 0}, {"n": 65}, {"best_of": 1.5},
                 {"prompt": ["a"] * 9, "n": 8}, {"prompt": ["a"] * 65}, {"prompt": ["a", ""]}, {"prompt": ["a", 5]}):
         st, body, _ = SRV.request("POST", "/v1/completions", dict({"prompt": "x", "max_tokens": 2}, **bad))
         assert st == 400 and body["error"]["code"] == "invalid_value", (bad, st, body)
