@@ -68,19 +68,23 @@ static double copy_bandwidth(void) {
     return median(r, 10);
 }
 
-/* Median seconds of one forward of B sequences feeding k tokens each (decode: k = 1), after
- * `warm` unmeasured ones. */
-static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps, int warm) {
-    int T = B * k;
+/* Median seconds of one forward of n sequences, sequence i feeding len[i] tokens (logits for
+ * every token when want_all, else for each sequence's last), after `warm` unmeasured ones. */
+static double forward_time(mb_model *m, mb_pool *p, const int *len, int n, int want_all, int reps,
+                           int warm) {
+    int T = 0;
+    for (int i = 0; i < n; i++) T += len[i];
     int32_t *tok = (int32_t *)malloc((size_t)T * sizeof *tok);
-    int *off = (int *)malloc((size_t)(B + 1) * sizeof *off),
-        *slot = (int *)malloc((size_t)B * sizeof *slot);
+    int *off = (int *)malloc((size_t)(n + 1) * sizeof *off),
+        *slot = (int *)malloc((size_t)n * sizeof *slot);
     uint8_t *want = (uint8_t *)malloc((size_t)T);
     float *logits = (float *)malloc((size_t)T * 256 * sizeof(float));
-    for (int t = 0; t < T; t++) tok[t] = "the quick brown fox "[t % 20], want[t] = 1;
-    for (int i = 0; i <= B; i++) off[i] = i * k;
-    for (int i = 0; i < B; i++) slot[i] = i;
-    mb_batch b = {B, tok, off, slot, want};
+    off[0] = 0;
+    for (int i = 0; i < n; i++) off[i + 1] = off[i] + len[i], slot[i] = i;
+    for (int t = 0; t < T; t++)
+        tok[t] = "the quick brown fox "[t % 20], want[t] = (uint8_t)want_all;
+    for (int i = 0; i < n; i++) want[off[i + 1] - 1] = 1;
+    mb_batch b = {n, tok, off, slot, want};
     mb_err e;
     double *r = (double *)malloc((size_t)reps * sizeof *r);
     for (int i = -warm; i < reps; i++) {
@@ -99,6 +103,15 @@ static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps, int war
     free(want);
     free(logits);
     return med;
+}
+
+/* B sequences feeding k tokens each (decode: k = 1), logits for every token. */
+static double step_time(mb_model *m, mb_pool *p, int B, int k, int reps, int warm) {
+    int *len = (int *)malloc((size_t)B * sizeof *len);
+    for (int i = 0; i < B; i++) len[i] = k;
+    double t = forward_time(m, p, len, B, 1, reps, warm);
+    free(len);
+    return t;
 }
 
 static void bench_model(const char *dir, double bw) {
@@ -138,6 +151,21 @@ static void bench_model(const char *dir, double bw) {
     }
     double tp = step_time(m, p, 1, 512, 20, 5);
     printf("\nprefill, one sequence, chunks of 512: %.0f bytes/s\n", 512 / tp);
+    /* what a prompt chunk costs the streams decoding beside it (the daemon's default chunk is
+     * 128 bytes, and prompts take at most half of its 512-token budget) */
+    int len[64];
+    for (int i = 0; i < 64; i++) len[i] = 1;
+    const double t64 = forward_time(m, p, len, 64, 0, 100, 5);
+    printf("a prompt chunk beside 63 decoding sequences (ms, x a step of 64 decoding): 64 decoding "
+           "%.3f",
+           t64 * 1e3);
+    const int chunks[] = {128, 256, 448};
+    for (int i = 0; i < 3; i++) {
+        len[63] = chunks[i];
+        double t = forward_time(m, p, len, 64, 0, 50, 5);
+        printf("  63 + %d %.3f (%.2fx)", chunks[i], t * 1e3, t / t64);
+    }
+    printf("\n");
     mb_pool_free(p);
     mb_model_free(m);
 }
