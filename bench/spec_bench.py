@@ -7,7 +7,8 @@ decides by measured cost), the three ways taking turns on rounds of `conc` promp
 change of load on the machine meets all three alike. Prints one Markdown row per setting and concurrency: bytes/s of each
 way, the ratios, the drafts' acceptance, bytes per verification round, and the step time split
 (drafter, verifier, host) from /metrics; and checks that every speculative output equals the
-plain one.
+plain one. Then a second table: the forced runs' acceptance by draft position (of the drafts
+that reached position P, the share whose byte there was kept; /metrics).
 
 options: --bytes N (256) --conc 1,8,64 --temps 0,0.7"""
 import base64
@@ -97,7 +98,7 @@ def run(temp, conc, way, ids):
     way.secs += time.time() - t0
     m1 = metrics()
     for k in m1:
-        if k.endswith("_total"):
+        if k.split("{")[0].endswith("_total"):
             way.delta[k] = way.delta.get(k, 0) + m1[k] - m0.get(k, 0)
 
 
@@ -108,12 +109,25 @@ def split(d):
     return drafter, fwd, max(step - drafter - fwd, 0)
 
 
+def by_position(d, source="model", most=16):
+    """Kept / drafted at draft positions 1.. from metric deltas."""
+    out = []
+    for p in range(1, most + 1):
+        at = f'{{source="{source}",position="{p}"}}'
+        drafted = d.get("mambabyte_spec_position_drafted_total" + at, 0)
+        if not drafted:
+            break
+        out.append(d.get("mambabyte_spec_position_accepted_total" + at, 0) / drafted)
+    return out
+
+
 def main():
     post({"prompt": "warm up", "max_tokens": 32, "speculative": {"enabled": True}})
     print(f"{len(PROMPTS)} prompts x {BYTES} bytes; bytes/s of all requests together (wall clock)\n")
     print("| sampling | conc | plain B/s | spec B/s | spec/plain | auto B/s | auto/plain | accepted | "
           "bytes/round | spec step split: drafter / verifier / host (s) | exact |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    positions = []
     for temp in TEMPS:
         for conc in CONC:
             ways = [Way(False), Way(True), Way(None)]
@@ -131,8 +145,15 @@ def main():
             name = "greedy" if temp == 0 else f"T={temp:g} seeded"
             print(f"| {name} | {conc} | {n / tp:.0f} | {n / ts:.0f} | {tp / ts:.2f}x | {n / ta:.0f} | {tp / ta:.2f}x | "
                   f"{100 * acc:.0f}% | {per_round:.2f} | {dr:.2f} / {fw:.2f} / {host:.2f} | {exact} |", flush=True)
+            positions.append((name, conc, by_position(d)))
             if exact != "yes":
                 sys.exit("speculative output differs from plain decoding")
+    most = max((len(p) for _, _, p in positions), default=0)
+    print("\nForced speculation, kept / drafted by draft position (1: the first drafted byte)\n")
+    print("| sampling | conc | " + " | ".join(str(p + 1) for p in range(most)) + " |")
+    print("|---|---:|" + "---:|" * most)
+    for name, conc, p in positions:
+        print(f"| {name} | {conc} | " + " | ".join(f"{x:.2f}" for x in p) + " |" * (most - len(p) + 1))
 
 
 if __name__ == "__main__":
