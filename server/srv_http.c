@@ -657,10 +657,10 @@ static enum MHD_Result generate(req *r) {
         if (failed) return send_error(r, &f->err);
     }
     if (j->req.stream) return start_stream(r);
-    if (!r->jobs) return send_json(r, 200, srv_response_body(j, h->model, r->created));
-    return send_json(
-        r, 200,
-        srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n, h->model, r->created));
+    char *body = r->jobs ? srv_response_choices(r->jobs, r->n_jobs, j->req.best_of, j->req.n,
+                                                h->model, r->created)
+                         : srv_response_body(j, h->model, r->created);
+    return body ? send_json(r, 200, body) : out_of_memory(r);
 }
 
 static srv_job *session_job(srv_job_kind kind, const char *session) {

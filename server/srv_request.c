@@ -147,6 +147,9 @@ static int prompt_one(const cJSON *p, const srv_limits *lim, uint8_t **out, size
                       srv_error *e) {
     if (cJSON_IsString(p)) {
         *len = strlen(p->valuestring);
+        if (*len > (size_t)lim->max_prompt_bytes)
+            return bad(e, "a prompt has %zu bytes; at most %d are allowed", *len,
+                       lim->max_prompt_bytes);
         if (!(*out = (uint8_t *)strdup(p->valuestring)))
             return srv_error_set(e, 500, "server_error", "out_of_memory", "out of memory");
     } else if (cJSON_IsArray(p)) {
@@ -297,6 +300,20 @@ static int parse_openai(const cJSON *o, const srv_limits *lim, srv_gen_req *r, s
     d = r->max_tokens;
     if (number_field(o, "max_completion_tokens", 0, lim->max_tokens_limit, 1, &d, e)) return -1;
     r->max_tokens = (int)d;
+    /* the log-probabilities every completion keeps (srv_job.c: per byte its own, and k
+     * alternatives with theirs), bounded: one request must not take gigabytes */
+    if (r->logprobs >= 0) {
+        double bytes = 0;
+        for (int p = 0; p <= r->n_more; p++)
+            bytes += (double)r->max_tokens +
+                     (r->echo ? (double)(p ? r->more_len[p - 1] : r->prompt_len) : 0);
+        bytes *= r->best_of * (double)(sizeof(double) + (size_t)r->logprobs * (1 + sizeof(double)));
+        if (bytes > SRV_SCORES_MAX)
+            return bad(e,
+                       "log-probabilities of %.0f MB asked for (bytes x completions x "
+                       "alternatives); at most %d MB: ask for fewer",
+                       bytes / (1 << 20), SRV_SCORES_MAX >> 20);
+    }
     return 0;
 }
 

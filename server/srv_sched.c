@@ -153,6 +153,10 @@ int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e) {
     pthread_mutex_lock(&s->mu);
     if (s->draining) {
         rc = srv_error_set(e, 503, "server_error", "shutting_down", "the server is shutting down");
+    } else if (gen && 1 + j->n_forks > s->n_slots) {
+        rc = srv_error_set(e, 400, "invalid_request_error", "invalid_value",
+                           "%d completions of one prompt need as many slots; this server has %d",
+                           1 + j->n_forks, s->n_slots);
     } else if (gen && s->n_waiting - s->n_free >= s->c.queue_limit) {
         rc = srv_error_set(e, 429, "rate_limit_error", "queue_full",
                            "too many requests are waiting (queue_limit %d); retry later",
@@ -287,10 +291,11 @@ static int admit(srv_sched *s, srv_job *j, srv_error *e) {
                                  "session %s has nothing to continue from; give a prompt", x->id);
         if (srv_session_resident(s->slots, x)) return 0;
     }
-    if (1 + j->n_forks > s->n_slots)
-        return srv_error_set(e, 400, "invalid_request_error", "invalid_value",
-                             "%d completions of one prompt need as many slots; this server has %d",
-                             1 + j->n_forks, s->n_slots);
+    if (j->n_forks) { /* all its slots at once, or wait: taking some would spill idle sessions */
+        srv_slot_counts c;
+        srv_slots_counts(s->slots, &c);
+        if ((x ? 0 : 1) + j->n_forks > s->n_slots - c.active) return 0;
+    }
     int slot = x ? x->slot : srv_slot_take(s->slots);
     if (slot < 0) return 0;
     size_t pend = x && x->has_pending;
@@ -597,8 +602,10 @@ static void copy_prompt_scores(srv_job *to, const srv_job *from) {
 static void end_forks(srv_sched *s, seq *q, srv_finish why) {
     srv_job *j = q->job;
     for (int f = 0; f < j->n_forks; f++) {
-        copy_prompt_scores(j->forks[f], j);
-        if (why != SRV_FINISH_NONE) srv_job_finish(j->forks[f], why, 0, NULL);
+        if (why != SRV_FINISH_NONE) { /* else they failed with it, and may be read already */
+            copy_prompt_scores(j->forks[f], j);
+            srv_job_finish(j->forks[f], why, 0, NULL);
+        }
         srv_slot_release(s->slots, q->fork_slot[f]);
     }
     free(q->fork_slot);

@@ -126,11 +126,25 @@ def test_model_aliases_and_strict_fields():
         assert out["choices"]
 
 
+def test_bounded_requests():
+    """What one request may make the server hold is bounded: every prompt of a list within
+    max_prompt_bytes, and the log-probabilities kept for the answer within 64 MB; each is a 400
+    naming the limit, and the server serves on."""
+    st, out, _ = SRV.request("POST", "/v1/completions", {"prompt": ["a", "x" * 262145], "max_tokens": 1})
+    assert st == 400 and "262144" in out["error"]["message"], (st, out)
+    big = {"prompt": "x" * 200000, "echo": True, "logprobs": 20, "max_tokens": 1}
+    st, out, _ = SRV.request("POST", "/v1/completions", dict(big, n=2))
+    assert st == 400 and "64 MB" in out["error"]["message"], (st, out)
+    st, out, _ = SRV.request("POST", "/v1/completions", dict(big, prompt="x" * 20000, max_tokens=0))
+    assert st == 200 and len(out["choices"][0]["logprobs"]["token_logprobs"]) == 20000, (st, str(out)[:300])
+    completion({"prompt": "Hello", "max_tokens": 2})
+
+
 def main():
     global SRV
     with Server() as SRV:
         run([test_tolerant_fields, test_tolerant_fields_still_checked, test_stream_options_include_usage,
-             test_token_id_prompts, test_models])
+             test_token_id_prompts, test_models, test_bounded_requests])
     run([test_model_aliases_and_strict_fields])
 
 
