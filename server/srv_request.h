@@ -40,12 +40,12 @@ typedef struct srv_limits {
     double max_timeout_s;
 } srv_limits;
 
-#define SRV_TOP_MAX    20         /* logprobs: alternatives per byte at most */
-#define SRV_SCORES_MAX (64 << 20) /* bytes of log-probabilities one request may hold (srv_job.c)   \
-                                   */
-#define SRV_IGNORED_MAX 512       /* r->ignored: bytes of the list at most */
-#define SRV_PROMPTS_MAX 64        /* prompts in one request at most */
-#define SRV_CHOICES_MAX 64        /* n, best_of: completions of one prompt at most */
+#define SRV_TOP_MAX 20 /* logprobs: alternatives per byte at most */
+/* bytes of log-probabilities one request's answers may keep (srv_job.c) */
+#define SRV_SCORES_MAX  (64 << 20)
+#define SRV_IGNORED_MAX 512 /* r->ignored: bytes of the list at most */
+#define SRV_PROMPTS_MAX 64  /* prompts in one request at most */
+#define SRV_CHOICES_MAX 64  /* n, best_of: completions of one prompt at most */
 
 /* Penalties and bias over the 256 bytes, applied to the logits before each draw (plain and
  * speculative decoding alike): presence is subtracted from the logit of every byte the output

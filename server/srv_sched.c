@@ -362,6 +362,10 @@ static void admit_waiting(srv_sched *s) {
     int cancel_all = s->cancel_all;
     pthread_mutex_unlock(&s->mu);
     double now = srv_now();
+    /* A request of several completions waits for all its slots at once; the ones behind it wait
+     * too (they are still cancelled and timed out), or they would take every slot that frees up
+     * one by one and it would never start. */
+    int blocked = 0;
     for (int i = 0; i < s->waiting.n;) {
         srv_job *j = s->waiting.j[i];
         srv_error e;
@@ -375,11 +379,12 @@ static void admit_waiting(srv_sched *s) {
         else if (now > j->deadline)
             rc = srv_error_set(&e, 503, "server_error", "timeout",
                                "the request waited past its deadline for a slot");
-        else if (s->n_run == s->n_slots)
+        else if (s->n_run == s->n_slots || blocked)
             rc = 0;
         else
             rc = admit(s, j, &e);
         if (rc == 0) {
+            blocked |= j->n_forks > 0;
             i++;
             continue;
         }
