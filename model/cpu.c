@@ -272,7 +272,8 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
 /* The variants in order of preference, lowest first: each needs the features of the ones
  * before it. A variant serves every matmul of a process (all batch sizes and spans), so batch
  * invariance holds per variant; results differ between variants in the last bits (avx512: 16
- * lanes, another summation order) or a little more (avx512bf16: bf16 dot products). */
+ * lanes, another summation order) or a little more (avx512bf16: bf16 dot products;
+ * avx512vnni: as avx512bf16, and q8 weights times int8 activations). */
 typedef struct isa_variant {
     const char *name;
     void (*matmul)(void *task, int ti, int nt);
@@ -282,8 +283,9 @@ static const isa_variant isa_variants[] = {
     {"avx2", mb_matmul_avx2},
     {"avx512", mb_matmul_avx512},
     {"avx512bf16", mb_matmul_avx512bf16},
+    {"avx512vnni", mb_matmul_avx512vnni},
 };
-enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_COUNT };
+enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_AVX512VNNI, ISA_COUNT };
 
 /* The best variant this processor and its operating system support (CPUID; XGETBV for the
  * zmm and mask registers' state). The binary's baseline is x86-64-v3, so AVX2 and FMA are
@@ -297,8 +299,9 @@ static int isa_best(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return ISA_AVX2;
     const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
     if ((b & need) != need) return ISA_AVX2;
+    int vnni = (c & bit_AVX512VNNI) != 0;
     if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return ISA_AVX512;
-    return ISA_AVX512BF16;
+    return vnni ? ISA_AVX512VNNI : ISA_AVX512BF16;
 }
 
 static int isa_max = -1, isa_cur = -1;
@@ -352,8 +355,12 @@ static size_t max_cols(const mb_config *c) {
     return (size_t)(n > c->dt_rank ? n : c->dt_rank);
 }
 
+/* uint16 per thread: avx512bf16's two halves of a token block or avx512vnni's int8 inputs of
+ * one (cols rounded up to 64) and their scales, whichever is larger, rounded up to 64 bytes */
 static size_t scratch_per_thread(const mb_config *c) {
-    return 2 * (size_t)TOKEN_BLOCK * max_cols(c);
+    size_t halves = 2 * (size_t)TOKEN_BLOCK * max_cols(c),
+           int8 = (size_t)TOKEN_BLOCK * ((max_cols(c) + 63) / 64 * 64 + 4) / 2;
+    return ((halves > int8 ? halves : int8) + 31) / 32 * 32;
 }
 
 /* The CPU backend's own model data (m->dev). */
@@ -672,29 +679,28 @@ static int cpu_write(mb_pool *p, int slot, const void *src, mb_err *e) {
 
 /* ---------------------------------------------------------------- the model */
 
-/* bytes of W in q8 with its scales, each part 64-byte aligned */
-static size_t q8_bytes(const mb_mat *W) {
-    return ((size_t)W->rows * (size_t)W->cols + 63) / 64 * 64 +
-           ((size_t)W->rows * 4 + 63) / 64 * 64;
+size_t mb_cpu_q8_bytes(int rows, int cols) {
+    return ((size_t)rows * (size_t)cols + 63) / 64 * 64 + 2 * (((size_t)rows * 4 + 63) / 64 * 64);
 }
 
-/* W to int8 at mem (q8_bytes(W)) with a scale per row: scale = max|w| / 127 and each weight
- * w / scale rounded to the nearest integer (a row of zeros: scale 0). */
-static void quantize_q8(mb_mat *W, uint8_t *mem) {
+void mb_cpu_quantize_q8(mb_mat *W, void *mem) {
     const size_t n = (size_t)W->cols;
-    int8_t *q = (int8_t *)mem;
-    float *scale = (float *)(mem + ((size_t)W->rows * n + 63) / 64 * 64);
+    int8_t *q = mem;
+    float *scale = (float *)((uint8_t *)mem + ((size_t)W->rows * n + 63) / 64 * 64);
+    W->scale = scale;
+    int32_t *sums = (int32_t *)mb_cpu_q8_row_sums(W);
     for (size_t r = 0; r < (size_t)W->rows; r++) {
         float amax = 0.0f;
         for (size_t k = 0; k < n; k++) amax = fmaxf(amax, fabsf(load1(W->w, W->dtype, r * n + k)));
         scale[r] = amax / 127.0f;
+        sums[r] = 0;
         for (size_t k = 0; k < n; k++) {
             float v = amax > 0.0f ? load1(W->w, W->dtype, r * n + k) / scale[r] : 0.0f;
             q[r * n + k] = (int8_t)fmaxf(-127.0f, fminf(127.0f, nearbyintf(v)));
+            sums[r] += q[r * n + k];
         }
     }
     W->w = q;
-    W->scale = scale;
     W->dtype = MB_Q8;
 }
 
@@ -704,8 +710,8 @@ static int weights_q8(mb_model *m, cpu_model *cm, mb_err *e) {
     size_t bytes = 0;
     for (int l = 0; l < m->c.n_layer; l++) {
         mb_layer *L = &m->layers[l];
-        bytes += q8_bytes(&L->in_proj) + q8_bytes(&L->x_proj) + q8_bytes(&L->dt_proj) +
-                 q8_bytes(&L->out_proj);
+        mb_mat *mats[] = {&L->in_proj, &L->x_proj, &L->dt_proj, &L->out_proj};
+        for (int i = 0; i < 4; i++) bytes += mb_cpu_q8_bytes(mats[i]->rows, mats[i]->cols);
     }
     uint8_t *mem = cm->q8 = aligned_alloc(64, bytes);
     if (!mem) return mb_fail(e, "out of memory for q8 weights (%zu bytes)", bytes);
@@ -713,8 +719,8 @@ static int weights_q8(mb_model *m, cpu_model *cm, mb_err *e) {
         mb_layer *L = &m->layers[l];
         mb_mat *mats[] = {&L->in_proj, &L->x_proj, &L->dt_proj, &L->out_proj};
         for (int i = 0; i < 4; i++) {
-            size_t b = q8_bytes(mats[i]);
-            quantize_q8(mats[i], mem);
+            size_t b = mb_cpu_q8_bytes(mats[i]->rows, mats[i]->cols);
+            mb_cpu_quantize_q8(mats[i], mem);
             mem += b;
         }
     }
