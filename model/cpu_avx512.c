@@ -13,10 +13,11 @@
  *   weights take the avx512 kernel.
  * avx512vnni: avx512bf16, and q8 weights through vpdpbusd (64 byte products per instruction):
  *   each token's inputs quantized to int8 with a float32 scale of its own, exact int32 sums,
- *   then the token's and the row's scales. On a processor with AVX512_BF16 (all that have it
- *   also have AVX512_VNNI); the functions that use vpdpbusd carry target("avx512vnni").
- * All compute each (row, token) dot product in the same order for every block shape, so a
- * token's result does not depend on the batch or span around it. */
+ *   then the token's and the row's scales; the matrices whose inputs 8 bits would blur
+ *   (out_proj's, cpu.c) take int16 inputs through vpdpwssd (32 products per instruction). On a
+ * processor with AVX512_BF16 (all that have it also have AVX512_VNNI); the functions that use
+ * vpdpbusd carry target("avx512vnni"). All compute each (row, token) dot product in the same order
+ * for every block shape, so a token's result does not depend on the batch or span around it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -292,95 +293,119 @@ BF16_FN void mb_matmul_avx512bf16(void *ctx, int ti, int nt) {
 
 /* ---------------------------------------------------------------- avx512vnni: vpdpbusd */
 
-/* Each token's inputs as int8 for q8 weights: with amax = max|x| over the token's n inputs,
- * q = round(x * (127 / amax)) in [-127, 127] (nearest, ties to even) and the token's scale
- * sx = amax / 127 (0 for a token of zeros). vpdpbusd multiplies unsigned by signed bytes, so
- * q + 128 (1..255) is stored, rows of n64 bytes with zeros past n, and each row's dot product
- * takes 128 times the weights' row sum back off (mb_cpu_q8_row_sums). A token's bytes and
- * scale depend on its own inputs only. */
-static void quantize_int8(const float *X, int ldx, int T, int n, int n64, uint8_t *xu, float *sx) {
-    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
-                  bias = _mm512_set1_epi32(128);
+/* Each token's inputs as integers for q8 weights, in rows of ldq bytes: with amax = max|x|
+ * over the token's n inputs and qmax = 127 (int8) or mb_cpu_int16_qmax(n) (int16),
+ * q = round(x * (qmax / amax)) in [-qmax, qmax] (nearest, ties to even) and the token's scale
+ * sx = amax / qmax (0 for a token of zeros); zeros past n. vpdpbusd multiplies unsigned by
+ * signed bytes, so int8 inputs are stored as q + 128 (1..255) and each row's dot product takes
+ * 128 times the weights' row sum back off (mb_cpu_q8_row_sums). A token's integers and scale
+ * depend on its own inputs only. */
+static void quantize_inputs(const float *X, int ldx, int T, int n, const int int16, size_t ldq,
+                            uint8_t *xq, float *sx) {
+    const int qmax = int16 ? mb_cpu_int16_qmax(n) : 127;
+    const __m512i lo = _mm512_set1_epi32(-qmax), hi = _mm512_set1_epi32(qmax),
+                  bias = _mm512_set1_epi32(int16 ? 0 : 128);
     for (int t = 0; t < T; t++) {
         const float *x = X + (size_t)t * (size_t)ldx;
-        uint8_t *q = xu + (size_t)t * (size_t)n64;
+        uint8_t *q = xq + (size_t)t * ldq;
         __m512 mv = _mm512_setzero_ps();
         int k = 0;
         for (; k + 16 <= n; k += 16) mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
         float amax = _mm512_reduce_max_ps(mv);
         for (; k < n; k++) amax = fmaxf(amax, fabsf(x[k]));
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        sx[t] = amax / 127.0f;
+        float inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
+        sx[t] = amax / (float)qmax;
         const __m512 iv = _mm512_set1_ps(inv);
         for (k = 0; k + 16 <= n; k += 16) {
             __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), iv));
             v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), bias);
-            _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+            if (int16)
+                _mm256_storeu_si256((__m256i *)(q + 2 * k), _mm512_cvtepi32_epi16(v));
+            else
+                _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
         }
-        for (; k < n; k++)
-            q[k] = (uint8_t)(fmaxf(-127.0f, fminf(127.0f, nearbyintf(x[k] * inv))) + 128.0f);
-        memset(q + n, 0, (size_t)(n64 - n));
+        for (; k < n; k++) {
+            int v = (int)fmaxf((float)-qmax, fminf((float)qmax, nearbyintf(x[k] * inv)));
+            if (int16)
+                memcpy(q + 2 * k, &(int16_t){(int16_t)v}, 2);
+            else
+                q[k] = (uint8_t)(v + 128);
+        }
+        size_t used = (size_t)n * (int16 ? 2 : 1);
+        memset(q + used, 0, ldq - used);
     }
 }
 
 /* out[t * ldo + r] = sx[t] * (W[r0 + r, :] . q[t, :]) with the int8 weights (their row scale
- * comes in mb_cpu_store_group): one 16-lane int32 accumulator per (row, token) over the
- * 64-byte chunks, the last one masked to the row's end. The integer sums are exact, so the
- * result is the same bits for every block shape. */
-VNNI_FN static AI void dot_vnni(const mb_mat *W, int r0, const uint8_t *xu, int n64,
-                                const float *sx, float *out, int ldo, const int R, const int T) {
-    const int n = W->cols;
+ * comes in mb_cpu_store_group) and int8 inputs through vpdpbusd, or int16 inputs through
+ * vpdpwssd (the weights sign-extended): one 16-lane int32 accumulator per (row, token) over
+ * the 64-byte chunks of inputs, the weights of the last one masked to the row's end. The
+ * integer sums are exact, so the result is the same bits for every block shape. */
+VNNI_FN static AI void dot_vnni(const mb_mat *W, int r0, const uint8_t *xq, size_t ldq,
+                                const float *sx, float *out, int ldo, const int R, const int T,
+                                const int int16) {
+    const int n = W->cols, step = int16 ? 32 : 64; /* inputs per chunk */
     const size_t ld = (size_t)n;
     const int8_t *w = W->w;
     __m512i acc[24];
     for (int i = 0; i < R * T; i++) acc[i] = _mm512_setzero_si512();
-    for (int k = 0; k < n; k += 64) {
-        const __mmask64 mask = n - k >= 64 ? ~(__mmask64)0 : ~(__mmask64)0 >> (64 - (n - k));
+    for (int k = 0; k < n; k += step) {
+        const int left = n - k;
         __m512i wv[8];
-        if (T <= PREFETCH_T) prefetch_rows(w, ld, r0 + R, R, (size_t)k, 1);
-        for (int r = 0; r < R; r++)
-            wv[r] = _mm512_maskz_loadu_epi8(mask, w + (size_t)(r0 + r) * ld + (size_t)k);
+        if (T <= PREFETCH_T && k % 64 == 0) prefetch_rows(w, ld, r0 + R, R, (size_t)k, 1);
+        for (int r = 0; r < R; r++) {
+            const int8_t *wr = w + (size_t)(r0 + r) * ld + (size_t)k;
+            if (int16)
+                wv[r] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                    left >= 32 ? ~(__mmask32)0 : ~(__mmask32)0 >> (32 - left), wr));
+            else
+                wv[r] = _mm512_maskz_loadu_epi8(
+                    left >= 64 ? ~(__mmask64)0 : ~(__mmask64)0 >> (64 - left), wr);
+        }
         for (int t = 0; t < T; t++) {
-            __m512i x = _mm512_loadu_si512(xu + (size_t)t * (size_t)n64 + (size_t)k);
+            __m512i x = _mm512_loadu_si512(xq + (size_t)t * ldq + (size_t)k * (int16 ? 2 : 1));
             for (int r = 0; r < R; r++)
-                acc[t * R + r] = _mm512_dpbusd_epi32(acc[t * R + r], x, wv[r]);
+                acc[t * R + r] = int16 ? _mm512_dpwssd_epi32(acc[t * R + r], x, wv[r])
+                                       : _mm512_dpbusd_epi32(acc[t * R + r], x, wv[r]);
         }
     }
     const int32_t *sums = mb_cpu_q8_row_sums(W);
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
-            int32_t s = _mm512_reduce_add_epi32(acc[t * R + r]) - 128 * sums[r0 + r];
+            int32_t s = _mm512_reduce_add_epi32(acc[t * R + r]);
+            if (!int16) s -= 128 * sums[r0 + r];
             out[(size_t)t * (size_t)ldo + (size_t)r] = (float)s * sx[t];
         }
 }
 
-VNNI_FN static void group_vnni(const mb_mat *W, int r0, int rows, const uint8_t *xu, int n64,
-                               const float *sx, int nt, float *out) {
+VNNI_FN static AI void group_vnni(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
+                                  const float *sx, int nt, float *out, const int int16) {
     int q = 0;
     if (nt == 1)
-        for (; q + 8 <= rows; q += 8) dot_vnni(W, r0 + q, xu, n64, sx, out + q, ROW_GROUP, 8, 1);
+        for (; q + 8 <= rows; q += 8)
+            dot_vnni(W, r0 + q, xq, ldq, sx, out + q, ROW_GROUP, 8, 1, int16);
     for (; q + 4 <= rows; q += 4) {
         int t = 0;
         for (; t + 6 <= nt; t += 6)
-            dot_vnni(W, r0 + q, xu + (size_t)t * (size_t)n64, n64, sx + t, out + t * ROW_GROUP + q,
-                     ROW_GROUP, 4, 6);
-        const uint8_t *x = xu + (size_t)t * (size_t)n64;
+            dot_vnni(W, r0 + q, xq + (size_t)t * ldq, ldq, sx + t, out + t * ROW_GROUP + q,
+                     ROW_GROUP, 4, 6, int16);
+        const uint8_t *x = xq + (size_t)t * ldq;
         float *o = out + t * ROW_GROUP + q;
         switch (nt - t) {
         case 5:
-            dot_vnni(W, r0 + q, x, n64, sx + t, o, ROW_GROUP, 4, 5);
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 5, int16);
             break;
         case 4:
-            dot_vnni(W, r0 + q, x, n64, sx + t, o, ROW_GROUP, 4, 4);
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 4, int16);
             break;
         case 3:
-            dot_vnni(W, r0 + q, x, n64, sx + t, o, ROW_GROUP, 4, 3);
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 3, int16);
             break;
         case 2:
-            dot_vnni(W, r0 + q, x, n64, sx + t, o, ROW_GROUP, 4, 2);
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 2, int16);
             break;
         case 1:
-            dot_vnni(W, r0 + q, x, n64, sx + t, o, ROW_GROUP, 4, 1);
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 1, int16);
             break;
         default:
             break;
@@ -388,8 +413,18 @@ VNNI_FN static void group_vnni(const mb_mat *W, int r0, int rows, const uint8_t 
     }
     for (; q < rows; q++)
         for (int t = 0; t < nt; t++)
-            dot_vnni(W, r0 + q, xu + (size_t)t * (size_t)n64, n64, sx + t, out + t * ROW_GROUP + q,
-                     ROW_GROUP, 1, 1);
+            dot_vnni(W, r0 + q, xq + (size_t)t * ldq, ldq, sx + t, out + t * ROW_GROUP + q,
+                     ROW_GROUP, 1, 1, int16);
+}
+
+VNNI_FN static void group_vnni8(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
+                                const float *sx, int nt, float *out) {
+    group_vnni(W, r0, rows, xq, ldq, sx, nt, out, 0);
+}
+
+VNNI_FN static void group_vnni16(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
+                                 const float *sx, int nt, float *out) {
+    group_vnni(W, r0, rows, xq, ldq, sx, nt, out, 1);
 }
 
 VNNI_FN void mb_matmul_avx512vnni(void *ctx, int ti, int nt) {
@@ -400,17 +435,22 @@ VNNI_FN void mb_matmul_avx512vnni(void *ctx, int ti, int nt) {
     }
     int r_begin, r_end;
     thread_rows(m, ti, nt, &r_begin, &r_end);
-    const int n = m->W->cols, n64 = (n + 63) / 64 * 64;
-    /* this thread's int8 inputs of a token block and their scales (cpu.c sizes the scratch) */
-    uint8_t *xu = (uint8_t *)((uint16_t *)m->scratch + (size_t)ti * m->scratch_per_thread);
-    float *sx = (float *)(xu + (size_t)TOKEN_BLOCK * (size_t)n64);
+    const int n = m->W->cols, int16 = m->int16_inputs;
+    const size_t ldq = int16 ? (size_t)(n + 31) / 32 * 64 : (size_t)(n + 63) / 64 * 64;
+    /* this thread's integer inputs of a token block and their scales (cpu.c sizes the
+     * scratch) */
+    uint8_t *xq = (uint8_t *)((uint16_t *)m->scratch + (size_t)ti * m->scratch_per_thread);
+    float *sx = (float *)(xq + (size_t)TOKEN_BLOCK * ldq);
     float out[ROW_GROUP * TOKEN_BLOCK];
     for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
         int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
-        quantize_int8(m->X + (size_t)t0 * (size_t)m->ldx, m->ldx, nt_blk, n, n64, xu, sx);
+        quantize_inputs(m->X + (size_t)t0 * (size_t)m->ldx, m->ldx, nt_blk, n, int16, ldq, xq, sx);
         for (int r = r_begin; r < r_end; r += ROW_GROUP) {
             int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
-            group_vnni(m->W, r, rows, xu, n64, sx, nt_blk, out);
+            if (int16)
+                group_vnni16(m->W, r, rows, xq, ldq, sx, nt_blk, out);
+            else
+                group_vnni8(m->W, r, rows, xq, ldq, sx, nt_blk, out);
             mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }

@@ -1,7 +1,7 @@
 /* test_cpu_q8.c: the avx512vnni kernel for q8 weights (model/cpu_avx512.c) against a plain C
- * reference of the same arithmetic, bit for bit: each token's inputs to int8 with its own
- * scale, exact integer dot products with the int8 weights, then the token's scale, the row's
- * scale and the bias. Shapes with a partial 64-byte chunk, rows not a multiple of the row
+ * reference of the same arithmetic, bit for bit: each token's inputs to int8 (or int16) with
+ * its own scale, exact integer dot products with the int8 weights, then the token's scale, the
+ * row's scale and the bias. Shapes with a partial 64-byte chunk, rows not a multiple of the row
  * group, token counts across the kernel's blocks, and one or two threads. Skipped (one line)
  * on a processor without AVX512_VNNI. */
 #include <math.h>
@@ -18,18 +18,18 @@ static float uniform(void) { /* in [-1, 1) */
 }
 
 /* The reference: Y[t, r] = ((float)(q[t, :] . w[r, :]) * sx[t]) * scale[r] (+ bias[r]). */
-static void reference(const mb_mat *W, const float *X, int ldx, int T, const float *bias,
+static void reference(const mb_mat *W, const float *X, int ldx, int T, const float *bias, int int16,
                       float *Y) {
     const int n = W->cols;
+    const float qmax = (float)(int16 ? mb_cpu_int16_qmax(n) : 127);
     const int8_t *w = W->w;
     int *q = malloc((size_t)n * sizeof *q);
     for (int t = 0; t < T; t++) {
         const float *x = X + (size_t)t * (size_t)ldx;
         float amax = 0.0f;
         for (int k = 0; k < n; k++) amax = fmaxf(amax, fabsf(x[k]));
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f, sx = amax / 127.0f;
-        for (int k = 0; k < n; k++)
-            q[k] = (int)fmaxf(-127.0f, fminf(127.0f, nearbyintf(x[k] * inv)));
+        float inv = amax > 0.0f ? qmax / amax : 0.0f, sx = amax / qmax;
+        for (int k = 0; k < n; k++) q[k] = (int)fmaxf(-qmax, fminf(qmax, nearbyintf(x[k] * inv)));
         for (int r = 0; r < W->rows; r++) {
             int32_t dot = 0;
             for (int k = 0; k < n; k++) dot += q[k] * w[(size_t)r * (size_t)n + (size_t)k];
@@ -41,12 +41,22 @@ static void reference(const mb_mat *W, const float *X, int ldx, int T, const flo
 }
 
 /* The kernel on `threads` threads (run one after the other: each writes its own rows). */
-static void kernel(const mb_mat *W, const float *X, int ldx, int T, const float *bias, int threads,
-                   float *Y) {
-    size_t per_thread =
-        ((size_t)TOKEN_BLOCK * ((size_t)(W->cols + 63) / 64 * 64 + 4) / 2 + 31) / 32 * 32;
+static void kernel(const mb_mat *W, const float *X, int ldx, int T, const float *bias, int int16,
+                   int threads, float *Y) {
+    size_t per_thread = (size_t)TOKEN_BLOCK * ((size_t)(W->cols + 31) / 32 * 32 + 2);
     uint16_t *scratch = malloc((size_t)threads * per_thread * sizeof *scratch);
-    matmul_task m = {W, W->rows, X, ldx, Y, W->rows, T, bias, EPI_STORE, scratch, per_thread};
+    matmul_task m = {.W = W,
+                     .n_rows = W->rows,
+                     .X = X,
+                     .ldx = ldx,
+                     .Y = Y,
+                     .ldy = W->rows,
+                     .T = T,
+                     .bias = bias,
+                     .epi = EPI_STORE,
+                     .int16_inputs = int16,
+                     .scratch = scratch,
+                     .scratch_per_thread = per_thread};
     for (int ti = 0; ti < threads; ti++) mb_matmul_avx512vnni(&m, ti, threads);
     free(scratch);
 }
@@ -73,15 +83,16 @@ static void check_shape(int rows, int cols, int T) {
     }
     size_t ny = (size_t)T * (size_t)rows * sizeof(float);
     float *ref = malloc(ny), *got = malloc(ny);
-    for (int with_bias = 0; with_bias < 2; with_bias++) {
-        reference(&W, X, ldx, T, with_bias ? bias : NULL, ref);
+    for (int mode = 0; mode < 4; mode++) { /* bias or not, int8 or int16 inputs */
+        const int with_bias = mode & 1, int16 = mode >> 1;
+        reference(&W, X, ldx, T, with_bias ? bias : NULL, int16, ref);
         for (int threads = 1; threads <= 2; threads++) {
             memset(got, 0xff, ny);
-            kernel(&W, X, ldx, T, with_bias ? bias : NULL, threads, got);
+            kernel(&W, X, ldx, T, with_bias ? bias : NULL, int16, threads, got);
             CHECK(!memcmp(got, ref, ny),
-                  "%d rows x %d cols, %d tokens, %d threads%s: not the "
+                  "%d rows x %d cols, %d tokens, %d threads%s%s: not the "
                   "reference's bits",
-                  rows, cols, T, threads, with_bias ? ", bias" : "");
+                  rows, cols, T, threads, with_bias ? ", bias" : "", int16 ? ", int16" : "");
         }
     }
     free(ref);
