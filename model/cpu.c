@@ -273,7 +273,8 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
  * before it. A variant serves every matmul of a process (all batch sizes and spans), so batch
  * invariance holds per variant; results differ between variants in the last bits (avx512: 16
  * lanes, another summation order) or a little more (avx512bf16: bf16 dot products;
- * avx512vnni: as avx512bf16, and q8 weights times int8 activations). */
+ * avx512vnni: as avx512bf16, and q8 weights times each token's inputs in int8, or int16 for
+ * out_proj, with a scale per token). */
 typedef struct isa_variant {
     const char *name;
     void (*matmul)(void *task, int ti, int nt);
@@ -592,9 +593,9 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
                    (size_t)N * sizeof(float));
         /* selective scan, then y * silu(z) */
         mb_threads_run(th, scan_worker, &f);
-        /* residual connection: h += out_proj(y); y has outliers that int8 inputs would blur
-         * (avx512vnni with q8 weights: +0.0026 bits per byte on books_test against +0.0001
-         * with int16), so they are int16 there */
+        /* residual connection: h += out_proj(y); y has outliers that int8 inputs blur
+         * (avx512vnni with q8 weights, the bundled model on 100 KB of books_test: +0.0026
+         * bits per byte against float32 inputs, +0.00001 with int16), so int16 there */
         matmul(m, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD, 1);
     }
     /* final norm and the head, only for the rows asked for */
