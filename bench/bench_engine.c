@@ -79,7 +79,7 @@ static double bandwidth(int threads) {
 /* ---- FLOP rate: independent FMA chains on every thread, the machine's peak for a kernel ---- */
 
 typedef struct peak_arg {
-    int kind; /* 0: ymm FMA, 1: zmm FMA, 2: zmm vdpbf16ps */
+    int kind; /* 0: ymm FMA, 1: zmm FMA, 2: zmm vdpbf16ps, 3: zmm vpdpbusd */
     double flops;
     float out;
 } peak_arg;
@@ -124,9 +124,22 @@ __attribute__((target("avx512f,avx512bf16"))) static void *peak_bf16(void *a) {
     return NULL;
 }
 
+/* 64 int8 products and their sums per instruction: 128 integer ops, counted as flops */
+__attribute__((target("avx512f,avx512vnni"))) static void *peak_vnni(void *a) {
+    peak_arg *p = a;
+    __m512i acc[10], x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(-1);
+    for (int i = 0; i < 10; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, y);
+    for (int i = 1; i < 10; i++) acc[0] = _mm512_add_epi32(acc[0], acc[i]);
+    p->out = (float)_mm512_reduce_add_epi32(acc[0]);
+    p->flops = 10.0 * 64 * 2 * PEAK_ITERS;
+    return NULL;
+}
+
 /* GFLOP/s of `kind` on `threads` threads at once */
 static double peak_gflops(int kind, int threads) {
-    void *(*fn[])(void *) = {peak_ymm, peak_zmm, peak_bf16};
+    void *(*fn[])(void *) = {peak_ymm, peak_zmm, peak_bf16, peak_vnni};
     pthread_t th[64];
     peak_arg a[64];
     double t0 = now_s(), flops = 0;
@@ -357,6 +370,7 @@ int main(int argc, char **argv) {
            peak);
     if (mb_cpu_isa_supported(1)) printf(", zmm FMA %.1f", peak_gflops(1, th));
     if (mb_cpu_isa_supported(2)) printf(", zmm vdpbf16ps %.1f", peak_gflops(2, th));
+    if (mb_cpu_isa_supported(3)) printf(", zmm vpdpbusd %.1f", peak_gflops(3, th));
     printf("\nper cell: bytes/s (x the first variant, GFLOP/s at %.0f flops a byte, %% of the ymm "
            "FMA peak)\n%-22s",
            flops_per_byte, "");
