@@ -457,6 +457,7 @@ static void test_q8(void) {
     check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", tol);
     check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", tol);
     test_span_invariance();
+    test_thread_invariance();
     batch_invariance(FIX "tiny-byte-tied");
     batch_invariance(FIX "tiny-byte-tied/model.bf16.safetensors");
     setenv("MB_WEIGHTS", "q4", 1);
