@@ -20,8 +20,8 @@ typedef struct matmul_task {
     int int16_inputs; /* avx512vnni with q8 weights: X as int16, not int8 (cpu_avx512.c) */
     /* per thread: scratch_per_thread uint16 from scratch + ti * scratch_per_thread, room for
      * two TOKEN_BLOCK x (cols rounded down to 32) blocks (the avx512bf16 inputs' halves) and
-     * for TOKEN_BLOCK x (cols rounded up to 64) bytes or int16 (avx512vnni's integer inputs)
-     * and TOKEN_BLOCK floats (their scales) */
+     * for TOKEN_BLOCK rows of avx512vnni's integer inputs (cols int8 or int16, rounded up to 64
+     * bytes) and TOKEN_BLOCK floats (their scales) */
     void *scratch;
     size_t scratch_per_thread;
 } matmul_task;
@@ -48,8 +48,8 @@ void mb_matmul_avx512vnni(void *task, int ti, int nt);
  * weights (rows, int32: avx512vnni's correction for its unsigned inputs), each part starting
  * on 64 bytes. W[r, k] = scale[r] * w[r, k]. */
 size_t mb_cpu_q8_bytes(int rows, int cols);
-/* W (F32 or BF16) to q8 at mem: scale = max|w| / 127 per row, each weight
- * w / scale rounded to the nearest integer (a row of zeros: scale 0); W then points there. */
+/* W (F32 or BF16) to q8 at mem: scale = max|w| / 127 per row, each weight w / scale rounded to
+ * the nearest integer (a row of zeros: scale 0); W then points there. */
 void mb_cpu_quantize_q8(mb_mat *W, void *mem);
 
 /* The largest int16 input for q8 rows of `cols`: a vpdpwssd lane sums cols / 16 products of
