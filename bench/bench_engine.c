@@ -2,7 +2,9 @@
  * bytes/s, the machine's read bandwidth (a large streaming read on every thread) and the
  * decode step's share of the bandwidth bound (weights + states touched per step / time); each
  * figure for every CPU variant (cpu.c) this machine runs, alternating rep by rep, with its
- * ratio to the first and its share of the measured peak FLOP rate.
+ * ratio to the first and its share of the measured peak FLOP rate. Two other modes: q8 (decode
+ * of the weights as loaded against the same weights in q8, alternating) and spans (the cost of
+ * a span of k bytes against a decode step, k = 1..16: issue 16's item 4).
  * Medians of repeated runs; run it through bench/engine.sh. */
 #include <immintrin.h>
 #include <pthread.h>
@@ -77,7 +79,7 @@ static double bandwidth(int threads) {
 /* ---- FLOP rate: independent FMA chains on every thread, the machine's peak for a kernel ---- */
 
 typedef struct peak_arg {
-    int kind; /* 0: ymm FMA, 1: zmm FMA, 2: zmm vdpbf16ps */
+    int kind; /* 0: ymm FMA, 1: zmm FMA, 2: zmm vdpbf16ps, 3: zmm vpdpbusd */
     double flops;
     float out;
 } peak_arg;
@@ -122,9 +124,22 @@ __attribute__((target("avx512f,avx512bf16"))) static void *peak_bf16(void *a) {
     return NULL;
 }
 
+/* 64 int8 products and their sums per instruction: 128 integer ops, counted as flops */
+__attribute__((target("avx512f,avx512vnni"))) static void *peak_vnni(void *a) {
+    peak_arg *p = a;
+    __m512i acc[10], x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(-1);
+    for (int i = 0; i < 10; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, y);
+    for (int i = 1; i < 10; i++) acc[0] = _mm512_add_epi32(acc[0], acc[i]);
+    p->out = (float)_mm512_reduce_add_epi32(acc[0]);
+    p->flops = 10.0 * 64 * 2 * PEAK_ITERS;
+    return NULL;
+}
+
 /* GFLOP/s of `kind` on `threads` threads at once */
 static double peak_gflops(int kind, int threads) {
-    void *(*fn[])(void *) = {peak_ymm, peak_zmm, peak_bf16};
+    void *(*fn[])(void *) = {peak_ymm, peak_zmm, peak_bf16, peak_vnni};
     pthread_t th[64];
     peak_arg a[64];
     double t0 = now_s(), flops = 0;
@@ -201,32 +216,66 @@ static void prefill(mb_model *m, int chunk, int n_chunks, int reps, double *med)
     mb_pool_free(p);
 }
 
-/* decode batch 1 of two models (the same weights as loaded and in q8), alternating rep by rep;
- * bytes/s medians */
-static void decode_pair(mb_model *const ms[2], int steps, int reps, double med[2]) {
+/* decode at batch B of two models (the same weights as loaded and in q8), alternating rep by
+ * rep; bytes/s medians */
+static void decode_pair(mb_model *const ms[2], int B, int steps, int reps, double med[2]) {
     double r[2][16];
+    int32_t toks[256];
+    int off[257], slot[256];
+    for (int i = 0; i <= B; i++) off[i] = i;
+    for (int i = 0; i < B; i++) slot[i] = i;
+    float *logits = malloc((size_t)B * 256 * sizeof(float));
     for (int rep = 0; rep < reps; rep++)
         for (int k = 0; k < 2; k++) {
             mb_err e;
-            mb_pool *p = mb_pool_create(ms[k], 1, 1, &e);
+            mb_pool *p = mb_pool_create(ms[k], B, B, &e);
             if (!p) {
                 fprintf(stderr, "%s\n", e.msg);
                 exit(1);
             }
-            int32_t tok = 'a';
-            int off[2] = {0, 1}, slot = 0;
-            float logits[256];
+            for (int i = 0; i < B; i++) toks[i] = 'a' + i % 26;
             double t0 = 0;
             for (int s = -2; s < steps; s++) {
                 if (s == 0) t0 = now_s();
-                mb_batch b = {1, &tok, off, &slot, NULL};
+                mb_batch b = {B, toks, off, slot, NULL};
                 if (mb_forward(ms[k], p, &b, logits, &e)) exit(1);
-                tok = (tok * 7 + 3) & 0x7f;
+                for (int i = 0; i < B; i++) toks[i] = (toks[i] * 7 + 3) & 0x7f;
             }
-            r[k][rep] = steps / (now_s() - t0);
+            r[k][rep] = (double)B * steps / (now_s() - t0);
             mb_pool_free(p);
         }
     for (int k = 0; k < 2; k++) med[k] = median(r[k], reps);
+    free(logits);
+}
+
+/* Seconds of one forward of a span of k bytes (logits at every position, as a verification
+ * asks) for one sequence, k = 1 .. max_k, alternating k within each rep; medians into sec[k]. */
+static void spans(mb_model *m, int max_k, int fwd_per_rep, int reps, double *sec) {
+    mb_err e;
+    mb_pool *p = mb_pool_create(m, 1, max_k, &e);
+    if (!p) {
+        fprintf(stderr, "%s\n", e.msg);
+        exit(1);
+    }
+    int32_t toks[64];
+    uint8_t want[64];
+    memset(want, 1, sizeof want);
+    float *logits = malloc((size_t)max_k * 256 * sizeof(float));
+    double r[65][16];
+    for (int rep = 0; rep < reps; rep++)
+        for (int k = 1; k <= max_k; k++) {
+            for (int i = 0; i < k; i++) toks[i] = 'a' + (i * 7 + rep) % 26;
+            int off[2] = {0, k}, slot = 0;
+            mb_batch b = {1, toks, off, &slot, want};
+            if (mb_forward(m, p, &b, logits, &e)) exit(1); /* warm */
+            double t0 = now_s();
+            for (int f = 0; f < fwd_per_rep; f++)
+                if (mb_forward(m, p, &b, logits, &e)) exit(1);
+            r[k][rep] = (now_s() - t0) / fwd_per_rep;
+        }
+    for (int k = 1; k <= max_k; k++) sec[k] = median(r[k], reps);
+    free(logits);
+    mb_pool_free(p);
 }
 
 static void print_row(const char *what, const double *bps, double flops_per_byte, double peak) {
@@ -239,8 +288,10 @@ static void print_row(const char *what, const double *bps, double flops_per_byte
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads [variant,variant,... [q8]]]\n"
-                        "  q8: only decode at batch 1, the weights as loaded against q8\n");
+        fprintf(stderr, "usage: bench_engine MODEL_DIR [threads [variant,variant,... [q8|spans]]]\n"
+                        "  threads 0: one per core; no variants or \"\": all this machine runs\n"
+                        "  q8: decode at batch 1, 8 and 32, the weights as loaded against q8\n"
+                        "  spans: a span of k = 1..16 bytes against a decode step\n");
         return 2;
     }
     mb_err e;
@@ -254,14 +305,16 @@ int main(int argc, char **argv) {
     snprintf(list, sizeof list, ",%s,", argc > 3 ? argv[3] : "");
     for (int i = 0; mb_cpu_isa_name(i) && n_var < MAX_VAR; i++) {
         snprintf(want, sizeof want, ",%s,", mb_cpu_isa_name(i));
-        if (mb_cpu_isa_supported(i) && (argc < 4 || strstr(list, want)))
+        if (mb_cpu_isa_supported(i) && (argc < 4 || !*argv[3] || strstr(list, want)))
             variants[n_var++] = mb_cpu_isa_name(i);
     }
     if (!n_var) {
         fprintf(stderr, "no CPU variant of %s runs here\n", argv[3]);
         return 2;
     }
-    if (argc > 4 && !strcmp(argv[4], "q8")) { /* the same weights in q8, the best variant */
+    /* steps per repetition: about the 20M shape's 200 at batch 1, fewer for larger models */
+    double wbytes = (double)mb_model_weight_bytes(m), scale = 82e6 / wbytes < 1 ? 82e6 / wbytes : 1;
+    if (argc > 4 && !strcmp(argv[4], "q8")) { /* the same weights in q8, the last variant */
         setenv("MB_WEIGHTS", "q8", 1);
         mb_model *mq = mb_model_load(argv[1], &o, &e);
         if (!mq) {
@@ -270,12 +323,29 @@ int main(int argc, char **argv) {
         }
         mb_cpu_isa_set(variants[n_var - 1]);
         mb_model *const ms[2] = {m, mq};
-        double med[2], scale = 82e6 / (double)mb_model_weight_bytes(m);
-        int steps = (int)(200 * (scale < 1 ? scale : 1));
-        decode_pair(ms, steps < 8 ? 8 : steps, 9, med);
-        printf("decode batch 1 (%s, %s): as loaded %.1f bytes/s, q8 %.1f bytes/s: %.2fx\n", argv[1],
-               variants[n_var - 1], med[0], med[1], med[1] / med[0]);
+        int batches[] = {1, 8, 32};
+        for (int i = 0; i < 3; i++) {
+            int B = batches[i], steps = (int)((B == 1 ? 200 : 40) * scale);
+            double med[2];
+            decode_pair(ms, B, steps < 8 ? 8 : steps, 9, med);
+            printf("decode batch %d (%s, %s): as loaded %.1f bytes/s, q8 %.1f bytes/s: %.2fx\n", B,
+                   argv[1], variants[n_var - 1], med[0], med[1], med[1] / med[0]);
+        }
         mb_model_free(mq);
+        mb_model_free(m);
+        return 0;
+    }
+    if (argc > 4 && !strcmp(argv[4], "spans")) { /* span cost against a decode step */
+        mb_cpu_isa_set(variants[n_var - 1]);
+        enum { MAX_K = 16 };
+        double sec[MAX_K + 1];
+        int fwd = (int)(20 * scale);
+        spans(m, MAX_K, fwd < 2 ? 2 : fwd, 7, sec);
+        printf("spans (%s, %s%s, one sequence, logits at every position): ms per forward, x the "
+               "decode step\n",
+               argv[1], variants[n_var - 1], mb_model_dtype(m) == MB_Q8 ? ", q8" : "");
+        for (int k = 1; k <= MAX_K; k++)
+            printf("k %2d: %8.2f ms %5.2fx\n", k, 1e3 * sec[k], sec[k] / sec[1]);
         mb_model_free(m);
         return 0;
     }
@@ -284,7 +354,6 @@ int main(int argc, char **argv) {
     mb_pool *p1 = mb_pool_create(m, 1, 1, &e);
     double state = (double)mb_pool_state_bytes(p1);
     mb_pool_free(p1);
-    double wbytes = (double)mb_model_weight_bytes(m);
     mb_dtype dt = mb_model_dtype(m);
     int esize = dt == MB_F32 ? 4 : dt == MB_Q8 ? 1 : 2;
     double flops_per_byte = 2.0 * wbytes / esize; /* one multiply-add per weight per token */
@@ -301,13 +370,12 @@ int main(int argc, char **argv) {
            peak);
     if (mb_cpu_isa_supported(1)) printf(", zmm FMA %.1f", peak_gflops(1, th));
     if (mb_cpu_isa_supported(2)) printf(", zmm vdpbf16ps %.1f", peak_gflops(2, th));
+    if (mb_cpu_isa_supported(3)) printf(", zmm vpdpbusd %.1f", peak_gflops(3, th));
     printf("\nper cell: bytes/s (x the first variant, GFLOP/s at %.0f flops a byte, %% of the ymm "
            "FMA peak)\n%-22s",
            flops_per_byte, "");
     for (int v = 0; v < n_var; v++) printf(" %-45s", variants[v]);
     printf("\n");
-    /* steps per repetition: about the 20M shape's 200 at batch 1, fewer for larger models */
-    double scale = 82e6 / wbytes < 1 ? 82e6 / wbytes : 1;
     int batches[] = {1, 8, 32};
     for (int i = 0; i < 3; i++) {
         int B = batches[i], steps = (int)((B == 1 ? 200 : 40) * scale);

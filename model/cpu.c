@@ -272,7 +272,9 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
 /* The variants in order of preference, lowest first: each needs the features of the ones
  * before it. A variant serves every matmul of a process (all batch sizes and spans), so batch
  * invariance holds per variant; results differ between variants in the last bits (avx512: 16
- * lanes, another summation order) or a little more (avx512bf16: bf16 dot products). */
+ * lanes, another summation order) or a little more (avx512bf16: bf16 dot products;
+ * avx512vnni: as avx512bf16, and q8 weights times each token's inputs in int8, or int16 for
+ * out_proj, with a scale per token). */
 typedef struct isa_variant {
     const char *name;
     void (*matmul)(void *task, int ti, int nt);
@@ -282,8 +284,9 @@ static const isa_variant isa_variants[] = {
     {"avx2", mb_matmul_avx2},
     {"avx512", mb_matmul_avx512},
     {"avx512bf16", mb_matmul_avx512bf16},
+    {"avx512vnni", mb_matmul_avx512vnni},
 };
-enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_COUNT };
+enum { ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, ISA_AVX512VNNI, ISA_COUNT };
 
 /* The best variant this processor and its operating system support (CPUID; XGETBV for the
  * zmm and mask registers' state). The binary's baseline is x86-64-v3, so AVX2 and FMA are
@@ -297,8 +300,9 @@ static int isa_best(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return ISA_AVX2;
     const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
     if ((b & need) != need) return ISA_AVX2;
+    int vnni = (c & bit_AVX512VNNI) != 0;
     if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return ISA_AVX512;
-    return ISA_AVX512BF16;
+    return vnni ? ISA_AVX512VNNI : ISA_AVX512BF16;
 }
 
 static int isa_max = -1, isa_cur = -1;
@@ -352,8 +356,12 @@ static size_t max_cols(const mb_config *c) {
     return (size_t)(n > c->dt_rank ? n : c->dt_rank);
 }
 
+/* uint16 per thread: avx512bf16's two halves of a token block or avx512vnni's int8 or int16
+ * inputs of one (64-byte rows) and their scales, whichever is larger, rounded up to 64 bytes */
 static size_t scratch_per_thread(const mb_config *c) {
-    return 2 * (size_t)TOKEN_BLOCK * max_cols(c);
+    size_t halves = 2 * (size_t)TOKEN_BLOCK * max_cols(c),
+           ints = (size_t)TOKEN_BLOCK * ((max_cols(c) + 31) / 32 * 32 + 2);
+    return ((halves > ints ? halves : ints) + 31) / 32 * 32;
 }
 
 /* The CPU backend's own model data (m->dev). */
@@ -362,11 +370,22 @@ typedef struct cpu_model {
     void *q8;          /* the layers' weights in q8 and their scales, when asked for */
 } cpu_model;
 
+/* Y = X W^T (+ bias, epilogue) on the thread team; int16_inputs: see matmul_task. */
 static void matmul(mb_model *mdl, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
-                   int ldy, int T, const float *bias, int epi) {
+                   int ldy, int T, const float *bias, int epi, int int16_inputs) {
     const cpu_model *cm = mdl->dev;
-    matmul_task m = {
-        W, n_rows, X, ldx, Y, ldy, T, bias, epi, cm->scratch, scratch_per_thread(&mdl->c)};
+    matmul_task m = {.W = W,
+                     .n_rows = n_rows,
+                     .X = X,
+                     .ldx = ldx,
+                     .Y = Y,
+                     .ldy = ldy,
+                     .T = T,
+                     .bias = bias,
+                     .epi = epi,
+                     .int16_inputs = int16_inputs,
+                     .scratch = cm->scratch,
+                     .scratch_per_thread = scratch_per_thread(&mdl->c)};
     mb_threads_run(mdl->threads, isa_variants[isa_cur].matmul, &m);
 }
 
@@ -561,27 +580,29 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         f.layer = l;
         /* xz = in_proj(norm(h)) */
         mb_threads_run(th, norm_worker, &f);
-        matmul(m, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE);
+        matmul(m, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE, 0);
         /* u = silu(conv(x)), advancing each sequence's conv window */
         mb_threads_run(th, conv_worker, &f);
         /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
-        matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE);
+        matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE, 0);
         float *jdt = p->j_dt + (size_t)l * (size_t)p->max_tokens * E;
-        matmul(m, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS);
+        matmul(m, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS, 0);
         float *jB = p->j_B + (size_t)l * (size_t)p->max_tokens * N;
         for (int t = 0; t < T; t++)
             memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R,
                    (size_t)N * sizeof(float));
         /* selective scan, then y * silu(z) */
         mb_threads_run(th, scan_worker, &f);
-        /* residual connection: h += out_proj(y) */
-        matmul(m, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD);
+        /* residual connection: h += out_proj(y); y has outliers that int8 inputs blur
+         * (avx512vnni with q8 weights, the bundled model on 100 KB of books_test: +0.0026
+         * bits per byte against float32 inputs, +0.00001 with int16), so int16 there */
+        matmul(m, &L->out_proj, D, p->y, E, p->h, D, T, L->out_b, EPI_ADD, 1);
     }
     /* final norm and the head, only for the rows asked for */
     f.layer = c->n_layer;
     if (n_out) {
         mb_threads_run(th, norm_worker, &f);
-        matmul(m, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE);
+        matmul(m, &m->head, c->n_vocab, p->xn, D, logits, c->n_vocab, n_out, NULL, EPI_STORE, 0);
     }
     return 0;
 }
@@ -672,29 +693,28 @@ static int cpu_write(mb_pool *p, int slot, const void *src, mb_err *e) {
 
 /* ---------------------------------------------------------------- the model */
 
-/* bytes of W in q8 with its scales, each part 64-byte aligned */
-static size_t q8_bytes(const mb_mat *W) {
-    return ((size_t)W->rows * (size_t)W->cols + 63) / 64 * 64 +
-           ((size_t)W->rows * 4 + 63) / 64 * 64;
+size_t mb_cpu_q8_bytes(int rows, int cols) {
+    return ((size_t)rows * (size_t)cols + 63) / 64 * 64 + 2 * (((size_t)rows * 4 + 63) / 64 * 64);
 }
 
-/* W to int8 at mem (q8_bytes(W)) with a scale per row: scale = max|w| / 127 and each weight
- * w / scale rounded to the nearest integer (a row of zeros: scale 0). */
-static void quantize_q8(mb_mat *W, uint8_t *mem) {
+void mb_cpu_quantize_q8(mb_mat *W, void *mem) {
     const size_t n = (size_t)W->cols;
-    int8_t *q = (int8_t *)mem;
-    float *scale = (float *)(mem + ((size_t)W->rows * n + 63) / 64 * 64);
+    int8_t *q = mem;
+    float *scale = (float *)((uint8_t *)mem + ((size_t)W->rows * n + 63) / 64 * 64);
+    W->scale = scale;
+    int32_t *sums = (int32_t *)mb_cpu_q8_row_sums(W);
     for (size_t r = 0; r < (size_t)W->rows; r++) {
         float amax = 0.0f;
         for (size_t k = 0; k < n; k++) amax = fmaxf(amax, fabsf(load1(W->w, W->dtype, r * n + k)));
         scale[r] = amax / 127.0f;
+        sums[r] = 0;
         for (size_t k = 0; k < n; k++) {
             float v = amax > 0.0f ? load1(W->w, W->dtype, r * n + k) / scale[r] : 0.0f;
             q[r * n + k] = (int8_t)fmaxf(-127.0f, fminf(127.0f, nearbyintf(v)));
+            sums[r] += q[r * n + k];
         }
     }
     W->w = q;
-    W->scale = scale;
     W->dtype = MB_Q8;
 }
 
@@ -704,8 +724,8 @@ static int weights_q8(mb_model *m, cpu_model *cm, mb_err *e) {
     size_t bytes = 0;
     for (int l = 0; l < m->c.n_layer; l++) {
         mb_layer *L = &m->layers[l];
-        bytes += q8_bytes(&L->in_proj) + q8_bytes(&L->x_proj) + q8_bytes(&L->dt_proj) +
-                 q8_bytes(&L->out_proj);
+        mb_mat *mats[] = {&L->in_proj, &L->x_proj, &L->dt_proj, &L->out_proj};
+        for (int i = 0; i < 4; i++) bytes += mb_cpu_q8_bytes(mats[i]->rows, mats[i]->cols);
     }
     uint8_t *mem = cm->q8 = aligned_alloc(64, bytes);
     if (!mem) return mb_fail(e, "out of memory for q8 weights (%zu bytes)", bytes);
@@ -713,8 +733,8 @@ static int weights_q8(mb_model *m, cpu_model *cm, mb_err *e) {
         mb_layer *L = &m->layers[l];
         mb_mat *mats[] = {&L->in_proj, &L->x_proj, &L->dt_proj, &L->out_proj};
         for (int i = 0; i < 4; i++) {
-            size_t b = q8_bytes(mats[i]);
-            quantize_q8(mats[i], mem);
+            size_t b = mb_cpu_q8_bytes(mats[i]->rows, mats[i]->cols);
+            mb_cpu_quantize_q8(mats[i], mem);
             mem += b;
         }
     }

@@ -1,6 +1,6 @@
 /* cpu.h: what the CPU backend's ISA variants share (cpu.c holds the AVX2 baseline and the
  * dispatch; cpu_avx512.c the AVX-512 variants, compiled with their own -m flags and called only
- * when the processor has those features). */
+ * when the processor has those features), and the q8 weights' layout. */
 #ifndef MB_CPU_H
 #define MB_CPU_H
 
@@ -17,8 +17,11 @@ typedef struct matmul_task {
     int T;
     const float *bias;
     int epi;
+    int int16_inputs; /* avx512vnni with q8 weights: X as int16, not int8 (cpu_avx512.c) */
     /* per thread: scratch_per_thread uint16 from scratch + ti * scratch_per_thread, room for
-     * two TOKEN_BLOCK x (cols rounded down to 32) blocks (the avx512bf16 inputs' halves) */
+     * two TOKEN_BLOCK x (cols rounded down to 32) blocks (the avx512bf16 inputs' halves) and
+     * for TOKEN_BLOCK rows of avx512vnni's integer inputs (cols int8 or int16, rounded up to 64
+     * bytes) and TOKEN_BLOCK floats (their scales) */
     void *scratch;
     size_t scratch_per_thread;
 } matmul_task;
@@ -38,5 +41,26 @@ void mb_cpu_store_group(const matmul_task *m, int t0, int nt, int r, int rows, c
 void mb_matmul_avx2(void *task, int ti, int nt);
 void mb_matmul_avx512(void *task, int ti, int nt);
 void mb_matmul_avx512bf16(void *task, int ti, int nt);
+void mb_matmul_avx512vnni(void *task, int ti, int nt);
+
+/* q8 weights (MB_WEIGHTS=q8) in one block of mb_cpu_q8_bytes(rows, cols) bytes: the int8
+ * weights (rows, cols), then the float32 scales (rows), then each row's sum of its int8
+ * weights (rows, int32: avx512vnni's correction for its unsigned inputs), each part starting
+ * on 64 bytes. W[r, k] = scale[r] * w[r, k]. */
+size_t mb_cpu_q8_bytes(int rows, int cols);
+/* W (F32 or BF16) to q8 at mem: scale = max|w| / 127 per row, each weight w / scale rounded to
+ * the nearest integer (a row of zeros: scale 0); W then points there. */
+void mb_cpu_quantize_q8(mb_mat *W, void *mem);
+
+/* The largest int16 input for q8 rows of `cols`: a vpdpwssd lane sums cols / 16 products of
+ * at most 127 x qmax, and the 16 lanes' sum must stay within int32 too. */
+static inline int mb_cpu_int16_qmax(int cols) {
+    int64_t q = INT32_MAX / (127 * (int64_t)((cols + 31) / 32 * 32));
+    return q < 32767 ? (int)q : 32767;
+}
+
+static inline const int32_t *mb_cpu_q8_row_sums(const mb_mat *W) {
+    return (const int32_t *)((const char *)W->scale + ((size_t)W->rows * 4 + 63) / 64 * 64);
+}
 
 #endif

@@ -11,8 +11,13 @@
  *   below 2^-16 x), and each 32-element chunk adds its products with hi, then with lo, into one
  *   16-lane accumulator; then the fixed horizontal sum and a scalar float32 tail. float32
  *   weights take the avx512 kernel.
- * Both compute each (row, token) dot product in the same order for every block shape, so a
- * token's result does not depend on the batch or span around it. */
+ * avx512vnni: avx512bf16, and q8 weights through vpdpbusd (64 byte products per instruction):
+ *   each token's inputs quantized to int8 with a float32 scale of its own, exact int32 sums,
+ *   then the token's and the row's scales; the matrices whose inputs 8 bits would blur
+ *   (out_proj's, cpu.c) take int16 inputs through vpdpwssd (32 products per instruction). On a
+ * processor with AVX512_BF16 (all that have it also have AVX512_VNNI); the functions that use
+ * vpdpbusd carry target("avx512vnni"). All compute each (row, token) dot product in the same order
+ * for every block shape, so a token's result does not depend on the batch or span around it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@
 #define PREFETCH_T 3 /* dot blocks for up to this many tokens prefetch the next rows */
 #define AI         __attribute__((always_inline)) inline
 #define BF16_FN    __attribute__((target("avx512bf16")))
+#define VNNI_FN    __attribute__((target("avx512vnni")))
 
 static AI float bf16_to_f32(uint16_t v) {
     uint32_t b = (uint32_t)v << 16;
@@ -280,6 +286,177 @@ BF16_FN void mb_matmul_avx512bf16(void *ctx, int ti, int nt) {
         for (int r = r_begin; r < r_end; r += ROW_GROUP) {
             int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
             group_bf16(m->W, r, rows, hi, lo, n32, X, m->ldx, nt_blk, out);
+            mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- avx512vnni: vpdpbusd */
+
+/* Each token's inputs as integers for q8 weights, in rows of ldq bytes: with amax = max|x|
+ * over the token's n inputs and qmax = 127 (int8) or mb_cpu_int16_qmax(n) (int16),
+ * q = round(x * (qmax / amax)) in [-qmax, qmax] (nearest, ties to even) and the token's scale
+ * sx = amax / qmax (0 for a token of zeros); zeros past n. vpdpbusd multiplies unsigned by
+ * signed bytes, so int8 inputs are stored as q + 128 (1..255) and each row's dot product takes
+ * 128 times the weights' row sum back off (mb_cpu_q8_row_sums). A token's integers and scale
+ * depend on its own inputs only. */
+static void quantize_inputs(const float *X, int ldx, int T, int n, const int int16, size_t ldq,
+                            uint8_t *xq, float *sx) {
+    const int qmax = int16 ? mb_cpu_int16_qmax(n) : 127;
+    const __m512i lo = _mm512_set1_epi32(-qmax), hi = _mm512_set1_epi32(qmax),
+                  bias = _mm512_set1_epi32(int16 ? 0 : 128);
+    for (int t = 0; t < T; t++) {
+        const float *x = X + (size_t)t * (size_t)ldx;
+        uint8_t *q = xq + (size_t)t * ldq;
+        __m512 mv = _mm512_setzero_ps();
+        int k = 0;
+        for (; k + 16 <= n; k += 16) mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+        float amax = _mm512_reduce_max_ps(mv);
+        for (; k < n; k++) amax = fmaxf(amax, fabsf(x[k]));
+        float inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
+        sx[t] = amax / (float)qmax;
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (k = 0; k + 16 <= n; k += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), iv));
+            v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), bias);
+            if (int16)
+                _mm256_storeu_si256((__m256i *)(q + 2 * k), _mm512_cvtepi32_epi16(v));
+            else
+                _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+        }
+        for (; k < n; k++) {
+            int v = (int)fmaxf((float)-qmax, fminf((float)qmax, nearbyintf(x[k] * inv)));
+            if (int16)
+                memcpy(q + 2 * k, &(int16_t){(int16_t)v}, 2);
+            else
+                q[k] = (uint8_t)(v + 128);
+        }
+        size_t used = (size_t)n * (int16 ? 2 : 1);
+        memset(q + used, 0, ldq - used);
+    }
+}
+
+/* out[t * ldo + r] = sx[t] * (W[r0 + r, :] . q[t, :]) with the int8 weights (their row scale
+ * comes in mb_cpu_store_group) and int8 inputs through vpdpbusd, or int16 inputs through
+ * vpdpwssd (the weights sign-extended): one 16-lane int32 accumulator per (row, token) over
+ * the 64-byte chunks of inputs, the weights of the last one masked to the row's end. The
+ * integer sums are exact, so the result is the same bits for every block shape. */
+VNNI_FN static AI void dot_vnni(const mb_mat *W, int r0, const uint8_t *xq, size_t ldq,
+                                const float *sx, float *out, int ldo, const int R, const int T,
+                                const int int16) {
+    const int n = W->cols, step = int16 ? 32 : 64; /* inputs per chunk */
+    const size_t ld = (size_t)n;
+    const int8_t *w = W->w;
+    __m512i acc[24];
+    for (int i = 0; i < R * T; i++) acc[i] = _mm512_setzero_si512();
+    for (int k = 0; k < n; k += step) {
+        const int left = n - k;
+        const __mmask32 m32 = left >= 32 ? ~(__mmask32)0 : ~(__mmask32)0 >> (32 - left);
+        const __mmask64 m64 = left >= 64 ? ~(__mmask64)0 : ~(__mmask64)0 >> (64 - left);
+        __m512i wv[8];
+        if (T <= PREFETCH_T && k % 64 == 0) prefetch_rows(w, ld, r0 + R, R, (size_t)k, 1);
+        for (int r = 0; r < R; r++) {
+            const int8_t *wr = w + (size_t)(r0 + r) * ld + (size_t)k;
+            wv[r] = int16 ? _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m32, wr))
+                          : _mm512_maskz_loadu_epi8(m64, wr);
+        }
+        for (int t = 0; t < T; t++) {
+            __m512i x = _mm512_loadu_si512(xq + (size_t)t * ldq + (size_t)k * (int16 ? 2 : 1));
+            for (int r = 0; r < R; r++)
+                acc[t * R + r] = int16 ? _mm512_dpwssd_epi32(acc[t * R + r], x, wv[r])
+                                       : _mm512_dpbusd_epi32(acc[t * R + r], x, wv[r]);
+        }
+    }
+    const int32_t *sums = mb_cpu_q8_row_sums(W);
+    /* unrolled whole, or GCC keeps acc in memory as well and stores every vpdpbusd's result
+     * (half the speed of a block of 4 x 6) */
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            int32_t s = _mm512_reduce_add_epi32(acc[t * R + r]);
+            if (!int16) s -= 128 * sums[r0 + r];
+            out[(size_t)t * (size_t)ldo + (size_t)r] = (float)s * sx[t];
+        }
+}
+
+VNNI_FN static AI void group_vnni(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
+                                  const float *sx, int nt, float *out, const int int16) {
+    int q = 0;
+    if (nt == 1)
+        for (; q + 8 <= rows; q += 8)
+            dot_vnni(W, r0 + q, xq, ldq, sx, out + q, ROW_GROUP, 8, 1, int16);
+    for (; q + 4 <= rows; q += 4) {
+        int t = 0;
+        for (; t + 6 <= nt; t += 6)
+            dot_vnni(W, r0 + q, xq + (size_t)t * ldq, ldq, sx + t, out + t * ROW_GROUP + q,
+                     ROW_GROUP, 4, 6, int16);
+        const uint8_t *x = xq + (size_t)t * ldq;
+        float *o = out + t * ROW_GROUP + q;
+        switch (nt - t) {
+        case 5:
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 5, int16);
+            break;
+        case 4:
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 4, int16);
+            break;
+        case 3:
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 3, int16);
+            break;
+        case 2:
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 2, int16);
+            break;
+        case 1:
+            dot_vnni(W, r0 + q, x, ldq, sx + t, o, ROW_GROUP, 4, 1, int16);
+            break;
+        default:
+            break;
+        }
+    }
+    for (; q < rows; q++)
+        for (int t = 0; t < nt; t++)
+            dot_vnni(W, r0 + q, xq + (size_t)t * ldq, ldq, sx + t, out + t * ROW_GROUP + q,
+                     ROW_GROUP, 1, 1, int16);
+}
+
+/* one function per input width, not inlined into the caller: inlined, acc goes to memory again
+ * (see dot_vnni) */
+VNNI_FN __attribute__((noinline)) static void group_vnni8(const mb_mat *W, int r0, int rows,
+                                                          const uint8_t *xq, size_t ldq,
+                                                          const float *sx, int nt, float *out) {
+    group_vnni(W, r0, rows, xq, ldq, sx, nt, out, 0);
+}
+
+VNNI_FN __attribute__((noinline)) static void group_vnni16(const mb_mat *W, int r0, int rows,
+                                                           const uint8_t *xq, size_t ldq,
+                                                           const float *sx, int nt, float *out) {
+    group_vnni(W, r0, rows, xq, ldq, sx, nt, out, 1);
+}
+
+VNNI_FN void mb_matmul_avx512vnni(void *ctx, int ti, int nt) {
+    const matmul_task *m = ctx;
+    if (m->W->dtype != MB_Q8) {
+        mb_matmul_avx512bf16(ctx, ti, nt);
+        return;
+    }
+    int r_begin, r_end;
+    thread_rows(m, ti, nt, &r_begin, &r_end);
+    const int n = m->W->cols, int16 = m->int16_inputs;
+    const size_t ldq = int16 ? (size_t)(n + 31) / 32 * 64 : (size_t)(n + 63) / 64 * 64;
+    /* this thread's integer inputs of a token block and their scales (cpu.c sizes the
+     * scratch) */
+    uint8_t *xq = (uint8_t *)((uint16_t *)m->scratch + (size_t)ti * m->scratch_per_thread);
+    float *sx = (float *)(xq + (size_t)TOKEN_BLOCK * ldq);
+    float out[ROW_GROUP * TOKEN_BLOCK];
+    for (int t0 = 0; t0 < m->T; t0 += TOKEN_BLOCK) {
+        int nt_blk = m->T - t0 < TOKEN_BLOCK ? m->T - t0 : TOKEN_BLOCK;
+        quantize_inputs(m->X + (size_t)t0 * (size_t)m->ldx, m->ldx, nt_blk, n, int16, ldq, xq, sx);
+        for (int r = r_begin; r < r_end; r += ROW_GROUP) {
+            int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
+            if (int16)
+                group_vnni16(m->W, r, rows, xq, ldq, sx, nt_blk, out);
+            else
+                group_vnni8(m->W, r, rows, xq, ldq, sx, nt_blk, out);
             mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }

@@ -154,7 +154,7 @@ def test_metrics_limits_build_and_process():
         assert f'{name}_bucket{{le="600"}}' in m, [k for k in m if k.startswith(name)]
         assert f'{name}_bucket{{le="300"}}' in m
     assert any(k.startswith("mambabyte_build_info{") and v == 1 for k, v in m.items()), m
-    assert any(re.match(r'mambabyte_build_info\{.*cpu_isa="(avx2|avx512|avx512bf16)"', k) for k in m), m
+    assert any(re.match(r'mambabyte_build_info\{.*cpu_isa="(avx2|avx512|avx512bf16|avx512vnni)"', k) for k in m), m
     assert m["process_resident_memory_bytes"] > 1e6 and m["process_open_fds"] > 3
     assert m["process_cpu_seconds_total"] > 0 and abs(m["process_start_time_seconds"] - time.time()) < 600
 

@@ -8,8 +8,11 @@
 #include "check.h"
 #include "internal.h"
 
-#define FIX    "tests/fixtures/"
-#define Q8_TOL 1e-2 /* q8 weights against the float32 reference: max|err| / max|ref| */
+#define FIX "tests/fixtures/"
+/* q8 weights against the float32 reference: max|err| / max|ref| with float32 activations, and
+ * with int8 activations (avx512vnni; 0.0117 and 0.0097 on tiny-byte-tied's 0.0056) */
+#define Q8_TOL      1e-2
+#define Q8_INT8_TOL 2e-2
 
 typedef struct fixture {
     int32_t toks[256];
@@ -443,6 +446,7 @@ static void test_bad_batches(void) {
 /* q8 weights (MB_WEIGHTS=q8, int8 with a scale per row): near the float32 reference, and the
  * invariances hold as with float32 weights. */
 static void test_q8(void) {
+    const double tol = strcmp(mb_cpu_isa(), "avx512vnni") ? Q8_TOL : Q8_INT8_TOL;
     setenv("MB_WEIGHTS", "q8", 1);
     mb_model *m = load(FIX "tiny-byte-tied", 0);
     if (m) {
@@ -450,9 +454,10 @@ static void test_q8(void) {
               mb_model_device(m));
         mb_model_free(m);
     }
-    check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", Q8_TOL);
-    check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", Q8_TOL);
+    check_logits("tiny-byte-tied", "model.safetensors", "logits.f32.f32", tol);
+    check_logits("tiny-byte-tied", "model.bf16.safetensors", "logits.bf16.f32", tol);
     test_span_invariance();
+    test_thread_invariance();
     batch_invariance(FIX "tiny-byte-tied");
     batch_invariance(FIX "tiny-byte-tied/model.bf16.safetensors");
     setenv("MB_WEIGHTS", "q4", 1);
