@@ -924,6 +924,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         if (*p == r) {
             *p = r->woken_next;
             r->queued = 0;
+            break;
         }
     pthread_mutex_unlock(&h->mu);
     double now = srv_now(), ttfb = -1;
