@@ -368,14 +368,8 @@ static size_t scratch_per_thread(const mb_config *c) {
 /* The CPU backend's own model data (m->dev). */
 typedef struct cpu_model {
     uint16_t *scratch; /* (threads, scratch_per_thread) for the kernels */
-    float *xn_own;     /* (threads, NORM_OWN_T, d_model): each thread's normed rows (in_conv) */
     void *q8;          /* the layers' weights in q8 and their scales, when asked for */
 } cpu_model;
-
-/* Spans of at most this many tokens have each thread norm all of them itself before in_proj,
- * sparing the team a parallel region a layer for the norm (a row costs about what a hand-off
- * does) */
-#define NORM_OWN_T 4
 
 /* Y = X W^T (+ bias, epilogue) for the rows [row0, row0 + n_rows) of W; int16_inputs: see
  * matmul_task. */
@@ -523,25 +517,15 @@ static void norm_worker(void *ctx, int ti, int nt) {
 
 /* xz = in_proj(xn), then u = silu(conv(x)), advancing each sequence's conv window: a thread
  * computes the x and z rows of its own channels (a matmul's share of E rows is channel_range),
- * so its conv needs no other thread's rows. Up to NORM_OWN_T tokens, xn = norm(h) here, each
- * thread for itself (norm_worker's rows, the same bits). */
+ * so its conv needs no other thread's rows */
 static void in_conv_worker(void *ctx, int ti, int nt) {
     const fwd *f = ctx;
     const mb_config *c = &f->m->c;
     const mb_layer *L = &f->m->layers[f->layer];
     mb_pool *p = f->p;
     const int D = c->d_model, E = c->d_inner;
-    const float *xn = p->xn;
-    if (f->T <= NORM_OWN_T) {
-        const cpu_model *cm = f->m->dev;
-        float *own = cm->xn_own + (size_t)ti * NORM_OWN_T * D;
-        for (int t = 0; t < f->T; t++)
-            norm_row(p->h + (size_t)t * D, own + (size_t)t * D, L->norm_w, L->norm_b, D,
-                     c->norm_eps);
-        xn = own;
-    }
     for (int half = 0; half < 2; half++) {
-        matmul_task m = matmul_rows(f->m, &L->in_proj, half * E, E, xn, D, p->xz, 2 * E, f->T,
+        matmul_task m = matmul_rows(f->m, &L->in_proj, half * E, E, p->xn, D, p->xz, 2 * E, f->T,
                                     L->in_b, EPI_STORE, 0);
         isa_variants[isa_cur].matmul(&m, ti, nt);
     }
@@ -622,7 +606,7 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
         const mb_layer *L = &m->layers[l];
         f.layer = l;
         /* xz = in_proj(norm(h)), u = silu(conv(x)) */
-        if (T > NORM_OWN_T) mb_threads_run(th, norm_worker, &f);
+        mb_threads_run(th, norm_worker, &f);
         mb_threads_run(th, in_conv_worker, &f);
         /* [dt_low, B, C] = x_proj(u), then dt, the selective scan and y * silu(z) */
         matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE, 0);
@@ -779,7 +763,6 @@ static void cpu_model_free(mb_model *m) {
     cpu_model *cm = m->dev;
     if (cm) {
         free(cm->scratch);
-        free(cm->xn_own);
         free(cm->q8);
         free(cm);
     }
@@ -802,9 +785,7 @@ static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, siz
     }
     cm->scratch =
         malloc((size_t)mb_threads_count(m->threads) * scratch_per_thread(&m->c) * sizeof(uint16_t));
-    cm->xn_own = malloc((size_t)mb_threads_count(m->threads) * NORM_OWN_T * (size_t)m->c.d_model *
-                        sizeof(float));
-    if (!cm->scratch || !cm->xn_own) {
+    if (!cm->scratch) {
         cpu_model_free(m);
         return mb_fail(e, "out of memory for the CPU kernels' scratch");
     }
