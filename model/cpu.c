@@ -215,8 +215,7 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
     const matmul_task *m = ctx;
     int groups = (m->n_rows + ROW_GROUP - 1) / ROW_GROUP;
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
-    int r_begin = m->row0 + g0 * ROW_GROUP,
-        r_end = m->row0 + (g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows);
+    int r_begin = g0 * ROW_GROUP, r_end = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
     float out[ROW_GROUP * TOKEN_BLOCK];
     /* Many tokens and BF16 or q8 weights: widen each row group to F32 once, not once per token
      * block (exact, so the sums are the same bits). A short span (a verification, a few prompt
@@ -371,31 +370,22 @@ typedef struct cpu_model {
     void *q8;          /* the layers' weights in q8 and their scales, when asked for */
 } cpu_model;
 
-/* Y = X W^T (+ bias, epilogue) for the rows [row0, row0 + n_rows) of W; int16_inputs: see
- * matmul_task. */
-static matmul_task matmul_rows(const mb_model *mdl, const mb_mat *W, int row0, int n_rows,
-                               const float *X, int ldx, float *Y, int ldy, int T, const float *bias,
-                               int epi, int int16_inputs) {
-    const cpu_model *cm = mdl->dev;
-    return (matmul_task){.W = W,
-                         .row0 = row0,
-                         .n_rows = n_rows,
-                         .X = X,
-                         .ldx = ldx,
-                         .Y = Y,
-                         .ldy = ldy,
-                         .T = T,
-                         .bias = bias,
-                         .epi = epi,
-                         .int16_inputs = int16_inputs,
-                         .scratch = cm->scratch,
-                         .scratch_per_thread = scratch_per_thread(&mdl->c)};
-}
-
-/* Y = X W^T (+ bias, epilogue) on the thread team, one parallel region */
+/* Y = X W^T (+ bias, epilogue) on the thread team; int16_inputs: see matmul_task. */
 static void matmul(mb_model *mdl, const mb_mat *W, int n_rows, const float *X, int ldx, float *Y,
                    int ldy, int T, const float *bias, int epi, int int16_inputs) {
-    matmul_task m = matmul_rows(mdl, W, 0, n_rows, X, ldx, Y, ldy, T, bias, epi, int16_inputs);
+    const cpu_model *cm = mdl->dev;
+    matmul_task m = {.W = W,
+                     .n_rows = n_rows,
+                     .X = X,
+                     .ldx = ldx,
+                     .Y = Y,
+                     .ldy = ldy,
+                     .T = T,
+                     .bias = bias,
+                     .epi = epi,
+                     .int16_inputs = int16_inputs,
+                     .scratch = cm->scratch,
+                     .scratch_per_thread = scratch_per_thread(&mdl->c)};
     mb_threads_run(mdl->threads, isa_variants[isa_cur].matmul, &m);
 }
 
@@ -474,7 +464,6 @@ typedef struct fwd {
     const int *rows; /* token index of each logits row */
 } fwd;
 
-/* A thread's channels [c0, c1) of E: blocks of 8, as a matmul's share of E rows (cpu.h) */
 static inline void channel_range(int E, int ti, int nt, int *c0, int *c1) {
     int blocks = (E + 7) / 8;
     *c0 = (int)((long)blocks * ti / nt) * 8;
@@ -515,20 +504,12 @@ static void norm_worker(void *ctx, int ti, int nt) {
     }
 }
 
-/* xz = in_proj(xn), then u = silu(conv(x)), advancing each sequence's conv window: a thread
- * computes the x and z rows of its own channels (a matmul's share of E rows is channel_range),
- * so its conv needs no other thread's rows */
-static void in_conv_worker(void *ctx, int ti, int nt) {
+static void conv_worker(void *ctx, int ti, int nt) {
     const fwd *f = ctx;
     const mb_config *c = &f->m->c;
     const mb_layer *L = &f->m->layers[f->layer];
     mb_pool *p = f->p;
-    const int D = c->d_model, E = c->d_inner;
-    for (int half = 0; half < 2; half++) {
-        matmul_task m = matmul_rows(f->m, &L->in_proj, half * E, E, p->xn, D, p->xz, 2 * E, f->T,
-                                    L->in_b, EPI_STORE, 0);
-        isa_variants[isa_cur].matmul(&m, ti, nt);
-    }
+    const int E = c->d_inner;
     const size_t lofs = (size_t)f->layer * mb_layer_state_floats(c);
     int c0, c1;
     channel_range(E, ti, nt, &c0, &c1);
@@ -545,9 +526,7 @@ static void in_conv_worker(void *ctx, int ti, int nt) {
     }
 }
 
-/* dt = softplus(dt_proj(dt_low) + dt_bias) for this thread's channels (its matmul share),
- * B to the journal, then the selective scan of those channels and y * silu(z) */
-static void dt_scan_worker(void *ctx, int ti, int nt) {
+static void scan_worker(void *ctx, int ti, int nt) {
     const fwd *f = ctx;
     const mb_config *c = &f->m->c;
     const mb_layer *L = &f->m->layers[f->layer];
@@ -555,13 +534,7 @@ static void dt_scan_worker(void *ctx, int ti, int nt) {
     const int E = c->d_inner, N = c->d_state, R = c->dt_rank, ld = R + 2 * N;
     const size_t lofs =
         (size_t)f->layer * mb_layer_state_floats(c) + (size_t)E * (size_t)(c->d_conv - 1);
-    float *dt = p->j_dt + (size_t)f->layer * (size_t)p->max_tokens * E;
-    matmul_task m =
-        matmul_rows(f->m, &L->dt_proj, 0, E, p->dbl, ld, dt, E, f->T, L->dt_b, EPI_SOFTPLUS, 0);
-    isa_variants[isa_cur].matmul(&m, ti, nt);
-    float *jB = p->j_B + (size_t)f->layer * (size_t)p->max_tokens * N;
-    for (int t = ti; t < f->T; t += nt)
-        memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * ld + R, (size_t)N * sizeof(float));
+    const float *dt = p->j_dt + (size_t)f->layer * (size_t)p->max_tokens * E;
     int c0, c1;
     channel_range(E, ti, nt, &c0, &c1);
     for (int s = 0; s < f->b->n_seq; s++) {
@@ -605,12 +578,21 @@ static int cpu_forward(mb_model *m, mb_pool *p, const mb_batch *b, const int *ro
     for (int l = 0; l < c->n_layer; l++) {
         const mb_layer *L = &m->layers[l];
         f.layer = l;
-        /* xz = in_proj(norm(h)), u = silu(conv(x)) */
+        /* xz = in_proj(norm(h)) */
         mb_threads_run(th, norm_worker, &f);
-        mb_threads_run(th, in_conv_worker, &f);
-        /* [dt_low, B, C] = x_proj(u), then dt, the selective scan and y * silu(z) */
+        matmul(m, &L->in_proj, 2 * E, p->xn, D, p->xz, 2 * E, T, L->in_b, EPI_STORE, 0);
+        /* u = silu(conv(x)), advancing each sequence's conv window */
+        mb_threads_run(th, conv_worker, &f);
+        /* [dt_low, B, C] = x_proj(u); dt = softplus(dt_proj(dt_low) + dt_bias) */
         matmul(m, &L->x_proj, R + 2 * N, p->u, E, p->dbl, R + 2 * N, T, NULL, EPI_STORE, 0);
-        mb_threads_run(th, dt_scan_worker, &f);
+        float *jdt = p->j_dt + (size_t)l * (size_t)p->max_tokens * E;
+        matmul(m, &L->dt_proj, E, p->dbl, R + 2 * N, jdt, E, T, L->dt_b, EPI_SOFTPLUS, 0);
+        float *jB = p->j_B + (size_t)l * (size_t)p->max_tokens * N;
+        for (int t = 0; t < T; t++)
+            memcpy(jB + (size_t)t * N, p->dbl + (size_t)t * (R + 2 * N) + R,
+                   (size_t)N * sizeof(float));
+        /* selective scan, then y * silu(z) */
+        mb_threads_run(th, scan_worker, &f);
         /* residual connection: h += out_proj(y); y has outliers that int8 inputs blur
          * (avx512vnni with q8 weights, the bundled model on 100 KB of books_test: +0.0026
          * bits per byte against float32 inputs, +0.00001 with int16), so int16 there */

@@ -6,11 +6,10 @@
 
 #include "internal.h"
 
-/* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r] for t < T and the rows [row0, row0 + n_rows) of W
- * (row0 a multiple of ROW_GROUP, so the row groups are those of the whole matrix). */
+/* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r] for t < T and the rows [0, n_rows) of W. */
 typedef struct matmul_task {
     const mb_mat *W;
-    int row0, n_rows;
+    int n_rows;
     const float *X;
     int ldx;
     float *Y;
@@ -37,9 +36,8 @@ enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
  * tokens [t0, t0 + nt) to Y with the task's bias and epilogue. */
 void mb_cpu_store_group(const matmul_task *m, int t0, int nt, int r, int rows, const float *out);
 
-/* A thread's share of a matmul_task (mb_threads_run's signature), one per variant: the row
- * groups [groups * ti / nt, groups * (ti + 1) / nt) of its rows. Every variant computes each
- * (row, token) dot product in one fixed order of its own, whatever T. */
+/* A thread's share of a matmul_task (mb_threads_run's signature), one per variant. Every
+ * variant computes each (row, token) dot product in one fixed order of its own, whatever T. */
 void mb_matmul_avx2(void *task, int ti, int nt);
 void mb_matmul_avx512(void *task, int ti, int nt);
 void mb_matmul_avx512bf16(void *task, int ti, int nt);

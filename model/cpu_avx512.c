@@ -133,8 +133,8 @@ static AI void group16(const mb_mat *W, int r0, int rows, const float *X, int ld
 static inline void thread_rows(const matmul_task *m, int ti, int nt, int *r0, int *r1) {
     int groups = (m->n_rows + ROW_GROUP - 1) / ROW_GROUP;
     int g0 = (int)((long)groups * ti / nt), g1 = (int)((long)groups * (ti + 1) / nt);
-    *r0 = m->row0 + g0 * ROW_GROUP;
-    *r1 = m->row0 + (g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows);
+    *r0 = g0 * ROW_GROUP;
+    *r1 = g1 * ROW_GROUP < m->n_rows ? g1 * ROW_GROUP : m->n_rows;
 }
 
 void mb_matmul_avx512(void *ctx, int ti, int nt) {
