@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,19 @@ def parse_sse(text):
 
 def b64(s):
     return base64.b64decode(s)
+
+
+def cli_logits(data, model=MODEL):
+    """The raw logits `mambabyte logits` gives at every position of data: [len][256] floats."""
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "in"), os.path.join(d, "out")
+        with open(src, "wb") as f:
+            f.write(data)
+        subprocess.run([BIN, "logits", "-m", model, "--input", src, "--out", dst, "--threads", "1"],
+                       check=True, capture_output=True)
+        raw = open(dst, "rb").read()
+    vals = struct.unpack(f"<{len(raw) // 4}f", raw)
+    return [vals[i * 256:(i + 1) * 256] for i in range(len(data))]
 
 
 def position_deltas(before, after):

@@ -5,12 +5,11 @@ to whole, exact under concurrent load and under speculative decoding, token stri
 text_offset as documented."""
 import math
 import os
-import struct
 import subprocess
 import tempfile
 import threading
 
-from mbserver import BIN, MODEL, Server, run
+from mbserver import BIN, MODEL, Server, cli_logits, run
 
 SRV = None
 
@@ -29,19 +28,6 @@ def log_softmax(row):
     mx = max(row)
     lse = mx + math.log(sum(math.exp(x - mx) for x in row))
     return [x - lse for x in row]
-
-
-def cli_logits(data):
-    """The raw logits `mambabyte logits` gives at every position of data: [len][256]."""
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "in"), os.path.join(d, "out")
-        with open(src, "wb") as f:
-            f.write(data)
-        subprocess.run([BIN, "logits", "-m", MODEL, "--input", src, "--out", dst, "--threads", "1"],
-                       check=True, capture_output=True)
-        raw = open(dst, "rb").read()
-    vals = struct.unpack(f"<{len(raw) // 4}f", raw)
-    return [vals[i * 256:(i + 1) * 256] for i in range(len(data))]
 
 
 def score(text_bytes, k=0, srv=None):

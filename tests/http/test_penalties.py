@@ -2,34 +2,18 @@
 output equal to a reference that applies them (as README documents) to `mambabyte logits` of the
 same text; a seeded draw changed by them; and the same bytes with speculative decoding (prompt
 lookup) as without, on both endpoints, with drafts verified."""
-import os
-import struct
-import subprocess
-import tempfile
-
 import numpy as np
 
-from mbserver import BIN, MODEL, Server, b64, run
+from mbserver import Server, b64, cli_logits, run
 
 SRV = None
-
-
-def cli_logits(data):
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "in"), os.path.join(d, "out")
-        with open(src, "wb") as f:
-            f.write(data)
-        subprocess.run([BIN, "logits", "-m", MODEL, "--input", src, "--out", dst, "--threads", "1"],
-                       check=True, capture_output=True)
-        raw = open(dst, "rb").read()
-    return np.frombuffer(raw, dtype="<f4").reshape(len(data), 256)
 
 
 def reference_greedy(prompt, out, presence=0.0, frequency=0.0, repetition=1.0, bias=None):
     """The byte greedy decoding picks at each output position, penalties applied in float32
     as the server does: repetition (bytes of prompt or output), then presence and frequency
     (output counts), then bias."""
-    rows = cli_logits(prompt + out)
+    rows = np.array(cli_logits(prompt + out), dtype=np.float32)
     f32 = np.float32
     b = np.zeros(256, dtype=np.float32)
     for k, v in (bias or {}).items():
