@@ -53,6 +53,11 @@ typedef struct cu_pool {
     int trace;                                 /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
     cu_graph graphs[CU_GRAPHS];
     uint64_t clock;
+    cu_slot_op *q;              /* queued slot operations (queue_op), in call order */
+    int *q_phase;               /* the launch each goes in */
+    int n_q, cap_q, n_phase;    /* queued, room, phases */
+    int *mark_gen, *mark_phase; /* per slot: the last queued phase touching it, if of gen */
+    int gen;                    /* bumped at each flush */
 } cu_pool;
 
 static int fail(mb_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -326,6 +331,10 @@ static void pool_free(mb_pool *p) {
     cudaFree(cp->batch_dev);
     cudaFreeHost(cp->batch_host);
     cudaFreeHost(cp->logits_host);
+    free(cp->q);
+    free(cp->q_phase);
+    free(cp->mark_gen);
+    free(cp->mark_phase);
     free(cp);
     p->dev = nullptr;
 }
@@ -351,6 +360,13 @@ static int pool_init(mb_pool *p, mb_err *e) {
     cu_pool *cp = static_cast<cu_pool *>(calloc(1, sizeof *cp));
     if (!cp) return fail(e, "out of memory");
     p->dev = cp;
+    cp->gen = 1;
+    cp->mark_gen = static_cast<int *>(calloc((size_t)p->n_slots, sizeof(int)));
+    cp->mark_phase = static_cast<int *>(calloc((size_t)p->n_slots, sizeof(int)));
+    if (!cp->mark_gen || !cp->mark_phase) {
+        pool_free(p);
+        return fail(e, "out of memory");
+    }
     const char *graphs = getenv("MB_CUDA_GRAPHS"), *pdl = getenv("MB_CUDA_PDL");
     cp->use_pdl = !(pdl && !strcmp(pdl, "0"));
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
@@ -490,6 +506,64 @@ static void print_trace(const mb_model *m, const mb_pool *p) {
             (double)(t[n - 1] - t[n - 2]) / 1e3);
 }
 
+/* ---------------------------------------------------------------- queued slot operations */
+
+/* Rollback, reset and copy are queued on the pool and run in as few launches as their order
+ * allows (cu_slot_ops_run) before anything reads a state: the next forward, read or write. An
+ * operation goes in the first phase after every queued one that touches its slots, so the
+ * operations of a phase touch different slots and each phase is one launch (a round of
+ * speculation over many sequences: all its copies, then all its rollbacks, not one launch per
+ * sequence each). A fault while they run fails that forward (or the read). */
+static int queue_op(mb_pool *p, const cu_slot_op &op, mb_err *e) {
+    cu_pool *cp = CP(p);
+    if (cp->n_q == cp->cap_q) {
+        const int cap = cp->cap_q ? 2 * cp->cap_q : 64;
+        cu_slot_op *q = static_cast<cu_slot_op *>(realloc(cp->q, (size_t)cap * sizeof *q));
+        if (q) cp->q = q;
+        int *ph = static_cast<int *>(realloc(cp->q_phase, (size_t)cap * sizeof *ph));
+        if (ph) cp->q_phase = ph;
+        if (!q || !ph) return fail(e, "out of memory");
+        cp->cap_q = cap;
+    }
+    const int touched[2] = {op.slot, op.kind == CU_OP_COPY ? op.src : -1};
+    int ph = 0;
+    for (int s : touched)
+        if (s >= 0 && cp->mark_gen[s] == cp->gen && cp->mark_phase[s] + 1 > ph)
+            ph = cp->mark_phase[s] + 1;
+    for (int s : touched)
+        if (s >= 0) cp->mark_gen[s] = cp->gen, cp->mark_phase[s] = ph;
+    cp->q[cp->n_q] = op;
+    cp->q_phase[cp->n_q++] = ph;
+    if (cp->n_phase < ph + 1) cp->n_phase = ph + 1;
+    return 0;
+}
+
+static int flush_ops(const mb_model *m, mb_pool *p, mb_err *e) {
+    cu_pool *cp = CP(p);
+    if (!cp->n_q) return 0;
+    const mb_config *c = &m->c;
+    cu_slot_ops ops;
+    for (int ph = 0; ph < cp->n_phase; ph++) {
+        ops.n = 0;
+        for (int i = 0; i < cp->n_q; i++) {
+            if (cp->q_phase[i] != ph) continue;
+            ops.op[ops.n++] = cp->q[i];
+            if (ops.n < CU_SLOT_OPS_MAX && i < cp->n_q - 1) continue;
+            cu_slot_ops_run(CM(m)->layers_dev, c->n_layer, cp->state, p->state_floats, cp->j_xin,
+                            cp->j_dt, cp->j_B, p->max_tokens, c->d_inner, c->d_state, c->d_conv,
+                            &ops, CM(m)->st);
+            ops.n = 0;
+        }
+    }
+    cp->n_q = cp->n_phase = 0;
+    if (!++cp->gen) { /* after 2^31 flushes: no stale mark may match */
+        memset(cp->mark_gen, 0, (size_t)p->n_slots * sizeof(int));
+        cp->gen = 1;
+    }
+    CU(m, cudaGetLastError()); /* a launch that could not start */
+    return 0;
+}
+
 static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows, int n_out,
                    float *logits, mb_err *e) {
     cu_model *cm = CM(m);
@@ -497,6 +571,7 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     const int n = bt->n_seq, T = n ? bt->off[n] : 0, V = m->c.n_vocab;
     if (!T) return 0;
     CU(m, cudaSetDevice(cm->gpu));
+    if (flush_ops(m, p, e)) return -1;
     /* the batch, in one copy: tokens (T), off (n + 1), slot (n), cur (n), rows (n_out) */
     int *hb = cp->batch_host;
     memcpy(hb, bt->tokens, (size_t)T * sizeof(int));
@@ -524,41 +599,23 @@ static float *slot_buf(const mb_pool *p, int slot, int which) {
     return CP(p)->state + ((size_t)slot * 2 + (size_t)which) * p->state_floats;
 }
 
+/* Rollback, reset and copy are queued (queue_op): no launch and no host round trip each. */
 static int rollback(mb_pool *p, int slot, int j_start, int n_keep, mb_err *e) {
-    const mb_model *m = p->m;
-    cu_model *cm = CM(m);
-    cu_pool *cp = CP(p);
-    const mb_config *c = &m->c;
-    CU(m, cudaSetDevice(cm->gpu));
-    cu_rollback(cm->layers_dev, c->n_layer, cp->state, p->state_floats, slot, p->cur[slot],
-                cp->j_xin, cp->j_dt, cp->j_B, p->max_tokens, j_start, n_keep, c->d_inner,
-                c->d_state, c->d_conv, cm->st);
-    CU(m, cudaGetLastError());
-    return 0;
+    return queue_op(p, cu_slot_op{CU_OP_ROLLBACK, slot, p->cur[slot], -1, 0, j_start, n_keep}, e);
 }
 
-/* Rollback, reset and copy are only queued on the model's stream, ahead of the next forward,
- * which synchronises: no host round trip per sequence. A fault while they run fails that
- * forward (or the next read). */
 static int reset(mb_pool *p, int slot, mb_err *e) {
-    const mb_model *m = p->m;
-    CU(m, cudaSetDevice(CM(m)->gpu));
-    CU(m, cudaMemsetAsync(slot_buf(p, slot, p->cur[slot]), 0, p->state_floats * sizeof(float),
-                          CM(m)->st));
-    return 0;
+    return queue_op(p, cu_slot_op{CU_OP_RESET, slot, p->cur[slot], -1, 0, 0, 0}, e);
 }
 
 static int copy(mb_pool *p, int dst, int src, mb_err *e) {
-    const mb_model *m = p->m;
-    CU(m, cudaSetDevice(CM(m)->gpu));
-    CU(m, cudaMemcpyAsync(slot_buf(p, dst, p->cur[dst]), slot_buf(p, src, p->cur[src]),
-                          p->state_floats * sizeof(float), cudaMemcpyDeviceToDevice, CM(m)->st));
-    return 0;
+    return queue_op(p, cu_slot_op{CU_OP_COPY, dst, p->cur[dst], src, p->cur[src], 0, 0}, e);
 }
 
-static int read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+static int read(mb_pool *p, int slot, void *dst, mb_err *e) {
     const mb_model *m = p->m;
     CU(m, cudaSetDevice(CM(m)->gpu));
+    if (flush_ops(m, p, e)) return -1;
     CU(m, cudaMemcpyAsync(dst, slot_buf(p, slot, p->cur[slot]), p->state_floats * sizeof(float),
                           cudaMemcpyDeviceToHost, CM(m)->st));
     CU(m, cudaStreamSynchronize(CM(m)->st));
@@ -568,6 +625,7 @@ static int read(const mb_pool *p, int slot, void *dst, mb_err *e) {
 static int write(mb_pool *p, int slot, const void *src, mb_err *e) {
     const mb_model *m = p->m;
     CU(m, cudaSetDevice(CM(m)->gpu));
+    if (flush_ops(m, p, e)) return -1;
     CU(m, cudaMemcpyAsync(slot_buf(p, slot, p->cur[slot]), src, p->state_floats * sizeof(float),
                           cudaMemcpyHostToDevice, CM(m)->st));
     CU(m, cudaStreamSynchronize(CM(m)->st));

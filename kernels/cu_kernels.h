@@ -125,10 +125,22 @@ typedef struct cu_step_args {
 int cu_step_prepare(cu_step_args *a, int dev, int *blocks);
 cudaError_t cu_step(const cu_step_args *a, int blocks, cudaStream_t st);
 
-/* Rollback of one slot: its current buffer := its other buffer advanced by the first n_keep
- * span inputs (from token j_start), through the same conv and scan steps, in every layer. */
-void cu_rollback(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
-                 int slot, int cur, const float *j_xin, const float *j_dt, const float *j_B,
-                 int max_tokens, int j_start, int n_keep, int E, int N, int K, cudaStream_t st);
+/* Slot operations, several in one launch (cu_backend.cu queues them and launches them before
+ * anything reads a state): on slot's buffer cur, CU_OP_RESET zeroes it, CU_OP_COPY copies
+ * src's buffer src_cur into it, CU_OP_ROLLBACK makes it the other buffer advanced by the first
+ * n_keep span inputs from token j_start, through the same conv and scan steps as the forward.
+ * The operations of one launch touch different slots. */
+enum { CU_OP_RESET, CU_OP_COPY, CU_OP_ROLLBACK };
+#define CU_SLOT_OPS_MAX 128 /* per launch: they travel as the kernel's argument */
+typedef struct cu_slot_op {
+    int kind, slot, cur, src, src_cur, j_start, n_keep;
+} cu_slot_op;
+typedef struct cu_slot_ops {
+    int n;
+    cu_slot_op op[CU_SLOT_OPS_MAX];
+} cu_slot_ops;
+void cu_slot_ops_run(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
+                     const float *j_xin, const float *j_dt, const float *j_B, int max_tokens, int E,
+                     int N, int K, const cu_slot_ops *ops, cudaStream_t st);
 
 #endif

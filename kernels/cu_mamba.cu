@@ -12,7 +12,7 @@
 
 /* Shapes compiled: d_conv 2-4 (4 in every Mamba checkpoint), d_state 4, 8, 16, 32 or 64 (16 in
  * every Mamba-1 checkpoint); the backend refuses others at load (cu_backend.cu). */
-#define CHAN_T 128 /* channels per block of rollback */
+#define CHAN_T 128 /* channels per block of the slot operations */
 
 __global__ void __launch_bounds__(CU_BLOCK)
     k_embed(const void *W, int bf16, const int32_t *tokens, float *h, int D) {
@@ -165,21 +165,34 @@ void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
     }
 }
 
-/* ---------------------------------------------------------------- rollback */
+/* ---------------------------------------------------------------- slot operations */
 
-/* Thread = (layer, channel) of one slot: the state before the span, advanced by the first
- * n_keep saved inputs through conv_step and scan_step, as the forward advanced it. */
+/* Thread = (layer, channel) of one operation (blockIdx.z): its conv window (K - 1 values, E
+ * apart) and its N states of that layer. A rollback advances the state before the span by the
+ * first n_keep saved inputs through conv_step and scan_step, as the forward advanced it. */
 template <int K, int N>
 __global__ void __launch_bounds__(CHAN_T)
-    k_rollback(const cu_layer *layers, float *state, size_t sf, int slot, int cur,
-               const float *j_xin, const float *j_dt, const float *j_B, int max_tokens, int j_start,
-               int n_keep, int E) {
+    k_slot_ops(const cu_layer *layers, float *state, size_t sf, const float *j_xin,
+               const float *j_dt, const float *j_B, int max_tokens, int E, const cu_slot_ops ops) {
     const int c = blockIdx.x * CHAN_T + threadIdx.x, l = blockIdx.y;
     if (c >= E) return;
-    const cu_layer *L = &layers[l];
+    const cu_slot_op op = ops.op[blockIdx.z];
     const size_t lofs = (size_t)l * (size_t)E * (size_t)(K - 1 + N);
-    const float *src = slot_buf(state, sf, slot, !cur) + lofs;
-    float *dst = slot_buf(state, sf, slot, cur) + lofs;
+    float *dst = slot_buf(state, sf, op.slot, op.cur) + lofs;
+    float *sdst = dst + (size_t)E * (K - 1) + (size_t)c * N;
+    if (op.kind != CU_OP_ROLLBACK) {
+        const float *src =
+            op.kind == CU_OP_COPY ? slot_buf(state, sf, op.src, op.src_cur) + lofs : nullptr;
+        const float *ssrc = src ? src + (size_t)E * (K - 1) + (size_t)c * N : nullptr;
+#pragma unroll
+        for (int k = 0; k < K - 1; k++)
+            dst[(size_t)k * E + c] = src ? src[(size_t)k * E + c] : 0.0f;
+#pragma unroll
+        for (int n = 0; n < N; n++) sdst[n] = ssrc ? ssrc[n] : 0.0f;
+        return;
+    }
+    const cu_layer *L = &layers[l];
+    const float *src = slot_buf(state, sf, op.slot, !op.cur) + lofs;
     float win[K > 1 ? K - 1 : 1], st[N], A[N];
 #pragma unroll
     for (int k = 0; k < K - 1; k++) win[k] = src[(size_t)k * E + c];
@@ -188,70 +201,68 @@ __global__ void __launch_bounds__(CHAN_T)
     for (int n = 0; n < N; n++) st[n] = ssrc[n], A[n] = L->A[(size_t)c * N + n];
     const float bias = L->conv_b[c];
     const size_t lt = (size_t)l * (size_t)max_tokens;
-    for (int i = 0; i < n_keep; i++) {
-        const size_t t = lt + (size_t)(j_start + i);
+    for (int i = 0; i < op.n_keep; i++) {
+        const size_t t = lt + (size_t)(op.j_start + i);
         const float ut = conv_step<K>(win, L->conv_w + c, E, bias, j_xin[t * E + c]);
         scan_step<N>(st, A, j_dt[t * E + c], ut, j_B + t * N, nullptr);
     }
 #pragma unroll
     for (int k = 0; k < K - 1; k++) dst[(size_t)k * E + c] = win[k];
-    float *sdst = dst + (size_t)E * (K - 1) + (size_t)c * N;
 #pragma unroll
     for (int n = 0; n < N; n++) sdst[n] = st[n];
 }
 
 template <int K, int N>
-static void launch_rollback(const cu_layer *layers, int n_layer, float *state, size_t sf, int slot,
-                            int cur, const float *j_xin, const float *j_dt, const float *j_B,
-                            int max_tokens, int j_start, int n_keep, int E, cudaStream_t st) {
-    dim3 grid((E + CHAN_T - 1) / CHAN_T, n_layer);
-    k_rollback<K, N><<<grid, CHAN_T, 0, st>>>(layers, state, sf, slot, cur, j_xin, j_dt, j_B,
-                                              max_tokens, j_start, n_keep, E);
+static void launch_slot_ops(const cu_layer *layers, int n_layer, float *state, size_t sf,
+                            const float *j_xin, const float *j_dt, const float *j_B, int max_tokens,
+                            int E, const cu_slot_ops *ops, cudaStream_t st) {
+    dim3 grid((E + CHAN_T - 1) / CHAN_T, n_layer, ops->n);
+    k_slot_ops<K, N>
+        <<<grid, CHAN_T, 0, st>>>(layers, state, sf, j_xin, j_dt, j_B, max_tokens, E, *ops);
 }
 
 template <int K>
-static void rollback_n(const cu_layer *layers, int n_layer, float *state, size_t sf, int slot,
-                       int cur, const float *j_xin, const float *j_dt, const float *j_B,
-                       int max_tokens, int j_start, int n_keep, int E, int N, cudaStream_t st) {
+static void slot_ops_n(const cu_layer *layers, int n_layer, float *state, size_t sf,
+                       const float *j_xin, const float *j_dt, const float *j_B, int max_tokens,
+                       int E, int N, const cu_slot_ops *ops, cudaStream_t st) {
     switch (N) {
     case 4:
-        launch_rollback<K, 4>(layers, n_layer, state, sf, slot, cur, j_xin, j_dt, j_B, max_tokens,
-                              j_start, n_keep, E, st);
+        launch_slot_ops<K, 4>(layers, n_layer, state, sf, j_xin, j_dt, j_B, max_tokens, E, ops, st);
         break;
     case 8:
-        launch_rollback<K, 8>(layers, n_layer, state, sf, slot, cur, j_xin, j_dt, j_B, max_tokens,
-                              j_start, n_keep, E, st);
+        launch_slot_ops<K, 8>(layers, n_layer, state, sf, j_xin, j_dt, j_B, max_tokens, E, ops, st);
         break;
     case 16:
-        launch_rollback<K, 16>(layers, n_layer, state, sf, slot, cur, j_xin, j_dt, j_B, max_tokens,
-                               j_start, n_keep, E, st);
+        launch_slot_ops<K, 16>(layers, n_layer, state, sf, j_xin, j_dt, j_B, max_tokens, E, ops,
+                               st);
         break;
     case 32:
-        launch_rollback<K, 32>(layers, n_layer, state, sf, slot, cur, j_xin, j_dt, j_B, max_tokens,
-                               j_start, n_keep, E, st);
+        launch_slot_ops<K, 32>(layers, n_layer, state, sf, j_xin, j_dt, j_B, max_tokens, E, ops,
+                               st);
         break;
     default:
-        launch_rollback<K, 64>(layers, n_layer, state, sf, slot, cur, j_xin, j_dt, j_B, max_tokens,
-                               j_start, n_keep, E, st);
+        launch_slot_ops<K, 64>(layers, n_layer, state, sf, j_xin, j_dt, j_B, max_tokens, E, ops,
+                               st);
         break;
     }
 }
 
-void cu_rollback(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
-                 int slot, int cur, const float *j_xin, const float *j_dt, const float *j_B,
-                 int max_tokens, int j_start, int n_keep, int E, int N, int K, cudaStream_t st) {
+void cu_slot_ops_run(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
+                     const float *j_xin, const float *j_dt, const float *j_B, int max_tokens, int E,
+                     int N, int K, const cu_slot_ops *ops, cudaStream_t st) {
+    if (!ops->n) return;
     switch (K) { /* the backend refuses other widths at load */
     case 2:
-        rollback_n<2>(layers_dev, n_layer, state, state_floats, slot, cur, j_xin, j_dt, j_B,
-                      max_tokens, j_start, n_keep, E, N, st);
+        slot_ops_n<2>(layers_dev, n_layer, state, state_floats, j_xin, j_dt, j_B, max_tokens, E, N,
+                      ops, st);
         break;
     case 3:
-        rollback_n<3>(layers_dev, n_layer, state, state_floats, slot, cur, j_xin, j_dt, j_B,
-                      max_tokens, j_start, n_keep, E, N, st);
+        slot_ops_n<3>(layers_dev, n_layer, state, state_floats, j_xin, j_dt, j_B, max_tokens, E, N,
+                      ops, st);
         break;
     default:
-        rollback_n<4>(layers_dev, n_layer, state, state_floats, slot, cur, j_xin, j_dt, j_B,
-                      max_tokens, j_start, n_keep, E, N, st);
+        slot_ops_n<4>(layers_dev, n_layer, state, state_floats, j_xin, j_dt, j_B, max_tokens, E, N,
+                      ops, st);
         break;
     }
 }

@@ -34,7 +34,7 @@ typedef struct mb_backend {
     /* Whole current states: zero, copy, to and from host memory. */
     int (*reset)(mb_pool *p, int slot, mb_err *e);
     int (*copy)(mb_pool *p, int dst, int src, mb_err *e);
-    int (*read)(const mb_pool *p, int slot, void *dst, mb_err *e);
+    int (*read)(mb_pool *p, int slot, void *dst, mb_err *e);
     int (*write)(mb_pool *p, int slot, const void *src, mb_err *e);
 } mb_backend;
 

@@ -681,7 +681,7 @@ static int cpu_copy(mb_pool *p, int dst, int src, mb_err *e) {
     return 0;
 }
 
-static int cpu_read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+static int cpu_read(mb_pool *p, int slot, void *dst, mb_err *e) {
     memcpy(dst, mb_slot_state(p, slot, p->cur[slot]), mb_pool_state_bytes(p));
     return 0;
 }

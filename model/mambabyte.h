@@ -99,12 +99,12 @@ int mb_pool_copy(mb_pool *p, int dst, int src, mb_err *e);
  * (d_conv-1, d_inner), oldest input first, then the SSM state (d_inner, d_state), float32.
  * The same bytes on every backend. */
 size_t mb_pool_state_bytes(const mb_pool *p);
-int mb_pool_read(const mb_pool *p, int slot, void *dst, mb_err *e);
+int mb_pool_read(mb_pool *p, int slot, void *dst, mb_err *e);
 int mb_pool_write(mb_pool *p, int slot, const void *src, mb_err *e);
 /* A slot to a file and back: versioned header, model shape and checksum; a corrupt file or
  * one written for another model shape is rejected with an error. Files are the same on every
  * backend: a state saved on the CPU continues on the GPU and back. */
-int mb_pool_save(const mb_pool *p, int slot, const char *path, mb_err *e);
+int mb_pool_save(mb_pool *p, int slot, const char *path, mb_err *e);
 int mb_pool_load(mb_pool *p, int slot, const char *path, mb_err *e);
 
 /* ---- the batched forward ----

@@ -95,7 +95,7 @@ int mb_pool_copy(mb_pool *p, int dst, int src, mb_err *e) {
     return p->m->be->copy(p, dst, src, e);
 }
 
-int mb_pool_read(const mb_pool *p, int slot, void *dst, mb_err *e) {
+int mb_pool_read(mb_pool *p, int slot, void *dst, mb_err *e) {
     if (bad_slot(p, slot, "read", e)) return -1;
     return p->m->be->read(p, slot, dst, e);
 }
@@ -133,7 +133,7 @@ static void state_header(const mb_pool *p, uint8_t *hdr) {
 
 #define HDR_BYTES (8 + 4 * STATE_FIELDS + 8)
 
-int mb_pool_save(const mb_pool *p, int slot, const char *path, mb_err *e) {
+int mb_pool_save(mb_pool *p, int slot, const char *path, mb_err *e) {
     if (slot < 0 || slot >= p->n_slots) return mb_fail(e, "save: slot %d out of range", slot);
     uint8_t hdr[HDR_BYTES];
     state_header(p, hdr);

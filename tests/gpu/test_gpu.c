@@ -296,9 +296,9 @@ static void test_rollback(void) {
 }
 
 /* Slot operations called one after another on the same slots, before anything reads them (the
- * CUDA backend only enqueues them on its stream): each slot ends as if they had run one by one.
- * Checked bit for bit against slots fed the same tokens in the same forward (batch invariance makes
- * those the expected states). */
+ * CUDA backend queues them and runs them in as few launches as their order allows): each slot
+ * ends as if they had run one by one. Checked bit for bit against slots fed the same tokens in
+ * the same forward (batch invariance makes those the expected states). */
 static void test_queued_slot_ops(void) {
     mb_model *m = load_checked("models/mambabyte-small", dut);
     if (!m) return;
