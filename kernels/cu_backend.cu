@@ -545,14 +545,15 @@ static int flush_ops(const mb_model *m, mb_pool *p, mb_err *e) {
     cu_slot_ops ops;
     for (int ph = 0; ph < cp->n_phase; ph++) {
         ops.n = 0;
-        for (int i = 0; i < cp->n_q; i++) {
-            if (cp->q_phase[i] != ph) continue;
-            ops.op[ops.n++] = cp->q[i];
-            if (ops.n < CU_SLOT_OPS_MAX && i < cp->n_q - 1) continue;
-            cu_slot_ops_run(CM(m)->layers_dev, c->n_layer, cp->state, p->state_floats, cp->j_xin,
-                            cp->j_dt, cp->j_B, p->max_tokens, c->d_inner, c->d_state, c->d_conv,
-                            &ops, CM(m)->st);
-            ops.n = 0;
+        for (int i = 0; i <= cp->n_q; i++) {
+            if (i < cp->n_q && cp->q_phase[i] != ph) continue;
+            if (i < cp->n_q) ops.op[ops.n++] = cp->q[i];
+            if (ops.n && (ops.n == CU_SLOT_OPS_MAX || i == cp->n_q)) { /* full, or the last */
+                cu_slot_ops_run(CM(m)->layers_dev, c->n_layer, cp->state, p->state_floats,
+                                cp->j_xin, cp->j_dt, cp->j_B, p->max_tokens, c->d_inner, c->d_state,
+                                c->d_conv, &ops, CM(m)->st);
+                ops.n = 0;
+            }
         }
     }
     cp->n_q = cp->n_phase = 0;
