@@ -48,9 +48,11 @@ typedef struct cu_pool {
     float *logits_host;                        /* pinned (max_tokens, n_vocab) */
     int use_graphs;                            /* MB_CUDA_GRAPHS=0 turns graphs off */
     int use_pdl;                               /* MB_CUDA_PDL=0 turns overlapping launches off */
+    int use_fused; /* MB_CUDA_FUSE=0: norm, in_proj and conv as three launches at every size */
     int use_step, step_blocks;                 /* the persistent step kernel (MB_CUDA_STEP=1) */
     cu_step_args step;                         /* its arguments but the batch */
     int trace;                                 /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
+    unsigned long long *ktrace; /* MB_CUDA_TRACE=1: kernel entry times (cu_ops.h, ops_trace) */
     cu_graph graphs[CU_GRAPHS];
     uint64_t clock;
     cu_slot_op *q;              /* queued slot operations (queue_op), in call order */
@@ -328,6 +330,11 @@ static void pool_free(mb_pool *p) {
     for (cu_graph &g : cp->graphs)
         if (g.exec) cudaGraphExecDestroy(g.exec);
     cudaFree(cp->step.trace);
+    if (cp->ktrace) {
+        cu_trace_bind_mamba(nullptr);
+        cu_trace_bind_matmul(nullptr);
+        cudaFree(cp->ktrace);
+    }
     cudaFree(cp->batch_dev);
     cudaFreeHost(cp->batch_host);
     cudaFreeHost(cp->logits_host);
@@ -367,8 +374,10 @@ static int pool_init(mb_pool *p, mb_err *e) {
         pool_free(p);
         return fail(e, "out of memory");
     }
-    const char *graphs = getenv("MB_CUDA_GRAPHS"), *pdl = getenv("MB_CUDA_PDL");
+    const char *graphs = getenv("MB_CUDA_GRAPHS"), *pdl = getenv("MB_CUDA_PDL"),
+               *fuse = getenv("MB_CUDA_FUSE");
     cp->use_pdl = !(pdl && !strcmp(pdl, "0"));
+    cp->use_fused = !(fuse && !strcmp(fuse, "0"));
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -396,6 +405,14 @@ static int pool_init(mb_pool *p, mb_err *e) {
     cp->trace =
         cp->use_step && trace && !strcmp(trace, "1") &&
         cudaMalloc(&cp->step.trace, (4 * L + 4) * sizeof(unsigned long long)) == cudaSuccess;
+    const char *kt = getenv("MB_CUDA_TRACE");
+    if (kt && !strcmp(kt, "1") &&
+        cudaMalloc(&cp->ktrace, (1 + CU_TRACE_MAX) * sizeof *cp->ktrace) == cudaSuccess &&
+        (cu_trace_bind_mamba(cp->ktrace) != cudaSuccess ||
+         cu_trace_bind_matmul(cp->ktrace) != cudaSuccess)) {
+        cudaFree(cp->ktrace);
+        cp->ktrace = nullptr;
+    }
     cudaGetLastError(); /* a model the step kernel does not take leaves no error behind */
     return 0;
 }
@@ -436,11 +453,13 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
                              cp->j_xin + (size_t)l * MT * E,
                              cp->j_dt + (size_t)l * MT * E,
                              cp->j_B + (size_t)l * MT * N};
-        /* xz = in_proj(norm(h)) */
-        cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
-        cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
-        /* u = silu(conv(x)), advancing each sequence's conv window */
-        cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
+        /* xz = in_proj(norm(h)); u = silu(conv(x)), advancing each sequence's conv window */
+        if (!cp->use_fused ||
+            !cu_in_proj_conv(L, &b, &ls, cp->h, cp->xz, cp->u, D, E, K, c->norm_eps, st)) {
+            cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
+            cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
+            cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
+        }
         /* [dt_low, B, C] = x_proj(u) */
         cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
                   st);
@@ -504,6 +523,31 @@ static void print_trace(const mb_model *m, const mb_pool *p) {
             (double)(t[n - 1] - t[0]) / 1e3, (double)(t[1] - t[0]) / 1e3, ph[0] / L, ph[1] / L,
             ph[2] / L, ph[3] / L, (double)(t[n - 2] - t[n - 3]) / 1e3,
             (double)(t[n - 1] - t[n - 2]) / 1e3);
+}
+
+/* The per-operation kernels of one forward (MB_CUDA_TRACE=1): from each kernel's entry (its first
+ * block past the wait for the kernel before) to the next one's, summed by the kernel's place in
+ * a layer, averaged over the layers. The head's own time is not seen (nothing follows it). */
+static void print_ops_trace(const mb_model *m, const mb_pool *p, int n_out) {
+    static unsigned long long t[1 + CU_TRACE_MAX];
+    if (cudaMemcpy(t, CP(p)->ktrace, sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess) return;
+    const int L = m->c.n_layer, n = t[0] < CU_TRACE_MAX ? (int)t[0] : CU_TRACE_MAX;
+    const int tail = n_out ? 2 : 0, per = (n - 1 - tail) / L;
+    if (per < 1 || 1 + per * L + tail != n || per > 8) return;
+    double k[8] = {0};
+    for (int l = 0; l < L; l++)
+        for (int j = 0; j < per; j++) {
+            const int i = 1 + 1 + l * per + j; /* t[1] is the embedding's entry */
+            if (i + 1 <= n) k[j] += (double)(t[i + 1] - t[i]) / 1e3;
+        }
+    static const char *const four[] = {"in_proj+norm+conv", "x_proj", "scan", "out_proj"},
+                             *const six[] = {"norm", "in_proj", "conv", "x_proj", "scan", "out_proj"};
+    fprintf(stderr, "kernels (us): entry to last entry %.1f | embed %.1f | per layer:",
+            (double)(t[n] - t[1]) / 1e3, (double)(t[2] - t[1]) / 1e3);
+    for (int j = 0; j < per; j++)
+        fprintf(stderr, " %s %.2f", per == 4 ? four[j] : per == 6 ? six[j] : "kernel", k[j] / L);
+    if (tail) fprintf(stderr, " | final norm %.1f", (double)(t[n] - t[n - 1]) / 1e3);
+    fprintf(stderr, "\n");
 }
 
 /* ---------------------------------------------------------------- queued slot operations */
@@ -583,6 +627,7 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
                             ? graph_for(m, p, T, n, n_out)
                             : nullptr;
+    if (cp->ktrace) CU(m, cudaMemsetAsync(cp->ktrace, 0, sizeof *cp->ktrace, cm->st));
     if (g)
         CU(m, cudaGraphLaunch(g, cm->st));
     else
@@ -591,6 +636,7 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     CU(m, cudaStreamSynchronize(cm->st));
     if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));
     if (cp->trace && T <= CU_STEP_MAX_T) print_trace(m, p);
+    if (cp->ktrace && !(cp->use_step && T <= CU_STEP_MAX_T)) print_ops_trace(m, p, n_out);
     return 0;
 }
 

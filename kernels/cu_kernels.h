@@ -89,6 +89,15 @@ void cu_norm(const float *x, const int *rows, int n, float *out, const float *w,
 /* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r], for r < n_rows, t < T (epi: CU_EPI_*). */
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
                const float *bias, int epi, cudaStream_t st);
+/* norm, in_proj and conv as one launch, for forwards of at most CU_FUSE_MAX_T tokens when in_proj
+ * runs on tensor cores and d_conv is 4: the same bits as cu_norm, cu_matmul and cu_conv one after
+ * another. false (nothing launched) where it does not apply. Each block computes the norm of
+ * every token and the conv of its channels after its product, so past a few tokens the three
+ * kernels are faster (H200, bench/RESULTS.md: 8 tokens lose on the bundled model, 16 on 354M). */
+#define CU_FUSE_MAX_T 4
+bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                     const float *h, float *xz, float *u, int D, int E, int K, float eps,
+                     cudaStream_t st);
 /* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
  * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
  * conv inputs to j_xin. */
@@ -142,5 +151,11 @@ typedef struct cu_slot_ops {
 void cu_slot_ops_run(const cu_layer *layers_dev, int n_layer, float *state, size_t state_floats,
                      const float *j_xin, const float *j_dt, const float *j_B, int max_tokens, int E,
                      int N, int K, const cu_slot_ops *ops, cudaStream_t st);
+
+/* Points the kernels of cu_mamba.cu and cu_matmul.cu at a trace buffer (cu_ops.h, ops_trace) of
+ * 1 + CU_TRACE_MAX entries, or at none (NULL). */
+#define CU_TRACE_MAX 4096
+cudaError_t cu_trace_bind_mamba(unsigned long long *buf);
+cudaError_t cu_trace_bind_matmul(unsigned long long *buf);
 
 #endif

@@ -266,3 +266,5 @@ void cu_slot_ops_run(const cu_layer *layers_dev, int n_layer, float *state, size
         break;
     }
 }
+
+cudaError_t cu_trace_bind_mamba(unsigned long long *buf) { return trace_bind(buf); }

@@ -74,6 +74,45 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                   blockIdx.y, sh, nullptr, nullptr, nullptr);
 }
 
+/* in_proj with the norm folded in, then the conv of the block's x channels (cu_in_proj_conv):
+ * the step kernel's first phase as one launch. One token tile, so every token of a channel's
+ * span is in the block that computed its xz. */
+template <int SPLIT, int K>
+__global__ void __launch_bounds__(CU_BLOCK)
+    k_in_proj_conv(const cu_layer L, const cu_batch b, const cu_layer_state ls, const float *h,
+                   float *xz, float *u, int D, int E, float eps) {
+    __shared__ float2 nstat[TC_TOK];
+    __shared__ float sh[MM_WARPS * TC_TOK / 8 * 4 * 32];
+    const int rows = SPLIT == 8 ? 16 : 32, r0 = blockIdx.x * rows, T = b.T;
+    const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(L.in_proj.w);
+    prefetch_rows(w, 2 * E, D, r0, rows, true);
+    pdl_wait_then_release();
+    norm_stats_block(h, T, D, eps, L.norm_b != nullptr, nstat, sh);
+    matmul_tc_block<SPLIT, true>(w, 2 * E, D, h, D, xz, 2 * E, T, L.in_b, CU_EPI_STORE, blockIdx.x,
+                                 0, sh, nstat, L.norm_w, L.norm_b);
+    if (r0 >= E) return;
+    __syncthreads(); /* the tile's xz, written by every warp */
+    for (int i = threadIdx.x; i < rows * T; i += CU_BLOCK) {
+        const int c = r0 + i % rows, t = i / rows;
+        if (c < E)
+            conv_tok<K>(L.conv_w, L.conv_b, b.off, b.n_seq, b.slot, b.cur, ls.state,
+                        ls.state_floats, ls.layer_ofs, xz, u, ls.j_xin, E, c, t);
+    }
+}
+
+bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                     const float *h, float *xz, float *u, int D, int E, int K, float eps,
+                     cudaStream_t st) {
+    const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, h, D, b->T);
+    if (b->T > CU_FUSE_MAX_T || !b->n_seq || (p.kind != CU_MM_TC4 && p.kind != CU_MM_TC8) || K != 4)
+        return false;
+    if (p.kind == CU_MM_TC8)
+        cu_launch(k_in_proj_conv<8, 4>, p.gx, CU_BLOCK, 0, st, *L, *b, *ls, h, xz, u, D, E, eps);
+    else
+        cu_launch(k_in_proj_conv<4, 4>, p.gx, CU_BLOCK, 0, st, *L, *b, *ls, h, xz, u, D, E, eps);
+    return true;
+}
+
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
                const float *bias, int epi, cudaStream_t st) {
     if (T <= 0 || n_rows <= 0) return;
@@ -121,3 +160,5 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
     }
 #undef MM
 }
+
+cudaError_t cu_trace_bind_matmul(unsigned long long *buf) { return trace_bind(buf); }

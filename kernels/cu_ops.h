@@ -17,12 +17,29 @@
 
 #define CU_BLOCK 256
 
+/* MB_CUDA_TRACE=1 (cu_backend.cu): a buffer of a count and then one time (ns) per kernel, the
+ * moment its first block got past pdl_wait_then_release, so the time from one kernel's entry to
+ * the next one's is what the first kernel adds to the forward. NULL: no trace. Each translation
+ * unit has its copy, set by trace_bind through the unit's cu_trace_bind_* function. */
+static __device__ unsigned long long *ops_trace;
+static inline cudaError_t trace_bind(unsigned long long *buf) {
+    return cudaMemcpyToSymbol(ops_trace, &buf, sizeof buf);
+}
+
 /* The start of every kernel launched by cu_launch, after any weight prefetch and before it reads
  * what the kernel before wrote or writes anything: waits until that kernel has completed (its
  * writes visible), then lets the next kernel start. No-ops without a programmatic predecessor. */
 static __device__ __forceinline__ void pdl_wait_then_release() {
+    /* the trace pointer is set before the forward: read while the kernel before still runs */
+    unsigned long long *trace = blockIdx.x | blockIdx.y | threadIdx.x ? nullptr : ops_trace;
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (trace) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        const unsigned long long i = atomicAdd(trace, 1ull);
+        if (i < CU_TRACE_MAX) trace[1 + i] = t;
+    }
 }
 
 /* Fetches bytes (a multiple of 16, from a 16-byte aligned address) into L2: Hopper's bulk
