@@ -33,7 +33,7 @@ typedef struct cu_model {
 
 /* A captured forward for one batch shape (T tokens, n sequences, n_out logits rows). */
 typedef struct cu_graph {
-    int T, n, n_out;
+    int T, n, n_out, pre; /* pre: the forward computes dt ahead of the scan (cu_scan) */
     cudaGraphExec_t exec; /* NULL until the shape comes a second time */
     uint64_t used;        /* clock of the last use, for eviction */
 } cu_graph;
@@ -378,6 +378,12 @@ static int pool_init(mb_pool *p, mb_err *e) {
                *fuse = getenv("MB_CUDA_FUSE");
     cp->use_pdl = !(pdl && !strcmp(pdl, "0"));
     cp->use_fused = !(fuse && !strcmp(fuse, "0"));
+    const char *dt_min = getenv("MB_CUDA_DT_MIN"), *dt_few = getenv("MB_CUDA_DT_MIN_FEW");
+    if (dt_min && atoi(dt_min) > 0) cu_dt_min = atoi(dt_min);
+    if (dt_few && atoi(dt_few) > 0) cu_dt_min_few = atoi(dt_few);
+    const char *tts = getenv("MB_CUDA_TT_SMALL"), *ttm = getenv("MB_CUDA_TT_MID");
+    if (tts) cu_tt_small = atoi(tts);
+    if (ttm) cu_tt_mid = atoi(ttm);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -423,7 +429,7 @@ static int pool_init(mb_pool *p, mb_err *e) {
  * buffer, already filled), every kernel, the logits copy out. Its launches depend only on
  * (T, n, n_out); the batch itself is read from device memory, so a captured graph replays any
  * batch of the same shape. */
-static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out) {
+static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out, int pre) {
     cu_model *cm = CM(m);
     cu_pool *cp = CP(p);
     const mb_config *c = &m->c;
@@ -464,7 +470,7 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
         cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
                   st);
         /* dt = softplus(dt_proj(dt_low) + dt_bias), the selective scan, then y * silu(z) */
-        cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, st);
+        cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, pre, st);
         /* residual connection: h += out_proj(y) */
         cu_matmul(&L->out_proj, D, cp->y, E, cp->h, D, T, L->out_b, CU_EPI_ADD, st);
     }
@@ -478,18 +484,19 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
 
 /* The graph for a batch shape: found, or captured the second time the shape comes (a shape
  * seen once, such as the tail of a prompt, is not worth an instantiation). NULL: run eagerly. */
-static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int n, int n_out) {
+static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int n, int n_out,
+                                 int pre) {
     cu_pool *cp = CP(p);
     cu_graph *g = nullptr, *lru = &cp->graphs[0];
     for (int i = 0; i < CU_GRAPHS; i++) {
         cu_graph *x = &cp->graphs[i];
-        if (x->T == T && x->n == n && x->n_out == n_out) g = x;
+        if (x->T == T && x->n == n && x->n_out == n_out && x->pre == pre) g = x;
         if (x->used < lru->used) lru = x;
     }
     cp->clock++;
     if (!g) { /* first sight: remember the shape, evicting the least recently used */
         if (lru->exec) cudaGraphExecDestroy(lru->exec);
-        *lru = cu_graph{T, n, n_out, nullptr, cp->clock};
+        *lru = cu_graph{T, n, n_out, pre, nullptr, cp->clock};
         return nullptr;
     }
     g->used = cp->clock;
@@ -497,7 +504,7 @@ static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int
     cudaStream_t st = CM(m)->st;
     cudaGraph_t graph = nullptr;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return nullptr;
-    enqueue(m, p, T, n, n_out);
+    enqueue(m, p, T, n, n_out, pre);
     if (cudaStreamEndCapture(st, &graph) == cudaSuccess &&
         cudaGraphInstantiate(&g->exec, graph, 0) != cudaSuccess)
         g->exec = nullptr;
@@ -622,16 +629,21 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
     memcpy(hb, bt->tokens, (size_t)T * sizeof(int));
     memcpy(hb + T, bt->off, (size_t)(n + 1) * sizeof(int));
     memcpy(hb + T + n + 1, bt->slot, (size_t)n * sizeof(int));
-    for (int s = 0; s < n; s++) hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
+    int longest = 0;
+    for (int s = 0; s < n; s++) {
+        hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
+        if (bt->off[s + 1] - bt->off[s] > longest) longest = bt->off[s + 1] - bt->off[s];
+    }
+    const int pre = longest >= (n >= CU_SCAN_CHAN_MIN ? cu_dt_min : cu_dt_min_few);
     memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
     cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
-                            ? graph_for(m, p, T, n, n_out)
+                            ? graph_for(m, p, T, n, n_out, pre)
                             : nullptr;
     if (cp->ktrace) CU(m, cudaMemsetAsync(cp->ktrace, 0, sizeof *cp->ktrace, cm->st));
     if (g)
         CU(m, cudaGraphLaunch(g, cm->st));
     else
-        enqueue(m, p, T, n, n_out);
+        enqueue(m, p, T, n, n_out, pre);
     CU(m, cudaGetLastError()); /* a launch that could not start */
     CU(m, cudaStreamSynchronize(cm->st));
     if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));

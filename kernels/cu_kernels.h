@@ -105,11 +105,21 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
              float *u, int E, int K, cudaStream_t st);
 /* Selective scan over each sequence's span from its slot's SSM state, then y = (s.C + D u) *
  * silu(z) into y (T, E); the state after the span goes to the other buffer, B to j_B. dt =
- * softplus(dt_proj(dt_low) + dt_bias) is computed here (into j_dt); dt_low, B and C come from
- * dbl (T, R + 2N). */
+ * softplus(dt_proj(dt_low) + dt_bias) is computed here (into j_dt), or with pre by a kernel
+ * before it for all tokens at once; dt_low, B and C come from dbl (T, R + 2N). */
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
-             const float *dbl, const float *xz, float *y, int E, int N, int R, int K,
+             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, bool pre,
              cudaStream_t st);
+/* pre (cu_scan): dt for all the forward's tokens in a kernel of its own before the scan, chosen
+ * by the backend for forwards holding a span of cu_dt_min tokens or more when they have
+ * SCAN_CHAN_MIN (16) sequences or more, of cu_dt_min_few when fewer (MB_CUDA_DT_MIN,
+ * MB_CUDA_DT_MIN_FEW; the same bits either way). */
+#define CU_SCAN_CHAN_MIN 16
+extern int cu_dt_min, cu_dt_min_few;
+/* Tokens per tile of the tensor-core products (cu_ops.h, matmul_tc_block's TT: 8, 16 or 32, the
+ * same bits whichever) for forwards of up to 64 tokens and of 65-256 (MB_CUDA_TT_SMALL,
+ * MB_CUDA_TT_MID); longer forwards take 32. */
+extern int cu_tt_small, cu_tt_mid;
 /* The whole forward of a small batch (T <= CU_STEP_MAX_T tokens) as one persistent kernel
  * (cu_step.cu): the per-operation block functions of cu_ops.h, separated by grid barriers
  * instead of kernel boundaries, with the next layer's matrices prefetched into L2.

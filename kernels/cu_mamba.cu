@@ -76,18 +76,18 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
     }
 }
 
-template <int N, typename WT>
+template <int N, typename WT, bool PRE>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_scan(const float *A_all, const float *Dv, const int *off, const int *slot, const int *cur,
            float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
            float *j_dt, const float *dbl, const float *xz, float *y, float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_smem: SPAN_CHUNK rows of dbl, dt_proj columns */
     pdl_wait_then_release();
-    scan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz, y,
-                      j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh);
+    scan_block<N, WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz,
+                           y, j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh);
 }
 
-template <int N, typename WT>
+template <int N, typename WT, bool PRE>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_scan_chan(const float *A_all, const float *Dv, const int *off, const int *slot,
                 const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
@@ -95,72 +95,104 @@ __global__ void __launch_bounds__(CU_BLOCK)
                 float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_chan_smem */
     pdl_wait_then_release();
-    scan_chan_block<N, WT>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz,
-                           y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
+    scan_chan_block<N, WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl,
+                                xz, y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
 }
 
-/* Batches of SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block), fewer
- * a thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
- * keeps invariance. */
-#define SCAN_CHAN_MIN 16
+template <int G, typename WT>
+__global__ void __launch_bounds__(CU_BLOCK)
+    k_dt(const WT *Wdt, const float *dt_b, const float *dbl, float *j_dt, int E, int R, int ld,
+         int T) {
+    extern __shared__ float dt_sh[]; /* dt_smem */
+    pdl_wait_then_release();
+    dt_block<G, WT>(Wdt, dt_b, dbl, j_dt, E, R, ld, T, blockIdx.x * CU_BLOCK, blockIdx.y * DT_TOK,
+                    dt_sh);
+}
 
-template <int N, typename WT>
-static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
-                           const float *u, const float *dbl, const float *xz, float *y, int E,
-                           int R, int K, cudaStream_t st) {
-    const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
+/* Batches of CU_SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block), fewer
+ * a thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
+ * keeps invariance. Forwards with a long span compute dt first for all their tokens at once
+ * (dt_block, the same bits again), so the scan's walk through that span does not carry it: from
+ * cu_dt_min tokens in a batch that takes scan_chan_block (which sums a token's dt alone), from
+ * cu_dt_min_few in one that takes scan_block (whose lanes share the sum). H200, bench/RESULTS.md:
+ * a prompt chunk of 128 beside 63 decoding sequences 5.4x -> 3.5x a decoding step; one sequence of
+ * 512 tokens 17.8k -> 22.3k bytes/s, but at 32-128 tokens mostly slower. */
+int cu_dt_min = 32, cu_dt_min_few = 256;
+
+template <typename K> static void big_smem(K *k, size_t shared) {
+    if (shared > 48 * 1024)
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared);
+}
+
+template <int N, typename WT, bool PRE>
+static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                            const float *u, const float *dbl, const float *xz, float *y, int E,
+                            int R, size_t lofs, cudaStream_t st) {
     const WT *w = static_cast<const WT *>(L->dt_proj.w);
     const int bf16 = sizeof(WT) == 2;
-    if (b->n_seq >= SCAN_CHAN_MIN) {
+    if (b->n_seq >= CU_SCAN_CHAN_MIN) {
+        auto k = k_scan_chan<N, WT, PRE>;
         dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);
         const size_t shared = scan_chan_smem(R, N, bf16);
-        if (shared > 48 * 1024)
-            cudaFuncSetAttribute(k_scan_chan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)shared);
-        cu_launch(k_scan_chan<N, WT>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot,
-                  b->cur, ls->state, ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y,
-                  ls->j_B, E, R);
+        big_smem(k, shared);
+        cu_launch(k, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur, ls->state,
+                  ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
         return;
     }
     dim3 grid((E + SCAN_CPB(N) - 1) / SCAN_CPB(N), b->n_seq);
     const size_t shared = scan_smem(R, N, bf16);
-    if (shared > 48 * 1024)
-        cudaFuncSetAttribute(k_scan<N, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)shared);
-    cu_launch(k_scan<N, WT>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur,
+    big_smem(k_scan<N, WT, PRE>, shared);
+    cu_launch(k_scan<N, WT, PRE>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur,
               ls->state, ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E,
               R);
+}
+
+template <int N, typename WT>
+static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                           const float *u, const float *dbl, const float *xz, float *y, int E,
+                           int R, int K, bool pre, cudaStream_t st) {
+    const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
+    if (!pre) {
+        launch_scan_pre<N, WT, false>(L, b, ls, u, dbl, xz, y, E, R, lofs, st);
+        return;
+    }
+    const size_t shared = dt_smem(R, sizeof(WT) == 2);
+    big_smem(k_dt<SCAN_G(N), WT>, shared);
+    dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, (b->T + DT_TOK - 1) / DT_TOK);
+    cu_launch(k_dt<SCAN_G(N), WT>, grid, CU_BLOCK, shared, st,
+              static_cast<const WT *>(L->dt_proj.w), L->dt_b, dbl, ls->j_dt, E, R, R + 2 * N, b->T);
+    launch_scan_pre<N, WT, true>(L, b, ls, u, dbl, xz, y, E, R, lofs, st);
 }
 
 template <int N>
 static void launch_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                         const float *u, const float *dbl, const float *xz, float *y, int E, int R,
-                        int K, cudaStream_t st) {
+                        int K, bool pre, cudaStream_t st) {
     if (L->dt_proj.dtype != 0)
-        launch_scan_wt<N, __nv_bfloat16>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan_wt<N, __nv_bfloat16>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
     else
-        launch_scan_wt<N, float>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan_wt<N, float>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
 }
 
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
-             const float *dbl, const float *xz, float *y, int E, int N, int R, int K,
+             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, bool pre,
              cudaStream_t st) {
     if (!b->n_seq) return;
     switch (N) { /* the backend refuses other sizes at load */
     case 4:
-        launch_scan<4>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan<4>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
         break;
     case 8:
-        launch_scan<8>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan<8>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
         break;
     case 16:
-        launch_scan<16>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan<16>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
         break;
     case 32:
-        launch_scan<32>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan<32>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
         break;
     default:
-        launch_scan<64>(L, b, ls, u, dbl, xz, y, E, R, K, st);
+        launch_scan<64>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
         break;
     }
 }

@@ -62,16 +62,26 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                  sh);
 }
 
-template <int SPLIT>
+template <int SPLIT, int TT>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_matmul_tc(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
-    __shared__ float sh[MM_WARPS * TC_TOK / 8 * 4 * 32];
+    __shared__ float sh[MM_WARPS * TT / 8 * 4 * 32];
     const int rows = SPLIT == 8 ? 16 : 32;
     prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, true);
     pdl_wait_then_release();
-    matmul_tc_block<SPLIT, false>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
-                                  blockIdx.y, sh, nullptr, nullptr, nullptr);
+    matmul_tc_block<SPLIT, false, TT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
+                                      blockIdx.y, sh, nullptr, nullptr, nullptr);
+}
+
+/* H200 (bench/RESULTS.md): 16 at up to 64 tokens (354M batch 64 best; bundled within 3 % of 8),
+ * 32 beyond (354M batch 256: 16 was 8 % slower). */
+int cu_tt_small = 16, cu_tt_mid = TC_TOK; /* cu_kernels.h */
+
+/* The tile of a forward of T tokens (8, 16 or TC_TOK): the same bits whichever. */
+static int tc_tile(int T) {
+    const int tt = T <= 64 ? cu_tt_small : T <= 256 ? cu_tt_mid : TC_TOK;
+    return tt == 8 || tt == 16 ? tt : TC_TOK;
 }
 
 /* in_proj with the norm folded in, then the conv of the block's x channels (cu_in_proj_conv):
@@ -81,15 +91,15 @@ template <int SPLIT, int K>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_in_proj_conv(const cu_layer L, const cu_batch b, const cu_layer_state ls, const float *h,
                    float *xz, float *u, int D, int E, float eps) {
-    __shared__ float2 nstat[TC_TOK];
-    __shared__ float sh[MM_WARPS * TC_TOK / 8 * 4 * 32];
+    __shared__ float2 nstat[8];
+    __shared__ float sh[MM_WARPS * 8 / 8 * 4 * 32];
     const int rows = SPLIT == 8 ? 16 : 32, r0 = blockIdx.x * rows, T = b.T;
     const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(L.in_proj.w);
     prefetch_rows(w, 2 * E, D, r0, rows, true);
     pdl_wait_then_release();
     norm_stats_block(h, T, D, eps, L.norm_b != nullptr, nstat, sh);
-    matmul_tc_block<SPLIT, true>(w, 2 * E, D, h, D, xz, 2 * E, T, L.in_b, CU_EPI_STORE, blockIdx.x,
-                                 0, sh, nstat, L.norm_w, L.norm_b);
+    matmul_tc_block<SPLIT, true, 8>(w, 2 * E, D, h, D, xz, 2 * E, T, L.in_b, CU_EPI_STORE,
+                                    blockIdx.x, 0, sh, nstat, L.norm_w, L.norm_b);
     if (r0 >= E) return;
     __syncthreads(); /* the tile's xz, written by every warp */
     for (int i = threadIdx.x; i < rows * T; i += CU_BLOCK) {
@@ -117,7 +127,8 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
                const float *bias, int epi, cudaStream_t st) {
     if (T <= 0 || n_rows <= 0) return;
     const cu_mm p = cu_mm_plan(W, n_rows, X, ldx, T);
-    const dim3 grid(p.gx, p.gy);
+    const int tt = p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
+    const dim3 grid(p.gx, tt ? (T + tt - 1) / tt : p.gy);
     const int K = W->cols;
     const float *wf = static_cast<const float *>(W->w);
     const __nv_bfloat16 *wb = static_cast<const __nv_bfloat16 *>(W->w);
@@ -126,12 +137,16 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
               bias, epi)
     switch (p.kind) {
     case CU_MM_TC8:
-        cu_launch(k_matmul_tc<8>, grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias,
-                  epi);
+        cu_launch(tt == 8    ? k_matmul_tc<8, 8>
+                  : tt == 16 ? k_matmul_tc<8, 16>
+                             : k_matmul_tc<8, TC_TOK>,
+                  grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case CU_MM_TC4:
-        cu_launch(k_matmul_tc<4>, grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias,
-                  epi);
+        cu_launch(tt == 8    ? k_matmul_tc<4, 8>
+                  : tt == 16 ? k_matmul_tc<4, 16>
+                             : k_matmul_tc<4, TC_TOK>,
+                  grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case 0:
         MM(float, wf, false, 1);

@@ -319,9 +319,12 @@ static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, 
     *lo = *reinterpret_cast<uint32_t *>(&l);
 }
 
-/* sh: CU_BLOCK / 32 x (TC_TOK / 8 * 4) x 32 floats (16 KB). NORM: X is the residual stream and
- * nstat/nw/nb the norm (nb NULL for RMSNorm). */
-template <int SPLIT, bool NORM>
+/* sh: CU_BLOCK / 32 x (TT / 8 * 4) x 32 floats (16 KB at TC_TOK). NORM: X is the residual stream
+ * and nstat/nw/nb the norm (nb NULL for RMSNorm). TT: the block's tokens (8 or TC_TOK); a token's
+ * MMAs are the same whichever tile holds it, so the tile size is free to follow the batch: small
+ * tiles give a forward of tens of tokens more blocks (more loads in flight), large ones read each
+ * weight fewer times for long forwards. */
+template <int SPLIT, bool NORM, int TT = TC_TOK>
 static __device__ void
 matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi, int bx,
@@ -329,13 +332,13 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
     constexpr int TILES = CU_BLOCK / 32 / SPLIT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int kw = warp % SPLIT, tile = warp / SPLIT;
-    const int r0 = (bx * TILES + tile) * 16, t0 = by * TC_TOK;
-    const int nt = T - t0 < TC_TOK ? T - t0 : TC_TOK, tiles = (nt + 7) / 8;
+    const int r0 = (bx * TILES + tile) * 16, t0 = by * TT;
+    const int nt = T - t0 < TT ? T - t0 : TT, tiles = (nt + 7) / 8;
     const bool va = r0 + g < n_rows, vb = r0 + g + 8 < n_rows;
     const __nv_bfloat16 *wa = W + (size_t)(r0 + g) * K, *wb = W + (size_t)(r0 + g + 8) * K;
-    float acc[TC_TOK / 8][4];
+    float acc[TT / 8][4];
 #pragma unroll
-    for (int i = 0; i < TC_TOK / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    for (int i = 0; i < TT / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * TC_AHEAD) {
         /* every load of TC_AHEAD steps first: weights, norm weights, then per column tile the
@@ -354,7 +357,7 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
             }
         }
 #pragma unroll
-        for (int i = 0; i < TC_TOK / 8; i++) {
+        for (int i = 0; i < TT / 8; i++) {
             if (i >= tiles) break;
             const int t = t0 + 8 * i + g;
             float x[TC_AHEAD][8];
@@ -393,15 +396,15 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
             }
         }
     }
-    float(*part)[TC_TOK / 8 * 4][32] = reinterpret_cast<float(*)[TC_TOK / 8 * 4][32]>(sh);
+    float(*part)[TT / 8 * 4][32] = reinterpret_cast<float(*)[TT / 8 * 4][32]>(sh);
 #pragma unroll
-    for (int i = 0; i < TC_TOK / 8; i++)
+    for (int i = 0; i < TT / 8; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) part[warp][i * 4 + j][lane] = acc[i][j];
     __syncthreads();
     if (kw) return;
 #pragma unroll
-    for (int i = 0; i < TC_TOK / 8; i++) {
+    for (int i = 0; i < TT / 8; i++) {
         if (i >= tiles) break;
 #pragma unroll
         for (int j = 0; j < 4; j++) { /* c0, c1: row g; c2, c3: row g + 8; tokens 2q, 2q + 1 */
@@ -509,7 +512,7 @@ static __host__ __device__ inline size_t scan_smem(int R, int N, int wdt_bf16) {
 
 /* Channels c0 .. c0 + SCAN_CPB(N) - 1 of sequence s. WT: dt_proj's element type; Wdt is dt_proj
  * transposed, (R, E). */
-template <int N, typename WT>
+template <int N, typename WT, bool PRE>
 static __device__ void scan_block(const float *A_all, const float *Dv, const int *off,
                                   const int *slot, const int *cur, float *state, size_t sf,
                                   size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
@@ -520,7 +523,7 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
     const bool live = c < E; /* every thread joins the block's loads and barriers */
     const int ld = R + 2 * N;
     WT *w_sh = reinterpret_cast<WT *>(rows_sh + 2 * SPAN_CHUNK * ld); /* (CPB, R) */
-    for (int i = threadIdx.x; i < R * CPB; i += CU_BLOCK) {
+    for (int i = threadIdx.x; i < (PRE ? 0 : R * CPB); i += CU_BLOCK) {
         const int r = i / CPB, k = i % CPB; /* consecutive threads: consecutive channels of row r */
         if (c0 + k < E) w_sh[k * R + r] = Wdt[(size_t)r * E + c0 + k];
     }
@@ -540,7 +543,8 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
      * rows copy into the other shared buffer (cp.async) and its u and z load into registers */
     const int start = off[s];
     float us[SPAN_CHUNK] = {}, zs[SPAN_CHUNK] = {}, un[SPAN_CHUNK] = {}, zn[SPAN_CHUNK] = {};
-    auto fetch = [&](int t0, float *buf, float *uu, float *zz) {
+    float ds[PRE ? SPAN_CHUNK : 1] = {}, dn[PRE ? SPAN_CHUNK : 1] = {};
+    auto fetch = [&](int t0, float *buf, float *uu, float *zz, float *dd) {
         const int n = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
         for (int i = threadIdx.x; i < n * ld; i += CU_BLOCK)
             __pipeline_memcpy_async(buf + i, dbl + (size_t)t0 * ld + i, sizeof(float));
@@ -550,16 +554,17 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
             const bool in = live && i < n;
             uu[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
             zz[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+            if (PRE) dd[i] = in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
         }
     };
-    if (start < end) fetch(start, rows_sh, us, zs);
+    if (start < end) fetch(start, rows_sh, us, zs, ds);
     for (int t0 = start, cb = 0; t0 < end; t0 += SPAN_CHUNK, cb ^= 1) {
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
         const float *rows = rows_sh + cb * SPAN_CHUNK * ld;
         __pipeline_wait_prior(0);
         __syncthreads(); /* this chunk's rows are in; the other buffer is no longer read */
         if (t0 + SPAN_CHUNK < end)
-            fetch(t0 + SPAN_CHUNK, rows_sh + (cb ^ 1) * SPAN_CHUNK * ld, un, zn);
+            fetch(t0 + SPAN_CHUNK, rows_sh + (cb ^ 1) * SPAN_CHUNK * ld, un, zn, dn);
         /* the chunk in three passes, each token's values by the same expressions: dt and the
          * state's inputs (independent of the recurrence), the recurrence, then y; so the
          * tokens' chains overlap */
@@ -568,12 +573,16 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
         for (int i = 0; i < SPAN_CHUNK; i++) {
             if (i >= n_t) break;
             const float *row = rows + i * ld, *B = row + R + j * SPT;
-            float d = 0.0f;
-            for (int r = j; r < R; r += G) d = fmaf(load1(wc + r), row[r], d);
+            if (PRE) {
+                dts[i] = ds[i];
+            } else {
+                float d = 0.0f;
+                for (int r = j; r < R; r += G) d = fmaf(load1(wc + r), row[r], d);
 #pragma unroll
-            for (int m = G / 2; m; m >>= 1) d += __shfl_xor_sync(0xffffffffu, d, m, G);
-            d = d + bias;
-            dts[i] = d > 20.0f ? d : log1pf(expf(d));
+                for (int m = G / 2; m; m >>= 1) d += __shfl_xor_sync(0xffffffffu, d, m, G);
+                d = d + bias;
+                dts[i] = d > 20.0f ? d : log1pf(expf(d));
+            }
             const float du = dts[i] * us[i];
 #pragma unroll
             for (int k = 0; k < SPT; k++) dA[i][k] = expf(dts[i] * A[k]), Bdu[i][k] = B[k] * du;
@@ -598,7 +607,7 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
 #pragma unroll
             for (int m = G / 2; m; m >>= 1) p += __shfl_xor_sync(0xffffffffu, p, m, G);
             if (live && j == 0) {
-                j_dt[t * E + c] = dts[i];
+                if (!PRE) j_dt[t * E + c] = dts[i];
                 const float yt = p + Dc * us[i];
                 y[t * E + c] = yt * silu_f(zs[i]);
             }
@@ -608,7 +617,10 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
                     j_B[t * N + j * SPT + k] = rows[i * ld + R + j * SPT + k];
         }
 #pragma unroll
-        for (int i = 0; i < SPAN_CHUNK; i++) us[i] = un[i], zs[i] = zn[i];
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            us[i] = un[i], zs[i] = zn[i];
+            if (PRE) ds[i] = dn[i];
+        }
     }
     if (!live) return;
 #pragma unroll
@@ -625,29 +637,12 @@ template <int G> static __device__ __forceinline__ float tree_sum(float *v) {
     return v[0];
 }
 
-/* Bytes of shared memory scan_chan_block takes: the chunk's dbl rows, then its dt_proj rows. */
-static __host__ __device__ inline size_t scan_chan_smem(int R, int N, int wdt_bf16) {
-    return (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
-           (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4);
-}
-
-/* scan_block's arithmetic with one thread per channel (c = c0 + thread) holding all N states:
- * the lanes' partial sums are computed side by side and added by tree_sum in the butterfly's
- * order, so the bits are scan_block's. Fewer, fuller threads: the better shape for many
- * sequences of a few tokens (batched decode); scan_block fills the GPU for few long spans. */
-template <int N, typename WT>
-static __device__ void
-scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
-                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
-                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
-                float *j_B, int E, int R, int c0, int s, float *rows_sh) {
-    constexpr int G = SCAN_G(N), SPT = N / G;
-    const int c = c0 + threadIdx.x;
-    const bool live = c < E; /* every thread joins the block's loads of dbl rows */
-    WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * (R + 2 * N));
-    /* the block's columns of dt_proj^T into shared memory, (R, CU_BLOCK), 16 bytes a load, 8
-     * loads in flight per thread (read after the chunk loop's first barrier) */
+/* The columns c0 .. c0 + CU_BLOCK - 1 of dt_proj^T (R, E) into shared memory, (R, CU_BLOCK), 16
+ * bytes a load, 8 loads in flight per thread; read after a barrier. */
+template <typename WT>
+static __device__ void stage_wdt(const WT *Wdt, int E, int R, int c0, WT *w_sh) {
     constexpr int PER = 16 / sizeof(WT), VROW = CU_BLOCK / PER;
+    const int c = c0 + threadIdx.x;
     if (E % PER == 0) {
         for (int i0 = 0; i0 < R * VROW; i0 += 8 * CU_BLOCK) {
             uint4 v[8];
@@ -667,8 +662,97 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
         }
     } else {
         for (int r = 0; r < R; r++)
-            if (live) w_sh[r * CU_BLOCK + threadIdx.x] = Wdt[(size_t)r * E + c];
+            if (c < E) w_sh[r * CU_BLOCK + threadIdx.x] = Wdt[(size_t)r * E + c];
     }
+}
+
+/* dt = softplus(dt_proj[c, :] . dt_low + dt_bias[c]) of channel c: lane partials r = j, j + G,
+ * ... in order, added by tree_sum (the butterfly's order). wc: the channel's column in shared
+ * memory, CU_BLOCK apart. */
+template <int G, typename WT>
+static __device__ __forceinline__ float dt_of(const WT *wc, const float *row, int R, float bias) {
+    float v[G];
+#pragma unroll
+    for (int j = 0; j < G; j++) v[j] = 0.0f;
+    for (int r0 = 0; r0 < R; r0 += G)
+#pragma unroll
+        for (int j = 0; j < G; j++)
+            if (r0 + j < R) v[j] = fmaf(load1(wc + (size_t)(r0 + j) * CU_BLOCK), row[r0 + j], v[j]);
+    const float d = tree_sum<G>(v) + bias;
+    return d > 20.0f ? d : log1pf(expf(d));
+}
+
+#define DT_TOK 16 /* tokens per block of dt_block */
+#define DT_PAR 2  /* of which a thread computes side by side (one weight load for each) */
+
+/* Shared memory of dt_block: its dt_proj columns, then its tokens' dt_low rows. */
+static __host__ __device__ inline size_t dt_smem(int R, int wdt_bf16) {
+    return (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4) + (size_t)DT_TOK * R * sizeof(float);
+}
+
+/* dt of channels c0 .. c0 + CU_BLOCK - 1 for tokens t0 .. t0 + DT_TOK - 1 (< T) into j_dt, by
+ * dt_of's sums in dt_of's order (DT_PAR tokens at once, each with its own partials): the bits
+ * the scans compute themselves. For forwards with long spans (cu_scan's pre), where the scan
+ * then reads dt instead of spending its serial walk through the span on it. */
+template <int G, typename WT>
+static __device__ void dt_block(const WT *Wdt, const float *dt_b, const float *dbl, float *j_dt,
+                                int E, int R, int ld, int T, int c0, int t0, float *sh) {
+    WT *w_sh = reinterpret_cast<WT *>(sh);
+    float *rows = sh + (R * CU_BLOCK * sizeof(WT) + 15) / 16 * 4;
+    const int n = T - t0 < DT_TOK ? T - t0 : DT_TOK;
+    stage_wdt(Wdt, E, R, c0, w_sh);
+    for (int i = threadIdx.x; i < n * R; i += CU_BLOCK)
+        rows[i] = dbl[(size_t)(t0 + i / R) * ld + i % R];
+    __syncthreads();
+    const int c = c0 + threadIdx.x;
+    if (c >= E) return;
+    const float bias = dt_b[c];
+    const WT *wc = w_sh + threadIdx.x;
+    for (int i0 = 0; i0 < n; i0 += DT_PAR) {
+        float v[DT_PAR][G];
+#pragma unroll
+        for (int p = 0; p < DT_PAR; p++)
+#pragma unroll
+            for (int j = 0; j < G; j++) v[p][j] = 0.0f;
+        for (int r0 = 0; r0 < R; r0 += G)
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                if (r0 + j >= R) break;
+                const float w = load1(wc + (size_t)(r0 + j) * CU_BLOCK);
+#pragma unroll
+                for (int p = 0; p < DT_PAR; p++)
+                    v[p][j] = fmaf(w, rows[(i0 + p) * R + r0 + j], v[p][j]);
+            }
+#pragma unroll
+        for (int p = 0; p < DT_PAR; p++) {
+            if (i0 + p >= n) break;
+            const float d = tree_sum<G>(v[p]) + bias;
+            j_dt[(size_t)(t0 + i0 + p) * E + c] = d > 20.0f ? d : log1pf(expf(d));
+        }
+    }
+}
+
+/* Bytes of shared memory scan_chan_block takes: the chunk's dbl rows, then its dt_proj rows. */
+static __host__ __device__ inline size_t scan_chan_smem(int R, int N, int wdt_bf16) {
+    return (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
+           (size_t)R * CU_BLOCK * (wdt_bf16 ? 2 : 4);
+}
+
+/* scan_block's arithmetic with one thread per channel (c = c0 + thread) holding all N states:
+ * the lanes' partial sums are computed side by side and added by tree_sum in the butterfly's
+ * order, so the bits are scan_block's. Fewer, fuller threads: the better shape for many
+ * sequences of a few tokens (batched decode); scan_block fills the GPU for few long spans. */
+template <int N, typename WT, bool PRE>
+static __device__ void
+scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
+                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
+                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
+                float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+    constexpr int G = SCAN_G(N), SPT = N / G;
+    const int c = c0 + threadIdx.x;
+    const bool live = c < E; /* every thread joins the block's loads of dbl rows */
+    WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * (R + 2 * N));
+    if (!PRE) stage_wdt(Wdt, E, R, c0, w_sh);
     const float *src = slot_buf(state, sf, slot[s], cur[s]) + lofs + (size_t)c * N;
     float *dst = slot_buf(state, sf, slot[s], !cur[s]) + lofs + (size_t)c * N;
     float st[N], A[N];
@@ -692,12 +776,13 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
         __syncthreads(); /* the last chunk's rows are no longer read; w_sh is written */
         for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
             rows_sh[i] = dbl[(size_t)t0 * ld + i];
-        float us[SPAN_CHUNK], zs[SPAN_CHUNK];
+        float us[SPAN_CHUNK], zs[SPAN_CHUNK], ds[SPAN_CHUNK];
 #pragma unroll
         for (int i = 0; i < SPAN_CHUNK; i++) {
             const bool in = live && i < n_t;
             us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
             zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+            ds[i] = PRE && in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
         }
         __syncthreads();
         if (!live) continue;
@@ -706,16 +791,8 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
             if (i >= n_t) break;
             const size_t t = (size_t)(t0 + i);
             const float *row = rows_sh + i * ld, *B = row + R, *C = B + N;
+            const float dt = PRE ? ds[i] : dt_of<G>(wc, row, R, bias), du = dt * us[i];
             float v[G];
-#pragma unroll
-            for (int j = 0; j < G; j++) v[j] = 0.0f;
-            for (int r0 = 0; r0 < R; r0 += G)
-#pragma unroll
-                for (int j = 0; j < G; j++)
-                    if (r0 + j < R)
-                        v[j] = fmaf(load1(wc + (size_t)(r0 + j) * CU_BLOCK), row[r0 + j], v[j]);
-            const float d = tree_sum<G>(v) + bias;
-            const float dt = d > 20.0f ? d : log1pf(expf(d)), du = dt * us[i];
 #pragma unroll
             for (int j = 0; j < G; j++) {
                 float yp = 0.0f;
@@ -727,7 +804,7 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
                 }
                 v[j] = yp;
             }
-            j_dt[t * E + c] = dt;
+            if (!PRE) j_dt[t * E + c] = dt;
             const float yt = tree_sum<G>(v) + Dc * us[i];
             y[t * E + c] = yt * silu_f(zs[i]);
             if (c < N) j_B[t * N + c] = B[c]; /* the span's B, for rollback */
