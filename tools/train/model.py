@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import scan_op
+
 
 KERNEL = "scan_triton"  # module of the scan kernel: scan_triton or scan_cuda (train.py --scan-impl)
 
@@ -54,6 +56,26 @@ def scan_torch(x, dt, A, B, C, D, z, dt_bias, s0=None):
     if z is not None:
         y = y * F.silu(z.float())
     return y, s
+
+
+def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str):
+    """MambaBlock.forward from the zero state, written for torch.compile: a function of tensors (one
+    compiled graph serves every layer), x kept in (b, L, E) layout with the causal depthwise conv as
+    K shifted multiply-adds (fused with the SiLU), the scan the opaque custom op of scan_op.py.
+    The conv runs in float32 with float32 weights and rounds once (the plain path's cuDNN conv
+    takes weights rounded to the activation dtype): the same maths up to that rounding."""
+    E, K = conv_w.shape[0], conv_w.shape[2]
+    R, N, L = dt_w.shape[1], A_log.shape[1], h.shape[1]
+    x, z = F.linear(rmsnorm(h, norm_w, eps), in_w).split(E, -1)
+    xp = F.pad(x, (0, 0, K - 1, 0))
+    xc = conv_b + xp[:, :L] * conv_w[:, 0, 0]
+    for k in range(1, K):
+        xc = xc + xp[:, k:k + L] * conv_w[:, 0, k]
+    x = F.silu(xc).to(z.dtype)
+    dt_low, Bm, Cm = F.linear(x, x_proj_w).split([R, N, N], -1)
+    dt = F.linear(dt_low, dt_w)
+    y = scan_op.selective_scan(x, dt, -torch.exp(A_log.float()), Bm, Cm, D, z, dt_b, kernel)
+    return h + F.linear(y, out_w).float()
 
 
 class MambaBlock(nn.Module):
@@ -114,6 +136,11 @@ class MambaBlock(nn.Module):
         out = self.out_proj(y)
         return h + out.float(), ((new_tail, sT) if state is not None else None)
 
+    def weights(self):
+        """The tensors block_fast takes, in its order."""
+        return (self.norm_w, self.in_proj.weight, self.conv_w, self.conv_b, self.x_proj.weight, self.dt_proj.weight,
+                self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
+
 
 class MambaLM(nn.Module):
     def __init__(self, cfg: MambaConfig):
@@ -129,13 +156,19 @@ class MambaLM(nn.Module):
         return [(torch.zeros(bsz, c.d_inner, c.d_conv - 1, device=device),
                  torch.zeros(bsz, c.d_inner, c.d_state, device=device)) for _ in range(c.n_layer)]
 
-    def forward(self, ids, state=None, scan="triton"):
-        """ids (b, L) int64 -> logits (b, L, V). With a state list, it is advanced in place."""
+    def forward(self, ids, state=None, scan="triton", fast=None):
+        """ids (b, L) int64 -> logits (b, L, V). With a state list, it is advanced in place.
+        fast: None, or block_fast (or a torch.compile of it) to run every layer from the zero state."""
+        if fast is not None and state is not None:
+            raise ValueError("the fast block starts from the zero state")
         h = self.emb(ids).float()
         for i, layer in enumerate(self.layers):
-            h, st = layer(h, None if state is None else state[i], scan=scan)
-            if state is not None:
-                state[i] = st
+            if fast is not None:
+                h = fast(h, *layer.weights(), eps=self.cfg.eps, kernel=KERNEL)
+            else:
+                h, st = layer(h, None if state is None else state[i], scan=scan)
+                if state is not None:
+                    state[i] = st
         h = rmsnorm(h, self.norm_f, self.cfg.eps)
         return F.linear(h, self.emb.weight)
 

@@ -24,6 +24,12 @@
 #ifndef CH
 #define CH 8 /* steps per chunk and checkpoint interval (scan_cuda.py passes -DCH) */
 #endif
+#ifndef BWD_OCC
+/* threads per SM the backward must fit (scan_cuda.py passes -DBWD_OCC): 512 caps it at 128
+   registers, 4 blocks of 32 channels per SM, so batch 16 x E 1024 runs in one wave on 132 SMs
+   instead of two (166 registers: 3 blocks); 0: no bound */
+#define BWD_OCC 0
+#endif
 #define LOG2E 1.4426950408889634f
 #define FULL  0xffffffffu
 
@@ -170,7 +176,8 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(
         *(float4 *)&a.sT[(b * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
 }
 
-template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_bwd(ScanArgs a) {
+template <typename T, int BD>
+__global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a) {
     using F = Fetch<T, BD>;
     constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
     __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_dBw[SL][CH][NS], s_dCw[SL][CH][NS];

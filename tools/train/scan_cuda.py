@@ -3,10 +3,10 @@ scan_triton.py (selective_scan, scan_forward); forward and backward together abo
 an H200 (14.4 against 49.8 ms at batch 16, L 8192, E 1024: bench/RESULTS.md). d_state must be 16.
 
 The library is built on first use with nvcc (CUDA_HOME/bin or PATH) for the GPU's architecture and
-cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the chunk
-length. It is called through ctypes on PyTorch's current stream; inputs with another stride than 1
-along the channel dimension (x, dt, z) or the state dimension (B, C) are copied first; other
-strides are free.
+cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the build
+options (CH, BWD_OCC). It is called through ctypes on PyTorch's current stream; inputs with another
+stride than 1 along the channel dimension (x, dt, z) or the state dimension (B, C) are copied
+first; other strides are free.
 """
 import ctypes
 import hashlib
@@ -18,7 +18,8 @@ import torch
 from scan_triton import differentiable
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
-CFG = dict(BD_FWD=32, BD_BWD=32, CH=8)  # channels per block; steps per chunk (a build option)
+# channels per block; steps per chunk and threads per SM the backward must fit (build options)
+CFG = dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512)
 _libs = {}
 
 
@@ -29,27 +30,27 @@ class _Args(ctypes.Structure):
                 [(k, ctypes.c_int) for k in "bsz L E nck nblk".split()])
 
 
-def _load(ch):
-    if ch in _libs:
-        return _libs[ch]
+def _load(ch, occ):
+    if (ch, occ) in _libs:
+        return _libs[ch, occ]
     src = open(SRC, "rb").read()
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}"
     cache = os.environ.get("MB_SCAN_CACHE", os.path.expanduser("~/.cache/mambabyte"))
-    so = os.path.join(cache, f"libscan-{arch}-ch{ch}-{hashlib.sha256(src).hexdigest()[:16]}.so")
+    so = os.path.join(cache, f"libscan-{arch}-ch{ch}-occ{occ}-{hashlib.sha256(src).hexdigest()[:16]}.so")
     if not os.path.exists(so):
         os.makedirs(cache, exist_ok=True)
         nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
         tmp = f"{so}.{os.getpid()}.tmp"
         subprocess.run([nvcc if os.path.exists(nvcc) else "nvcc", "-O3", f"-arch={arch}", "-shared",
-                        "-Xcompiler", "-fPIC", f"-DCH={ch}", "-o", tmp, SRC], check=True)
+                        "-Xcompiler", "-fPIC", f"-DCH={ch}", f"-DBWD_OCC={occ}", "-o", tmp, SRC], check=True)
         os.replace(tmp, so)
     lib = ctypes.CDLL(so)
     lib.mb_scan.argtypes = [ctypes.POINTER(_Args), ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.mb_scan.restype = ctypes.c_int
     if lib.mb_scan_chunk() != ch:
         raise RuntimeError(f"{so}: built for another chunk length")
-    _libs[ch] = lib
+    _libs[ch, occ] = lib
     return lib
 
 
@@ -62,7 +63,7 @@ def _ptr(t):
 
 
 def _call(args, bwd, dtype, bd, device):
-    lib = _load(CFG["CH"])
+    lib = _load(CFG["CH"], CFG["BWD_OCC"])
     rc = lib.mb_scan(ctypes.byref(args), int(bwd), 0 if dtype == torch.float32 else 1, bd,
                      ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream))
     if rc:
@@ -84,14 +85,19 @@ def _fill(a, x, dt, z, B, C):
     a.sCb, a.sCl = C.stride(0), C.stride(1)
 
 
+def n_chunks(L):
+    """Checkpoints the forward stores for a sequence of L steps (works on torch.compile's SymInts)."""
+    return (L + CFG["CH"] - 1) // CFG["CH"]
+
+
 def scan_forward(x, dt, A, B, C, D, z, dt_bias, s0=None, store_ck=True, return_state=False, out_dtype=None):
-    """y (b, L, E) in x's dtype; checkpoints (b, ceil(L/CH), E, N) float32 when store_ck; final state."""
+    """y (b, L, E) in x's dtype; checkpoints (b, n_chunks(L), E, N) float32 when store_ck; final state."""
     bsz, L, E = x.shape
     N = A.shape[1]
     if N != 16:
         raise ValueError("scan_cuda needs d_state 16")
     dtype, x, dt, B, C, z = _prep(x, dt, B, C, z)
-    nck = -(-L // CFG["CH"])
+    nck = n_chunks(L)
     y = torch.empty((bsz, L, E), device=x.device, dtype=dtype)
     ck = torch.empty((bsz, nck, E, N), device=x.device, dtype=torch.float32) if store_ck else None
     sT = torch.empty((bsz, E, N), device=x.device, dtype=torch.float32) if return_state else None
@@ -111,7 +117,7 @@ def scan_backward(dy, x, dt, A, B, C, D, z, dt_bias, ck):
     dtype, x, dt, B, C, z = _prep(x, dt, B, C, z)
     dy = dy.to(dtype).contiguous()
     bd = CFG["BD_BWD"]
-    if ck.shape[1] != -(-L // CFG["CH"]):
+    if ck.shape[1] != n_chunks(L):
         raise ValueError("checkpoints of another chunk length")
     nblk = (E + bd - 1) // bd
     dev = x.device

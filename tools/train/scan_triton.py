@@ -179,6 +179,11 @@ def _bwd_kernel(x_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_p
 CFG = dict(T_FWD=16, BD_FWD=16, W_FWD=4, T_BWD=16, BD_BWD=8, W_BWD=4)
 
 
+def n_chunks(L):
+    """Checkpoints the forward stores for a sequence of L steps (works on torch.compile's SymInts)."""
+    return (L + CFG["T_FWD"] - 1) // CFG["T_FWD"]
+
+
 def scan_forward(x, dt, A, B, C, D, z, dt_bias, s0=None, store_ck=True, return_state=False, out_dtype=None):
     bsz, L, E = x.shape
     N = A.shape[1]

@@ -210,6 +210,9 @@ def main():
     ap.add_argument("--scan-impl", choices=["triton", "cuda"], default="triton",
                     help="scan kernel: scan_triton.py or scan_cuda.cu (built with nvcc on first use)")
     ap.add_argument("--scan-cfg", help='JSON tile settings for the kernel module\'s CFG, e.g. {"BD_FWD": 32}')
+    ap.add_argument("--fast", choices=["compile", "eager", "off"], default="compile",
+                    help="training forward through model.block_fast (the scan as a custom op), compiled "
+                         "with torch.compile, or eager; off: the plain MambaBlock path")
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps and exit")
     args = ap.parse_args()
 
@@ -277,8 +280,13 @@ def main():
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         fwd_model = DistributedDataParallel(model)
+    fast = None
+    if args.fast == "compile":
+        fast = torch.compile(model_mod.block_fast, fullgraph=True)
+    elif args.fast == "eager":
+        fast = model_mod.block_fast
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.to_dict()} params {n_params:,}")
+    log(f"model: {cfg.to_dict()} params {n_params:,}; fast path {args.fast}")
     opt = torch.optim.AdamW(model.param_groups(args.wd), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                             fused=device == "cuda")
     step, elapsed, ids_seen = 0, 0.0, 0
@@ -327,7 +335,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            logits = fwd_model(batch[:, :-1])
+            logits = fwd_model(batch[:, :-1], fast=fast)
         loss = F.cross_entropy(logits.float().reshape(-1, V), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,93 @@
+"""On a GPU: the fast training path (model.block_fast under torch.compile, the scan as the custom op
+of scan_op.py) against the plain one with identical weights, on a few batches of real text at the
+trainer's shape, both in bf16 autocast as train.py runs them, each measured against the same model
+in float32 (plain path, no TF32). The fast path changes roundings only, so it passes when for the
+loss and for every parameter's gradient its distance to float32 is at most twice the plain path's
+(plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones).
+
+usage: python3 tools/train/check_fast.py TEXT.xz [--layers 2] [--bsz 16] [--seq 4096] [--batches 3]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model as M  # noqa: E402
+import scan_op  # noqa: E402
+from train import read_text  # noqa: E402
+
+FLOOR = 1e-3
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def run(m, batch, mode, fast):
+    """Loss and gradients (float32 copies) of one batch; mode fp32, plain or fast."""
+    torch.backends.cuda.matmul.allow_tf32 = mode != "fp32"
+    torch.backends.cudnn.allow_tf32 = mode != "fp32"
+    m.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode != "fp32"):
+        logits = m(batch[:, :-1], fast=fast if mode == "fast" else None)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    loss.backward()
+    return loss.item(), {n: p.grad.float().clone() for n, p in m.named_parameters()}
+
+
+def opcheck():
+    g = torch.Generator(device="cuda").manual_seed(3)
+    bsz, L, E, N = 2, 37, 40, 16
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
+    args = (r(bsz, L, E).requires_grad_(), (r(bsz, L, E) * 0.5 - 1).requires_grad_(),
+            (-torch.exp(r(E, N) * 0.5)).requires_grad_(), r(bsz, L, N).requires_grad_(),
+            r(bsz, L, N).requires_grad_(), r(E).requires_grad_(), r(bsz, L, E).requires_grad_(),
+            (r(E) * 0.5).requires_grad_(), M.KERNEL)
+    res = torch.library.opcheck(scan_op.scan_fwd, args)
+    ok = all(v == "SUCCESS" for v in res.values())
+    print(f"{'ok' if ok else 'FAIL'} opcheck mambabyte::scan_fwd on CUDA: {res}", flush=True)
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("text")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--bsz", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--batches", type=int, default=3)
+    args = ap.parse_args()
+    M.KERNEL = "scan_cuda"
+    ok = opcheck()
+    torch.manual_seed(0)
+    data = torch.from_numpy(np.frombuffer(read_text(args.text), dtype=np.uint8).copy()).cuda()
+    m = M.MambaLM(M.MambaConfig(vocab_size=256, d_model=args.d_model, n_layer=args.layers)).cuda()
+    fast = torch.compile(M.block_fast, fullgraph=True)
+    worst = {}  # quantity -> (fast vs fp32, plain vs fp32, fast vs plain), max over batches
+    for i in range(args.batches):
+        offs = torch.randint(0, len(data) - args.seq - 1, (args.bsz,), device="cuda")
+        batch = data[offs[:, None] + torch.arange(args.seq + 1, device="cuda")[None]].long()
+        (l32, g32), (lp, gp), (lf, gf) = (run(m, batch, mode, fast) for mode in ("fp32", "plain", "fast"))
+        print(f"batch {i}: loss float32 {l32:.6f}, plain bf16 {lp:.6f}, fast bf16 {lf:.6f}", flush=True)
+        errs = {"loss": (abs(lf - l32), abs(lp - l32), abs(lf - lp))}
+        errs.update({f"grad {n}": (rel(gf[n], g32[n]), rel(gp[n], g32[n]), rel(gf[n], gp[n])) for n in g32})
+        for k, v in errs.items():
+            worst[k] = tuple(max(a, b) for a, b in zip(worst.get(k, v), v))
+    print(f"{'quantity':36s} {'fast-fp32':>10s} {'plain-fp32':>10s} {'fast-plain':>10s}  (relative; loss: absolute)")
+    for k, (ef, ep, efp) in worst.items():
+        good = ef <= 2 * ep + FLOOR
+        ok &= good
+        print(f"{k:36s} {ef:10.2e} {ep:10.2e} {efp:10.2e}  {'ok' if good else 'WORSE'}")
+    print(f"{'PASS' if ok else 'FAIL'}: fast path (torch.compile + custom-op scan) vs plain path, "
+          f"{args.layers} layers, {args.bsz} x {args.seq}, {args.batches} batches: fast-fp32 <= 2 x plain-fp32 "
+          f"+ {FLOOR:g} for the loss and every gradient{'' if ok else ' NOT met'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
