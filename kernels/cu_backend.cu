@@ -49,9 +49,9 @@ typedef struct cu_pool {
     int use_graphs;                            /* MB_CUDA_GRAPHS=0 turns graphs off */
     int use_pdl;                               /* MB_CUDA_PDL=0 turns overlapping launches off */
     int use_fused; /* MB_CUDA_FUSE=0: norm, in_proj and conv as three launches at every size */
-    int use_step, step_blocks;                 /* the persistent step kernel (MB_CUDA_STEP=1) */
-    cu_step_args step;                         /* its arguments but the batch */
-    int trace;                                 /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
+    int use_step, step_blocks;  /* the persistent step kernel (MB_CUDA_STEP=1) */
+    cu_step_args step;          /* its arguments but the batch */
+    int trace;                  /* MB_CUDA_STEP_TRACE=1: phase times to stderr */
     unsigned long long *ktrace; /* MB_CUDA_TRACE=1: kernel entry times (cu_ops.h, ops_trace) */
     cu_graph graphs[CU_GRAPHS];
     uint64_t clock;
@@ -548,7 +548,8 @@ static void print_ops_trace(const mb_model *m, const mb_pool *p, int n_out) {
             if (i + 1 <= n) k[j] += (double)(t[i + 1] - t[i]) / 1e3;
         }
     static const char *const four[] = {"in_proj+norm+conv", "x_proj", "scan", "out_proj"},
-                             *const six[] = {"norm", "in_proj", "conv", "x_proj", "scan", "out_proj"};
+                             *const six[] = {"norm",   "in_proj", "conv",
+                                             "x_proj", "scan",    "out_proj"};
     fprintf(stderr, "kernels (us): entry to last entry %.1f | embed %.1f | per layer:",
             (double)(t[n] - t[1]) / 1e3, (double)(t[2] - t[1]) / 1e3);
     for (int j = 0; j < per; j++)

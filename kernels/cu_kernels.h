@@ -95,9 +95,8 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
  * every token and the conv of its channels after its product, so past a few tokens the three
  * kernels are faster (H200, bench/RESULTS.md: 8 tokens lose on the bundled model, 16 on 354M). */
 #define CU_FUSE_MAX_T 4
-bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
-                     const float *h, float *xz, float *u, int D, int E, int K, float eps,
-                     cudaStream_t st);
+bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *h,
+                     float *xz, float *u, int D, int E, int K, float eps, cudaStream_t st);
 /* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
  * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
  * conv inputs to j_xin. */

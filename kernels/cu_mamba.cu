@@ -100,9 +100,8 @@ __global__ void __launch_bounds__(CU_BLOCK)
 }
 
 template <int G, typename WT>
-__global__ void __launch_bounds__(CU_BLOCK)
-    k_dt(const WT *Wdt, const float *dt_b, const float *dbl, float *j_dt, int E, int R, int ld,
-         int T) {
+__global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_b, const float *dbl,
+                                                 float *j_dt, int E, int R, int ld, int T) {
     extern __shared__ float dt_sh[]; /* dt_smem */
     pdl_wait_then_release();
     dt_block<G, WT>(Wdt, dt_b, dbl, j_dt, E, R, ld, T, blockIdx.x * CU_BLOCK, blockIdx.y * DT_TOK,
@@ -299,4 +298,6 @@ void cu_slot_ops_run(const cu_layer *layers_dev, int n_layer, float *state, size
     }
 }
 
-cudaError_t cu_trace_bind_mamba(unsigned long long *buf) { return trace_bind(buf); }
+cudaError_t cu_trace_bind_mamba(unsigned long long *buf) {
+    return trace_bind(buf);
+}

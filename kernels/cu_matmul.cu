@@ -110,9 +110,8 @@ __global__ void __launch_bounds__(CU_BLOCK)
     }
 }
 
-bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
-                     const float *h, float *xz, float *u, int D, int E, int K, float eps,
-                     cudaStream_t st) {
+bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *h,
+                     float *xz, float *u, int D, int E, int K, float eps, cudaStream_t st) {
     const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, h, D, b->T);
     if (b->T > CU_FUSE_MAX_T || !b->n_seq || (p.kind != CU_MM_TC4 && p.kind != CU_MM_TC8) || K != 4)
         return false;
@@ -176,4 +175,6 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
 #undef MM
 }
 
-cudaError_t cu_trace_bind_matmul(unsigned long long *buf) { return trace_bind(buf); }
+cudaError_t cu_trace_bind_matmul(unsigned long long *buf) {
+    return trace_bind(buf);
+}

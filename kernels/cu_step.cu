@@ -142,11 +142,11 @@ __global__ void __launch_bounds__(CU_BLOCK, 1) k_step(const cu_step_args a) {
         /* dt, the selective scan and the gate, per (sequence, SCAN_CPB channels) */
         const int cx = (E + SCAN_CPB(STEP_N) - 1) / SCAN_CPB(STEP_N);
         for (int item = bid; item < cx * ns; item += nb) {
-            scan_block<STEP_N, __nv_bfloat16, false>(L.A, L.D, b.off, b.slot, b.cur, a.state, a.state_floats,
-                               lofs + (size_t)E * (STEP_K - 1), a.u,
-                               static_cast<const __nv_bfloat16 *>(L.dt_proj.w), L.dt_b, j_dt, a.dbl,
-                               a.xz, a.y, j_B, E, R, (item % cx) * SCAN_CPB(STEP_N), item / cx,
-                               work);
+            scan_block<STEP_N, __nv_bfloat16, false>(
+                L.A, L.D, b.off, b.slot, b.cur, a.state, a.state_floats,
+                lofs + (size_t)E * (STEP_K - 1), a.u,
+                static_cast<const __nv_bfloat16 *>(L.dt_proj.w), L.dt_b, j_dt, a.dbl, a.xz, a.y,
+                j_B, E, R, (item % cx) * SCAN_CPB(STEP_N), item / cx, work);
             __syncthreads();
         }
         grid.sync();
