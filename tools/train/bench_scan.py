@@ -42,7 +42,8 @@ def main():
         variants = [dict(T_FWD=16, BD_FWD=16, W_FWD=4, T_BWD=16, BD_BWD=16, W_BWD=4)]
     variants = [(scan_triton, v) for v in variants]
     if impl != "triton":
-        variants += [(scan_cuda, dict(BD_FWD=bd, BD_BWD=bd, CH=8, BWD_OCC=occ)) for bd in (32, 16) for occ in (0, 512)]
+        variants += [(scan_cuda, dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=occ, BWD_RED=red))
+                     for occ, red in ((0, 0), (512, 0), (512, 1), (0, 1))]
     res = []
     for mod, v in variants:
         mod.CFG.update(v)

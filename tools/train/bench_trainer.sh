@@ -1,9 +1,11 @@
 #!/bin/bash
 # One GPU call (~4 min, at most ~6) for the faster trainer (issue 12): the CUDA scan's tests, the
 # fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s with the
-# fast path off and on in the same call (train.py --bench 40, 65,536 bytes a step in windows of
-# 4,096) at d_model 512 x 24 and x 6 layers, and last the scan kernel's launch settings at the
-# trainer's shape (bench_scan.py 16 4096 1024). Full logs go to OUT_DIR.
+# fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults) in the same call
+# (train.py --bench 40, 65,536 bytes a step in windows of 4,096) at d_model 512 x 24 and x 6 layers,
+# the fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step),
+# and last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 1024). Full logs
+# go to OUT_DIR.
 # usage: tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is enough)
 mkdir -p "$2"
 D=$(realpath "$1"); O=$(realpath "$2")
@@ -15,7 +17,7 @@ ln -sf "$D/books_test.txt.xz" /tmp/bt_data/books_test.txt.xz
 ln -sf "$D/books_test.txt.xz" /tmp/bt_data/books_valid.txt.xz
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout 60 python3 tools/train/test_scan_triton.py --impl cuda > "$O/test_scan_cuda.log" 2>&1
+timeout 120 python3 tools/train/test_scan_triton.py --impl cuda > "$O/test_scan_cuda.log" 2>&1
 echo "test_scan_triton --impl cuda: $(tail -1 "$O/test_scan_cuda.log")"
 timeout 90 python3 tools/train/check_fast.py /tmp/bt_data/books_test.txt.xz 2>&1 | tee "$O/check_fast.log" \
   | grep -v "^W[0-9]"
@@ -30,10 +32,10 @@ run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and t
     "(steps 20, 30, 40), $((SECONDS - t0)) s"
   grep -E "Error|error" "$O/$n.log" | tail -3
 }
-run 35 l24_off --n-layer 24 --fast off --scan-cfg '{"BWD_OCC":0}'
+OLD='{"BWD_OCC":0,"BWD_RED":0}'
+run 40 l24_off --n-layer 24 --fast off --scan-cfg "$OLD"
 run 75 l24_on --n-layer 24 --fast compile
-run 20 l6_off --n-layer 6 --fast off --scan-cfg '{"BWD_OCC":0}'
+run 45 l24_on_red0 --n-layer 24 --fast compile --scan-cfg '{"BWD_RED":0}'
+run 25 l6_off --n-layer 6 --fast off --scan-cfg "$OLD"
 run 30 l6_on --n-layer 6 --fast compile
-# what each half is worth: the fast path with the scan's backward built as before, the kernel alone
-run 35 l24_on_occ0 --n-layer 24 --fast compile --scan-cfg '{"BWD_OCC":0}'
-timeout 30 python3 tools/train/bench_scan.py 16 4096 1024 cuda 2>&1 | tee "$O/bench_scan.log" | grep -E "impl|best"
+timeout 45 python3 tools/train/bench_scan.py 16 4096 1024 cuda 2>&1 | tee "$O/bench_scan.log" | grep -E "impl|best"

@@ -11,8 +11,9 @@
 // The backward walks the chunks in reverse. A chunk's CH states are recomputed from its
 // checkpoint into registers, then the adjoint g_t = dL/ds_t runs backwards,
 // g_t = a_{t+1} g_{t+1} + C_t dy'_t, and every gradient comes from s_{t-1}, s_t, a_t and g_t.
-// Sums over channels (dB, dC) go by shuffles to two slots per warp in shared memory, then per
-// block to partials that the caller sums (no atomics: the results do not depend on scheduling).
+// Sums over channels (dB, dC): each step's per-thread terms go to shared memory and are summed per
+// chunk, one (step, state) per thread (BWD_RED 1; 0: shuffles to two slots per warp each step), into
+// per-block partials that the caller sums (no atomics: the results do not depend on scheduling).
 // dA, dD and dt_bias are per batch row, summed by the caller.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -29,6 +30,13 @@
    registers, 4 blocks of 32 channels per SM, so batch 16 x E 1024 runs in one wave on 132 SMs
    instead of two (166 registers: 3 blocks); 0: no bound */
 #define BWD_OCC 0
+#endif
+#ifndef BWD_RED
+/* how the backward sums dB and dC over a block's channels (scan_cuda.py passes -DBWD_RED):
+   1: every thread stores its per-step terms to shared memory and they are summed once per chunk,
+   one (step, state) per thread; 0: two shuffle levels per step (four channels), then per chunk
+   over the warps' eight slots */
+#define BWD_RED 1
 #endif
 #define LOG2E 1.4426950408889634f
 #define FULL  0xffffffffu
@@ -180,7 +188,13 @@ template <typename T, int BD>
 __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a) {
     using F = Fetch<T, BD>;
     constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
-    __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_dBw[SL][CH][NS], s_dCw[SL][CH][NS];
+    /* RED: the per (step, channel, state) terms of dB and dC go to shared memory, a row per step
+       padded by 16 so that the summing threads of a warp (two steps, 16 states) hit distinct
+       banks; only where that fits the 48 KB of static shared memory (not at CH 16 x BD 32) */
+    constexpr int QS = BD * NS + 16;
+    constexpr bool RED = BWD_RED && CH * QS * 8 <= 36 * 1024;
+    __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_qB[RED ? CH : 1][RED ? QS : 4],
+        s_qC[RED ? CH : 1][RED ? QS : 4], s_dBw[RED ? 1 : SL][CH][NS], s_dCw[RED ? 1 : SL][CH][NS];
     __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_dyp[CH][BD], s_sg[CH][BD],
         s_dzf[CH][BD];
     __shared__ float s_ddl[CH][BD], s_gB[CH][BD], s_yp[CH][BD], s_red[2][NT];
@@ -199,6 +213,9 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
     float dDacc = 0.f, dbacc = 0.f;
     F f;
     f.load(a, b, d0, (a.nck - 1) * CH, true);
+    /* the checkpoint of the chunk to come, loaded one chunk ahead like its inputs */
+    float4 ckv = dok ? *(const float4 *)&a.ck[((b * a.nck + a.nck - 1) * E + d) * NS + q * SPT]
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
     for (int ci = a.nck - 1; ci >= 0; ci--) {
         const int c0 = ci * CH;
         __syncthreads();
@@ -217,13 +234,10 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
         }
         f.store_BC(s_B, s_C);
         __syncthreads();
-        if (ci > 0) f.load(a, b, d0, c0 - CH, true);
-        float hs[CH][SPT], s[SPT];
-        if (dok) {
-            const float4 v = *(const float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT];
-            s[0] = v.x, s[1] = v.y, s[2] = v.z, s[3] = v.w;
-        } else {
-            s[0] = s[1] = s[2] = s[3] = 0.f;
+        float hs[CH][SPT], s[SPT] = {ckv.x, ckv.y, ckv.z, ckv.w};
+        if (ci > 0) {
+            f.load(a, b, d0, c0 - CH, true);
+            if (dok) ckv = *(const float4 *)&a.ck[((b * a.nck + ci - 1) * E + d) * NS + q * SPT];
         }
 #pragma unroll
         for (int t = 0; t < CH; t++) {
@@ -263,6 +277,10 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 s_gB[t][c] = r2;
                 s_yp[t][c] = r3;
             }
+            if constexpr (RED) { /* summed over channels after the chunk, no shuffles here */
+                *(float4 *)&s_qB[t][c * NS + q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
+                *(float4 *)&s_qC[t][c * NS + q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
+            } else {
 #pragma unroll
             for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
                 qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
@@ -274,6 +292,7 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 const int sl = 2 * w + (lane >> 4);
                 *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
                 *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
+            }
             }
         }
         __syncthreads();
@@ -295,10 +314,18 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
             const int t = i / NS, j = i % NS, tt = c0 + t;
             if (tt < L) {
                 float sb = 0.f, sc = 0.f;
+                if constexpr (RED) {
+#pragma unroll 8
+                    for (int k = 0; k < BD; k++) {
+                        sb += s_qB[t][k * NS + j];
+                        sc += s_qC[t][k * NS + j];
+                    }
+                } else {
 #pragma unroll
-                for (int k = 0; k < SL; k++) {
-                    sb += s_dBw[k][t][j];
-                    sc += s_dCw[k][t][j];
+                    for (int k = 0; k < SL; k++) {
+                        sb += s_dBw[k][t][j];
+                        sc += s_dCw[k][t][j];
+                    }
                 }
                 const long long o = ((b * a.nblk + blockIdx.x) * L + tt) * NS + j;
                 a.dBp[o] = sb;

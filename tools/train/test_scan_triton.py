@@ -122,9 +122,10 @@ def main():
     else:
         ok &= check(2, 45, 20, 16, True, True, 9, cfg=dict(BD_FWD=16, BD_BWD=16, CH=16))
         ok &= check(2, 77, 70, 16, True, True, 10, cfg=dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=0))
+        ok &= check(2, 77, 70, 16, True, True, 14, cfg=dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=0))
         ok &= check(3, 40, 24, 16, False, False, 12, cfg=dict(BD_FWD=16, BD_BWD=32, CH=8))
         ok &= check(2, 300, 64, 16, True, True, 13, cfg=dict(BD_FWD=32, BD_BWD=16, CH=8), dtype=torch.bfloat16, tol=2e-2)
-        scan_triton.CFG.update(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512)
+        scan_triton.CFG.update(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=1)
     ok &= check_state_io()
     if not interp:
         ok &= check(2, 300, 64, 16, True, True, 11, dtype=torch.bfloat16, tol=2e-2)
