@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                  sh);
 }
 
-template <int SPLIT, int TT>
+template <int SPLIT, int TT, int AHEAD>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_matmul_tc(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
@@ -70,13 +70,14 @@ __global__ void __launch_bounds__(CU_BLOCK)
     const int rows = SPLIT == 8 ? 16 : 32;
     prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, true);
     pdl_wait_then_release();
-    matmul_tc_block<SPLIT, false, TT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
-                                      blockIdx.y, sh, nullptr, nullptr, nullptr);
+    matmul_tc_block<SPLIT, false, TT, AHEAD>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
+                                             blockIdx.y, sh, nullptr, nullptr, nullptr);
 }
 
 /* H200 (bench/RESULTS.md): 16 at up to 64 tokens (354M batch 64 best; bundled within 3 % of 8),
  * 32 beyond (354M batch 256: 16 was 8 % slower). */
 int cu_tt_small = 16, cu_tt_mid = TC_TOK; /* cu_kernels.h */
+int cu_ahead8 = 1;                        /* cu_kernels.h */
 int cu_tcs_min_t = 32;                    /* cu_kernels.h */
 
 template <int SPLIT, int TT>
@@ -165,7 +166,9 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
                const float *bias, int epi, cudaStream_t st) {
     if (T <= 0 || n_rows <= 0) return;
     const cu_mm p = cu_mm_plan(W, n_rows, X, ldx, T);
-    const int tt = p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
+    /* a few tokens: each warp's loads of 8 K steps at once (one L2 round trip, not two) */
+    const bool few = p.kind >= CU_MM_TC4 && T <= 8 && cu_ahead8;
+    const int tt = few ? 16 : p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
     const dim3 grid(p.gx, tt ? (T + tt - 1) / tt : p.gy);
     const int K = W->cols;
     const float *wf = static_cast<const float *>(W->w);
@@ -178,15 +181,17 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
         return;
     switch (p.kind) {
     case CU_MM_TC8:
-        cu_launch(tt == 8    ? k_matmul_tc<8, 8>
-                  : tt == 16 ? k_matmul_tc<8, 16>
-                             : k_matmul_tc<8, TC_TOK>,
+        cu_launch(few        ? k_matmul_tc<8, 16, 8>
+                  : tt == 8  ? k_matmul_tc<8, 8, TC_AHEAD>
+                  : tt == 16 ? k_matmul_tc<8, 16, TC_AHEAD>
+                             : k_matmul_tc<8, TC_TOK, TC_AHEAD>,
                   grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case CU_MM_TC4:
-        cu_launch(tt == 8    ? k_matmul_tc<4, 8>
-                  : tt == 16 ? k_matmul_tc<4, 16>
-                             : k_matmul_tc<4, TC_TOK>,
+        cu_launch(few        ? k_matmul_tc<4, 16, 8>
+                  : tt == 8  ? k_matmul_tc<4, 8, TC_AHEAD>
+                  : tt == 16 ? k_matmul_tc<4, 16, TC_AHEAD>
+                             : k_matmul_tc<4, TC_TOK, TC_AHEAD>,
                   grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case 0:

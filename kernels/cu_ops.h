@@ -292,7 +292,7 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
  * bits of x, not 8. Thread (g, q) of a warp loads 8 consecutive weights of rows g and g + 8 at k
  * = 8q and the same 8 activations of token g, and feeds them to two MMAs as their k indices {2q,
  * 2q+1, 2q+8, 2q+9}: a fixed permutation of K inside the step, the same for every launch. A
- * warp loads the weights of TC_AHEAD steps before multiplying (one memory latency for several
+ * warp loads the weights of AHEAD steps before multiplying (one memory latency for several
  * steps; the MMAs keep their order). Invariance: an MMA output depends only on its own row and
  * column, missing tokens are zero columns, and the K order is fixed by the shape.
  *
@@ -324,7 +324,7 @@ static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, 
  * MMAs are the same whichever tile holds it, so the tile size is free to follow the batch: small
  * tiles give a forward of tens of tokens more blocks (more loads in flight), large ones read each
  * weight fewer times for long forwards. */
-template <int SPLIT, bool NORM, int TT = TC_TOK>
+template <int SPLIT, bool NORM, int TT = TC_TOK, int AHEAD = TC_AHEAD>
 static __device__ void
 matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi, int bx,
@@ -340,13 +340,13 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
 #pragma unroll
     for (int i = 0; i < TT / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * TC_AHEAD) {
-        /* every load of TC_AHEAD steps first: weights, norm weights, then per column tile the
+    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * AHEAD) {
+        /* every load of AHEAD steps first: weights, norm weights, then per column tile the
          * activations, so a warp waits for memory once per group, not once per step */
-        uint4 A0[TC_AHEAD], A1[TC_AHEAD];
-        float nw8[NORM ? TC_AHEAD : 1][8], nb8[NORM ? TC_AHEAD : 1][8];
+        uint4 A0[AHEAD], A1[AHEAD];
+        float nw8[NORM ? AHEAD : 1][8], nb8[NORM ? AHEAD : 1][8];
 #pragma unroll
-        for (int a = 0; a < TC_AHEAD; a++) {
+        for (int a = 0; a < AHEAD; a++) {
             const int k = kb0 + 32 * SPLIT * a + 8 * q;
             const bool in = kb0 + 32 * SPLIT * a < K;
             A0[a] = va && in ? *reinterpret_cast<const uint4 *>(wa + k) : zero;
@@ -360,9 +360,9 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
         for (int i = 0; i < TT / 8; i++) {
             if (i >= tiles) break;
             const int t = t0 + 8 * i + g;
-            float x[TC_AHEAD][8];
+            float x[AHEAD][8];
 #pragma unroll
-            for (int a = 0; a < TC_AHEAD; a++) {
+            for (int a = 0; a < AHEAD; a++) {
 #pragma unroll
                 for (int j = 0; j < 8; j++) x[a][j] = 0.0f;
                 const int kb = kb0 + 32 * SPLIT * a;
@@ -370,7 +370,7 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
             }
             const float2 ms = NORM && t < T ? nstat[t] : make_float2(0.0f, 0.0f);
 #pragma unroll
-            for (int a = 0; a < TC_AHEAD; a++) {
+            for (int a = 0; a < AHEAD; a++) {
                 if (kb0 + 32 * SPLIT * a >= K) break;
                 if (NORM && t < T) {
                     if (nb) {
