@@ -384,6 +384,10 @@ static int pool_init(mb_pool *p, mb_err *e) {
     const char *tts = getenv("MB_CUDA_TT_SMALL"), *ttm = getenv("MB_CUDA_TT_MID");
     if (tts) cu_tt_small = atoi(tts);
     if (ttm) cu_tt_mid = atoi(ttm);
+    const char *ah8 = getenv("MB_CUDA_AHEAD8");
+    if (ah8) cu_ahead8 = atoi(ah8) != 0;
+    const char *tcs = getenv("MB_CUDA_TCS_MIN_T");
+    if (tcs) cu_tcs_min_t = atoi(tcs);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {

@@ -119,6 +119,13 @@ extern int cu_dt_min, cu_dt_min_few;
  * same bits whichever) for forwards of up to 64 tokens and of 65-256 (MB_CUDA_TT_SMALL,
  * MB_CUDA_TT_MID); longer forwards take 32. */
 extern int cu_tt_small, cu_tt_mid;
+/* Forwards of up to 8 tokens: each warp of a tensor-core product loads 8 K steps before its MMAs
+ * instead of 4 (MB_CUDA_AHEAD8=0 turns it off; the same bits). */
+extern int cu_ahead8;
+/* Tensor-core products of forwards of at least cu_tcs_min_t tokens share each block's
+ * activations across 128 rows when that still makes a wave of blocks (cu_ops.h,
+ * matmul_tcs_block; MB_CUDA_TCS_MIN_T): the same bits. */
+extern int cu_tcs_min_t;
 /* The whole forward of a small batch (T <= CU_STEP_MAX_T tokens) as one persistent kernel
  * (cu_step.cu): the per-operation block functions of cu_ops.h, separated by grid barriers
  * instead of kernel boundaries, with the next layer's matrices prefetched into L2.

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                  sh);
 }
 
-template <int SPLIT, int TT>
+template <int SPLIT, int TT, int AHEAD>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_matmul_tc(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi) {
@@ -70,13 +70,53 @@ __global__ void __launch_bounds__(CU_BLOCK)
     const int rows = SPLIT == 8 ? 16 : 32;
     prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, true);
     pdl_wait_then_release();
-    matmul_tc_block<SPLIT, false, TT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
-                                      blockIdx.y, sh, nullptr, nullptr, nullptr);
+    matmul_tc_block<SPLIT, false, TT, AHEAD>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
+                                             blockIdx.y, sh, nullptr, nullptr, nullptr);
 }
 
 /* H200 (bench/RESULTS.md): 16 at up to 64 tokens (354M batch 64 best; bundled within 3 % of 8),
  * 32 beyond (354M batch 256: 16 was 8 % slower). */
 int cu_tt_small = 16, cu_tt_mid = TC_TOK; /* cu_kernels.h */
+int cu_ahead8 = 1;                        /* cu_kernels.h */
+int cu_tcs_min_t = 32;                    /* cu_kernels.h */
+
+template <int SPLIT, int TT>
+__global__ void __launch_bounds__(CU_BLOCK)
+    k_matmul_tcs(const __nv_bfloat16 *__restrict__ W, int n_rows, int K,
+                 const float *__restrict__ X, int ldx, float *Y, int ldy, int T,
+                 const float *__restrict__ bias, int epi) {
+    extern __shared__ uint32_t tcs_sh[]; /* tcs_smem */
+    prefetch_rows(W, n_rows, K, blockIdx.x * TCS_ROWS, TCS_ROWS, true);
+    pdl_wait_then_release();
+    matmul_tcs_block<SPLIT, TT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x, blockIdx.y,
+                                tcs_sh);
+}
+
+/* The activation-sharing kernel for a tensor-core plan, when the forward is long enough for a
+ * wave of blocks (one a SM: TCS_MIN_BLOCKS) and the block's activations fit shared memory at 8
+ * tokens or more: false where it does not apply. H200 (bench/RESULTS.md): with fewer blocks it
+ * lost (354M batch 64: out_proj 11 -> 25 us a layer); with a wave it gained (batch 256: 36 -> 27;
+ * 512 tokens: 69 -> 52). */
+#define TCS_MIN_BLOCKS 128
+template <int SPLIT>
+static bool launch_tcs(const __nv_bfloat16 *W, int n_rows, int K, const float *X, int ldx, float *Y,
+                       int ldy, int T, const float *bias, int epi, cudaStream_t st) {
+    if (T < cu_tcs_min_t || ldx % 4 || (uintptr_t)X % 16) return false;
+    const size_t limit = 200 * 1024;
+    const int tt = tcs_smem(K, 32) <= limit ? 32 : tcs_smem(K, 16) <= limit ? 16 : 8;
+    const size_t shared = tcs_smem(K, tt);
+    if (shared > limit) return false;
+    auto k = tt == 32   ? k_matmul_tcs<SPLIT, 32>
+             : tt == 16 ? k_matmul_tcs<SPLIT, 16>
+                        : k_matmul_tcs<SPLIT, 8>;
+    const dim3 grid((n_rows + TCS_ROWS - 1) / TCS_ROWS, (T + tt - 1) / tt);
+    if (grid.x * grid.y < TCS_MIN_BLOCKS ||
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared) !=
+            cudaSuccess)
+        return false;
+    cu_launch(k, grid, CU_BLOCK, shared, st, W, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
+    return true;
+}
 
 /* The tile of a forward of T tokens (8, 16 or TC_TOK): the same bits whichever. */
 static int tc_tile(int T) {
@@ -126,7 +166,11 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
                const float *bias, int epi, cudaStream_t st) {
     if (T <= 0 || n_rows <= 0) return;
     const cu_mm p = cu_mm_plan(W, n_rows, X, ldx, T);
-    const int tt = p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
+    /* a few tokens: each warp's loads of 8 K steps at once (one L2 round trip, not two). H200:
+     * 354M batch 1 1.071 -> 1.007 ms; the bundled model's out_proj (512 rows, 16 blocks) was
+     * 2 % slower with it, hence the row count */
+    const bool few = p.kind >= CU_MM_TC4 && T <= 8 && n_rows >= 1024 && cu_ahead8;
+    const int tt = few ? 16 : p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
     const dim3 grid(p.gx, tt ? (T + tt - 1) / tt : p.gy);
     const int K = W->cols;
     const float *wf = static_cast<const float *>(W->w);
@@ -134,17 +178,22 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
 #define MM(WT, w, VEC, SPLIT)                                                                      \
     cu_launch(k_matmul<WT, VEC, SPLIT>, grid, CU_BLOCK, 0, st, w, n_rows, K, X, ldx, Y, ldy, T,    \
               bias, epi)
+    if ((p.kind == CU_MM_TC8 && launch_tcs<8>(wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st)) ||
+        (p.kind == CU_MM_TC4 && launch_tcs<4>(wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi, st)))
+        return;
     switch (p.kind) {
     case CU_MM_TC8:
-        cu_launch(tt == 8    ? k_matmul_tc<8, 8>
-                  : tt == 16 ? k_matmul_tc<8, 16>
-                             : k_matmul_tc<8, TC_TOK>,
+        cu_launch(few        ? k_matmul_tc<8, 16, 8>
+                  : tt == 8  ? k_matmul_tc<8, 8, TC_AHEAD>
+                  : tt == 16 ? k_matmul_tc<8, 16, TC_AHEAD>
+                             : k_matmul_tc<8, TC_TOK, TC_AHEAD>,
                   grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case CU_MM_TC4:
-        cu_launch(tt == 8    ? k_matmul_tc<4, 8>
-                  : tt == 16 ? k_matmul_tc<4, 16>
-                             : k_matmul_tc<4, TC_TOK>,
+        cu_launch(few        ? k_matmul_tc<4, 16, 8>
+                  : tt == 8  ? k_matmul_tc<4, 8, TC_AHEAD>
+                  : tt == 16 ? k_matmul_tc<4, 16, TC_AHEAD>
+                             : k_matmul_tc<4, TC_TOK, TC_AHEAD>,
                   grid, CU_BLOCK, 0, st, wb, n_rows, K, X, ldx, Y, ldy, T, bias, epi);
         break;
     case 0:

@@ -292,7 +292,7 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
  * bits of x, not 8. Thread (g, q) of a warp loads 8 consecutive weights of rows g and g + 8 at k
  * = 8q and the same 8 activations of token g, and feeds them to two MMAs as their k indices {2q,
  * 2q+1, 2q+8, 2q+9}: a fixed permutation of K inside the step, the same for every launch. A
- * warp loads the weights of TC_AHEAD steps before multiplying (one memory latency for several
+ * warp loads the weights of AHEAD steps before multiplying (one memory latency for several
  * steps; the MMAs keep their order). Invariance: an MMA output depends only on its own row and
  * column, missing tokens are zero columns, and the K order is fixed by the shape.
  *
@@ -324,7 +324,7 @@ static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, 
  * MMAs are the same whichever tile holds it, so the tile size is free to follow the batch: small
  * tiles give a forward of tens of tokens more blocks (more loads in flight), large ones read each
  * weight fewer times for long forwards. */
-template <int SPLIT, bool NORM, int TT = TC_TOK>
+template <int SPLIT, bool NORM, int TT = TC_TOK, int AHEAD = TC_AHEAD>
 static __device__ void
 matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
                 int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi, int bx,
@@ -340,13 +340,13 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
 #pragma unroll
     for (int i = 0; i < TT / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * TC_AHEAD) {
-        /* every load of TC_AHEAD steps first: weights, norm weights, then per column tile the
+    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * AHEAD) {
+        /* every load of AHEAD steps first: weights, norm weights, then per column tile the
          * activations, so a warp waits for memory once per group, not once per step */
-        uint4 A0[TC_AHEAD], A1[TC_AHEAD];
-        float nw8[NORM ? TC_AHEAD : 1][8], nb8[NORM ? TC_AHEAD : 1][8];
+        uint4 A0[AHEAD], A1[AHEAD];
+        float nw8[NORM ? AHEAD : 1][8], nb8[NORM ? AHEAD : 1][8];
 #pragma unroll
-        for (int a = 0; a < TC_AHEAD; a++) {
+        for (int a = 0; a < AHEAD; a++) {
             const int k = kb0 + 32 * SPLIT * a + 8 * q;
             const bool in = kb0 + 32 * SPLIT * a < K;
             A0[a] = va && in ? *reinterpret_cast<const uint4 *>(wa + k) : zero;
@@ -360,9 +360,9 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
         for (int i = 0; i < TT / 8; i++) {
             if (i >= tiles) break;
             const int t = t0 + 8 * i + g;
-            float x[TC_AHEAD][8];
+            float x[AHEAD][8];
 #pragma unroll
-            for (int a = 0; a < TC_AHEAD; a++) {
+            for (int a = 0; a < AHEAD; a++) {
 #pragma unroll
                 for (int j = 0; j < 8; j++) x[a][j] = 0.0f;
                 const int kb = kb0 + 32 * SPLIT * a;
@@ -370,7 +370,7 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
             }
             const float2 ms = NORM && t < T ? nstat[t] : make_float2(0.0f, 0.0f);
 #pragma unroll
-            for (int a = 0; a < TC_AHEAD; a++) {
+            for (int a = 0; a < AHEAD; a++) {
                 if (kb0 + 32 * SPLIT * a >= K) break;
                 if (NORM && t < T) {
                     if (nb) {
@@ -411,6 +411,97 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
             float v = part[warp][i * 4 + j][lane];
             for (int w = 1; w < SPLIT; w++) v += part[warp + w][i * 4 + j][lane];
             const int row = r0 + g + (j >= 2 ? 8 : 0), t = t0 + 8 * i + 2 * q + (j & 1);
+            if (row >= n_rows || t >= T) continue;
+            v = v + (bias ? bias[row] : 0.0f);
+            float *y = Y + (size_t)t * ldy + row;
+            *y = epi == CU_EPI_ADD ? *y + v : v;
+        }
+    }
+}
+
+/* The same products with the block's activations shared (matmul_tcs_block): CU_BLOCK / 32 warps,
+ * each owning a 16-row tile and the whole of K, with SPLIT accumulator sets (set j takes the K
+ * steps j, j + SPLIT, ... in order: warp j's steps in matmul_tc_block), added in set order; the
+ * block's TT tokens are loaded once, split into bf16 hi and lo as matmul_tc_block splits them,
+ * and kept in shared memory, (TT, K / 2 + TCS_PAD) words each, for every warp. Same fragments,
+ * same MMAs in the same order, same sums: the same bits, with the activations read once per
+ * 128 rows instead of once per 16 or 32. For forwards of tens of tokens and more. */
+#define TCS_ROWS (CU_BLOCK / 32 * 16)
+#define TCS_PAD  16 /* words: lanes of a quarter-warp read different banks */
+
+static __host__ __device__ inline size_t tcs_smem(int K, int TT) {
+    return 2 * (size_t)TT * (size_t)(K / 2 + TCS_PAD) * sizeof(uint32_t);
+}
+
+template <int SPLIT, int TT>
+static __device__ void matmul_tcs_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K,
+                                        const float *__restrict__ X, int ldx, float *Y, int ldy,
+                                        int T, const float *__restrict__ bias, int epi, int bx,
+                                        int by, uint32_t *sh) {
+    const int ld = K / 2 + TCS_PAD, t0 = by * TT;
+    uint32_t *hs = sh, *ls = sh + (size_t)TT * ld;
+    /* the tokens' activations, split as split2 splits them, zero past T */
+    for (int i = threadIdx.x; i < TT * (K / 4); i += CU_BLOCK) {
+        const int t = i / (K / 4), k = (i % (K / 4)) * 4;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t0 + t < T) x = *reinterpret_cast<const float4 *>(X + (size_t)(t0 + t) * ldx + k);
+        uint32_t h0, l0, h1, l1;
+        split2(x.x, x.y, &h0, &l0);
+        split2(x.z, x.w, &h1, &l1);
+        *reinterpret_cast<uint2 *>(hs + (size_t)t * ld + k / 2) = make_uint2(h0, h1);
+        *reinterpret_cast<uint2 *>(ls + (size_t)t * ld + k / 2) = make_uint2(l0, l1);
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int r0 = bx * TCS_ROWS + warp * 16;
+    if (r0 >= n_rows) return;
+    const int nt = T - t0 < TT ? T - t0 : TT, tiles = (nt + 7) / 8;
+    const bool va = r0 + g < n_rows, vb = r0 + g + 8 < n_rows;
+    const __nv_bfloat16 *wa = W + (size_t)(r0 + g) * K, *wb = W + (size_t)(r0 + g + 8) * K;
+    float acc[SPLIT][TT / 8][4];
+#pragma unroll
+    for (int j = 0; j < SPLIT; j++)
+#pragma unroll
+        for (int i = 0; i < TT / 8; i++)
+            acc[j][i][0] = acc[j][i][1] = acc[j][i][2] = acc[j][i][3] = 0.0f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int kb0 = 0; kb0 < K; kb0 += 32 * SPLIT) {
+        uint4 A0[SPLIT], A1[SPLIT];
+#pragma unroll
+        for (int j = 0; j < SPLIT; j++) {
+            const int k = kb0 + 32 * j + 8 * q;
+            const bool in = kb0 + 32 * j < K;
+            A0[j] = va && in ? *reinterpret_cast<const uint4 *>(wa + k) : zero;
+            A1[j] = vb && in ? *reinterpret_cast<const uint4 *>(wb + k) : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < TT / 8; i++) {
+            if (i >= tiles) break;
+            const uint32_t *hr = hs + (size_t)(8 * i + g) * ld, *lr = ls + (size_t)(8 * i + g) * ld;
+#pragma unroll
+            for (int j = 0; j < SPLIT; j++) {
+                const int kb = kb0 + 32 * j;
+                if (kb >= K) break;
+                const uint4 h = *reinterpret_cast<const uint4 *>(hr + kb / 2 + 4 * q),
+                            l = *reinterpret_cast<const uint4 *>(lr + kb / 2 + 4 * q);
+                const uint32_t a1[4] = {A0[j].x, A1[j].x, A0[j].y, A1[j].y},
+                               a2[4] = {A0[j].z, A1[j].z, A0[j].w, A1[j].w};
+                mma_bf16(acc[j][i], a1, h.x, h.y);
+                mma_bf16(acc[j][i], a1, l.x, l.y);
+                mma_bf16(acc[j][i], a2, h.z, h.w);
+                mma_bf16(acc[j][i], a2, l.z, l.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < TT / 8; i++) {
+        if (i >= tiles) break;
+#pragma unroll
+        for (int c = 0; c < 4; c++) { /* c0, c1: row g; c2, c3: row g + 8; tokens 2q, 2q + 1 */
+            float v = acc[0][i][c];
+#pragma unroll
+            for (int j = 1; j < SPLIT; j++) v += acc[j][i][c];
+            const int row = r0 + g + (c >= 2 ? 8 : 0), t = t0 + 8 * i + 2 * q + (c & 1);
             if (row >= n_rows || t >= T) continue;
             v = v + (bias ? bias[row] : 0.0f);
             float *y = Y + (size_t)t * ldy + row;
