@@ -131,6 +131,7 @@ def main():
         ok &= check(4, 600, 72, 16, True, True, 16, cfg=q8)
         ok &= check(2, 2049, 40, 16, True, False, 17, cfg=q8)
         ok &= check(3, 40, 24, 16, False, False, 18, cfg=dict(q8, BD_FWD=16, BD_BWD=16))
+        ok &= check(2, 45, 20, 16, True, True, 19, cfg=dict(q8, BD_BWD=16, CH=16))
         ok &= check(2, 77, 70, 16, True, True, 21, cfg=dict(q8, BWD_RED=0))
         ok &= check(2, 77, 70, 16, True, True, 22, cfg=dict(q8, BWD_OCC=0))
         ok &= check(2, 300, 64, 16, True, True, 23, cfg=q8, dtype=torch.bfloat16, tol=2e-2)
