@@ -42,12 +42,8 @@ def main():
         variants = [dict(T_FWD=16, BD_FWD=16, W_FWD=4, T_BWD=16, BD_BWD=16, W_BWD=4)]
     variants = [(scan_triton, v) for v in variants]
     if impl != "triton":
-        # builds: the old one, the previous two (4 threads per channel), BWD_Q 8 (8 threads per
-        # channel in the backward, 64 registers for one wave at batch 16 x E 1024; BD_BWD 16:
-        # blocks of 128 threads)
-        variants += [(scan_cuda, dict(BD_FWD=32, BD_BWD=bd, CH=8, BWD_OCC=occ, BWD_RED=red, BWD_Q=q))
-                     for occ, red, q, bd in ((0, 0, 4, 32), (512, 0, 4, 32), (512, 1, 4, 32),
-                                             (1024, 1, 8, 32), (1024, 1, 8, 16), (1024, 0, 8, 32))]
+        variants += [(scan_cuda, dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=occ, BWD_RED=red))
+                     for occ, red in ((0, 0), (512, 0), (512, 1), (0, 1))]
     res = []
     for mod, v in variants:
         mod.CFG.update(v)

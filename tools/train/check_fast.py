@@ -6,10 +6,8 @@ loss and for every parameter's gradient its distance to float32 is at most twice
 (plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones).
 
 usage: python3 tools/train/check_fast.py TEXT.xz [--layers 2] [--bsz 16] [--seq 4096] [--batches 3]
-                                            [--scan-cfg JSON (the CUDA scan's CFG, as train.py)]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -63,11 +61,8 @@ def main():
     ap.add_argument("--bsz", type=int, default=16)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--batches", type=int, default=3)
-    ap.add_argument("--scan-cfg", help='JSON build settings for scan_cuda.CFG, e.g. {"BWD_Q": 8}')
     args = ap.parse_args()
     M.KERNEL = "scan_cuda"
-    if args.scan_cfg:
-        __import__(M.KERNEL).CFG.update(json.loads(args.scan_cfg))
     ok = opcheck()
     torch.manual_seed(0)
     data = torch.from_numpy(np.frombuffer(read_text(args.text), dtype=np.uint8).copy()).cuda()
@@ -89,7 +84,7 @@ def main():
         ok &= good
         print(f"{k:36s} {ef:10.2e} {ep:10.2e} {efp:10.2e}  {'ok' if good else 'WORSE'}")
     print(f"{'PASS' if ok else 'FAIL'}: fast path (torch.compile + custom-op scan) vs plain path, "
-          f"{args.layers} layers, {args.bsz} x {args.seq}, {args.batches} batches, scan {args.scan_cfg or 'default'}: fast-fp32 <= 2 x plain-fp32 "
+          f"{args.layers} layers, {args.bsz} x {args.seq}, {args.batches} batches: fast-fp32 <= 2 x plain-fp32 "
           f"+ {FLOOR:g} for the loss and every gradient{'' if ok else ' NOT met'}")
     sys.exit(0 if ok else 1)
 

@@ -19,12 +19,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#define NS 16 /* d_state */
-#ifndef BWD_Q
-/* threads per channel in the backward (scan_cuda.py passes -DBWD_Q): 4, each owning 4 states, or
-   8, each owning 2 (twice the warps in flight for the same work; the forward always uses 4) */
-#define BWD_Q 4
-#endif
+#define NS  16       /* d_state */
+#define Q   4        /* threads per channel */
+#define SPT (NS / Q) /* states per thread */
 #ifndef CH
 #define CH 8 /* steps per chunk and checkpoint interval (scan_cuda.py passes -DCH) */
 #endif
@@ -82,33 +79,11 @@ __device__ __forceinline__ float sum_quad(float v) {
     v += __shfl_xor_sync(FULL, v, 1);
     return v + __shfl_xor_sync(FULL, v, 2);
 }
-/* sum over the Q threads of a channel (Q 4: the same operations as sum_quad) */
-template <int Q> __device__ __forceinline__ float sum_lanes(float v) {
-#pragma unroll
-    for (int m = 1; m < Q; m *= 2) v += __shfl_xor_sync(FULL, v, m);
-    return v;
-}
-/* SPT consecutive floats (16-byte or 8-byte aligned) to and from registers */
-__device__ __forceinline__ void ldv(const float *p, float (&o)[4]) {
-    const float4 v = *(const float4 *)p;
-    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
-}
-__device__ __forceinline__ void ldv(const float *p, float (&o)[2]) {
-    const float2 v = *(const float2 *)p;
-    o[0] = v.x, o[1] = v.y;
-}
-__device__ __forceinline__ void stv(float *p, const float (&o)[4]) {
-    *(float4 *)p = make_float4(o[0], o[1], o[2], o[3]);
-}
-__device__ __forceinline__ void stv(float *p, const float (&o)[2]) {
-    *(float2 *)p = make_float2(o[0], o[1]);
-}
 
-/* The inputs of one chunk that one of the block's NT threads stages: PX (t, channel) elements and
-   PB (t, n) ones, loaded into registers one chunk ahead. */
-template <typename T, int BD, int NT_> struct Fetch {
-    static constexpr int NT = NT_, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
-    static_assert(CH * BD % NT == 0, "CH x BD must be a multiple of the block's threads");
+/* The inputs of one chunk that one thread stages: PX (t, channel) elements and PB (t, n) ones,
+   loaded into registers one chunk ahead. */
+template <typename T, int BD> struct Fetch {
+    static constexpr int NT = BD * Q, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
     float x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB];
     __device__ void load(const ScanArgs &a, long long b, int d0, int c0, bool bwd) {
         const T *xp = (const T *)a.x, *dtp = (const T *)a.dt, *zp = (const T *)a.z,
@@ -143,9 +118,8 @@ template <typename T, int BD, int NT_> struct Fetch {
     }
 };
 
-template <typename T, int BD> __global__ void __launch_bounds__(BD * 4) scan_fwd(ScanArgs a) {
-    constexpr int Q = 4, SPT = NS / Q; /* threads per channel, states per thread */
-    using F = Fetch<T, BD, BD * Q>;
+template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(ScanArgs a) {
+    using F = Fetch<T, BD>;
     constexpr int NT = F::NT;
     __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS];
     __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_z[CH][BD], s_y[CH][BD];
@@ -210,11 +184,9 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD * 4) scan_fwd
         *(float4 *)&a.sT[(b * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
 }
 
-template <typename T, int BD, int Q>
+template <typename T, int BD>
 __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a) {
-    constexpr int SPT = NS / Q; /* states per thread */
-    static_assert(Q == 4 || Q == 8, "4 or 8 threads per channel");
-    using F = Fetch<T, BD, BD * Q>;
+    using F = Fetch<T, BD>;
     constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
     /* RED: the per (step, channel, state) terms of dB and dC go to shared memory, a row per step
        padded by 16 so that the summing threads of a warp (two steps, 16 states) hit distinct
@@ -242,10 +214,8 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
     F f;
     f.load(a, b, d0, (a.nck - 1) * CH, true);
     /* the checkpoint of the chunk to come, loaded one chunk ahead like its inputs */
-    float ckv[SPT];
-#pragma unroll
-    for (int k = 0; k < SPT; k++) ckv[k] = 0.f;
-    if (dok) ldv(&a.ck[((b * a.nck + a.nck - 1) * E + d) * NS + q * SPT], ckv);
+    float4 ckv = dok ? *(const float4 *)&a.ck[((b * a.nck + a.nck - 1) * E + d) * NS + q * SPT]
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
     for (int ci = a.nck - 1; ci >= 0; ci--) {
         const int c0 = ci * CH;
         __syncthreads();
@@ -264,18 +234,16 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
         }
         f.store_BC(s_B, s_C);
         __syncthreads();
-        float hs[CH][SPT], s[SPT];
-#pragma unroll
-        for (int k = 0; k < SPT; k++) s[k] = ckv[k];
+        float hs[CH][SPT], s[SPT] = {ckv.x, ckv.y, ckv.z, ckv.w};
         if (ci > 0) {
             f.load(a, b, d0, c0 - CH, true);
-            if (dok) ldv(&a.ck[((b * a.nck + ci - 1) * E + d) * NS + q * SPT], ckv);
+            if (dok) ckv = *(const float4 *)&a.ck[((b * a.nck + ci - 1) * E + d) * NS + q * SPT];
         }
 #pragma unroll
         for (int t = 0; t < CH; t++) {
             const float dl = s_dl[t][c], u = s_u[t][c];
-            float bv[SPT];
-            ldv(&s_B[t][q * SPT], bv);
+            const float4 Bv = *(const float4 *)&s_B[t][q * SPT];
+            const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
 #pragma unroll
             for (int k = 0; k < SPT; k++) {
                 hs[t][k] = s[k]; /* s_{t-1} */
@@ -285,9 +253,9 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
 #pragma unroll
         for (int t = CH - 1; t >= 0; t--) {
             const float dl = s_dl[t][c], u = s_u[t][c], dyp = s_dyp[t][c];
-            float bv[SPT], cv[SPT];
-            ldv(&s_B[t][q * SPT], bv);
-            ldv(&s_C[t][q * SPT], cv);
+            const float4 Bv = *(const float4 *)&s_B[t][q * SPT],
+                         Cv = *(const float4 *)&s_C[t][q * SPT];
+            const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, cv[SPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
             float r1 = 0.f, r2 = 0.f, r3 = 0.f, qB[SPT], qC[SPT];
 #pragma unroll
             for (int k = 0; k < SPT; k++) {
@@ -303,28 +271,27 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 qB[k] = g[k] * u;
                 qC[k] = sc * dyp;
             }
-            r1 = sum_lanes<Q>(r1), r2 = sum_lanes<Q>(r2), r3 = sum_lanes<Q>(r3);
+            r1 = sum_quad(r1), r2 = sum_quad(r2), r3 = sum_quad(r3);
             if (q == 0) {
                 s_ddl[t][c] = r1 + s_x[t][c] * r2;
                 s_gB[t][c] = r2;
                 s_yp[t][c] = r3;
             }
             if constexpr (RED) { /* summed over channels after the chunk, no shuffles here */
-                stv(&s_qB[t][c * NS + q * SPT], qB);
-                stv(&s_qC[t][c * NS + q * SPT], qC);
+                *(float4 *)&s_qB[t][c * NS + q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
+                *(float4 *)&s_qC[t][c * NS + q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
             } else {
 #pragma unroll
-            for (int k = 0; k < SPT; k++) { /* over the channels of each half warp */
-#pragma unroll
-                for (int m = Q; m < 16; m *= 2) {
-                    qB[k] += __shfl_xor_sync(FULL, qB[k], m);
-                    qC[k] += __shfl_xor_sync(FULL, qC[k], m);
-                }
+            for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
+                qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
+                qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
+                qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
+                qC[k] += __shfl_xor_sync(FULL, qC[k], 8);
             }
-            if ((lane & (16 - Q)) == 0) {
+            if ((lane & 12) == 0) {
                 const int sl = 2 * w + (lane >> 4);
-                stv(&s_dBw[sl][t][q * SPT], qB);
-                stv(&s_dCw[sl][t][q * SPT], qC);
+                *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
+                *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
             }
             }
         }
@@ -343,18 +310,6 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 dbacc += gd;
             }
         }
-        if constexpr (RED && NT >= 2 * CH * NS) {
-            /* enough threads for one sum each: the first CH x NS threads sum dB, the next dC (the
-               same sums in the same order as below) */
-            const int h = tid / (CH * NS), i = tid % (CH * NS), t = i / NS, j = i % NS, tt = c0 + t;
-            if (h < 2 && tt < L) {
-                const auto sq = h ? s_qC : s_qB;
-                float sm = 0.f;
-#pragma unroll 8
-                for (int k = 0; k < BD; k++) sm += sq[t][k * NS + j];
-                (h ? a.dCp : a.dBp)[((b * a.nblk + blockIdx.x) * L + tt) * NS + j] = sm;
-            }
-        } else
         for (int i = tid; i < CH * NS; i += NT) {
             const int t = i / NS, j = i % NS, tt = c0 + t;
             if (tt < L) {
@@ -378,7 +333,7 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
             }
         }
     }
-    if (dok) stv(&a.dA[(b * E + d) * NS + q * SPT], dA);
+    if (dok) *(float4 *)&a.dA[(b * E + d) * NS + q * SPT] = make_float4(dA[0], dA[1], dA[2], dA[3]);
     /* the output loops give thread tid the channel tid % BD */
     s_red[0][tid] = dDacc;
     s_red[1][tid] = dbacc;
@@ -398,9 +353,9 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
 template <typename T, int BD> static int launch(const ScanArgs *a, int bwd, cudaStream_t stream) {
     const dim3 grid((a->E + BD - 1) / BD, a->bsz);
     if (bwd)
-        scan_bwd<T, BD, BWD_Q><<<grid, BD * BWD_Q, 0, stream>>>(*a);
+        scan_bwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
     else
-        scan_fwd<T, BD><<<grid, BD * 4, 0, stream>>>(*a);
+        scan_fwd<T, BD><<<grid, BD * Q, 0, stream>>>(*a);
     return (int)cudaGetLastError();
 }
 

@@ -4,7 +4,7 @@ an H200 (14.4 against 49.8 ms at batch 16, L 8192, E 1024: bench/RESULTS.md). d_
 
 The library is built on first use with nvcc (CUDA_HOME/bin or PATH) for the GPU's architecture and
 cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the build
-options (CH, BWD_OCC, BWD_RED, BWD_Q). It is called through ctypes on PyTorch's current stream; inputs with another
+options (CH, BWD_OCC, BWD_RED). It is called through ctypes on PyTorch's current stream; inputs with another
 stride than 1 along the channel dimension (x, dt, z) or the state dimension (B, C) are copied
 first; other strides are free.
 """
@@ -18,10 +18,9 @@ import torch
 from scan_triton import differentiable
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
-# channels per block; steps per chunk, threads per SM the backward must fit, how it sums dB, dC
-# over channels and its threads per channel (build options, see scan_cuda.cu). BWD_Q 8 needs
-# BWD_OCC 1024 to run batch 16 x E 1024 in one wave (64 registers; see tools/train/README.md)
-CFG = dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=1, BWD_Q=4)
+# channels per block; steps per chunk, threads per SM the backward must fit and how it sums dB, dC
+# over channels (build options, see scan_cuda.cu)
+CFG = dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=1)
 _libs = {}
 
 
@@ -32,28 +31,27 @@ class _Args(ctypes.Structure):
                 [(k, ctypes.c_int) for k in "bsz L E nck nblk".split()])
 
 
-def _load(ch, occ, red, q):
-    if (ch, occ, red, q) in _libs:
-        return _libs[ch, occ, red, q]
+def _load(ch, occ, red):
+    if (ch, occ, red) in _libs:
+        return _libs[ch, occ, red]
     src = open(SRC, "rb").read()
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}"
     cache = os.environ.get("MB_SCAN_CACHE", os.path.expanduser("~/.cache/mambabyte"))
-    so = os.path.join(cache, f"libscan-{arch}-ch{ch}-occ{occ}-red{red}-q{q}-{hashlib.sha256(src).hexdigest()[:16]}.so")
+    so = os.path.join(cache, f"libscan-{arch}-ch{ch}-occ{occ}-red{red}-{hashlib.sha256(src).hexdigest()[:16]}.so")
     if not os.path.exists(so):
         os.makedirs(cache, exist_ok=True)
         nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
         tmp = f"{so}.{os.getpid()}.tmp"
         subprocess.run([nvcc if os.path.exists(nvcc) else "nvcc", "-O3", f"-arch={arch}", "-shared",
-                        "-Xcompiler", "-fPIC", f"-DCH={ch}", f"-DBWD_OCC={occ}", f"-DBWD_RED={red}",
-                        f"-DBWD_Q={q}", "-o", tmp, SRC], check=True)
+                        "-Xcompiler", "-fPIC", f"-DCH={ch}", f"-DBWD_OCC={occ}", f"-DBWD_RED={red}", "-o", tmp, SRC], check=True)
         os.replace(tmp, so)
     lib = ctypes.CDLL(so)
     lib.mb_scan.argtypes = [ctypes.POINTER(_Args), ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.mb_scan.restype = ctypes.c_int
     if lib.mb_scan_chunk() != ch:
         raise RuntimeError(f"{so}: built for another chunk length")
-    _libs[ch, occ, red, q] = lib
+    _libs[ch, occ, red] = lib
     return lib
 
 
@@ -66,7 +64,7 @@ def _ptr(t):
 
 
 def _call(args, bwd, dtype, bd, device):
-    lib = _load(CFG["CH"], CFG["BWD_OCC"], CFG["BWD_RED"], CFG["BWD_Q"])
+    lib = _load(CFG["CH"], CFG["BWD_OCC"], CFG["BWD_RED"])
     rc = lib.mb_scan(ctypes.byref(args), int(bwd), 0 if dtype == torch.float32 else 1, bd,
                      ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream))
     if rc:
