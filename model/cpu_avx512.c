@@ -14,10 +14,13 @@
  * avx512vnni: avx512bf16, and q8 weights through vpdpbusd (64 byte products per instruction):
  *   each token's inputs quantized to int8 with a float32 scale of its own, exact int32 sums,
  *   then the token's and the row's scales; the matrices whose inputs 8 bits would blur
- *   (out_proj's, cpu.c) take int16 inputs through vpdpwssd (32 products per instruction). On a
- * processor with AVX512_BF16 (all that have it also have AVX512_VNNI); the functions that use
- * vpdpbusd carry target("avx512vnni"). All compute each (row, token) dot product in the same order
- * for every block shape, so a token's result does not depend on the batch or span around it. */
+ *   (out_proj's, cpu.c) take int16 inputs through vpdpwssd (32 products per instruction).
+ *   Blocks of up to 4 tokens (decode at small batches, short spans) read each row front to back
+ *   instead (rows_vnni: the same integer sums, about twice the stream rate of rows side by
+ *   side). On a processor with AVX512_BF16 (all that have it also have AVX512_VNNI); the
+ *   functions that use vpdpbusd carry target("avx512vnni").
+ * All compute each (row, token) dot product in the same order for every block shape, so a
+ * token's result does not depend on the batch or span around it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -383,9 +386,6 @@ VNNI_FN static AI void dot_vnni(const mb_mat *W, int r0, const uint8_t *xq, size
 VNNI_FN static AI void group_vnni(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
                                   const float *sx, int nt, float *out, const int int16) {
     int q = 0;
-    if (nt == 1)
-        for (; q + 8 <= rows; q += 8)
-            dot_vnni(W, r0 + q, xq, ldq, sx, out + q, ROW_GROUP, 8, 1, int16);
     for (; q + 4 <= rows; q += 4) {
         int t = 0;
         for (; t + 6 <= nt; t += 6)
@@ -419,6 +419,109 @@ VNNI_FN static AI void group_vnni(const mb_mat *W, int r0, int rows, const uint8
                      ROW_GROUP, 1, 1, int16);
 }
 
+/* The 8 lanes' sums of a[0..7] in order: each 512-bit accumulator's halves added, then pairwise
+ * horizontal adds (integers, so any order gives the same sums). */
+static AI __m256i reduce8_epi32(const __m512i *a) {
+    __m256i v[8];
+    for (int i = 0; i < 8; i++)
+        v[i] = _mm256_add_epi32(_mm512_castsi512_si256(a[i]), _mm512_extracti64x4_epi64(a[i], 1));
+    __m256i p = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i q = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(p, q, 0x20),
+                            _mm256_permute2x128_si256(p, q, 0x31));
+}
+
+#define ROWWISE_T 4 /* token blocks of up to this many take rows_vnni */
+
+/* One row's integer dot products with T tokens' inputs (rows of ldq bytes), each as 16 int32
+ * lanes in acc[t]: the row's weights read front to back, 64 bytes at a time (vpdpbusd, or two
+ * vpdpwssd on int16 inputs), the last chunk masked to the row's end. */
+VNNI_FN static AI void row_vnni(const int8_t *w, const uint8_t *xq, size_t ldq, int n, __m512i *acc,
+                                const int T, const int int16) {
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_si512();
+    int k = 0;
+    for (; k + 64 <= n; k += 64)
+        if (int16) {
+            const __m256i *wk = (const __m256i *)(w + k);
+            __m512i lo = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wk)),
+                    hi = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wk + 1));
+            for (int t = 0; t < T; t++) {
+                const uint8_t *x = xq + (size_t)t * ldq + 2 * (size_t)k;
+                acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_loadu_si512(x), lo);
+                acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_loadu_si512(x + 64), hi);
+            }
+        } else {
+            __m512i wv = _mm512_loadu_si512(w + k);
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm512_dpbusd_epi32(
+                    acc[t], _mm512_loadu_si512(xq + (size_t)t * ldq + (size_t)k), wv);
+        }
+    for (; k < n; k += int16 ? 32 : 64) {
+        const int left = n - k;
+        if (int16) {
+            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : ~(__mmask32)0 >> (32 - left);
+            __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w + k));
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm512_dpwssd_epi32(
+                    acc[t], _mm512_loadu_si512(xq + (size_t)t * ldq + 2 * (size_t)k), wv);
+        } else {
+            __m512i wv = _mm512_maskz_loadu_epi8(~(__mmask64)0 >> (64 - left), w + k);
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm512_dpbusd_epi32(
+                    acc[t], _mm512_loadu_si512(xq + (size_t)t * ldq + (size_t)k), wv);
+        }
+    }
+}
+
+/* out[t * ROW_GROUP + i] = sx[t] * (W[r0 + i, :] . q[t, :]) for i < rows <= ROW_GROUP and
+ * T <= ROWWISE_T tokens: decode at small batches and short spans, where the time is the
+ * weights' stream. The rows are read one after the other, so a thread's share of W is one
+ * front-to-back stream that the hardware prefetcher follows (dot_vnni's blocks read rows side
+ * by side: 8 of them at one token streamed half as fast on Zen 4), and each token's 8 rows'
+ * lanes are summed together. The same integer sums as dot_vnni, and the same float steps after. */
+VNNI_FN static AI void rows_vnni(const mb_mat *W, int r0, int rows, const uint8_t *xq, size_t ldq,
+                                 const float *sx, float *out, const int T, const int int16) {
+    const int n = W->cols;
+    const int8_t *w = (const int8_t *)W->w + (size_t)r0 * (size_t)n;
+    __m512i acc[ROWWISE_T][ROW_GROUP], a[ROWWISE_T];
+    for (int i = 0; i < ROW_GROUP; i++) {
+        if (i < rows)
+            row_vnni(w + (size_t)i * (size_t)n, xq, ldq, n, a, T, int16);
+        else
+            for (int t = 0; t < T; t++) a[t] = _mm512_setzero_si512();
+        for (int t = 0; t < T; t++) acc[t][i] = a[t];
+    }
+    const __mmask8 m = (__mmask8)((1u << rows) - 1);
+    const __m256i corr =
+        int16 ? _mm256_setzero_si256()
+              : _mm256_slli_epi32(_mm256_maskz_loadu_epi32(m, mb_cpu_q8_row_sums(W) + r0), 7);
+    for (int t = 0; t < T; t++) {
+        __m256i s = _mm256_sub_epi32(reduce8_epi32(acc[t]), corr);
+        _mm256_storeu_ps(out + t * ROW_GROUP,
+                         _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sx[t])));
+    }
+}
+
+/* rows_vnni for nt (1..ROWWISE_T) tokens, the count a compile-time constant in each call */
+VNNI_FN static AI void group_rowwise(const mb_mat *W, int r0, int rows, const uint8_t *xq,
+                                     size_t ldq, const float *sx, int nt, float *out,
+                                     const int int16) {
+    switch (nt) {
+    case 1:
+        rows_vnni(W, r0, rows, xq, ldq, sx, out, 1, int16);
+        break;
+    case 2:
+        rows_vnni(W, r0, rows, xq, ldq, sx, out, 2, int16);
+        break;
+    case 3:
+        rows_vnni(W, r0, rows, xq, ldq, sx, out, 3, int16);
+        break;
+    default:
+        rows_vnni(W, r0, rows, xq, ldq, sx, out, 4, int16);
+        break;
+    }
+}
+
 /* one function per input width, not inlined into the caller: inlined, acc goes to memory again
  * (see dot_vnni) */
 VNNI_FN __attribute__((noinline)) static void group_vnni8(const mb_mat *W, int r0, int rows,
@@ -431,6 +534,18 @@ VNNI_FN __attribute__((noinline)) static void group_vnni16(const mb_mat *W, int 
                                                            const uint8_t *xq, size_t ldq,
                                                            const float *sx, int nt, float *out) {
     group_vnni(W, r0, rows, xq, ldq, sx, nt, out, 1);
+}
+
+VNNI_FN __attribute__((noinline)) static void group_rowwise8(const mb_mat *W, int r0, int rows,
+                                                             const uint8_t *xq, size_t ldq,
+                                                             const float *sx, int nt, float *out) {
+    group_rowwise(W, r0, rows, xq, ldq, sx, nt, out, 0);
+}
+
+VNNI_FN __attribute__((noinline)) static void group_rowwise16(const mb_mat *W, int r0, int rows,
+                                                              const uint8_t *xq, size_t ldq,
+                                                              const float *sx, int nt, float *out) {
+    group_rowwise(W, r0, rows, xq, ldq, sx, nt, out, 1);
 }
 
 VNNI_FN void mb_matmul_avx512vnni(void *ctx, int ti, int nt) {
@@ -453,7 +568,9 @@ VNNI_FN void mb_matmul_avx512vnni(void *ctx, int ti, int nt) {
         quantize_inputs(m->X + (size_t)t0 * (size_t)m->ldx, m->ldx, nt_blk, n, int16, ldq, xq, sx);
         for (int r = r_begin; r < r_end; r += ROW_GROUP) {
             int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
-            if (int16)
+            if (nt_blk <= ROWWISE_T)
+                (int16 ? group_rowwise16 : group_rowwise8)(m->W, r, rows, xq, ldq, sx, nt_blk, out);
+            else if (int16)
                 group_vnni16(m->W, r, rows, xq, ldq, sx, nt_blk, out);
             else
                 group_vnni8(m->W, r, rows, xq, ldq, sx, nt_blk, out);

@@ -2,8 +2,9 @@
  * reference of the same arithmetic, bit for bit: each token's inputs to int8 (or int16) with
  * its own scale, exact integer dot products with the int8 weights, then the token's scale, the
  * row's scale and the bias. Shapes with a partial 64-byte chunk, rows not a multiple of the row
- * group, token counts across the kernel's blocks, and one or two threads. Skipped (one line)
- * on a processor without AVX512_VNNI. */
+ * group, token counts across the kernel's blocks (1 to 4, 49 and 50 take its row-wise path,
+ * alone and after a full token block), and one or two threads. Skipped (one line) on a processor
+ * without AVX512_VNNI. */
 #include <math.h>
 #include <string.h>
 
@@ -105,7 +106,7 @@ static void check_shape(int rows, int cols, int T) {
 
 static void test_vnni_against_reference(void) {
     const int shapes[][2] = {{13, 32}, {24, 64}, {40, 200}, {96, 1024}, {9, 2048}};
-    const int tokens[] = {1, 2, 3, 5, 6, 7, 13, 48, 53, 100};
+    const int tokens[] = {1, 2, 3, 4, 5, 6, 7, 13, 48, 49, 50, 53, 100};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t t = 0; t < sizeof tokens / sizeof tokens[0]; t++)
             check_shape(shapes[s][0], shapes[s][1], tokens[t]);
