@@ -12,9 +12,9 @@
 // checkpoint into registers, then the adjoint g_t = dL/ds_t runs backwards,
 // g_t = a_{t+1} g_{t+1} + C_t dy'_t, and every gradient comes from s_{t-1}, s_t, a_t and g_t.
 // Sums over channels (dB, dC): each step's per-thread terms go to shared memory and are summed per
-// chunk, one (step, state) per thread (BWD_RED 1; 0: shuffles to two slots per warp each step), into
-// per-block partials that the caller sums (no atomics: the results do not depend on scheduling).
-// dA, dD and dt_bias are per batch row, summed by the caller.
+// chunk, one (step, state) per thread (BWD_RED 1; 0: shuffles to two slots per warp each step),
+// into per-block partials that the caller sums (no atomics: the results do not depend on
+// scheduling). dA, dD and dt_bias are per batch row, summed by the caller.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -282,17 +282,17 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 *(float4 *)&s_qC[t][c * NS + q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
             } else {
 #pragma unroll
-            for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
-                qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
-                qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
-                qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
-                qC[k] += __shfl_xor_sync(FULL, qC[k], 8);
-            }
-            if ((lane & 12) == 0) {
-                const int sl = 2 * w + (lane >> 4);
-                *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
-                *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
-            }
+                for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
+                    qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
+                    qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
+                    qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
+                    qC[k] += __shfl_xor_sync(FULL, qC[k], 8);
+                }
+                if ((lane & 12) == 0) {
+                    const int sl = 2 * w + (lane >> 4);
+                    *(float4 *)&s_dBw[sl][t][q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
+                    *(float4 *)&s_dCw[sl][t][q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
+                }
             }
         }
         __syncthreads();
