@@ -141,7 +141,7 @@ static inline float hsum(__m256 a) {
  * compile-time constants after inlining). Every (row, token) pair has one 8-lane accumulator over
  * the 8-float chunks in order, a fixed horizontal sum and a scalar tail: the same bits for every R
  * and T. R x T independent chains keep the FMA units busy; each weight chunk is loaded once per T
- * tokens. */
+ * tokens. Up to ROWWISE_T tokens (cpu.h) take R = 1: each row read front to back. */
 static inline __attribute__((always_inline)) void dot_block_dt(const mb_mat *W, int r0,
                                                                const float *X, int ldx, float *out,
                                                                int ldo, const int R, const int T,
@@ -240,9 +240,21 @@ void mb_matmul_avx2(void *ctx, int ti, int nt) {
                 rw = 0;
             }
             const mb_mat *W = &Wf;
-            if (nt_blk == 1) /* decode: 8 rows at once streams the weights */
-                for (; q + 8 <= rows; q += 8)
-                    dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 8, 1);
+            if (nt_blk <= ROWWISE_T) /* decode and short spans: each row front to back */
+                for (; q < rows; q++) switch (nt_blk) {
+                    case 1:
+                        dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 1, 1);
+                        break;
+                    case 2:
+                        dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 1, 2);
+                        break;
+                    case 3:
+                        dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 1, 3);
+                        break;
+                    default:
+                        dot_block(W, rw + q, X, m->ldx, out + q, ROW_GROUP, 1, 4);
+                        break;
+                    }
             for (; q + 4 <= rows; q += 4) {
                 int t = 0;
                 for (; t + 3 <= nt_blk; t += 3)

@@ -31,6 +31,11 @@ enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
 #define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
 #define ROW_GROUP   8
 #define WIDEN_MIN_T 8 /* BF16 and q8 rows are widened to F32 once for this many tokens or more */
+/* Token blocks of up to this many (decode at small batches, short spans) read the weights one
+ * row after the other, each front to back: a thread's share of W is then one stream that the
+ * hardware prefetcher follows, where blocks of rows side by side (8 at one token) streamed half
+ * as fast on Zen 4. Each (row, token) dot product keeps the order it has in the blocks. */
+#define ROWWISE_T 4
 
 /* Writes the dot products out[t * ROW_GROUP + i] (t < nt, i < rows) of rows [r, r + rows) and
  * tokens [t0, t0 + nt) to Y with the task's bias and epilogue. */

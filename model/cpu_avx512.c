@@ -4,13 +4,14 @@
  *
  * avx512: the AVX2 kernel's scheme on 16 lanes and 32 registers: one 16-lane accumulator per
  *   (row, token) over the 16-float chunks in order, a fixed horizontal sum, a scalar tail; blocks
- *   of 4 rows x 6 tokens (24 accumulators) load each weight chunk once per 6 tokens. BF16 rows
- *   are widened exactly, as in cpu.c.
+ *   of 4 rows x 6 tokens (24 accumulators) load each weight chunk once per 6 tokens, and blocks
+ *   of up to ROWWISE_T tokens (cpu.h) read one row at a time, front to back, with one accumulator
+ *   per token. BF16 rows are widened exactly, as in cpu.c.
  * avx512bf16: BF16 weights through vdpbf16ps, which multiplies bf16 pairs. Each activation x is
  *   split into hi = bf16(x) and lo = bf16(x - hi) (16 of its 24 significand bits; the rest is
  *   below 2^-16 x), and each 32-element chunk adds its products with hi, then with lo, into one
- *   16-lane accumulator; then the fixed horizontal sum and a scalar float32 tail. float32
- *   weights take the avx512 kernel.
+ *   16-lane accumulator; then the fixed horizontal sum and a scalar float32 tail. Up to
+ *   ROWWISE_T tokens: one row at a time, as avx512. float32 weights take the avx512 kernel.
  * avx512vnni: avx512bf16, and q8 weights through vpdpbusd (64 byte products per instruction):
  *   each token's inputs quantized to int8 with a float32 scale of its own, exact int32 sums,
  *   then the token's and the row's scales; the matrices whose inputs 8 bits would blur
@@ -98,8 +99,23 @@ static AI void dot16(const mb_mat *W, int r0, const float *X, int ldx, float *ou
 static AI void group16(const mb_mat *W, int r0, int rows, const float *X, int ldx, int nt,
                        float *out, const mb_dtype dt) {
     int q = 0;
-    if (nt == 1) /* decode: 8 rows at once streams the weights */
-        for (; q + 8 <= rows; q += 8) dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 8, 1, dt);
+    if (nt <= ROWWISE_T) { /* decode and short spans: each row front to back (see ROWWISE_T) */
+        for (; q < rows; q++) switch (nt) {
+            case 1:
+                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 1, dt);
+                break;
+            case 2:
+                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 2, dt);
+                break;
+            case 3:
+                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 3, dt);
+                break;
+            default:
+                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 4, dt);
+                break;
+            }
+        return;
+    }
     for (; q + 4 <= rows; q += 4) {
         int t = 0;
         for (; t + 6 <= nt; t += 6)
@@ -232,9 +248,23 @@ BF16_FN static void group_bf16(const mb_mat *W, int r0, int rows, const uint16_t
                                const uint16_t *lo, int n32, const float *X, int ldx, int nt,
                                float *out) {
     int q = 0;
-    if (nt == 1)
-        for (; q + 8 <= rows; q += 8)
-            dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 8, 1);
+    if (nt <= ROWWISE_T) { /* decode and short spans: each row front to back (see ROWWISE_T) */
+        for (; q < rows; q++) switch (nt) {
+            case 1:
+                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 1);
+                break;
+            case 2:
+                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 2);
+                break;
+            case 3:
+                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 3);
+                break;
+            default:
+                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 4);
+                break;
+            }
+        return;
+    }
     for (; q + 4 <= rows; q += 4) {
         int t = 0;
         for (; t + 6 <= nt; t += 6)
@@ -430,8 +460,6 @@ static AI __m256i reduce8_epi32(const __m512i *a) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(p, q, 0x20),
                             _mm256_permute2x128_si256(p, q, 0x31));
 }
-
-#define ROWWISE_T 4 /* token blocks of up to this many take rows_vnni */
 
 /* One row's integer dot products with T tokens' inputs (rows of ldq bytes), each as 16 int32
  * lanes in acc[t]: the row's weights read front to back, 64 bytes at a time (vpdpbusd, or two
