@@ -18,6 +18,8 @@ typedef struct matmul_task {
     const float *bias;
     int epi;
     int int16_inputs; /* avx512vnni with q8 weights: X as int16, not int8 (cpu_avx512.c) */
+    int rowwise;      /* the float kernels' blocks of up to ROWWISE_FLOAT_T tokens read rows
+                         front to back (weights that stream from memory, cpu.c) */
     /* per thread: scratch_per_thread uint16 from scratch + ti * scratch_per_thread, room for
      * two TOKEN_BLOCK x (cols rounded down to 32) blocks (the avx512bf16 inputs' halves) and
      * for TOKEN_BLOCK rows of avx512vnni's integer inputs (cols int8 or int16, rounded up to 64
@@ -31,11 +33,17 @@ enum { EPI_STORE, EPI_ADD, EPI_SOFTPLUS };
 #define TOKEN_BLOCK 48 /* tokens whose inputs stay in cache while a thread sweeps its rows */
 #define ROW_GROUP   8
 #define WIDEN_MIN_T 8 /* BF16 and q8 rows are widened to F32 once for this many tokens or more */
-/* Token blocks of up to this many (decode at small batches, short spans) read the weights one
- * row after the other, each front to back: a thread's share of W is then one stream that the
- * hardware prefetcher follows, where blocks of rows side by side (8 at one token) streamed half
- * as fast on Zen 4. Each (row, token) dot product keeps the order it has in the blocks. */
-#define ROWWISE_T 4
+/* Token blocks of up to ROWWISE_T (q8 on avx512vnni) or ROWWISE_FLOAT_T (the float kernels,
+ * when the weights stream from memory: matmul_task.rowwise) tokens, decode at small batches and
+ * short spans, read the weights one row after the other, each front to back: a thread's share of
+ * W is then one stream that the hardware prefetcher follows, where blocks of rows side by side (8
+ * at one token) streamed half as fast on Zen 4. Each (row, token) dot product keeps the order it
+ * has in the blocks. The float kernels load every token's inputs again for each row, which cost
+ * more than the stream saved at 3 and 4 tokens (bf16, 354M shape, Zen 4), and a row's one chain
+ * of additions per token is slower than 8 rows' chains when the weights come from cache. */
+#define ROWWISE_T       4
+#define ROWWISE_FLOAT_T 2 /* the kernels instantiate 1 and 2 tokens */
+_Static_assert(ROWWISE_FLOAT_T == 2, "cpu.c and cpu_avx512.c: a row-wise block of 1 or 2 tokens");
 
 /* Writes the dot products out[t * ROW_GROUP + i] (t < nt, i < rows) of rows [r, r + rows) and
  * tokens [t0, t0 + nt) to Y with the task's bias and epilogue. */

@@ -5,13 +5,13 @@
  * avx512: the AVX2 kernel's scheme on 16 lanes and 32 registers: one 16-lane accumulator per
  *   (row, token) over the 16-float chunks in order, a fixed horizontal sum, a scalar tail; blocks
  *   of 4 rows x 6 tokens (24 accumulators) load each weight chunk once per 6 tokens, and blocks
- *   of up to ROWWISE_T tokens (cpu.h) read one row at a time, front to back, with one accumulator
- *   per token. BF16 rows are widened exactly, as in cpu.c.
+ *   of up to ROWWISE_FLOAT_T tokens of streamed weights (cpu.h) read one row at a time, front to
+ *   back, with one accumulator per token. BF16 rows are widened exactly, as in cpu.c.
  * avx512bf16: BF16 weights through vdpbf16ps, which multiplies bf16 pairs. Each activation x is
  *   split into hi = bf16(x) and lo = bf16(x - hi) (16 of its 24 significand bits; the rest is
  *   below 2^-16 x), and each 32-element chunk adds its products with hi, then with lo, into one
  *   16-lane accumulator; then the fixed horizontal sum and a scalar float32 tail. Up to
- *   ROWWISE_T tokens: one row at a time, as avx512. float32 weights take the avx512 kernel.
+ *   ROWWISE_FLOAT_T tokens: one row at a time, as avx512. float32 weights take the avx512 kernel.
  * avx512vnni: avx512bf16, and q8 weights through vpdpbusd (64 byte products per instruction):
  *   each token's inputs quantized to int8 with a float32 scale of its own, exact int32 sums,
  *   then the token's and the row's scales; the matrices whose inputs 8 bits would blur
@@ -97,23 +97,15 @@ static AI void dot16(const mb_mat *W, int r0, const float *X, int ldx, float *ou
 
 /* rows [r0, r0 + rows) of W times nt tokens of X into out (ROW_GROUP x nt) */
 static AI void group16(const mb_mat *W, int r0, int rows, const float *X, int ldx, int nt,
-                       float *out, const mb_dtype dt) {
+                       int rowwise, float *out, const mb_dtype dt) {
     int q = 0;
-    if (nt <= ROWWISE_T) { /* decode and short spans: each row front to back (see ROWWISE_T) */
-        for (; q < rows; q++) switch (nt) {
-            case 1:
+    if (rowwise &&
+        nt <= ROWWISE_FLOAT_T) { /* decode, short spans: each row front to back (cpu.h) */
+        for (; q < rows; q++)
+            if (nt == 1)
                 dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 1, dt);
-                break;
-            case 2:
+            else
                 dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 2, dt);
-                break;
-            case 3:
-                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 3, dt);
-                break;
-            default:
-                dot16(W, r0 + q, X, ldx, out + q, ROW_GROUP, 1, 4, dt);
-                break;
-            }
         return;
     }
     for (; q + 4 <= rows; q += 4) {
@@ -180,13 +172,13 @@ void mb_matmul_avx512(void *ctx, int ti, int nt) {
                 mb_mat Wf = *m->W;
                 Wf.w = wide;
                 Wf.dtype = MB_F32;
-                group16(&Wf, 0, rows, X, m->ldx, nt_blk, out, MB_F32);
+                group16(&Wf, 0, rows, X, m->ldx, nt_blk, m->rowwise, out, MB_F32);
             } else if (m->W->dtype == MB_F32)
-                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_F32);
+                group16(m->W, r, rows, X, m->ldx, nt_blk, m->rowwise, out, MB_F32);
             else if (m->W->dtype == MB_Q8)
-                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_Q8);
+                group16(m->W, r, rows, X, m->ldx, nt_blk, m->rowwise, out, MB_Q8);
             else
-                group16(m->W, r, rows, X, m->ldx, nt_blk, out, MB_BF16);
+                group16(m->W, r, rows, X, m->ldx, nt_blk, m->rowwise, out, MB_BF16);
             mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }
@@ -246,23 +238,15 @@ BF16_FN static AI void dot_bf16(const mb_mat *W, int r0, const uint16_t *hi, con
 
 BF16_FN static void group_bf16(const mb_mat *W, int r0, int rows, const uint16_t *hi,
                                const uint16_t *lo, int n32, const float *X, int ldx, int nt,
-                               float *out) {
+                               int rowwise, float *out) {
     int q = 0;
-    if (nt <= ROWWISE_T) { /* decode and short spans: each row front to back (see ROWWISE_T) */
-        for (; q < rows; q++) switch (nt) {
-            case 1:
+    if (rowwise &&
+        nt <= ROWWISE_FLOAT_T) { /* decode, short spans: each row front to back (cpu.h) */
+        for (; q < rows; q++)
+            if (nt == 1)
                 dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 1);
-                break;
-            case 2:
+            else
                 dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 2);
-                break;
-            case 3:
-                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 3);
-                break;
-            default:
-                dot_bf16(W, r0 + q, hi, lo, n32, X, ldx, out + q, ROW_GROUP, 1, 4);
-                break;
-            }
         return;
     }
     for (; q + 4 <= rows; q += 4) {
@@ -318,7 +302,7 @@ BF16_FN void mb_matmul_avx512bf16(void *ctx, int ti, int nt) {
         split_bf16(X, m->ldx, nt_blk, n32, hi, lo);
         for (int r = r_begin; r < r_end; r += ROW_GROUP) {
             int rows = r_end - r < ROW_GROUP ? r_end - r : ROW_GROUP;
-            group_bf16(m->W, r, rows, hi, lo, n32, X, m->ldx, nt_blk, out);
+            group_bf16(m->W, r, rows, hi, lo, n32, X, m->ldx, nt_blk, m->rowwise, out);
             mb_cpu_store_group(m, t0, nt_blk, r, rows, out);
         }
     }

@@ -1,12 +1,12 @@
 /* test_cpu_rowwise.c: every CPU variant's matmul (model/cpu.c, model/cpu_avx512.c) gives a token
- * the same bits in a block of 1 to ROWWISE_T tokens, which reads each row front to back, as in
- * the blocks of more tokens, which read rows side by side: each (row, token) dot product must
- * keep one order of additions. The reference is the variant itself on 53 tokens (a full token
- * block and a block of 5, both of the blocks' kind); spans of 1 to 5, 49 and 50 tokens (a full
- * block and a row-wise tail) at several offsets must match it bit for bit. F32, BF16 and q8
- * weights, shapes with a tail past the vector width and rows not a multiple of the row group,
- * one or two threads. Inputs of magnitudes from 2^-8 to 2^8, so that another order of additions
- * would change the sums' last bits. */
+ * the same bits in a short block of tokens, which reads each row front to back (matmul_task's
+ * rowwise; q8 on avx512vnni always), as in the blocks of more tokens, which read rows side by
+ * side: each (row, token) dot product must keep one order of additions. The reference is the
+ * variant itself on 53 tokens (a full token block and a block of 5, both of the blocks' kind);
+ * spans of 1 to 5, 49 and 50 tokens (a full block and a row-wise tail) at several offsets must
+ * match it bit for bit. F32, BF16 and q8 weights, shapes with a tail past the vector width and rows
+ * not a multiple of the row group, one or two threads. Inputs of magnitudes from 2^-8 to 2^8, so
+ * that another order of additions would change the sums' last bits. */
 #include <math.h>
 #include <string.h>
 
@@ -32,7 +32,7 @@ static float spread(void) { /* uniform() times 2^e, e in [-8, 8] */
 /* The variant on T tokens of X, on `threads` threads run one after the other (each writes its
  * own rows). */
 static void kernel(matmul_fn fn, const mb_mat *W, const float *X, int ldx, int T, const float *bias,
-                   int threads, float *Y) {
+                   int threads, int rowwise, float *Y) {
     size_t halves = 2 * (size_t)TOKEN_BLOCK * (size_t)W->cols,
            ints = (size_t)TOKEN_BLOCK * ((size_t)(W->cols + 31) / 32 * 32 + 2),
            per_thread = ((halves > ints ? halves : ints) + 31) / 32 * 32;
@@ -46,6 +46,7 @@ static void kernel(matmul_fn fn, const mb_mat *W, const float *X, int ldx, int T
                      .T = T,
                      .bias = bias,
                      .epi = EPI_STORE,
+                     .rowwise = rowwise,
                      .scratch = scratch,
                      .scratch_per_thread = per_thread};
     for (int ti = 0; ti < threads; ti++) fn(&m, ti, threads);
@@ -57,25 +58,27 @@ static void check_matrix(const char *variant, matmul_fn fn, const mb_mat *W, con
     static const char *dtypes[] = {"f32", "bf16", "q8"};
     const size_t row_bytes = (size_t)W->rows * sizeof(float);
     float *ref = malloc(REF_T * row_bytes), *got = malloc(REF_T * row_bytes);
-    kernel(fn, W, X, ldx, REF_T, bias, 1, ref);
+    kernel(fn, W, X, ldx, REF_T, bias, 1, 0, ref);
     const int spans[] = {1, 2, 3, 4, 5, 49, 50}, offsets[] = {0, 1, 3, 4};
     for (size_t i = 0; i < sizeof spans / sizeof spans[0]; i++)
         for (size_t j = 0; j < sizeof offsets / sizeof offsets[0]; j++) {
             const int T = spans[i], s = offsets[j];
             if (s + T > REF_T) continue;
-            for (int threads = 1; threads <= 2; threads++) {
+            for (int mode = 0; mode < 4; mode++) { /* 1 or 2 threads, row-wise or not */
+                const int threads = 1 + (mode & 1), rowwise = mode >> 1;
                 memset(got, 0xff, (size_t)T * row_bytes);
-                kernel(fn, W, X + (size_t)s * (size_t)ldx, ldx, T, bias, threads, got);
+                kernel(fn, W, X + (size_t)s * (size_t)ldx, ldx, T, bias, threads, rowwise, got);
                 for (int t = 0; t < T; t++)
                     CHECK(!memcmp(got + (size_t)t * (size_t)W->rows,
                                   ref + (size_t)(s + t) * (size_t)W->rows, row_bytes),
-                          "%s, %s, %d rows x %d cols: token %d in a span of %d at %d (%d threads) "
+                          "%s, %s, %d rows x %d cols: token %d in a span of %d at %d (%d threads, "
+                          "row-wise %d) "
                           "differs from the same token among %d",
                           variant,
                           dtypes[W->dtype == MB_F32    ? 0
                                  : W->dtype == MB_BF16 ? 1
                                                        : 2],
-                          W->rows, W->cols, s + t, T, s, threads, REF_T);
+                          W->rows, W->cols, s + t, T, s, threads, rowwise, REF_T);
             }
         }
     free(ref);
