@@ -346,6 +346,12 @@ static void pool_free(mb_pool *p) {
     p->dev = nullptr;
 }
 
+/* The kernel choices' tuning knobs (cu_kernels.h): *v = $name where it is set and >= min. */
+static void env_int(const char *name, int min, int *v) {
+    const char *s = getenv(name);
+    if (s && atoi(s) >= min) *v = atoi(s);
+}
+
 static int pool_init(mb_pool *p, mb_err *e) {
     const mb_model *m = p->m;
     const mb_config *c = &m->c;
@@ -378,16 +384,12 @@ static int pool_init(mb_pool *p, mb_err *e) {
                *fuse = getenv("MB_CUDA_FUSE");
     cp->use_pdl = !(pdl && !strcmp(pdl, "0"));
     cp->use_fused = !(fuse && !strcmp(fuse, "0"));
-    const char *dt_min = getenv("MB_CUDA_DT_MIN"), *dt_few = getenv("MB_CUDA_DT_MIN_FEW");
-    if (dt_min && atoi(dt_min) > 0) cu_dt_min = atoi(dt_min);
-    if (dt_few && atoi(dt_few) > 0) cu_dt_min_few = atoi(dt_few);
-    const char *tts = getenv("MB_CUDA_TT_SMALL"), *ttm = getenv("MB_CUDA_TT_MID");
-    if (tts) cu_tt_small = atoi(tts);
-    if (ttm) cu_tt_mid = atoi(ttm);
-    const char *ah8 = getenv("MB_CUDA_AHEAD8");
-    if (ah8) cu_ahead8 = atoi(ah8) != 0;
-    const char *tcs = getenv("MB_CUDA_TCS_MIN_T");
-    if (tcs) cu_tcs_min_t = atoi(tcs);
+    env_int("MB_CUDA_DT_MIN", 1, &cu_dt_min);
+    env_int("MB_CUDA_DT_MIN_FEW", 1, &cu_dt_min_few);
+    env_int("MB_CUDA_TT_SMALL", 0, &cu_tt_small);
+    env_int("MB_CUDA_TT_MID", 0, &cu_tt_mid);
+    env_int("MB_CUDA_AHEAD8", 0, &cu_ahead8);
+    env_int("MB_CUDA_TCS_MIN_T", 0, &cu_tcs_min_t);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -431,8 +433,8 @@ static int pool_init(mb_pool *p, mb_err *e) {
 
 /* Enqueues a whole forward on the model's stream: the batch copy in (from the pinned host
  * buffer, already filled), every kernel, the logits copy out. Its launches depend only on
- * (T, n, n_out); the batch itself is read from device memory, so a captured graph replays any
- * batch of the same shape. */
+ * (T, n, n_out, pre); the batch itself is read from device memory, so a captured graph replays
+ * any batch of the same shape. */
 static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out, int pre) {
     cu_model *cm = CM(m);
     cu_pool *cp = CP(p);

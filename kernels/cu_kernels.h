@@ -111,7 +111,7 @@ void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
              cudaStream_t st);
 /* pre (cu_scan): dt for all the forward's tokens in a kernel of its own before the scan, chosen
  * by the backend for forwards holding a span of cu_dt_min tokens or more when they have
- * SCAN_CHAN_MIN (16) sequences or more, of cu_dt_min_few when fewer (MB_CUDA_DT_MIN,
+ * CU_SCAN_CHAN_MIN sequences or more, of cu_dt_min_few when fewer (MB_CUDA_DT_MIN,
  * MB_CUDA_DT_MIN_FEW; the same bits either way). */
 #define CU_SCAN_CHAN_MIN 16
 extern int cu_dt_min, cu_dt_min_few;
