@@ -262,11 +262,74 @@ static int profile_step(const char *dir, int B, int k) {
     return 0;
 }
 
+/* --ab: the backend's tuning knobs (cu_kernels.h, read when a pool is created) compared in one
+ * process. Each variant is a list of NAME=VALUE settings separated by commas; for each rep, each
+ * variant in turn gets a fresh pool and the median of 50 steps of each shape (BxK, separated by
+ * commas); printed: the median over reps, ms per forward. */
+static int ab_mode(const char *dir, const char *shapes, int reps, int n_var, char **vars) {
+    mb_err e;
+    mb_backend_opts o = {1, MB_DEVICE_CUDA, 0};
+    mb_model *m = mb_model_load(dir, &o, &e);
+    if (!m) {
+        fprintf(stderr, "%s: %s\n", dir, e.msg);
+        return 1;
+    }
+    int B[16], k[16], n_sh = 0, maxB = 1, maxT = 1;
+    for (const char *q = shapes; *q && n_sh < 16;) {
+        if (sscanf(q, "%dx%d", &B[n_sh], &k[n_sh]) != 2 || B[n_sh] < 1 || k[n_sh] < 1) break;
+        if (B[n_sh] > maxB) maxB = B[n_sh];
+        if (B[n_sh] * k[n_sh] > maxT) maxT = B[n_sh] * k[n_sh];
+        n_sh++;
+        q = strchr(q, ',');
+        if (!q) break;
+        q++;
+    }
+    double *t = (double *)calloc((size_t)n_sh * n_var * reps, sizeof *t);
+    for (int r = 0; r < reps; r++)
+        for (int v = 0; v < n_var; v++) {
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", vars[v]);
+            for (char *kv = strtok(buf, ","); kv; kv = strtok(NULL, ",")) {
+                char *eq = strchr(kv, '=');
+                if (eq) *eq = 0, setenv(kv, eq + 1, 1);
+            }
+            mb_pool *p = mb_pool_create(m, maxB, maxT, &e);
+            if (!p) {
+                fprintf(stderr, "pool: %s\n", e.msg);
+                return 1;
+            }
+            for (int i = 0; i < n_sh; i++)
+                t[((size_t)i * n_var + v) * reps + r] = step_time(m, p, B[i], k[i], 50, 5);
+            mb_pool_free(p);
+        }
+    printf("%s, ms per forward (median of %d reps x 50 steps, variants alternated)\n| shape |", dir,
+           reps);
+    for (int v = 0; v < n_var; v++) printf(" %s |", vars[v]);
+    printf("\n| --- |");
+    for (int v = 0; v < n_var; v++) printf(" ---: |");
+    printf("\n");
+    for (int i = 0; i < n_sh; i++) {
+        printf("| %dx%d |", B[i], k[i]);
+        for (int v = 0; v < n_var; v++) {
+            double *x = t + ((size_t)i * n_var + v) * reps;
+            qsort(x, (size_t)reps, sizeof *x, cmp_d);
+            printf(" %.3f |", x[reps / 2] * 1e3);
+        }
+        printf("\n");
+    }
+    free(t);
+    mb_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "--profile"))
         return profile_step(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc >= 6 && !strcmp(argv[1], "--ab"))
+        return ab_mode(argv[2], argv[3], atoi(argv[4]), argc - 5, argv + 5);
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_gpu MODEL_DIR...  |  bench_gpu --profile MODEL_DIR B k\n");
+        fprintf(stderr, "usage: bench_gpu MODEL_DIR...  |  bench_gpu --profile MODEL_DIR B k  |  "
+                        "bench_gpu --ab MODEL_DIR BxK,... REPS NAME=V,...  NAME=V,...\n");
         return 2;
     }
     cudaDeviceProp pr;

@@ -390,6 +390,7 @@ static int pool_init(mb_pool *p, mb_err *e) {
     env_int("MB_CUDA_TT_MID", 0, &cu_tt_mid);
     env_int("MB_CUDA_AHEAD8", 0, &cu_ahead8);
     env_int("MB_CUDA_TCS_MIN_T", 0, &cu_tcs_min_t);
+    env_int("MB_CUDA_FOLD_MAX", 0, &cu_fold_max);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -466,9 +467,13 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
                              cp->j_dt + (size_t)l * MT * E,
                              cp->j_B + (size_t)l * MT * N};
         /* xz = in_proj(norm(h)); u = silu(conv(x)), advancing each sequence's conv window */
-        if (!cp->use_fused ||
-            !cu_in_proj_conv(L, &b, &ls, cp->h, cp->xz, cp->u, D, E, K, c->norm_eps, st)) {
+        const int ipc = cp->use_fused ? cu_in_proj_conv_plan(L, &b, D, E, K) : CU_IPC_NONE;
+        if (ipc != CU_IPC_NORM)
             cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
+        if (ipc != CU_IPC_NONE) {
+            cu_in_proj_conv(L, &b, &ls, ipc == CU_IPC_NORM ? cp->h : cp->xn, ipc, cp->xz, cp->u, D,
+                            E, c->norm_eps, st);
+        } else {
             cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
             cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
         }
@@ -554,12 +559,18 @@ static void print_ops_trace(const mb_model *m, const mb_pool *p, int n_out) {
             if (i + 1 <= n) k[j] += (double)(t[i + 1] - t[i]) / 1e3;
         }
     static const char *const four[] = {"in_proj+norm+conv", "x_proj", "scan", "out_proj"},
+                             *const five[] = {"norm", "in_proj+conv", "x_proj", "scan", "out_proj"},
                              *const six[] = {"norm",   "in_proj", "conv",
                                              "x_proj", "scan",    "out_proj"};
     fprintf(stderr, "kernels (us): entry to last entry %.1f | embed %.1f | per layer:",
             (double)(t[n] - t[1]) / 1e3, (double)(t[2] - t[1]) / 1e3);
     for (int j = 0; j < per; j++)
-        fprintf(stderr, " %s %.2f", per == 4 ? four[j] : per == 6 ? six[j] : "kernel", k[j] / L);
+        fprintf(stderr, " %s %.2f",
+                per == 4   ? four[j]
+                : per == 5 ? five[j]
+                : per == 6 ? six[j]
+                           : "kernel",
+                k[j] / L);
     if (tail) fprintf(stderr, " | final norm %.1f", (double)(t[n] - t[n - 1]) / 1e3);
     fprintf(stderr, "\n");
 }

@@ -61,8 +61,10 @@ typedef struct cu_mm {
 cu_mm cu_mm_plan(const cu_mat *W, int n_rows, const float *X, int ldx, int T);
 
 /* Programmatic dependent launch: with cu_pdl set, a kernel launched by cu_launch may start while
- * the kernel before it in the stream still runs, and fetch its weights towards L2 meanwhile;
- * pdl_wait_then_release (cu_ops.h) holds it until that kernel has completed. Stream order is
+ * the kernel before it in the stream still runs, and meanwhile fetch its weights towards L2, load
+ * its first group of weights into registers (the projections) or its sequences' states and
+ * dt_proj columns (the scans); pdl_wait_then_release (cu_ops.h, run by the block functions' Pre
+ * hook) holds it until that kernel has completed. Stream order is
  * kept otherwise (copies, memsets, other kernels). The backend sets it per forward (cu_backend.cu,
  * enqueue): on for forwards of up to CU_PDL_MAX_T tokens unless MB_CUDA_PDL=0; a longer one
  * (a prompt chunk) runs kernels of several waves, whose slots the next kernel's early blocks
@@ -89,14 +91,21 @@ void cu_norm(const float *x, const int *rows, int n, float *out, const float *w,
 /* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r], for r < n_rows, t < T (epi: CU_EPI_*). */
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
                const float *bias, int epi, cudaStream_t st);
-/* norm, in_proj and conv as one launch, for forwards of at most CU_FUSE_MAX_T tokens when in_proj
- * runs on tensor cores and d_conv is 4: the same bits as cu_norm, cu_matmul and cu_conv one after
- * another. false (nothing launched) where it does not apply. Each block computes the norm of
- * every token and the conv of its channels after its product, so past a few tokens the three
- * kernels are faster (H200, bench/RESULTS.md: 8 tokens lose on the bundled model, 16 on 354M). */
+/* in_proj and conv as one launch, where in_proj runs on tensor cores and d_conv is 4: forwards
+ * of at most CU_FUSE_MAX_T tokens (one tile, the norm folded in: CU_IPC_NORM, x = h) and decode
+ * batches (every span one token) of at most cu_fold_max tokens (MB_CUDA_FOLD_MAX; after the norm
+ * kernel: CU_IPC_PLAIN, x = its output); cu_in_proj_conv_plan says which, or CU_IPC_NONE (norm,
+ * in_proj and conv as three kernels). The same bits as the three kernels. Each block runs the conv
+ * of its channels for its tokens after its product (and the norm statistics of its tokens before
+ * it), so past a few tokens of one span the three kernels are faster (H200, bench/RESULTS.md: 8
+ * tokens lose on the bundled model, 16 on 354M), and folding the norm into a decode batch's tiles
+ * was 2-3x slower than its own kernel. */
 #define CU_FUSE_MAX_T 4
-bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *h,
-                     float *xz, float *u, int D, int E, int K, float eps, cudaStream_t st);
+enum { CU_IPC_NONE, CU_IPC_NORM, CU_IPC_PLAIN };
+extern int cu_fold_max;
+int cu_in_proj_conv_plan(const cu_layer *L, const cu_batch *b, int D, int E, int K);
+void cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *x,
+                     int kind, float *xz, float *u, int D, int E, float eps, cudaStream_t st);
 /* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
  * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
  * conv inputs to j_xin. */

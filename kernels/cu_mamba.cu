@@ -82,9 +82,8 @@ __global__ void __launch_bounds__(CU_BLOCK)
            float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
            float *j_dt, const float *dbl, const float *xz, float *y, float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_smem: SPAN_CHUNK rows of dbl, dt_proj columns */
-    pdl_wait_then_release();
     scan_block<N, WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl, xz,
-                           y, j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh);
+                           y, j_B, E, R, blockIdx.x * SCAN_CPB(N), blockIdx.y, rows_sh, PdlWait());
 }
 
 template <int N, typename WT, bool PRE>
@@ -94,9 +93,9 @@ __global__ void __launch_bounds__(CU_BLOCK)
                 const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
                 float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_chan_smem */
-    pdl_wait_then_release();
     scan_chan_block<N, WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl,
-                                xz, y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh);
+                                xz, y, j_B, E, R, blockIdx.x * CU_BLOCK, blockIdx.y, rows_sh,
+                                PdlWait());
 }
 
 template <int G, typename WT>

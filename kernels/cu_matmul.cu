@@ -57,9 +57,8 @@ __global__ void __launch_bounds__(CU_BLOCK)
     __shared__ float sh[MM_WARPS * 32];
     const int rows = SPLIT > 1 ? MM_RW : MM_RW * MM_WARPS;
     prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, VEC);
-    pdl_wait_then_release();
     matmul_block<WT, VEC, SPLIT>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x, blockIdx.y,
-                                 sh);
+                                 sh, PdlWait());
 }
 
 template <int SPLIT, int TT, int AHEAD>
@@ -69,9 +68,8 @@ __global__ void __launch_bounds__(CU_BLOCK)
     __shared__ float sh[MM_WARPS * TT / 8 * 4 * 32];
     const int rows = SPLIT == 8 ? 16 : 32;
     prefetch_rows(W, n_rows, K, blockIdx.x * rows, rows, true);
-    pdl_wait_then_release();
     matmul_tc_block<SPLIT, false, TT, AHEAD>(W, n_rows, K, X, ldx, Y, ldy, T, bias, epi, blockIdx.x,
-                                             blockIdx.y, sh, nullptr, nullptr, nullptr);
+                                             blockIdx.y, sh, nullptr, nullptr, nullptr, PdlWait());
 }
 
 /* H200 (bench/RESULTS.md): 16 at up to 64 tokens (354M batch 64 best; bundled within 3 % of 8),
@@ -124,42 +122,84 @@ static int tc_tile(int T) {
     return tt == 8 || tt == 16 ? tt : TC_TOK;
 }
 
-/* in_proj with the norm folded in, then the conv of the block's x channels (cu_in_proj_conv):
- * the step kernel's first phase as one launch. One token tile, so every token of a channel's
- * span is in the block that computed its xz. */
-template <int SPLIT, int K>
+/* in_proj (with the norm folded in when NORM), then the conv of the block's x channels for its
+ * tile's tokens (cu_in_proj_conv). A token's conv reads the span's earlier tokens from xz, so
+ * every span must lie within one tile: one tile for the whole forward, or spans of one token. */
+template <int SPLIT, int K, int TT, int AHEAD, bool NORM>
 __global__ void __launch_bounds__(CU_BLOCK)
-    k_in_proj_conv(const cu_layer L, const cu_batch b, const cu_layer_state ls, const float *h,
+    k_in_proj_conv(const cu_layer L, const cu_batch b, const cu_layer_state ls, const float *x,
                    float *xz, float *u, int D, int E, float eps) {
-    __shared__ float2 nstat[8];
-    __shared__ float sh[MM_WARPS * 8 / 8 * 4 * 32];
-    const int rows = SPLIT == 8 ? 16 : 32, r0 = blockIdx.x * rows, T = b.T;
+    __shared__ float2 nstat[NORM ? TT : 1];
+    __shared__ float sh[MM_WARPS * TT / 8 * 4 * 32];
+    const int rows = SPLIT == 8 ? 16 : 32, r0 = blockIdx.x * rows, T = b.T, t0 = blockIdx.y * TT;
+    const int nt = T - t0 < TT ? T - t0 : TT;
     const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(L.in_proj.w);
     prefetch_rows(w, 2 * E, D, r0, rows, true);
-    pdl_wait_then_release();
-    norm_stats_block(h, T, D, eps, L.norm_b != nullptr, nstat, sh);
-    matmul_tc_block<SPLIT, true, 8>(w, 2 * E, D, h, D, xz, 2 * E, T, L.in_b, CU_EPI_STORE,
-                                    blockIdx.x, 0, sh, nstat, L.norm_w, L.norm_b);
+    auto pre = [&] {
+        pdl_wait_then_release();
+        if (NORM) norm_stats_block(x + (size_t)t0 * D, nt, D, eps, L.norm_b != nullptr, nstat, sh);
+    };
+    matmul_tc_block<SPLIT, NORM, TT, AHEAD>(w, 2 * E, D, x, D, xz, 2 * E, T, L.in_b, CU_EPI_STORE,
+                                            blockIdx.x, blockIdx.y, sh, nstat, L.norm_w, L.norm_b,
+                                            pre);
     if (r0 >= E) return;
     __syncthreads(); /* the tile's xz, written by every warp */
-    for (int i = threadIdx.x; i < rows * T; i += CU_BLOCK) {
-        const int c = r0 + i % rows, t = i / rows;
+    for (int i = threadIdx.x; i < rows * nt; i += CU_BLOCK) {
+        const int c = r0 + i % rows, t = t0 + i / rows;
         if (c < E)
             conv_tok<K>(L.conv_w, L.conv_b, b.off, b.n_seq, b.slot, b.cur, ls.state,
                         ls.state_floats, ls.layer_ofs, xz, u, ls.j_xin, E, c, t);
     }
 }
 
-bool cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *h,
-                     float *xz, float *u, int D, int E, int K, float eps, cudaStream_t st) {
-    const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, h, D, b->T);
-    if (b->T > CU_FUSE_MAX_T || !b->n_seq || (p.kind != CU_MM_TC4 && p.kind != CU_MM_TC8) || K != 4)
-        return false;
-    if (p.kind == CU_MM_TC8)
-        cu_launch(k_in_proj_conv<8, 4>, p.gx, CU_BLOCK, 0, st, *L, *b, *ls, h, xz, u, D, E, eps);
+/* Decode batches of up to cu_fold_max tokens take the conv in in_proj's blocks. H200
+ * (bench/RESULTS.md): 354M at 8 sequences 1.63 -> 1.56 ms, but 16 1.63 -> 1.69 and 32 1.98 ->
+ * 2.02 (the conv tail of the blocks that hold x rows then outlasts the kernel it saves). */
+int cu_fold_max = 8; /* cu_kernels.h */
+
+template <int SPLIT>
+static void launch_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
+                                const float *x, float *xz, float *u, int D, int E, float eps,
+                                int gx, cudaStream_t st) {
+    const int T = b->T;
+    if (T <= CU_FUSE_MAX_T) { /* one tile: spans of any length, the norm folded in (x = h) */
+        cu_launch(k_in_proj_conv<SPLIT, 4, 8, TC_AHEAD, true>, gx, CU_BLOCK, 0, st, *L, *b, *ls, x,
+                  xz, u, D, E, eps);
+        return;
+    }
+    const bool few = T <= 8 && cu_ahead8;
+    const int tt = few ? 16 : tc_tile(T);
+    const dim3 grid(gx, (T + tt - 1) / tt); /* a decode batch: x = the norm's output */
+#define IPC(TT, AH)                                                                                \
+    cu_launch(k_in_proj_conv<SPLIT, 4, TT, AH, false>, grid, CU_BLOCK, 0, st, *L, *b, *ls, x, xz,  \
+              u, D, E, eps)
+    if (few)
+        IPC(16, 8);
+    else if (tt == 8)
+        IPC(8, TC_AHEAD);
+    else if (tt == 16)
+        IPC(16, TC_AHEAD);
     else
-        cu_launch(k_in_proj_conv<4, 4>, p.gx, CU_BLOCK, 0, st, *L, *b, *ls, h, xz, u, D, E, eps);
-    return true;
+        IPC(TC_TOK, TC_AHEAD);
+#undef IPC
+}
+
+int cu_in_proj_conv_plan(const cu_layer *L, const cu_batch *b, int D, int E, int K) {
+    const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, nullptr, D, b->T);
+    const bool one_tile = b->T <= CU_FUSE_MAX_T, decode = b->T == b->n_seq && b->T <= cu_fold_max;
+    if (!(one_tile || decode) || !b->n_seq || (p.kind != CU_MM_TC4 && p.kind != CU_MM_TC8) ||
+        K != 4)
+        return CU_IPC_NONE;
+    return one_tile ? CU_IPC_NORM : CU_IPC_PLAIN;
+}
+
+void cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *x,
+                     int kind, float *xz, float *u, int D, int E, float eps, cudaStream_t st) {
+    const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, nullptr, D, b->T);
+    if (p.kind == CU_MM_TC8)
+        launch_in_proj_conv<8>(L, b, ls, x, xz, u, D, E, eps, p.gx, st);
+    else
+        launch_in_proj_conv<4>(L, b, ls, x, xz, u, D, E, eps, p.gx, st);
 }
 
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,

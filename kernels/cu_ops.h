@@ -42,6 +42,18 @@ static __device__ __forceinline__ void pdl_wait_then_release() {
     }
 }
 
+/* What a block function runs once it has issued the loads that do not depend on the kernel
+ * before (weights, the states of the sequences): PdlWait in the per-operation kernels, so those
+ * loads overlap the kernel before; nothing in the step kernel, whose phases are ordered by grid
+ * barriers. The state a scan reads before the wait was written two kernels or more before it (or
+ * by the forward before), which completed before the kernel before it passed its own wait. */
+struct NoPre {
+    __device__ __forceinline__ void operator()() const {}
+};
+struct PdlWait {
+    __device__ __forceinline__ void operator()() const { pdl_wait_then_release(); }
+};
+
 /* Fetches bytes (a multiple of 16, from a 16-byte aligned address) into L2: Hopper's bulk
  * prefetch, one instruction for a block's weight rows. */
 static __device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes) {
@@ -193,11 +205,11 @@ static __device__ void norm_stats_block(const float *x, int T, int D, float eps,
 #define MM_KCHUNK 8 /* elements per lane per step on the vector path */
 #define MM_WARPS  (CU_BLOCK / 32)
 
-template <typename WT, bool VEC, int SPLIT>
+template <typename WT, bool VEC, int SPLIT, typename Pre = NoPre>
 static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
                                     const float *__restrict__ X, int ldx, float *Y, int ldy, int T,
                                     const float *__restrict__ bias, int epi, int bx, int by,
-                                    float *sh) {
+                                    float *sh, Pre pre = Pre()) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int r0 = SPLIT > 1 ? bx * MM_RW : (bx * MM_WARPS + warp) * MM_RW, t0 = by * MM_TT,
               kw = SPLIT > 1 ? warp : 0;
@@ -209,8 +221,9 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
 #pragma unroll
         for (int t = 0; t < MM_TT; t++) acc[r][t] = 0.0f;
     if (VEC) {
-        for (int k = (lane + 32 * kw) * MM_KCHUNK; k < K; k += 32 * SPLIT * MM_KCHUNK) {
-            float w[MM_RW][MM_KCHUNK];
+        const int k_first = (lane + 32 * kw) * MM_KCHUNK;
+        float w[MM_RW][MM_KCHUNK];
+        auto load_w = [&](int k) {
 #pragma unroll
             for (int r = 0; r < MM_RW; r++) {
                 if (r < nr) {
@@ -220,6 +233,11 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
                     for (int j = 0; j < MM_KCHUNK; j++) w[r][j] = 0.0f;
                 }
             }
+        };
+        if (k_first < K) load_w(k_first); /* before the wait */
+        pre();
+        for (int k = k_first; k < K; k += 32 * SPLIT * MM_KCHUNK) {
+            if (k != k_first) load_w(k);
 #pragma unroll
             for (int t = 0; t < MM_TT; t++) {
                 if (t >= nt) break;
@@ -232,6 +250,7 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
             }
         }
     } else {
+        pre();
         for (int k = lane + 32 * kw; k < K; k += 32 * SPLIT) {
             float w[MM_RW];
 #pragma unroll
@@ -296,7 +315,7 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
  * steps; the MMAs keep their order). Invariance: an MMA output depends only on its own row and
  * column, missing tokens are zero columns, and the K order is fixed by the shape.
  *
- * With nstat (a (mean, inv) pair per token of the launch, in shared memory), the activations
+ * With nstat (a (mean, inv) pair per token of the block's tile, in shared memory), the activations
  * are norm_block's output computed on the fly from the residual stream X: the same expression,
  * the same bits, without a separate norm pass. */
 
@@ -324,11 +343,12 @@ static __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, 
  * MMAs are the same whichever tile holds it, so the tile size is free to follow the batch: small
  * tiles give a forward of tens of tokens more blocks (more loads in flight), large ones read each
  * weight fewer times for long forwards. */
-template <int SPLIT, bool NORM, int TT = TC_TOK, int AHEAD = TC_AHEAD>
-static __device__ void
-matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const float *__restrict__ X,
-                int ldx, float *Y, int ldy, int T, const float *__restrict__ bias, int epi, int bx,
-                int by, float *sh, const float2 *nstat, const float *nw, const float *nb) {
+template <int SPLIT, bool NORM, int TT = TC_TOK, int AHEAD = TC_AHEAD, typename Pre = NoPre>
+static __device__ void matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K,
+                                       const float *__restrict__ X, int ldx, float *Y, int ldy,
+                                       int T, const float *__restrict__ bias, int epi, int bx,
+                                       int by, float *sh, const float2 *nstat, const float *nw,
+                                       const float *nb, Pre pre = Pre()) {
     constexpr int TILES = CU_BLOCK / 32 / SPLIT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int kw = warp % SPLIT, tile = warp / SPLIT;
@@ -340,17 +360,27 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
 #pragma unroll
     for (int i = 0; i < TT / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * AHEAD) {
-        /* every load of AHEAD steps first: weights, norm weights, then per column tile the
-         * activations, so a warp waits for memory once per group, not once per step */
-        uint4 A0[AHEAD], A1[AHEAD];
-        float nw8[NORM ? AHEAD : 1][8], nb8[NORM ? AHEAD : 1][8];
+    uint4 A0[AHEAD], A1[AHEAD];
+    auto load_w = [&](int kb0) {
 #pragma unroll
         for (int a = 0; a < AHEAD; a++) {
             const int k = kb0 + 32 * SPLIT * a + 8 * q;
             const bool in = kb0 + 32 * SPLIT * a < K;
             A0[a] = va && in ? *reinterpret_cast<const uint4 *>(wa + k) : zero;
             A1[a] = vb && in ? *reinterpret_cast<const uint4 *>(wb + k) : zero;
+        }
+    };
+    load_w(kw * 32); /* the first group's weights before the wait */
+    pre();
+    for (int kb0 = kw * 32; kb0 < K; kb0 += 32 * SPLIT * AHEAD) {
+        /* every load of AHEAD steps first: weights, norm weights, then per column tile the
+         * activations, so a warp waits for memory once per group, not once per step */
+        if (kb0 != kw * 32) load_w(kb0);
+        float nw8[NORM ? AHEAD : 1][8], nb8[NORM ? AHEAD : 1][8];
+#pragma unroll
+        for (int a = 0; a < AHEAD; a++) {
+            const int k = kb0 + 32 * SPLIT * a + 8 * q;
+            const bool in = kb0 + 32 * SPLIT * a < K;
             if (NORM && in) {
                 load8(nw + k, nw8[a]);
                 if (nb) load8(nb + k, nb8[a]);
@@ -368,7 +398,7 @@ matmul_tc_block(const __nv_bfloat16 *__restrict__ W, int n_rows, int K, const fl
                 const int kb = kb0 + 32 * SPLIT * a;
                 if (kb < K && t < T) load8(X + (size_t)t * ldx + kb + 8 * q, x[a]);
             }
-            const float2 ms = NORM && t < T ? nstat[t] : make_float2(0.0f, 0.0f);
+            const float2 ms = NORM && t < T ? nstat[t - t0] : make_float2(0.0f, 0.0f);
 #pragma unroll
             for (int a = 0; a < AHEAD; a++) {
                 if (kb0 + 32 * SPLIT * a >= K) break;
@@ -603,12 +633,12 @@ static __host__ __device__ inline size_t scan_smem(int R, int N, int wdt_bf16) {
 
 /* Channels c0 .. c0 + SCAN_CPB(N) - 1 of sequence s. WT: dt_proj's element type; Wdt is dt_proj
  * transposed, (R, E). */
-template <int N, typename WT, bool PRE>
-static __device__ void scan_block(const float *A_all, const float *Dv, const int *off,
-                                  const int *slot, const int *cur, float *state, size_t sf,
-                                  size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
-                                  float *j_dt, const float *dbl, const float *xz, float *y,
-                                  float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+template <int N, typename WT, bool PRE, typename Pre = NoPre>
+static __device__ void
+scan_block(const float *A_all, const float *Dv, const int *off, const int *slot, const int *cur,
+           float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt, const float *dt_b,
+           float *j_dt, const float *dbl, const float *xz, float *y, float *j_B, int E, int R,
+           int c0, int s, float *rows_sh, Pre pre = Pre()) {
     constexpr int G = SCAN_G(N), SPT = N / G, CPB = SCAN_CPB(N);
     const int j = threadIdx.x % G, cl = threadIdx.x / G, c = c0 + cl;
     const bool live = c < E; /* every thread joins the block's loads and barriers */
@@ -648,6 +678,7 @@ static __device__ void scan_block(const float *A_all, const float *Dv, const int
             if (PRE) dd[i] = in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
         }
     };
+    pre();
     if (start < end) fetch(start, rows_sh, us, zs, ds);
     for (int t0 = start, cb = 0; t0 < end; t0 += SPAN_CHUNK, cb ^= 1) {
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
@@ -733,7 +764,6 @@ template <int G> static __device__ __forceinline__ float tree_sum(float *v) {
 template <typename WT>
 static __device__ void stage_wdt(const WT *Wdt, int E, int R, int c0, WT *w_sh) {
     constexpr int PER = 16 / sizeof(WT), VROW = CU_BLOCK / PER;
-    const int c = c0 + threadIdx.x;
     if (E % PER == 0) {
         for (int i0 = 0; i0 < R * VROW; i0 += 8 * CU_BLOCK) {
             uint4 v[8];
@@ -752,8 +782,10 @@ static __device__ void stage_wdt(const WT *Wdt, int E, int R, int c0, WT *w_sh) 
             }
         }
     } else {
-        for (int r = 0; r < R; r++)
-            if (c < E) w_sh[r * CU_BLOCK + threadIdx.x] = Wdt[(size_t)r * E + c];
+        for (int i = threadIdx.x; i < R * CU_BLOCK; i += CU_BLOCK) {
+            const int c = c0 + i % CU_BLOCK;
+            if (c < E) w_sh[i] = Wdt[(size_t)(i / CU_BLOCK) * E + c];
+        }
     }
 }
 
@@ -833,12 +865,12 @@ static __host__ __device__ inline size_t scan_chan_smem(int R, int N, int wdt_bf
  * the lanes' partial sums are computed side by side and added by tree_sum in the butterfly's
  * order, so the bits are scan_block's. Fewer, fuller threads: the better shape for many
  * sequences of a few tokens (batched decode); scan_block fills the GPU for few long spans. */
-template <int N, typename WT, bool PRE>
+template <int N, typename WT, bool PRE, typename Pre = NoPre>
 static __device__ void
 scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
                 const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
                 const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
-                float *j_B, int E, int R, int c0, int s, float *rows_sh) {
+                float *j_B, int E, int R, int c0, int s, float *rows_sh, Pre pre = Pre()) {
     constexpr int G = SCAN_G(N), SPT = N / G;
     const int c = c0 + threadIdx.x;
     const bool live = c < E; /* every thread joins the block's loads of dbl rows */
@@ -860,6 +892,7 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
         for (int n = 0; n < N; n++) st[n] = 0.0f, A[n] = 0.0f;
     }
     const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    pre();
     const WT *wc = w_sh + threadIdx.x;
     const int ld = R + 2 * N, end = off[s + 1];
     for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
