@@ -391,6 +391,7 @@ static int pool_init(mb_pool *p, mb_err *e) {
     env_int("MB_CUDA_AHEAD8", 0, &cu_ahead8);
     env_int("MB_CUDA_TCS_MIN_T", 0, &cu_tcs_min_t);
     env_int("MB_CUDA_FOLD_MAX", 0, &cu_fold_max);
+    env_int("MB_CUDA_SCAN_QUAD", 0, &cu_scan_quad);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {

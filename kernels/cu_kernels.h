@@ -124,6 +124,9 @@ void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
  * MB_CUDA_DT_MIN_FEW; the same bits either way). */
 #define CU_SCAN_CHAN_MIN 16
 extern int cu_dt_min, cu_dt_min_few;
+/* Whether the scan of d_state 16 in such batches takes four threads a channel instead of one:
+ * 0 never, 1 when a span holds two tokens or more, 2 always (MB_CUDA_SCAN_QUAD): the same bits. */
+extern int cu_scan_quad;
 /* Tokens per tile of the tensor-core products (cu_ops.h, matmul_tc_block's TT: 8, 16 or 32, the
  * same bits whichever) for forwards of up to 64 tokens and of 65-256 (MB_CUDA_TT_SMALL,
  * MB_CUDA_TT_MID); longer forwards take 32. */

@@ -98,6 +98,18 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                 PdlWait());
 }
 
+template <typename WT, bool PRE>
+__global__ void __launch_bounds__(CU_BLOCK)
+    k_scan_quad(const float *A_all, const float *Dv, const int *off, const int *slot,
+                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
+                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
+                float *j_B, int E, int R) {
+    extern __shared__ float rows_sh[]; /* scan_quad_smem */
+    scan_quad_block<WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl,
+                             xz, y, j_B, E, R, blockIdx.x * QUAD_CH, blockIdx.y, rows_sh,
+                             PdlWait());
+}
+
 template <int G, typename WT>
 __global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_b, const float *dbl,
                                                  float *j_dt, int E, int R, int ld, int T) {
@@ -107,8 +119,9 @@ __global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_
                     dt_sh);
 }
 
-/* Batches of CU_SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block), fewer
- * a thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
+/* Batches of CU_SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block; with
+ * spans of several tokens and d_state 16, four threads a channel: scan_quad_block), fewer a
+ * thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
  * keeps invariance. Forwards with a long span compute dt first for all their tokens at once
  * (dt_block, the same bits again), so the scan's walk through that span does not carry it: from
  * cu_dt_min tokens in a batch that takes scan_chan_block (which sums a token's dt alone), from
@@ -116,6 +129,12 @@ __global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_
  * a prompt chunk of 128 beside 63 decoding sequences 5.4x -> 3.5x a decoding step; one sequence of
  * 512 tokens 17.8k -> 22.3k bytes/s, but at 32-128 tokens mostly slower. */
 int cu_dt_min = 32, cu_dt_min_few = 256;
+/* d_state 16 in batches of CU_SCAN_CHAN_MIN sequences or more: four threads a channel
+ * (scan_quad_block) instead of one, with 0 never, 1 for forwards that hold a span of two tokens
+ * or more, 2 always (MB_CUDA_SCAN_QUAD). H200 (bench/RESULTS.md): 16 sequences x 16 tokens 8.61
+ * -> 7.52 ms (354M), 64 x 4 7.69 -> 7.44; but decode steps slower (64 x 1 2.97 -> 3.19: a
+ * token's arithmetic spread over four threads buys nothing when each thread has one token). */
+int cu_scan_quad = 1;
 
 template <typename K> static void big_smem(K *k, size_t shared) {
     if (shared > 48 * 1024)
@@ -128,6 +147,15 @@ static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer
                             int R, size_t lofs, cudaStream_t st) {
     const WT *w = static_cast<const WT *>(L->dt_proj.w);
     const int bf16 = sizeof(WT) == 2;
+    if (b->n_seq >= CU_SCAN_CHAN_MIN && N == 16 && cu_scan_quad > (b->T == b->n_seq)) {
+        auto k = k_scan_quad<WT, PRE>;
+        dim3 grid((E + QUAD_CH - 1) / QUAD_CH, b->n_seq);
+        const size_t shared = scan_quad_smem(R, bf16);
+        big_smem(k, shared);
+        cu_launch(k, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur, ls->state,
+                  ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
+        return;
+    }
     if (b->n_seq >= CU_SCAN_CHAN_MIN) {
         auto k = k_scan_chan<N, WT, PRE>;
         dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);

@@ -940,4 +940,106 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
         *reinterpret_cast<float4 *>(dst + n) = make_float4(st[n], st[n + 1], st[n + 2], st[n + 3]);
 }
 
+/* Shared memory of scan_quad_block: the chunk's dbl rows, then its dt_proj rows (QUAD_CH
+ * channels). */
+#define QUAD_CH (CU_BLOCK / 4)
+static __host__ __device__ inline size_t scan_quad_smem(int R, int wdt_bf16) {
+    return (size_t)SPAN_CHUNK * (size_t)(R + 32) * sizeof(float) +
+           (size_t)R * QUAD_CH * (wdt_bf16 ? 2 : 4);
+}
+
+/* scan_chan_block's arithmetic for d_state 16 with four threads per channel (lane q of the four
+ * holds states and partial sums 4q .. 4q + 3): fewer registers a thread, so more of them in
+ * flight, and each state read as one float4. tree_sum<16>'s stages 8 and 4 add values of the
+ * lanes q ^ 2 and q ^ 1 (shuffles: a + b and b + a are the same bits), stages 2 and 1 stay in the
+ * lane, so every sum is added in tree_sum's order and the bits are scan_chan_block's. */
+template <typename WT, bool PRE, typename Pre = NoPre>
+static __device__ void
+scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *slot,
+                const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
+                const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
+                float *j_B, int E, int R, int c0, int s, float *rows_sh, Pre pre = Pre()) {
+    constexpr int N = 16;
+    const int q = threadIdx.x & 3, cl = threadIdx.x >> 2, c = c0 + cl;
+    const bool live = c < E; /* every thread joins the block's loads and barriers */
+    const int ld = R + 2 * N;
+    WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * ld);
+    if (!PRE)
+        for (int i = threadIdx.x; i < R * QUAD_CH; i += CU_BLOCK) {
+            const int k = c0 + i % QUAD_CH;
+            if (k < E) w_sh[i] = Wdt[(size_t)(i / QUAD_CH) * E + k];
+        }
+    const size_t at = (size_t)c * N + 4 * q;
+    float4 st4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), A4 = st4;
+    if (live) {
+        st4 = *reinterpret_cast<const float4 *>(slot_buf(state, sf, slot[s], cur[s]) + lofs + at);
+        A4 = *reinterpret_cast<const float4 *>(A_all + at);
+    }
+    float st[4] = {st4.x, st4.y, st4.z, st4.w};
+    const float A[4] = {A4.x, A4.y, A4.z, A4.w};
+    const float Dc = live ? Dv[c] : 0.0f, bias = live ? dt_b[c] : 0.0f;
+    pre();
+    /* tree_sum<16> of the 16 values v[4q .. 4q + 3] of the four lanes */
+    auto tree16 = [](float *v) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] = v[k] + __shfl_xor_sync(0xffffffffu, v[k], 2);
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] = v[k] + __shfl_xor_sync(0xffffffffu, v[k], 1);
+        v[0] = v[0] + v[2], v[1] = v[1] + v[3];
+        return v[0] + v[1];
+    };
+    const int end = off[s + 1];
+    for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
+        const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
+        __syncthreads(); /* the last chunk's rows are no longer read; w_sh is written */
+        for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
+            rows_sh[i] = dbl[(size_t)t0 * ld + i];
+        float us[SPAN_CHUNK], zs[SPAN_CHUNK], ds[SPAN_CHUNK];
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            const bool in = live && i < n_t;
+            us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
+            zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+            ds[i] = PRE && in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < SPAN_CHUNK; i++) {
+            if (i >= n_t) break;
+            const size_t t = (size_t)(t0 + i);
+            const float *row = rows_sh + i * ld, *B = row + R + 4 * q, *C = B + N;
+            float dt;
+            if (PRE) {
+                dt = ds[i];
+            } else { /* dt_of<16>: partial j sums rows j, j + 16, ... in order */
+                float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int r0 = 0; r0 < R; r0 += 16)
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        const int r = r0 + 4 * q + k;
+                        if (r < R)
+                            v[k] = fmaf(load1(w_sh + (size_t)r * QUAD_CH + cl), row[r], v[k]);
+                    }
+                const float d = tree16(v) + bias;
+                dt = d > 20.0f ? d : log1pf(expf(d));
+            }
+            const float du = dt * us[i];
+            float v[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                st[k] = fmaf(expf(dt * A[k]), st[k], B[k] * du);
+                v[k] = fmaf(st[k], C[k], 0.0f);
+            }
+            const float yt = tree16(v) + Dc * us[i];
+            if (!live || q) continue;
+            if (!PRE) j_dt[t * E + c] = dt;
+            y[t * E + c] = yt * silu_f(zs[i]);
+            if (c < N) j_B[t * N + c] = row[R + c]; /* the span's B, for rollback */
+        }
+    }
+    if (live)
+        *reinterpret_cast<float4 *>(slot_buf(state, sf, slot[s], !cur[s]) + lofs + at) =
+            make_float4(st[0], st[1], st[2], st[3]);
+}
+
 #endif
