@@ -136,6 +136,15 @@ __global__ void __launch_bounds__(CU_BLOCK)
     const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(L.in_proj.w);
     prefetch_rows(w, 2 * E, D, r0, rows, true);
     auto pre = [&] {
+        /* the conv's weights and its sequences' windows (K - 1 taps, E apart), towards L1 */
+        const int i = threadIdx.x, n_win = b.n_seq * (K - 1);
+        if (r0 < E && i < n_win) {
+            const int s = i / (K - 1), k = i % (K - 1);
+            prefetch_l1(slot_buf(ls.state, ls.state_floats, b.slot[s], b.cur[s]) + ls.layer_ofs +
+                        (size_t)k * E + r0);
+        } else if (r0 < E && i < n_win + K) {
+            prefetch_l1(L.conv_w + (size_t)(i - n_win) * E + r0);
+        }
         pdl_wait_then_release();
         if (NORM) norm_stats_block(x + (size_t)t0 * D, nt, D, eps, L.norm_b != nullptr, nstat, sh);
     };

@@ -60,6 +60,11 @@ static __device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
+/* Fetches the line holding p into the SM's L1 (no register waits for it). */
+static __device__ __forceinline__ void prefetch_l1(const void *p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 /* ---------------------------------------------------------------- small helpers */
 
 static __device__ __forceinline__ float silu_f(float x) {
@@ -265,13 +270,23 @@ static __device__ void matmul_block(const WT *__restrict__ W, int n_rows, int K,
             }
         }
     }
-    /* butterfly: every lane ends with the same sum (a + b == b + a), in a fixed order */
+    /* butterfly: every lane ends with the same sum (a + b == b + a), in a fixed order; with one
+     * token only its sums (the others hold zeros nothing reads; a bound inside the unrolled loop
+     * would serialise the shuffles of many tokens) */
+    if (nt == 1) {
 #pragma unroll
-    for (int r = 0; r < MM_RW; r++)
+        for (int r = 0; r < MM_RW; r++)
 #pragma unroll
-        for (int t = 0; t < MM_TT; t++)
+            for (int m = 16; m; m >>= 1) acc[r][0] += __shfl_xor_sync(0xffffffffu, acc[r][0], m);
+    } else {
 #pragma unroll
-            for (int m = 16; m; m >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], m);
+        for (int r = 0; r < MM_RW; r++)
+#pragma unroll
+            for (int t = 0; t < MM_TT; t++)
+#pragma unroll
+                for (int m = 16; m; m >>= 1)
+                    acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], m);
+    }
     if (SPLIT > 1) { /* the warps' sums, added in warp order by warp 0; sh: SPLIT x 32 floats */
 #pragma unroll
         for (int r = 0; r < MM_RW; r++)
