@@ -765,12 +765,20 @@ scan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
 }
 
 /* The sum of G lane values as the butterfly of scan_block leaves it in every lane: at each stage
- * lane j adds lane j ^ m (the two orders of a pair give the same bits). */
+ * lane j adds lane j ^ m (the two orders of a pair give the same bits). Each stage is its own
+ * instantiation, so every index is a constant and v stays in registers (a loop over the stages
+ * left v in local memory: a store and reloads per token in the scans). */
+template <int M> static __device__ __forceinline__ void tree_stage(float *v) {
+#pragma unroll
+    for (int j = 0; j < M; j++) v[j] = v[j] + v[j + M];
+}
 template <int G> static __device__ __forceinline__ float tree_sum(float *v) {
-#pragma unroll
-    for (int m = G / 2; m; m >>= 1)
-#pragma unroll
-        for (int j = 0; j < m; j++) v[j] = v[j] + v[j + m];
+    if constexpr (G >= 64) tree_stage<32>(v);
+    if constexpr (G >= 32) tree_stage<16>(v);
+    if constexpr (G >= 16) tree_stage<8>(v);
+    if constexpr (G >= 8) tree_stage<4>(v);
+    if constexpr (G >= 4) tree_stage<2>(v);
+    if constexpr (G >= 2) tree_stage<1>(v);
     return v[0];
 }
 
