@@ -386,6 +386,8 @@ static int pool_init(mb_pool *p, mb_err *e) {
     cp->use_fused = !(fuse && !strcmp(fuse, "0"));
     env_int("MB_CUDA_DT_MIN", 1, &cu_dt_min);
     env_int("MB_CUDA_DT_MIN_FEW", 1, &cu_dt_min_few);
+    env_int("MB_CUDA_TT_TINY", 0, &cu_tt_tiny);
+    env_int("MB_CUDA_SCAN_CHAN_MIN", 1, &cu_scan_chan_min);
     env_int("MB_CUDA_TT_SMALL", 0, &cu_tt_small);
     env_int("MB_CUDA_TT_MID", 0, &cu_tt_mid);
     env_int("MB_CUDA_AHEAD8", 0, &cu_ahead8);
@@ -653,7 +655,7 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
         hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
         if (bt->off[s + 1] - bt->off[s] > longest) longest = bt->off[s + 1] - bt->off[s];
     }
-    const int pre = longest >= (n >= CU_SCAN_CHAN_MIN ? cu_dt_min : cu_dt_min_few);
+    const int pre = longest >= (n >= cu_scan_chan_min ? cu_dt_min : cu_dt_min_few);
     memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
     cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
                             ? graph_for(m, p, T, n, n_out, pre)

@@ -118,19 +118,19 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
              const float *dbl, const float *xz, float *y, int E, int N, int R, int K, bool pre,
              cudaStream_t st);
-/* pre (cu_scan): dt for all the forward's tokens in a kernel of its own before the scan, chosen
- * by the backend for forwards holding a span of cu_dt_min tokens or more when they have
- * CU_SCAN_CHAN_MIN sequences or more, of cu_dt_min_few when fewer (MB_CUDA_DT_MIN,
- * MB_CUDA_DT_MIN_FEW; the same bits either way). */
-#define CU_SCAN_CHAN_MIN 16
-extern int cu_dt_min, cu_dt_min_few;
+/* Batches of cu_scan_chan_min sequences or more take the thread-per-channel scan, fewer the
+ * thread-per-state one (MB_CUDA_SCAN_CHAN_MIN; the same bits). pre (cu_scan): dt for all the
+ * forward's tokens in a kernel of its own before the scan, chosen by the backend for forwards
+ * holding a span of cu_dt_min tokens or more when they have cu_scan_chan_min sequences or more,
+ * of cu_dt_min_few when fewer (MB_CUDA_DT_MIN, MB_CUDA_DT_MIN_FEW; the same bits either way). */
+extern int cu_scan_chan_min, cu_dt_min, cu_dt_min_few;
 /* Whether the scan of d_state 16 in such batches takes four threads a channel instead of one:
  * 0 never, 1 when a span holds two tokens or more, 2 always (MB_CUDA_SCAN_QUAD): the same bits. */
 extern int cu_scan_quad;
 /* Tokens per tile of the tensor-core products (cu_ops.h, matmul_tc_block's TT: 8, 16 or 32, the
- * same bits whichever) for forwards of up to 64 tokens and of 65-256 (MB_CUDA_TT_SMALL,
- * MB_CUDA_TT_MID); longer forwards take 32. */
-extern int cu_tt_small, cu_tt_mid;
+ * same bits whichever) for forwards of up to 16 tokens, 17-64 and 65-256 (MB_CUDA_TT_TINY,
+ * MB_CUDA_TT_SMALL, MB_CUDA_TT_MID); longer forwards take 32. */
+extern int cu_tt_tiny, cu_tt_small, cu_tt_mid;
 /* Forwards of up to 8 tokens: each warp of a tensor-core product loads 8 K steps before its MMAs
  * instead of 4 (MB_CUDA_AHEAD8=0 turns it off; the same bits). */
 extern int cu_ahead8;

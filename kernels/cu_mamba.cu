@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_
                     dt_sh);
 }
 
-/* Batches of CU_SCAN_CHAN_MIN sequences or more take a thread per channel (scan_chan_block; with
+/* Batches of cu_scan_chan_min sequences or more take a thread per channel (scan_chan_block; with
  * spans of several tokens and d_state 16, four threads a channel: scan_quad_block), fewer a
  * thread per (channel, state group) (scan_block): the same bits, so the choice by batch shape
  * keeps invariance. Forwards with a long span compute dt first for all their tokens at once
@@ -129,7 +129,10 @@ __global__ void __launch_bounds__(CU_BLOCK) k_dt(const WT *Wdt, const float *dt_
  * a prompt chunk of 128 beside 63 decoding sequences 5.4x -> 3.5x a decoding step; one sequence of
  * 512 tokens 17.8k -> 22.3k bytes/s, but at 32-128 tokens mostly slower. */
 int cu_dt_min = 32, cu_dt_min_few = 256;
-/* d_state 16 in batches of CU_SCAN_CHAN_MIN sequences or more: four threads a channel
+/* H200 (bench/RESULTS.md): from 4 sequences the thread per channel wins (354M 8 x 1 1.56 -> 1.16
+ * ms, 12 x 1 2.07 -> 1.46, 8 x 4 2.35 -> 1.84); at 2 it loses on spans (2 x 64 5.43 -> 6.36). */
+int cu_scan_chan_min = 4;
+/* d_state 16 in batches of cu_scan_chan_min sequences or more: four threads a channel
  * (scan_quad_block) instead of one, with 0 never, 1 for forwards that hold a span of two tokens
  * or more, 2 always (MB_CUDA_SCAN_QUAD). H200 (bench/RESULTS.md): 16 sequences x 16 tokens 8.61
  * -> 7.52 ms (354M), 64 x 4 7.69 -> 7.44; but decode steps slower (64 x 1 2.97 -> 3.19: a
@@ -147,7 +150,7 @@ static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer
                             int R, size_t lofs, cudaStream_t st) {
     const WT *w = static_cast<const WT *>(L->dt_proj.w);
     const int bf16 = sizeof(WT) == 2;
-    if (b->n_seq >= CU_SCAN_CHAN_MIN && N == 16 && cu_scan_quad > (b->T == b->n_seq)) {
+    if (b->n_seq >= cu_scan_chan_min && N == 16 && cu_scan_quad > (b->T == b->n_seq)) {
         auto k = k_scan_quad<WT, PRE>;
         dim3 grid((E + QUAD_CH - 1) / QUAD_CH, b->n_seq);
         const size_t shared = scan_quad_smem(R, bf16);
@@ -156,7 +159,7 @@ static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer
                   ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
         return;
     }
-    if (b->n_seq >= CU_SCAN_CHAN_MIN) {
+    if (b->n_seq >= cu_scan_chan_min) {
         auto k = k_scan_chan<N, WT, PRE>;
         dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, b->n_seq);
         const size_t shared = scan_chan_smem(R, N, bf16);

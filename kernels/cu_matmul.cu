@@ -72,11 +72,12 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                              blockIdx.y, sh, nullptr, nullptr, nullptr, PdlWait());
 }
 
-/* H200 (bench/RESULTS.md): 16 at up to 64 tokens (354M batch 64 best; bundled within 3 % of 8),
- * 32 beyond (354M batch 256: 16 was 8 % slower). */
-int cu_tt_small = 16, cu_tt_mid = TC_TOK; /* cu_kernels.h */
-int cu_ahead8 = 1;                        /* cu_kernels.h */
-int cu_tcs_min_t = 32;                    /* cu_kernels.h */
+/* H200 (bench/RESULTS.md): 8 up to 16 tokens (354M 16 x 1 1.58 -> 1.48 ms, span of 16 1.87 ->
+ * 1.81), 16 up to 64 (354M batch 64 best; bundled within 3 % of 8), 32 beyond (354M batch 256:
+ * 16 was 8 % slower). */
+int cu_tt_tiny = 8, cu_tt_small = 16, cu_tt_mid = TC_TOK; /* cu_kernels.h */
+int cu_ahead8 = 1;                                        /* cu_kernels.h */
+int cu_tcs_min_t = 32;                                    /* cu_kernels.h */
 
 template <int SPLIT, int TT>
 __global__ void __launch_bounds__(CU_BLOCK)
@@ -118,7 +119,7 @@ static bool launch_tcs(const __nv_bfloat16 *W, int n_rows, int K, const float *X
 
 /* The tile of a forward of T tokens (8, 16 or TC_TOK): the same bits whichever. */
 static int tc_tile(int T) {
-    const int tt = T <= 64 ? cu_tt_small : T <= 256 ? cu_tt_mid : TC_TOK;
+    const int tt = T <= 16 ? cu_tt_tiny : T <= 64 ? cu_tt_small : T <= 256 ? cu_tt_mid : TC_TOK;
     return tt == 8 || tt == 16 ? tt : TC_TOK;
 }
 
