@@ -5,7 +5,9 @@
  * prefill speed. Then the cost of batch invariance: each projection of the model through the
  * backend's invariant kernel (kernels/cu_matmul.cu) against cuBLAS's default choice for the
  * same shape (bf16 weights and activations, f32 accumulation: what a stack without invariance
- * runs). Medians of repeated runs. Usage: bench_gpu MODEL_DIR...   (bench/gpu.sh runs it) */
+ * runs). Medians of repeated runs. Usage: bench_gpu MODEL_DIR...   (bench/gpu.sh runs it)
+ * Two other modes: --profile (one forward for ncu, bench/profile_gpu.sh; with MB_CUDA_TRACE=1 the
+ * per-kernel timeline) and --ab (the backend's MB_CUDA_* knobs compared in one process). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_profiler_api.h>
