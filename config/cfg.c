@@ -47,6 +47,9 @@ static const key KEYS[] = {
         "1024)"),
     INT(max_batch_tokens, 1, 1 << 20, "512", "tokens fed by one batched forward"),
     INT(prefill_chunk, 1, 1 << 20, "128", "prompt bytes per sequence per step"),
+    DBL(prefill_stall, 0, 1e6, "1",
+        "while sequences decode, a step feeds only the prompt bytes that add at most this many "
+        "decode steps' time, by measured cost (at least 16; 0: no cap)"),
     INT(lookup, 0, 256, "0",
         "speculative decoding by prompt lookup: draft what followed the latest earlier "
         "occurrence of the last N bytes (0: off)"),

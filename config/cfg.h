@@ -20,6 +20,7 @@ typedef struct cfg {
     int slots;            /* state pool slots (sequences resident at once); 0: by device */
     int max_batch_tokens; /* tokens fed by one forward, all sequences together */
     int prefill_chunk;    /* prompt bytes one sequence feeds per step */
+    double prefill_stall; /* prompt bytes beside decoding add at most this many steps (srv_pace) */
     int lookup;           /* speculative decoding by prompt lookup: key bytes, 0: off */
     int max_draft_bytes;  /* speculative decoding with the drafter: bytes per draft at most */
     int queue_limit;      /* requests waiting for a slot before 429 */

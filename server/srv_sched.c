@@ -7,12 +7,14 @@
  * "stall=S" (the scheduler sleeps S seconds once, at its first step with a running request). */
 #include "srv_sched.h"
 #include "srv_id.h"
+#include "srv_pace.h"
 #include "srv_session.h"
 #include "srv_text.h"
 #include "cost.h"
 #include "lookup.h"
 #include "spec.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +127,7 @@ struct srv_sched {
     mb_pool *dpool;
     spec_batch *dbatch;
     spec_cost cost; /* the measured choice for requests that leave it to the server */
+    srv_pace pace;  /* the measured cap on prompt bytes beside decoding sequences */
     unsigned long long n_step;
     int step_choice;               /* this step: -1 no auto request could draft, 0/1 the choice */
     double t_drafter;              /* this step's seconds in drafter forwards */
@@ -935,14 +938,19 @@ static void plan_drafts(srv_sched *s, int *budget) {
 static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
     const int budget_all = s->c.max_batch_tokens;
     const size_t chunk = (size_t)s->c.prefill_chunk;
-    int budget = budget_all, n = 0, nt = 0;
+    int budget = budget_all, n = 0, nt = 0, decoding = 0;
     size_t need = 0;
     for (int i = 0; i < s->n_run; i++) {
         const seq *q = &s->run[i];
         size_t left = q->feed_target - q->fed_input;
         if (q->n_out == 0) need += left < chunk ? left : chunk;
+        decoding += q->n_out > 0;
     }
+    /* beside decoding sequences, prompts take what adds at most prefill_stall steps (srv_pace) */
+    const int cap = decoding ? srv_pace_cap(&s->pace, decoding, s->c.prefill_stall) : INT_MAX;
+    if (need > (size_t)cap) need = (size_t)cap;
     int reserve = need < (size_t)budget_all / 2 ? (int)need : budget_all / 2;
+    int prompt_left = cap;
     for (int k = 0, first = s->rr; k < s->n_run && n < budget_all - reserve; k++) {
         int i = (first + k) % s->n_run;
         if (s->run[i].n_out == 0) continue;
@@ -951,14 +959,15 @@ static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {
         s->rr = (i + 1) % s->n_run; /* the next step starts after the last one served */
     }
     s->n_decode = n;
-    for (int i = 0; i < s->n_run && budget > 0; i++) {
+    for (int i = 0; i < s->n_run && budget > 0 && prompt_left > 0; i++) {
         const seq *q = &s->run[i];
         if (q->n_out > 0 || q->fed_input == q->feed_target) continue;
         size_t take = q->feed_target - q->fed_input;
         if (take > chunk) take = chunk;
         if (take > (size_t)budget) take = (size_t)budget;
+        if (take > (size_t)prompt_left) take = (size_t)prompt_left;
         s->seq_of[n] = i, s->took[n] = (int)take, s->dlen[n] = 0, s->dkind[n] = DRAFT_NONE;
-        n++, budget -= (int)take, *prompt_bytes += take;
+        n++, budget -= (int)take, prompt_left -= (int)take, *prompt_bytes += take;
     }
     plan_drafts(s, &budget);
     for (int k = 0; k < n; k++) {
@@ -1077,6 +1086,7 @@ static void step(srv_sched *s) {
     }
     double now = srv_now();
     const int n_decode = s->n_decode;
+    srv_pace_record(&s->pace, n_decode, (int)prompt_bytes, now - tf);
     advance(s, n, now);
     int sampled = sample_batch(s, now);
     if (sampled < 0) return;
@@ -1179,6 +1189,7 @@ srv_sched *srv_sched_start(mb_model *m, mb_model *draft, const spm_tokenizer *to
     s->model = m, s->mx = mx, s->c = *c;
     s->dmodel = draft, s->tok = tok;
     spec_cost_init(&s->cost);
+    srv_pace_init(&s->pace);
     s->fault = read_test_faults();
     s->n_vocab = mb_model_config(m)->n_vocab;
     s->n_slots = c->slots;
