@@ -932,7 +932,8 @@ static void plan_drafts(srv_sched *s, int *budget) {
  * slot_of and want. A decoding sequence needs a byte each step and a prompt its chunks before
  * its first byte, while a draft only speeds decoding up; so first a byte for each decoding
  * sequence (taking turns when they do not all fit), leaving up to half the budget to prompts
- * waiting to be read; then prompt chunks in order of arrival; then drafts from what is left.
+ * waiting to be read; then prompt chunks in order of arrival, while sequences decode no more
+ * prompt bytes than add prefill_stall steps' time (srv_pace); then drafts from what is left.
  * (Drafts first let a few looping streams take every token of every step, and a new prompt
  * wait until they ended.) Returns the number of entries, 0 when there is nothing to feed. */
 static int build_batch(srv_sched *s, int *n_tokens, size_t *prompt_bytes) {

@@ -1,8 +1,9 @@
 /* srv_sched.h: the scheduler, the one thread that owns the engine. HTTP threads submit jobs to
  * its queue and wait on the jobs; it runs batched steps over every live sequence: a decode byte
  * for each running stream, prompt chunks for new ones (up to half the step is kept for them
- * while they wait), then drafts from what is left (prompt lookup, or the drafter model in one
- * batched drafting round over every sequence that drafts), never more than max_batch_tokens
+ * while they wait; beside decoding streams only what adds at most prefill_stall steps' time, by
+ * measured cost: srv_pace.h), then drafts from what is left (prompt lookup, or the drafter model in
+ * one batched drafting round over every sequence that drafts), never more than max_batch_tokens
  * tokens per forward. Requests join and leave between steps. */
 #ifndef SRV_SCHED_H
 #define SRV_SCHED_H
