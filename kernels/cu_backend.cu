@@ -474,8 +474,8 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
         if (ipc != CU_IPC_NORM)
             cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
         if (ipc != CU_IPC_NONE) {
-            cu_in_proj_conv(L, &b, &ls, ipc == CU_IPC_NORM ? cp->h : cp->xn, ipc, cp->xz, cp->u, D,
-                            E, c->norm_eps, st);
+            cu_in_proj_conv(L, &b, &ls, ipc == CU_IPC_NORM ? cp->h : cp->xn, cp->xz, cp->u, D, E,
+                            c->norm_eps, st);
         } else {
             cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
             cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);

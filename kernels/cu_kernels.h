@@ -105,7 +105,7 @@ enum { CU_IPC_NONE, CU_IPC_NORM, CU_IPC_PLAIN };
 extern int cu_fold_max;
 int cu_in_proj_conv_plan(const cu_layer *L, const cu_batch *b, int D, int E, int K);
 void cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *x,
-                     int kind, float *xz, float *u, int D, int E, float eps, cudaStream_t st);
+                     float *xz, float *u, int D, int E, float eps, cudaStream_t st);
 /* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
  * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
  * conv inputs to j_xin. */

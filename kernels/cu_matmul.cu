@@ -117,6 +117,13 @@ static bool launch_tcs(const __nv_bfloat16 *W, int n_rows, int K, const float *X
     return true;
 }
 
+/* Forwards of a few tokens on matrices of 1024+ rows: each warp's loads of 8 K steps at once (one
+ * L2 round trip, not two), in 16-token tiles. H200: 354M batch 1 1.071 -> 1.007 ms; the bundled
+ * model's out_proj (512 rows, 16 blocks) was 2 % slower with it, hence the row count. */
+static bool tc_few(int n_rows, int T) {
+    return T <= 8 && n_rows >= 1024 && cu_ahead8;
+}
+
 /* The tile of a forward of T tokens (8, 16 or TC_TOK): the same bits whichever. */
 static int tc_tile(int T) {
     const int tt = T <= 16 ? cu_tt_tiny : T <= 64 ? cu_tt_small : T <= 256 ? cu_tt_mid : TC_TOK;
@@ -177,7 +184,7 @@ static void launch_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_l
                   xz, u, D, E, eps);
         return;
     }
-    const bool few = T <= 8 && cu_ahead8;
+    const bool few = tc_few(2 * E, T);
     const int tt = few ? 16 : tc_tile(T);
     const dim3 grid(gx, (T + tt - 1) / tt); /* a decode batch: x = the norm's output */
 #define IPC(TT, AH)                                                                                \
@@ -204,7 +211,7 @@ int cu_in_proj_conv_plan(const cu_layer *L, const cu_batch *b, int D, int E, int
 }
 
 void cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *x,
-                     int kind, float *xz, float *u, int D, int E, float eps, cudaStream_t st) {
+                     float *xz, float *u, int D, int E, float eps, cudaStream_t st) {
     const cu_mm p = cu_mm_plan(&L->in_proj, 2 * E, nullptr, D, b->T);
     if (p.kind == CU_MM_TC8)
         launch_in_proj_conv<8>(L, b, ls, x, xz, u, D, E, eps, p.gx, st);
@@ -216,10 +223,7 @@ void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, i
                const float *bias, int epi, cudaStream_t st) {
     if (T <= 0 || n_rows <= 0) return;
     const cu_mm p = cu_mm_plan(W, n_rows, X, ldx, T);
-    /* a few tokens: each warp's loads of 8 K steps at once (one L2 round trip, not two). H200:
-     * 354M batch 1 1.071 -> 1.007 ms; the bundled model's out_proj (512 rows, 16 blocks) was
-     * 2 % slower with it, hence the row count */
-    const bool few = p.kind >= CU_MM_TC4 && T <= 8 && n_rows >= 1024 && cu_ahead8;
+    const bool few = p.kind >= CU_MM_TC4 && tc_few(n_rows, T);
     const int tt = few ? 16 : p.kind >= CU_MM_TC4 ? tc_tile(T) : 0;
     const dim3 grid(p.gx, tt ? (T + tt - 1) / tt : p.gy);
     const int K = W->cols;

@@ -71,6 +71,11 @@ static __device__ __forceinline__ float silu_f(float x) {
     return x / (1.0f + expf(-x));
 }
 
+/* dt's softplus, linear past 20 (where log1p(exp(d)) == d in float). */
+static __device__ __forceinline__ float softplus_f(float d) {
+    return d > 20.0f ? d : log1pf(expf(d));
+}
+
 static __device__ __forceinline__ float bf16_bits(uint32_t h) {
     return __uint_as_float(h << 16);
 }
@@ -718,7 +723,7 @@ scan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
 #pragma unroll
                 for (int m = G / 2; m; m >>= 1) d += __shfl_xor_sync(0xffffffffu, d, m, G);
                 d = d + bias;
-                dts[i] = d > 20.0f ? d : log1pf(expf(d));
+                dts[i] = softplus_f(d);
             }
             const float du = dts[i] * us[i];
 #pragma unroll
@@ -782,11 +787,11 @@ template <int G> static __device__ __forceinline__ float tree_sum(float *v) {
     return v[0];
 }
 
-/* The columns c0 .. c0 + CU_BLOCK - 1 of dt_proj^T (R, E) into shared memory, (R, CU_BLOCK), 16
- * bytes a load, 8 loads in flight per thread; read after a barrier. */
-template <typename WT>
+/* The columns c0 .. c0 + CW - 1 of dt_proj^T (R, E) into shared memory, (R, CW), 16 bytes a
+ * load, 8 loads in flight per thread; read after a barrier. */
+template <typename WT, int CW = CU_BLOCK>
 static __device__ void stage_wdt(const WT *Wdt, int E, int R, int c0, WT *w_sh) {
-    constexpr int PER = 16 / sizeof(WT), VROW = CU_BLOCK / PER;
+    constexpr int PER = 16 / sizeof(WT), VROW = CW / PER;
     if (E % PER == 0) {
         for (int i0 = 0; i0 < R * VROW; i0 += 8 * CU_BLOCK) {
             uint4 v[8];
@@ -805,11 +810,31 @@ static __device__ void stage_wdt(const WT *Wdt, int E, int R, int c0, WT *w_sh) 
             }
         }
     } else {
-        for (int i = threadIdx.x; i < R * CU_BLOCK; i += CU_BLOCK) {
-            const int c = c0 + i % CU_BLOCK;
-            if (c < E) w_sh[i] = Wdt[(size_t)(i / CU_BLOCK) * E + c];
+        for (int i = threadIdx.x; i < R * CW; i += CU_BLOCK) {
+            const int c = c0 + i % CW;
+            if (c < E) w_sh[i] = Wdt[(size_t)(i / CW) * E + c];
         }
     }
+}
+
+/* The chunk of a span from token t0 (n_t of its tokens) for the thread-per-channel scans: the
+ * block's rows of dbl into rows_sh and channel c's u, z and (with PRE) dt into registers, between
+ * barriers (before: the last chunk's rows are no longer read and the staged dt_proj columns are
+ * written; after: the new rows are all in). */
+template <bool PRE>
+static __device__ __forceinline__ void
+chan_chunk(const float *dbl, int ld, const float *u, const float *xz, const float *j_dt, int E,
+           int c, bool live, int t0, int n_t, float *rows_sh, float *us, float *zs, float *ds) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK) rows_sh[i] = dbl[(size_t)t0 * ld + i];
+#pragma unroll
+    for (int i = 0; i < SPAN_CHUNK; i++) {
+        const bool in = live && i < n_t;
+        us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
+        zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
+        ds[i] = PRE && in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
+    }
+    __syncthreads();
 }
 
 /* dt = softplus(dt_proj[c, :] . dt_low + dt_bias[c]) of channel c: lane partials r = j, j + G,
@@ -825,7 +850,7 @@ static __device__ __forceinline__ float dt_of(const WT *wc, const float *row, in
         for (int j = 0; j < G; j++)
             if (r0 + j < R) v[j] = fmaf(load1(wc + (size_t)(r0 + j) * CU_BLOCK), row[r0 + j], v[j]);
     const float d = tree_sum<G>(v) + bias;
-    return d > 20.0f ? d : log1pf(expf(d));
+    return softplus_f(d);
 }
 
 #define DT_TOK 16 /* tokens per block of dt_block */
@@ -873,7 +898,7 @@ static __device__ void dt_block(const WT *Wdt, const float *dt_b, const float *d
         for (int p = 0; p < DT_PAR; p++) {
             if (i0 + p >= n) break;
             const float d = tree_sum<G>(v[p]) + bias;
-            j_dt[(size_t)(t0 + i0 + p) * E + c] = d > 20.0f ? d : log1pf(expf(d));
+            j_dt[(size_t)(t0 + i0 + p) * E + c] = softplus_f(d);
         }
     }
 }
@@ -920,18 +945,8 @@ scan_chan_block(const float *A_all, const float *Dv, const int *off, const int *
     const int ld = R + 2 * N, end = off[s + 1];
     for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
-        __syncthreads(); /* the last chunk's rows are no longer read; w_sh is written */
-        for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
-            rows_sh[i] = dbl[(size_t)t0 * ld + i];
         float us[SPAN_CHUNK], zs[SPAN_CHUNK], ds[SPAN_CHUNK];
-#pragma unroll
-        for (int i = 0; i < SPAN_CHUNK; i++) {
-            const bool in = live && i < n_t;
-            us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
-            zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
-            ds[i] = PRE && in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
-        }
-        __syncthreads();
+        chan_chunk<PRE>(dbl, ld, u, xz, j_dt, E, c, live, t0, n_t, rows_sh, us, zs, ds);
         if (!live) continue;
 #pragma unroll
         for (int i = 0; i < SPAN_CHUNK; i++) {
@@ -987,11 +1002,7 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
     const bool live = c < E; /* every thread joins the block's loads and barriers */
     const int ld = R + 2 * N;
     WT *w_sh = reinterpret_cast<WT *>(rows_sh + SPAN_CHUNK * ld);
-    if (!PRE)
-        for (int i = threadIdx.x; i < R * QUAD_CH; i += CU_BLOCK) {
-            const int k = c0 + i % QUAD_CH;
-            if (k < E) w_sh[i] = Wdt[(size_t)(i / QUAD_CH) * E + k];
-        }
+    if (!PRE) stage_wdt<WT, QUAD_CH>(Wdt, E, R, c0, w_sh);
     const size_t at = (size_t)c * N + 4 * q;
     float4 st4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), A4 = st4;
     if (live) {
@@ -1014,18 +1025,8 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
     const int end = off[s + 1];
     for (int t0 = off[s]; t0 < end; t0 += SPAN_CHUNK) {
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
-        __syncthreads(); /* the last chunk's rows are no longer read; w_sh is written */
-        for (int i = threadIdx.x; i < n_t * ld; i += CU_BLOCK)
-            rows_sh[i] = dbl[(size_t)t0 * ld + i];
         float us[SPAN_CHUNK], zs[SPAN_CHUNK], ds[SPAN_CHUNK];
-#pragma unroll
-        for (int i = 0; i < SPAN_CHUNK; i++) {
-            const bool in = live && i < n_t;
-            us[i] = in ? u[(size_t)(t0 + i) * E + c] : 0.0f;
-            zs[i] = in ? xz[(size_t)(t0 + i) * 2 * E + E + c] : 0.0f;
-            ds[i] = PRE && in ? j_dt[(size_t)(t0 + i) * E + c] : 0.0f;
-        }
-        __syncthreads();
+        chan_chunk<PRE>(dbl, ld, u, xz, j_dt, E, c, live, t0, n_t, rows_sh, us, zs, ds);
 #pragma unroll
         for (int i = 0; i < SPAN_CHUNK; i++) {
             if (i >= n_t) break;
@@ -1044,7 +1045,7 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
                             v[k] = fmaf(load1(w_sh + (size_t)r * QUAD_CH + cl), row[r], v[k]);
                     }
                 const float d = tree16(v) + bias;
-                dt = d > 20.0f ? d : log1pf(expf(d));
+                dt = softplus_f(d);
             }
             const float du = dt * us[i];
             float v[4];
