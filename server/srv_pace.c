@@ -6,12 +6,6 @@
 
 #define ALPHA 0.125 /* weight of the newest forward in the moving averages */
 
-static int bucket(int n_decode) {
-    int b = 0;
-    while (n_decode > 1 && b < SRV_PACE_BUCKETS - 1) n_decode >>= 1, b++;
-    return b;
-}
-
 /* The running mean for the first SRV_PACE_WARMUP values, a moving average after. */
 static void average(double *avg, int *n, double x) {
     if (*n < SRV_PACE_WARMUP) {
@@ -28,7 +22,7 @@ void srv_pace_init(srv_pace *p) {
 
 void srv_pace_record(srv_pace *p, int n_decode, int prompt_bytes, double seconds) {
     if (n_decode < 1 || seconds < 0) return;
-    int k = bucket(n_decode);
+    int k = spec_cost_bucket(n_decode);
     if (prompt_bytes <= 0) {
         average(&p->b[k].t_decode, &p->b[k].n_decode, seconds);
     } else if (p->b[k].n_decode >= SRV_PACE_WARMUP) {
@@ -39,7 +33,7 @@ void srv_pace_record(srv_pace *p, int n_decode, int prompt_bytes, double seconds
 
 int srv_pace_cap(const srv_pace *p, int n_decode, double stall) {
     if (stall <= 0 || n_decode < 1) return INT_MAX;
-    int k = bucket(n_decode);
+    int k = spec_cost_bucket(n_decode);
     if (p->b[k].n_decode < SRV_PACE_WARMUP || p->b[k].n_byte < SRV_PACE_WARMUP) return INT_MAX;
     if (p->b[k].t_byte <= 0) return INT_MAX;
     double cap = stall * p->b[k].t_decode / p->b[k].t_byte;

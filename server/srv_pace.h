@@ -4,7 +4,7 @@
  * adds to the forward. The scheduler caps the prompt bytes of such a step so that they add at
  * most `stall` times a forward of the decoding sequences alone (the config's prefill_stall; one
  * step by default: a chunk never stalls the streams by more than one step's time). It measures
- * both, per bucket of decoding sequences (1, 2-3, 4-7, ...: log2 buckets, as spec_cost):
+ * both, per bucket of decoding sequences (1, 2-3, 4-7, ...: spec_cost_bucket):
  * moving averages of the forward's seconds in steps without prompt bytes, and of the seconds a
  * prompt byte adds in steps with them (their forward less the first average, over their prompt
  * bytes). The cap is stall x the first over the second, at least SRV_PACE_MIN bytes so prompts
@@ -14,15 +14,16 @@
 #ifndef SRV_PACE_H
 #define SRV_PACE_H
 
-#define SRV_PACE_BUCKETS 12 /* 1 .. 2048+ decoding sequences */
-#define SRV_PACE_WARMUP  4  /* forwards measured each way before a cap */
-#define SRV_PACE_MIN     16 /* prompt bytes a step may always feed */
+#include "cost.h"
+
+#define SRV_PACE_WARMUP 4  /* forwards measured each way before a cap */
+#define SRV_PACE_MIN    16 /* prompt bytes a step may always feed */
 
 typedef struct srv_pace {
     struct {
         double t_decode, t_byte; /* moving averages, seconds */
         int n_decode, n_byte;    /* forwards measured (up to SRV_PACE_WARMUP) */
-    } b[SRV_PACE_BUCKETS];
+    } b[SPEC_COST_BUCKETS];      /* by spec_cost_bucket */
 } srv_pace;
 
 void srv_pace_init(srv_pace *p);

@@ -5,7 +5,7 @@
 
 #define ALPHA 0.125 /* weight of the newest step in the moving averages */
 
-static int bucket(int n_decode) {
+int spec_cost_bucket(int n_decode) {
     int b = 0;
     while (n_decode > 1 && b < SPEC_COST_BUCKETS - 1) n_decode >>= 1, b++;
     return b;
@@ -20,12 +20,12 @@ static double rate(const spec_cost_arm *a) {
 }
 
 int spec_cost_better(const spec_cost *c, int n_decode) {
-    const spec_cost_arm *a = c->b[bucket(n_decode)].arm;
+    const spec_cost_arm *a = c->b[spec_cost_bucket(n_decode)].arm;
     return a[0].n >= SPEC_COST_WARMUP && a[1].n >= SPEC_COST_WARMUP && rate(&a[1]) > rate(&a[0]);
 }
 
 int spec_cost_choose(spec_cost *c, int n_decode) {
-    int k = bucket(n_decode);
+    int k = spec_cost_bucket(n_decode);
     const spec_cost_arm *a = c->b[k].arm;
     unsigned long long t = c->b[k].steps++;
     if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) {
@@ -54,7 +54,7 @@ int spec_cost_choose(spec_cost *c, int n_decode) {
 }
 
 void spec_cost_record(spec_cost *c, int n_decode, int drafted, double bytes, double seconds) {
-    spec_cost_arm *a = &c->b[bucket(n_decode)].arm[drafted != 0];
+    spec_cost_arm *a = &c->b[spec_cost_bucket(n_decode)].arm[drafted != 0];
     if (a->n == 0) {
         a->bytes = bytes;
         a->seconds = seconds;

@@ -36,6 +36,8 @@ typedef struct spec_cost {
 } spec_cost;
 
 void spec_cost_init(spec_cost *c);
+/* The bucket of n_decode decoding sequences: floor(log2), 0 .. SPEC_COST_BUCKETS - 1. */
+int spec_cost_bucket(int n_decode);
 /* 1 when a step with n_decode decoding sequences should draft with the drafter model. */
 int spec_cost_choose(spec_cost *c, int n_decode);
 /* 1 when drafting is the better way for n_decode as measured so far (0 while unmeasured). */
