@@ -364,9 +364,9 @@ static size_t max_cols(const mb_config *c) {
 
 /* uint16 per thread: avx512bf16's two halves of a token block or avx512vnni's int8 or int16
  * inputs of one (64-byte rows) and their scales, whichever is larger, rounded up to 64 bytes */
-static size_t scratch_per_thread(const mb_config *c) {
-    size_t halves = 2 * (size_t)TOKEN_BLOCK * max_cols(c),
-           ints = (size_t)TOKEN_BLOCK * ((max_cols(c) + 31) / 32 * 32 + 2);
+size_t mb_cpu_scratch_per_thread(size_t cols) {
+    size_t halves = 2 * (size_t)TOKEN_BLOCK * cols,
+           ints = (size_t)TOKEN_BLOCK * ((cols + 31) / 32 * 32 + 2);
     return ((halves > ints ? halves : ints) + 31) / 32 * 32;
 }
 
@@ -398,7 +398,7 @@ static void matmul(mb_model *mdl, const mb_mat *W, int n_rows, const float *X, i
                      .int16_inputs = int16_inputs,
                      .rowwise = cm->rowwise,
                      .scratch = cm->scratch,
-                     .scratch_per_thread = scratch_per_thread(&mdl->c)};
+                     .scratch_per_thread = mb_cpu_scratch_per_thread(max_cols(&mdl->c))};
     mb_threads_run(mdl->threads, isa_variants[isa_cur].matmul, &m);
 }
 
@@ -778,8 +778,8 @@ static int cpu_model_init(mb_model *m, const mb_backend_opts *o, char *note, siz
         cpu_model_free(m);
         return mb_fail(e, "cannot start worker threads");
     }
-    cm->scratch =
-        malloc((size_t)mb_threads_count(m->threads) * scratch_per_thread(&m->c) * sizeof(uint16_t));
+    cm->scratch = malloc((size_t)mb_threads_count(m->threads) *
+                         mb_cpu_scratch_per_thread(max_cols(&m->c)) * sizeof(uint16_t));
     if (!cm->scratch) {
         cpu_model_free(m);
         return mb_fail(e, "out of memory for the CPU kernels' scratch");

@@ -48,6 +48,8 @@ _Static_assert(ROWWISE_FLOAT_T == 2, "cpu.c and cpu_avx512.c: a row-wise block o
 /* Writes the dot products out[t * ROW_GROUP + i] (t < nt, i < rows) of rows [r, r + rows) and
  * tokens [t0, t0 + nt) to Y with the task's bias and epilogue. */
 void mb_cpu_store_group(const matmul_task *m, int t0, int nt, int r, int rows, const float *out);
+/* matmul_task.scratch_per_thread for matrices of up to cols columns (what every variant needs). */
+size_t mb_cpu_scratch_per_thread(size_t cols);
 
 /* A thread's share of a matmul_task (mb_threads_run's signature), one per variant. Every
  * variant computes each (row, token) dot product in one fixed order of its own, whatever T. */

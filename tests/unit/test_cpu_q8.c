@@ -44,7 +44,7 @@ static void reference(const mb_mat *W, const float *X, int ldx, int T, const flo
 /* The kernel on `threads` threads (run one after the other: each writes its own rows). */
 static void kernel(const mb_mat *W, const float *X, int ldx, int T, const float *bias, int int16,
                    int threads, float *Y) {
-    size_t per_thread = (size_t)TOKEN_BLOCK * ((size_t)(W->cols + 31) / 32 * 32 + 2);
+    size_t per_thread = mb_cpu_scratch_per_thread((size_t)W->cols);
     uint16_t *scratch = malloc((size_t)threads * per_thread * sizeof *scratch);
     matmul_task m = {.W = W,
                      .n_rows = W->rows,

@@ -33,9 +33,7 @@ static float spread(void) { /* uniform() times 2^e, e in [-8, 8] */
  * own rows). */
 static void kernel(matmul_fn fn, const mb_mat *W, const float *X, int ldx, int T, const float *bias,
                    int threads, int rowwise, float *Y) {
-    size_t halves = 2 * (size_t)TOKEN_BLOCK * (size_t)W->cols,
-           ints = (size_t)TOKEN_BLOCK * ((size_t)(W->cols + 31) / 32 * 32 + 2),
-           per_thread = ((halves > ints ? halves : ints) + 31) / 32 * 32;
+    size_t per_thread = mb_cpu_scratch_per_thread((size_t)W->cols);
     uint16_t *scratch = malloc((size_t)threads * per_thread * sizeof *scratch);
     matmul_task m = {.W = W,
                      .n_rows = W->rows,
