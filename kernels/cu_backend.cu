@@ -394,6 +394,7 @@ static int pool_init(mb_pool *p, mb_err *e) {
     env_int("MB_CUDA_TCS_MIN_T", 0, &cu_tcs_min_t);
     env_int("MB_CUDA_FOLD_MAX", 0, &cu_fold_max);
     env_int("MB_CUDA_SCAN_QUAD", 0, &cu_scan_quad);
+    env_int("MB_CUDA_KC_MAX_T", 0, &cu_kc_max_t);
     cp->use_graphs = !(graphs && !strcmp(graphs, "0"));
     for (cu_graph &g : cp->graphs) g.T = -1;
     struct {
@@ -470,16 +471,15 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
                              cp->j_dt + (size_t)l * MT * E,
                              cp->j_B + (size_t)l * MT * N};
         /* xz = in_proj(norm(h)); u = silu(conv(x)), advancing each sequence's conv window */
-        const int ipc = cp->use_fused ? cu_in_proj_conv_plan(L, &b, D, E, K) : CU_IPC_NONE;
-        if (ipc != CU_IPC_NORM)
+        const int ipc = cp->use_fused ? cu_in_proj_conv_plan(L, &b, D, E, K) : 0;
+        if (!(ipc & CU_IPC_NORM))
             cu_norm(cp->h, nullptr, T, cp->xn, L->norm_w, L->norm_b, D, c->norm_eps, st);
-        if (ipc != CU_IPC_NONE) {
-            cu_in_proj_conv(L, &b, &ls, ipc == CU_IPC_NORM ? cp->h : cp->xn, cp->xz, cp->u, D, E,
+        if (ipc)
+            cu_in_proj_conv(L, &b, &ls, ipc & CU_IPC_NORM ? cp->h : cp->xn, cp->xz, cp->u, D, E, K,
                             c->norm_eps, st);
-        } else {
+        else
             cu_matmul(&L->in_proj, 2 * E, cp->xn, D, cp->xz, 2 * E, T, L->in_b, CU_EPI_STORE, st);
-            cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
-        }
+        if (!(ipc & CU_IPC_CONV)) cu_conv(L, &b, &ls, cp->xz, cp->u, E, K, st);
         /* [dt_low, B, C] = x_proj(u) */
         cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
                   st);

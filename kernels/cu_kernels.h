@@ -91,21 +91,26 @@ void cu_norm(const float *x, const int *rows, int n, float *out, const float *w,
 /* Y[t, r] (op)= W[r, :] . X[t, :] + bias[r], for r < n_rows, t < T (epi: CU_EPI_*). */
 void cu_matmul(const cu_mat *W, int n_rows, const float *X, int ldx, float *Y, int ldy, int T,
                const float *bias, int epi, cudaStream_t st);
-/* in_proj and conv as one launch, where in_proj runs on tensor cores and d_conv is 4: forwards
- * of at most CU_FUSE_MAX_T tokens (one tile, the norm folded in: CU_IPC_NORM, x = h) and decode
- * batches (every span one token) of at most cu_fold_max tokens (MB_CUDA_FOLD_MAX; after the norm
- * kernel: CU_IPC_PLAIN, x = its output); cu_in_proj_conv_plan says which, or CU_IPC_NONE (norm,
- * in_proj and conv as three kernels). The same bits as the three kernels. Each block runs the conv
- * of its channels for its tokens after its product (and the norm statistics of its tokens before
- * it), so past a few tokens of one span the three kernels are faster (H200, bench/RESULTS.md: a
- * span of 8 tokens 1.35 -> 1.37 ms on 354M with it, 0.135 -> 0.151 on the bundled model), and
- * folding the norm into a decode batch's tiles was 2-3x slower than its own kernel. */
+/* in_proj with the norm before it (x = h, CU_IPC_NORM) and/or the conv after it (CU_IPC_CONV)
+ * in one launch, where in_proj runs on tensor cores and d_conv is 4: forwards of at most
+ * CU_FUSE_MAX_T tokens (one tile, norm and conv folded in); decode batches (every span one
+ * token) of at most cu_fold_max tokens (MB_CUDA_FOLD_MAX; after the norm kernel, the conv folded
+ * in); decode batches of cu_fold_max + 1 to cu_kc_max_t tokens of an RMSNorm model
+ * (MB_CUDA_KC_MAX_T; norm and conv folded in, K split over a thread-block cluster: cu_matmul.cu,
+ * k_in_proj_kc). cu_in_proj_conv_plan says which of the two are folded (0: norm, in_proj and conv
+ * as three kernels). The same bits as the three kernels. In the one-tile and decode kernels each
+ * block runs the conv of its channels for its tokens after its product (and the norm statistics of
+ * its tokens before it), so past a few tokens of one span the three kernels are faster (H200,
+ * bench/RESULTS.md: a span of 8 tokens 1.35 -> 1.37 ms on 354M with it, 0.135 -> 0.151 on the
+ * bundled model), and folding the norm into a decode batch's tiles was 2-3x slower than its own
+ * kernel. */
 #define CU_FUSE_MAX_T 4
-enum { CU_IPC_NONE, CU_IPC_NORM, CU_IPC_PLAIN };
+enum { CU_IPC_NORM = 1, CU_IPC_CONV = 2 };
 extern int cu_fold_max;
 int cu_in_proj_conv_plan(const cu_layer *L, const cu_batch *b, int D, int E, int K);
 void cu_in_proj_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *x,
-                     float *xz, float *u, int D, int E, float eps, cudaStream_t st);
+                     float *xz, float *u, int D, int E, int K, float eps, cudaStream_t st);
+extern int cu_kc_max_t;
 /* Causal depthwise conv + SiLU over each sequence's span from its slot's window: u (T, E) from
  * the x half of xz (T, 2E); the window after the span goes to the slot's other buffer and the
  * conv inputs to j_xin. */

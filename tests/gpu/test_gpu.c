@@ -3,7 +3,8 @@
  * decode steps and inside spans of any length), rollback to every prefix == feeding the prefix,
  * copy, spill and restore, state files that move between backends, seeded sampling under
  * batching, and clear errors. Prints one "skipped: no usable GPU" line and passes where there
- * is none. MB_GPU_TEST_QUICK=1 shrinks the sizes (for compute-sanitizer). */
+ * is none. MB_GPU_TEST_QUICK=1 shrinks the sizes (for compute-sanitizer); MB_GPU_TEST_MODEL adds
+ * a model to the invariance checks. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -218,8 +219,8 @@ static void invariance(const char *path) {
     seqs s = {quick ? 16 : 256, quick ? 12 : 48, mb_model_config(m)->n_vocab, NULL, NULL};
     mb_pool *p = mb_pool_create(m, s.n, s.n * s.len, NULL);
     make_refs(m, p, &s);
-    const int sizes[] = {1, 7, 64, 256};
-    for (int k = 0; k < 4; k++) {
+    const int sizes[] = {1, 7, 20, 64, 256}; /* 20: the cluster kernel's decode batches */
+    for (int k = 0; k < 5; k++) {
         int B = sizes[k] > s.n ? s.n : sizes[k];
         batched(m, p, &s, B, 1);     /* decode steps */
         batched(m, p, &s, B, 64);    /* spans of 1..64 beside each other */
@@ -234,10 +235,15 @@ static void invariance(const char *path) {
     mb_model_free(m);
 }
 
+/* MB_GPU_TEST_MODEL names one more model to check, e.g. a random model of the 354M shape
+ * (tools/random_model.py), whose out_proj (K 2048) splits K eight ways where the bundled
+ * models split it four. */
 static void test_batch_invariance(void) {
     invariance("models/mambabyte-small");
     invariance(FIX "tiny-byte-tied/model.safetensors");
     invariance(FIX "tiny-mambassm-layernorm");
+    const char *extra = getenv("MB_GPU_TEST_MODEL");
+    if (extra && *extra) invariance(extra);
 }
 
 /* The persistent step kernel (MB_CUDA_STEP=1, kernels/cu_step.cu) runs forwards of up to 32
