@@ -170,10 +170,10 @@ static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer
     }
     dim3 grid((E + SCAN_CPB(N) - 1) / SCAN_CPB(N), b->n_seq);
     const size_t shared = scan_smem(R, N, bf16);
-    big_smem(k_scan<N, WT, PRE>, shared);
-    cu_launch(k_scan<N, WT, PRE>, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur,
-              ls->state, ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E,
-              R);
+    auto k = k_scan<N, WT, PRE>;
+    big_smem(k, shared);
+    cu_launch(k, grid, CU_BLOCK, shared, st, L->A, L->D, b->off, b->slot, b->cur, ls->state,
+              ls->state_floats, lofs, u, w, L->dt_b, ls->j_dt, dbl, xz, y, ls->j_B, E, R);
 }
 
 template <int N, typename WT>
