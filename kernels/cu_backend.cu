@@ -33,7 +33,7 @@ typedef struct cu_model {
 
 /* A captured forward for one batch shape (T tokens, n sequences, n_out logits rows). */
 typedef struct cu_graph {
-    int T, n, n_out, pre; /* pre: the forward computes dt ahead of the scan (cu_scan) */
+    int T, n, n_out, pre; /* pre: cu_scan's flags (CU_SCAN_PRE, CU_SCAN_LONG) */
     cudaGraphExec_t exec; /* NULL until the shape comes a second time */
     uint64_t used;        /* clock of the last use, for eviction */
 } cu_graph;
@@ -655,7 +655,9 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
         hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
         if (bt->off[s + 1] - bt->off[s] > longest) longest = bt->off[s + 1] - bt->off[s];
     }
-    const int pre = longest >= (n >= cu_scan_chan_min ? cu_dt_min : cu_dt_min_few);
+    const int pre =
+        (longest >= (n >= cu_scan_chan_min ? cu_dt_min : cu_dt_min_few) ? CU_SCAN_PRE : 0) |
+        (longest >= CU_SCAN_LONG_T ? CU_SCAN_LONG : 0);
     memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
     cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
                             ? graph_for(m, p, T, n, n_out, pre)

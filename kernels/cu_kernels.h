@@ -118,10 +118,15 @@ void cu_conv(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, con
              float *u, int E, int K, cudaStream_t st);
 /* Selective scan over each sequence's span from its slot's SSM state, then y = (s.C + D u) *
  * silu(z) into y (T, E); the state after the span goes to the other buffer, B to j_B. dt =
- * softplus(dt_proj(dt_low) + dt_bias) is computed here (into j_dt), or with pre by a kernel
- * before it for all tokens at once; dt_low, B and C come from dbl (T, R + 2N). */
+ * softplus(dt_proj(dt_low) + dt_bias) is computed here (into j_dt), or with CU_SCAN_PRE by a
+ * kernel before it for all tokens at once; dt_low, B and C come from dbl (T, R + 2N).
+ * CU_SCAN_LONG: the batch holds a span of CU_SCAN_LONG_T tokens or more (a chunk of the scans),
+ * which the four-thread scan reduces a chunk at a time (cu_ops.h, scan_quad_block's RS). The
+ * same bits either way. */
+enum { CU_SCAN_PRE = 1, CU_SCAN_LONG = 2 };
+#define CU_SCAN_LONG_T 8
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
-             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, bool pre,
+             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, int flags,
              cudaStream_t st);
 /* Batches of cu_scan_chan_min sequences or more take the thread-per-channel scan, fewer the
  * thread-per-state one (MB_CUDA_SCAN_CHAN_MIN; the same bits). pre (cu_scan): dt for all the

@@ -98,16 +98,16 @@ __global__ void __launch_bounds__(CU_BLOCK)
                                 PdlWait());
 }
 
-template <typename WT, bool PRE>
+template <typename WT, bool PRE, bool RS>
 __global__ void __launch_bounds__(CU_BLOCK)
     k_scan_quad(const float *A_all, const float *Dv, const int *off, const int *slot,
                 const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
                 const float *dt_b, float *j_dt, const float *dbl, const float *xz, float *y,
                 float *j_B, int E, int R) {
     extern __shared__ float rows_sh[]; /* scan_quad_smem */
-    scan_quad_block<WT, PRE>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt, dbl,
-                             xz, y, j_B, E, R, blockIdx.x * QUAD_CH, blockIdx.y, rows_sh,
-                             PdlWait());
+    scan_quad_block<WT, PRE, RS>(A_all, Dv, off, slot, cur, state, sf, lofs, u, Wdt, dt_b, j_dt,
+                                 dbl, xz, y, j_B, E, R, blockIdx.x * QUAD_CH, blockIdx.y, rows_sh,
+                                 PdlWait());
 }
 
 template <int G, typename WT>
@@ -147,11 +147,11 @@ template <typename K> static void big_smem(K *k, size_t shared) {
 template <int N, typename WT, bool PRE>
 static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                             const float *u, const float *dbl, const float *xz, float *y, int E,
-                            int R, size_t lofs, cudaStream_t st) {
+                            int R, size_t lofs, int flags, cudaStream_t st) {
     const WT *w = static_cast<const WT *>(L->dt_proj.w);
     const int bf16 = sizeof(WT) == 2;
     if (b->n_seq >= cu_scan_chan_min && N == 16 && cu_scan_quad > (b->T == b->n_seq)) {
-        auto k = k_scan_quad<WT, PRE>;
+        auto k = flags & CU_SCAN_LONG ? k_scan_quad<WT, PRE, true> : k_scan_quad<WT, PRE, false>;
         dim3 grid((E + QUAD_CH - 1) / QUAD_CH, b->n_seq);
         const size_t shared = scan_quad_smem(R, bf16);
         big_smem(k, shared);
@@ -179,10 +179,10 @@ static void launch_scan_pre(const cu_layer *L, const cu_batch *b, const cu_layer
 template <int N, typename WT>
 static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                            const float *u, const float *dbl, const float *xz, float *y, int E,
-                           int R, int K, bool pre, cudaStream_t st) {
+                           int R, int K, int flags, cudaStream_t st) {
     const size_t lofs = ls->layer_ofs + (size_t)E * (size_t)(K - 1);
-    if (!pre) {
-        launch_scan_pre<N, WT, false>(L, b, ls, u, dbl, xz, y, E, R, lofs, st);
+    if (!(flags & CU_SCAN_PRE)) {
+        launch_scan_pre<N, WT, false>(L, b, ls, u, dbl, xz, y, E, R, lofs, flags, st);
         return;
     }
     const size_t shared = dt_smem(R, sizeof(WT) == 2);
@@ -190,38 +190,38 @@ static void launch_scan_wt(const cu_layer *L, const cu_batch *b, const cu_layer_
     dim3 grid((E + CU_BLOCK - 1) / CU_BLOCK, (b->T + DT_TOK - 1) / DT_TOK);
     cu_launch(k_dt<SCAN_G(N), WT>, grid, CU_BLOCK, shared, st,
               static_cast<const WT *>(L->dt_proj.w), L->dt_b, dbl, ls->j_dt, E, R, R + 2 * N, b->T);
-    launch_scan_pre<N, WT, true>(L, b, ls, u, dbl, xz, y, E, R, lofs, st);
+    launch_scan_pre<N, WT, true>(L, b, ls, u, dbl, xz, y, E, R, lofs, flags, st);
 }
 
 template <int N>
 static void launch_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                         const float *u, const float *dbl, const float *xz, float *y, int E, int R,
-                        int K, bool pre, cudaStream_t st) {
+                        int K, int flags, cudaStream_t st) {
     if (L->dt_proj.dtype != 0)
-        launch_scan_wt<N, __nv_bfloat16>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan_wt<N, __nv_bfloat16>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
     else
-        launch_scan_wt<N, float>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan_wt<N, float>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
 }
 
 void cu_scan(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls, const float *u,
-             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, bool pre,
+             const float *dbl, const float *xz, float *y, int E, int N, int R, int K, int flags,
              cudaStream_t st) {
     if (!b->n_seq) return;
     switch (N) { /* the backend refuses other sizes at load */
     case 4:
-        launch_scan<4>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan<4>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
         break;
     case 8:
-        launch_scan<8>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan<8>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
         break;
     case 16:
-        launch_scan<16>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan<16>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
         break;
     case 32:
-        launch_scan<32>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan<32>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
         break;
     default:
-        launch_scan<64>(L, b, ls, u, dbl, xz, y, E, R, K, pre, st);
+        launch_scan<64>(L, b, ls, u, dbl, xz, y, E, R, K, flags, st);
         break;
     }
 }

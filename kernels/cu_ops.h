@@ -593,6 +593,7 @@ static __device__ __forceinline__ float scan_step(float *s, const float *A, floa
 /* ---------------------------------------------------------------- conv */
 
 #define SPAN_CHUNK 8 /* tokens of a span whose inputs the scan loads at once */
+static_assert(SPAN_CHUNK == CU_SCAN_LONG_T, "CU_SCAN_LONG means a whole chunk");
 
 /* The conv with a thread per (channel c, token t of the forward), so a long span runs on many
  * threads: the token's window is read from the span's inputs (or the slot's window before the
@@ -1030,8 +1031,13 @@ static __host__ __device__ inline size_t scan_quad_smem(int R, int wdt_bf16) {
  * holds states and partial sums 4q .. 4q + 3): fewer registers a thread, so more of them in
  * flight, and each state read as one float4. tree_sum<16>'s stages 8 and 4 add values of the
  * lanes q ^ 2 and q ^ 1 (shuffles: a + b and b + a are the same bits), stages 2 and 1 stay in the
- * lane, so every sum is added in tree_sum's order and the bits are scan_chan_block's. */
-template <typename WT, bool PRE, typename Pre = NoPre>
+ * lane, so every sum is added in tree_sum's order and the bits are scan_chan_block's. RS: the
+ * chunk's y sums as a reduce-scatter, so the gate and stores run once a token instead of once
+ * a token and quad; it holds the chunk's partial sums (more registers), which costs occupancy
+ * where only short spans run. H200 (bench/RESULTS.md, 354M): 8 sequences x 8 tokens 3.08 ->
+ * 2.46 ms, 16 x 16 7.45 -> 7.21, a prompt chunk of 448 beside 63 decoders 21.7 -> 20.0; 64 x 4
+ * 7.31 -> 8.15 and 64 x 2 4.46 -> 5.10 (hence cu_scan's CU_SCAN_LONG). */
+template <typename WT, bool PRE, bool RS, typename Pre = NoPre>
 static __device__ void
 scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *slot,
                 const int *cur, float *state, size_t sf, size_t lofs, const float *u, const WT *Wdt,
@@ -1067,10 +1073,10 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
         const int n_t = end - t0 < SPAN_CHUNK ? end - t0 : SPAN_CHUNK;
         float us[SPAN_CHUNK], zs[SPAN_CHUNK], ds[SPAN_CHUNK];
         chan_chunk<PRE>(dbl, ld, u, xz, j_dt, E, c, live, t0, n_t, rows_sh, us, zs, ds);
+        float yv[SPAN_CHUNK][4] = {}, dts[SPAN_CHUNK];
 #pragma unroll
         for (int i = 0; i < SPAN_CHUNK; i++) {
             if (i >= n_t) break;
-            const size_t t = (size_t)(t0 + i);
             const float *row = rows_sh + i * ld, *B = row + R + 4 * q, *C = B + N;
             float dt;
             if (PRE) {
@@ -1094,12 +1100,55 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
                 st[k] = fmaf(expf(dt * A[k]), st[k], B[k] * du);
                 v[k] = fmaf(st[k], C[k], 0.0f);
             }
-            const float yt = tree16(v) + Dc * us[i];
-            if (!live || q) continue;
-            if (!PRE) j_dt[t * E + c] = dt;
-            y[t * E + c] = yt * silu_f(zs[i]);
-            if (c < N) j_B[t * N + c] = row[R + c]; /* the span's B, for rollback */
+            if constexpr (RS) {
+                dts[i] = dt;
+#pragma unroll
+                for (int k = 0; k < 4; k++) yv[i][k] = v[k];
+            } else { /* tree16 a token, lane 0 gates and stores */
+                const float yt = tree16(v) + Dc * us[i];
+                if (!live || q) continue;
+                const size_t t = (size_t)(t0 + i);
+                if (!PRE) j_dt[t * E + c] = dt;
+                y[t * E + c] = yt * silu_f(zs[i]);
+            }
         }
+        if constexpr (RS) {
+            /* tree16 of the chunk's tokens as a reduce-scatter: at the stage over lane bit 2
+             * (then 1) each lane adds its partner's four values to its own for the half of the
+             * tokens it keeps and hands over the other half; lane q ends with tokens 2q and 2q
+             * + 1, whose four values it adds as tree16 does, and runs their gate and stores */
+            const bool b2 = q & 2, b1 = q & 1;
+            float w[4][4], x[2][4];
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+#pragma unroll
+                for (int m = 0; m < 4; m++)
+                    w[k][m] = (b2 ? yv[k + 4][m] : yv[k][m]) +
+                              __shfl_xor_sync(0xffffffffu, b2 ? yv[k][m] : yv[k + 4][m], 2);
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+#pragma unroll
+                for (int m = 0; m < 4; m++)
+                    x[k][m] = (b1 ? w[k + 2][m] : w[k][m]) +
+                              __shfl_xor_sync(0xffffffffu, b1 ? w[k][m] : w[k + 2][m], 1);
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int i = 2 * q + k;
+                float uk = 0.0f, zk = 0.0f, dk = 0.0f;
+#pragma unroll
+                for (int ii = 0; ii < SPAN_CHUNK; ii++)
+                    if (ii == i && ii < n_t) uk = us[ii], zk = zs[ii], dk = dts[ii];
+                if (!live || i >= n_t) continue;
+                const size_t t = (size_t)(t0 + i);
+                const float yt = ((x[k][0] + x[k][2]) + (x[k][1] + x[k][3])) + Dc * uk;
+                if (!PRE) j_dt[t * E + c] = dk;
+                y[t * E + c] = yt * silu_f(zk);
+            }
+        }
+        if (c < N && !q) /* the span's B, for rollback */
+#pragma unroll
+            for (int i = 0; i < SPAN_CHUNK; i++)
+                if (i < n_t) j_B[(size_t)(t0 + i) * N + c] = rows_sh[i * ld + R + c];
     }
     if (live)
         *reinterpret_cast<float4 *>(slot_buf(state, sf, slot[s], !cur[s]) + lofs + at) =
