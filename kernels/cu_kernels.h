@@ -5,7 +5,9 @@
  * Batch invariance (../shared/DESIGN.md): every kernel computes each output from its own
  * token's (or its own sequence's) inputs, in an order fixed by the model's shape alone, never
  * by T, n_seq or the launch grid. So a token's logits are the same bits alone or in a batch of
- * 256, as a decode step or inside a span. No atomics, no split reductions. */
+ * 256, as a decode step or inside a span. No atomics, no split whose count or order varies (a K
+ * split across the blocks of a cluster adds its partial sums in rank order, as the one-block
+ * kernels add their warps'). */
 #ifndef CU_KERNELS_H
 #define CU_KERNELS_H
 
