@@ -396,13 +396,15 @@ static int kc_rt(int n_rows, int split) {
  * k_matmul_tc at most shapes, and with K split 8 ways (d_model 2048) 4 % slower at 16. */
 int cu_kc_max_t = 32; /* cu_kernels.h */
 
-/* Whether the cluster kernel takes in_proj of a batch: K split 4 ways, and its shared memory
- * within what two blocks an SM can hold. */
-static bool kc_applies(const cu_layer *L, const cu_batch *b, const cu_mm *p, int D, int K) {
-    return p->kind == CU_MM_TC4 && !L->norm_b && K == 4 && b->T == b->n_seq && b->T > cu_fold_max &&
-           b->T <= cu_kc_max_t && kc_smem(D, 4, 8) <= 100 * 1024;
+/* Whether the cluster kernel takes in_proj (d_model D) of a batch: RMSNorm, d_conv 4, a decode
+ * batch in its range, K split 4 ways, and its shared memory within what two blocks an SM hold. */
+static bool kc_applies(const cu_layer *L, const cu_batch *b, const cu_mm *p, int D, int d_conv) {
+    return p->kind == CU_MM_TC4 && !L->norm_b && d_conv == 4 && b->T == b->n_seq &&
+           b->T > cu_fold_max && b->T <= cu_kc_max_t && kc_smem(D, 4, 8) <= 100 * 1024;
 }
 
+/* The plan has already left out the norm and conv kernels: a launch that cannot start leaves its
+ * error for the forward's check, which fails the forward (no silent fallback). */
 template <int SPLIT>
 static void launch_in_proj_kc(const cu_layer *L, const cu_batch *b, const cu_layer_state *ls,
                               const float *h, float *xz, float *u, int D, int E, float eps,

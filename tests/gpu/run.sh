@@ -2,7 +2,8 @@
 # make test-gpu: the CUDA backend's tests on this machine's GPU, or one "skipped" line where
 # there is none. 1) tests/gpu/test_gpu (GPU == CPU on every fixture and the bundled models,
 # batch invariance bit for bit, rollback, copy, spill, state files across backends, seeded
-# sampling, errors); 2) `eval` of the bundled model on the GPU and the CPU, equal to 4 decimals;
+# sampling, errors), once more with knobs that force the cluster in_proj and the four-thread
+# scan at every size; 2) `eval` of the bundled model on the GPU and the CPU, equal to 4 decimals;
 # 3) every real-HTTP test against `serve --device cuda`; 4) compute-sanitizer memcheck and
 # racecheck on the GPU test binary (smaller sizes), when compute-sanitizer is installed.
 set -e
@@ -17,6 +18,8 @@ build/rel/tests/gpu/test_gpu >"$log" 2>&1 || rc=$?
 cat "$log"
 if grep -q '^skipped:' "$log"; then exit 0; fi
 [ "$rc" = 0 ] || { echo "test_gpu failed"; exit 1; }
+echo "== test_gpu with the cluster in_proj at every decode size and four-thread scans always (quick)"
+MB_GPU_TEST_QUICK=1 MB_CUDA_KC_MAX_T=256 MB_CUDA_SCAN_QUAD=2 build/rel/tests/gpu/test_gpu
 
 echo "== eval on the GPU and the CPU"
 cat README.md models/*/MODEL_CARD.md >"$log.txt"
@@ -35,9 +38,17 @@ for t in tests/http/test_*.py; do
 done
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
+    # racecheck stops with "Internal Sanitizer Error: The Sanitizer failed to handle a hardware
+    # exception" on the first launch of the cluster in_proj kernel (k_in_proj_kc; CUDA 13.0's
+    # compute-sanitizer on an H200, with PDL on or off), where memcheck and synccheck find no
+    # error and a minimal cluster kernel with the same features (distributed and dynamic shared
+    # memory, an L2 bulk prefetch, PDL) passes racecheck; not explained yet (bench/RESULTS.md).
+    # Its racecheck pass runs with that kernel off (MB_CUDA_KC_MAX_T=0), every other one checked.
     for tool in memcheck racecheck; do
-        echo "== compute-sanitizer --tool $tool build/rel/tests/gpu/test_gpu (MB_GPU_TEST_QUICK=1)"
-        MB_GPU_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 1 \
+        kc=32
+        [ "$tool" = racecheck ] && kc=0
+        echo "== compute-sanitizer --tool $tool build/rel/tests/gpu/test_gpu (MB_GPU_TEST_QUICK=1, MB_CUDA_KC_MAX_T=$kc)"
+        MB_GPU_TEST_QUICK=1 MB_CUDA_KC_MAX_T=$kc compute-sanitizer --tool $tool --error-exitcode 1 \
             build/rel/tests/gpu/test_gpu >"$log" 2>&1 || { cat "$log"; exit 1; }
         tail -2 "$log"
     done
