@@ -33,9 +33,9 @@ typedef struct cu_model {
 
 /* A captured forward for one batch shape (T tokens, n sequences, n_out logits rows). */
 typedef struct cu_graph {
-    int T, n, n_out, pre; /* pre: cu_scan's flags (CU_SCAN_PRE, CU_SCAN_LONG) */
-    cudaGraphExec_t exec; /* NULL until the shape comes a second time */
-    uint64_t used;        /* clock of the last use, for eviction */
+    int T, n, n_out, scan; /* cu_scan's flags (CU_SCAN_PRE, CU_SCAN_LONG) */
+    cudaGraphExec_t exec;  /* NULL until the shape comes a second time */
+    uint64_t used;         /* clock of the last use, for eviction */
 } cu_graph;
 
 #define CU_GRAPHS 64 /* shapes remembered per pool */
@@ -438,9 +438,9 @@ static int pool_init(mb_pool *p, mb_err *e) {
 
 /* Enqueues a whole forward on the model's stream: the batch copy in (from the pinned host
  * buffer, already filled), every kernel, the logits copy out. Its launches depend only on
- * (T, n, n_out, pre); the batch itself is read from device memory, so a captured graph replays
+ * (T, n, n_out, scan); the batch itself is read from device memory, so a captured graph replays
  * any batch of the same shape. */
-static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out, int pre) {
+static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out, int scan) {
     cu_model *cm = CM(m);
     cu_pool *cp = CP(p);
     const mb_config *c = &m->c;
@@ -484,7 +484,7 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
         cu_matmul(&L->x_proj, R + 2 * N, cp->u, E, cp->dbl, R + 2 * N, T, nullptr, CU_EPI_STORE,
                   st);
         /* dt = softplus(dt_proj(dt_low) + dt_bias), the selective scan, then y * silu(z) */
-        cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, pre, st);
+        cu_scan(L, &b, &ls, cp->u, cp->dbl, cp->xz, cp->y, E, N, R, K, scan, st);
         /* residual connection: h += out_proj(y) */
         cu_matmul(&L->out_proj, D, cp->y, E, cp->h, D, T, L->out_b, CU_EPI_ADD, st);
     }
@@ -499,18 +499,18 @@ static void enqueue(const mb_model *m, const mb_pool *p, int T, int n, int n_out
 /* The graph for a batch shape: found, or captured the second time the shape comes (a shape
  * seen once, such as the tail of a prompt, is not worth an instantiation). NULL: run eagerly. */
 static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int n, int n_out,
-                                 int pre) {
+                                 int scan) {
     cu_pool *cp = CP(p);
     cu_graph *g = nullptr, *lru = &cp->graphs[0];
     for (int i = 0; i < CU_GRAPHS; i++) {
         cu_graph *x = &cp->graphs[i];
-        if (x->T == T && x->n == n && x->n_out == n_out && x->pre == pre) g = x;
+        if (x->T == T && x->n == n && x->n_out == n_out && x->scan == scan) g = x;
         if (x->used < lru->used) lru = x;
     }
     cp->clock++;
     if (!g) { /* first sight: remember the shape, evicting the least recently used */
         if (lru->exec) cudaGraphExecDestroy(lru->exec);
-        *lru = cu_graph{T, n, n_out, pre, nullptr, cp->clock};
+        *lru = cu_graph{T, n, n_out, scan, nullptr, cp->clock};
         return nullptr;
     }
     g->used = cp->clock;
@@ -518,7 +518,7 @@ static cudaGraphExec_t graph_for(const mb_model *m, const mb_pool *p, int T, int
     cudaStream_t st = CM(m)->st;
     cudaGraph_t graph = nullptr;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return nullptr;
-    enqueue(m, p, T, n, n_out, pre);
+    enqueue(m, p, T, n, n_out, scan);
     if (cudaStreamEndCapture(st, &graph) == cudaSuccess &&
         cudaGraphInstantiate(&g->exec, graph, 0) != cudaSuccess)
         g->exec = nullptr;
@@ -655,18 +655,18 @@ static int forward(mb_model *m, mb_pool *p, const mb_batch *bt, const int *rows,
         hb[T + 2 * n + 1 + s] = p->cur[bt->slot[s]];
         if (bt->off[s + 1] - bt->off[s] > longest) longest = bt->off[s + 1] - bt->off[s];
     }
-    const int pre =
+    const int scan =
         (longest >= (n >= cu_scan_chan_min ? cu_dt_min : cu_dt_min_few) ? CU_SCAN_PRE : 0) |
         (longest >= CU_SCAN_LONG_T ? CU_SCAN_LONG : 0);
     memcpy(hb + T + 3 * n + 1, rows, (size_t)n_out * sizeof(int));
     cudaGraphExec_t g = cp->use_graphs && !(cp->use_step && T <= CU_STEP_MAX_T)
-                            ? graph_for(m, p, T, n, n_out, pre)
+                            ? graph_for(m, p, T, n, n_out, scan)
                             : nullptr;
     if (cp->ktrace) CU(m, cudaMemsetAsync(cp->ktrace, 0, sizeof *cp->ktrace, cm->st));
     if (g)
         CU(m, cudaGraphLaunch(g, cm->st));
     else
-        enqueue(m, p, T, n, n_out, pre);
+        enqueue(m, p, T, n, n_out, scan);
     CU(m, cudaGetLastError()); /* a launch that could not start */
     CU(m, cudaStreamSynchronize(cm->st));
     if (n_out) memcpy(logits, cp->logits_host, (size_t)n_out * V * sizeof(float));
