@@ -80,7 +80,7 @@ static double forward_time(mb_model *m, mb_pool *p, const int *len, int n, int w
     int *off = (int *)malloc((size_t)(n + 1) * sizeof *off),
         *slot = (int *)malloc((size_t)n * sizeof *slot);
     uint8_t *want = (uint8_t *)malloc((size_t)T);
-    float *logits = (float *)malloc((size_t)T * 256 * sizeof(float));
+    float *logits = (float *)malloc((size_t)T * mb_model_config(m)->n_vocab * sizeof(float));
     off[0] = 0;
     for (int i = 0; i < n; i++) off[i + 1] = off[i] + len[i], slot[i] = i;
     for (int t = 0; t < T; t++)

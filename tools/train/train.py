@@ -200,6 +200,9 @@ def main():
     ap.add_argument("--ckpt", help="checkpoint file (written every --ckpt-every steps and at the end)")
     ap.add_argument("--ckpt-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stop-after", type=float, default=0,
+                    help="wall-clock seconds of this process after which the run pauses: checkpoint and "
+                         "export, no evaluation; --resume continues it on the same schedule")
     ap.add_argument("--init", help="start from the weights of an exported folder (fine-tuning)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval-seg", type=int, default=65536)
@@ -316,13 +319,18 @@ def main():
     t0 = time.time() - elapsed
     last_log_t, last_log_ids = time.time(), ids_seen
     loss_acc, loss_n = 0.0, 0
+    paused = False
     while True:
         elapsed = time.time() - t0
         tfrac = elapsed / args.time_budget
+        stop = float(bool(args.stop_after) and time.time() - t_load >= args.stop_after)
         if world > 1:  # every rank stops at the same step
-            tt = torch.tensor([tfrac], device=device, dtype=torch.float64)
+            tt = torch.tensor([tfrac, stop], device=device, dtype=torch.float64)
             dist.broadcast(tt, 0)
-            tfrac = tt.item()
+            tfrac, stop = tt.tolist()
+        if stop:
+            paused = True
+            break
         progress = max(step / args.steps, tfrac)
         if progress >= 1.0 or (args.bench and step >= args.bench):
             break
@@ -369,6 +377,10 @@ def main():
     if world > 1:
         dist.destroy_process_group()
     if args.bench or rank:
+        return
+    if paused:  # the weights so far, in case the checkpoint is lost before the run resumes
+        export(model, cfg, args.out, args.kind, args.tokenizer)
+        log(f"paused after {time.time() - t_load:.0f}s of this process: {args.ckpt} continues the run")
         return
 
     # evaluation in true float32, as the engine computes (no TF32 in the matmuls)
