@@ -39,7 +39,7 @@ static const char generate_usage[] =
     "                         the drafter drafts when there is none); the output is the same\n"
     "      --threads N        CPU worker threads (default: one per core)\n"
     "      --device D         auto (default: the GPU when one is usable), cpu, cuda or cuda:N\n"
-    "      --stats            timings on stderr\n";
+    "      --stats            timings, and speculation's acceptance by draft position, on stderr\n";
 
 /* Output of generate: bytes go to stdout as they come, except the last ones that a stop string
  * may still begin with; a stop string cuts the output where it starts. */
@@ -66,8 +66,11 @@ static int emit(emitter *em, uint8_t b) {
     return em->n == em->max;
 }
 
+/* pos_drafted[p]: the drafter's drafts that held a byte at position p (0: the first drafted
+ * byte); pos_kept[p]: those whose byte there was kept (the daemon's metrics count the same). */
 typedef struct spec_stats {
     long rounds, drafted, accepted, lookup_rounds;
+    long pos_drafted[CLI_CHUNK], pos_kept[CLI_CHUNK];
 } spec_stats;
 
 /* A round's bytes go to the output, and into the draft buffer (draft[j] becomes the sampler's
@@ -128,6 +131,10 @@ static int gen_spec(mb_model *m, mb_pool *p, spec_drafter *d, int lookup, const 
         st->rounds++;
         st->drafted += k;
         st->accepted += r.accepted;
+        for (int i = 0; model && i < k; i++) {
+            st->pos_drafted[i]++;
+            st->pos_kept[i] += i < r.accepted;
+        }
         if (k && !model) lcap = lookup_next_cap(lcap, k, r.accepted);
         if ((end = r.ended)) break;
         if (lx && lookup_push(lx, draft, (size_t)r.taken)) {
@@ -309,7 +316,7 @@ int cmd_generate(int argc, char **argv) {
     float *logits = malloc(256 * sizeof(float));
     void *scratch = malloc(mb_sample_scratch_bytes(256));
     uint8_t *out = malloc((size_t)max_bytes + 1);
-    spec_stats st = {0, 0, 0, 0};
+    spec_stats st = {0};
     if (!p || !toks || !logits || !scratch || !out) {
         rc = cli_die("generate", p ? "out of memory" : e.msg);
         goto done;
@@ -359,6 +366,12 @@ int cmd_generate(int argc, char **argv) {
                     st.rounds, st.lookup_rounds, st.drafted, st.accepted,
                     st.drafted ? 100.0 * (double)st.accepted / (double)st.drafted : 0.0,
                     st.rounds ? (double)em.n / (double)st.rounds : 0.0);
+        if (d && st.pos_drafted[0]) {
+            fprintf(stderr, "drafter, kept by position (kept/drafted):");
+            for (int i = 0; i < CLI_CHUNK && st.pos_drafted[i]; i++)
+                fprintf(stderr, " %ld/%ld", st.pos_kept[i], st.pos_drafted[i]);
+            fprintf(stderr, "\n");
+        }
     }
 done:
     free(out);

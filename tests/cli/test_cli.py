@@ -4,6 +4,7 @@ fixtures. Runs $MB_BIN (default build/rel/mambabyte); Python standard library on
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -199,6 +200,14 @@ def test_speculative_equals_plain():
         check(r.stdout == plain.stdout,
               f"speculative != plain for {prompt!r} {sm} {dr} n={n}: {r.stdout[:80]!r} vs {plain.stdout[:80]!r}")
         check(b"speculative:" in r.stderr, "--stats reports the speculation")
+        if "--lookup" not in dr and n not in ("0", "1"):  # the drafter's every round: by position
+            err = r.stderr.decode()
+            acc = int(re.search(r"bytes drafted, (\d+) accepted", err).group(1))
+            pos = re.search(r"kept by position \(kept/drafted\):(.*)", err)
+            kept = [tuple(int(v) for v in kd.split("/")) for kd in pos.group(1).split()] if pos else []
+            check(sum(k for k, _ in kept) == acc and all(k <= d for k, d in kept) and
+                  all(a[1] >= b[1] for a, b in zip(kept, kept[1:])),
+                  f"--stats: kept by position {kept} does not add up to {acc} accepted")
     r = run("generate", "-m", M, "--draft", FIX + "/tiny-subword-1000", "-p", "x")
     check(r.returncode != 0 and b"tokenizer.model" in r.stderr, "a drafter folder without tokenizer.model is refused")
     r = run("generate", "-m", M, "--draft", M, "-p", "x")

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""accept.py: how many bytes a drafter gets its byte model to keep, on held-out book prompts.
+
+  tools/train/accept.py --model M --draft D [--books books_valid.txt.xz] [--n 20] [--bytes 256]
+                        [--k 4,8,16] [--device cpu|cuda] [--bin build/rel/mambabyte]
+
+For each draft length k (--draft-bytes), `mambabyte generate` decodes --bytes bytes greedily after
+each of --n prompts (256 bytes each, cut by bench/books_prompts.py from --books: held-out text),
+with D drafting and M verifying. Prints one Markdown row per k: bytes per verification round (the
+kept drafted bytes plus the byte model's own), the share of drafted bytes kept, and the share kept
+at each draft position (of the drafts that held a byte there). Greedy speculative output equals
+plain decoding (tests/cli), so these are the byte model's own continuations."""
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from books_prompts import prompts  # noqa: E402
+
+
+def run(args, prompt, k):
+    cmd = [args.bin, "generate", "-m", args.model, "--draft", args.draft, "--draft-bytes", str(k),
+           "-n", str(args.bytes), "--temperature", "0", "--stats", "--device", args.device, "-p", prompt]
+    r = subprocess.run(cmd, capture_output=True)
+    if r.returncode:
+        sys.exit(f"{' '.join(cmd[:-1])} ...: {r.stderr.decode(errors='replace')}")
+    err = r.stderr.decode()
+    m = re.search(r"speculative: (\d+) rounds \((\d+) drafted by lookup\), (\d+) bytes drafted, (\d+) accepted", err)
+    g = re.search(r"generated: (\d+) bytes", err)
+    pos = re.search(r"kept by position \(kept/drafted\):(.*)", err)
+    if not (m and g and pos):
+        sys.exit(f"no statistics in the output of {cmd[:-1]}: {err}")
+    kept = [tuple(int(v) for v in kd.split("/")) for kd in pos.group(1).split()]
+    return int(m.group(1)), int(g.group(1)), int(m.group(3)), int(m.group(4)), kept
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--draft", required=True)
+    ap.add_argument("--books", default=os.path.join(root, "..", "shared", "data", "books_valid.txt.xz"))
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--bytes", type=int, default=256)
+    ap.add_argument("--k", default="4,8,16")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bin", default=os.path.join(root, "build", "rel", "mambabyte"))
+    args = ap.parse_args()
+    ps = prompts(args.books, args.n, 256)
+    print(f"{args.draft} drafting for {args.model}, greedy, {args.bytes} bytes after each of {args.n} "
+          f"prompts of {os.path.basename(args.books)}, device {args.device}")
+    print("| draft bytes | bytes per round | drafted bytes kept | kept by draft position (1, 2, ...) |")
+    print("| ---: | ---: | ---: | --- |")
+    for k in (int(v) for v in args.k.split(",")):
+        rounds = out = drafted = acc = 0
+        pk, pd = [0] * k, [0] * k
+        for p in ps:
+            r, n, dr, ac, kept = run(args, p, k)
+            rounds, out, drafted, acc = rounds + r, out + n, drafted + dr, acc + ac
+            for i, (a, b) in enumerate(kept):
+                pk[i] += a
+                pd[i] += b
+        by_pos = " ".join(f"{100 * a / b:.0f}%" for a, b in zip(pk, pd) if b)
+        print(f"| {k} | {out / rounds:.2f} | {100 * acc / max(1, drafted):.1f}% | {by_pos} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
