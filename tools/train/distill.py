@@ -10,8 +10,9 @@ continuation of --bytes bytes from the zero state, as serving decodes after a pr
 written as documents separated by a line holding only a form feed (the corpus's own layout), so
 train.py reads the file like a train split (--train-files). Bytes that are not UTF-8 in a
 continuation are replaced by U+FFFD (the drafter's tokenizer reads UTF-8). The continuations are
-computed with bf16 projections on a GPU (float32 on a CPU): where the byte model's two best bytes
-are within rounding, a byte can differ from the engine's float32 choice. Runs until --seconds."""
+computed with bf16 projections and the trainer's CUDA scan on a GPU (float32 and a plain torch
+scan on a CPU): where the byte model's two best bytes are within rounding, a byte can differ from
+the engine's float32 choice. Runs until --seconds."""
 import argparse
 import lzma
 import os
@@ -58,12 +59,13 @@ def prompts(text, n, length, rng):
 def continue_greedy(model, prompt, n_bytes, device):
     """prompt: (B, P) uint8 -> (B, n_bytes) uint8, greedy, from the zero state."""
     state = model.init_state(prompt.shape[0], device)
+    scan = "torch" if device == "cpu" else "kernel"  # the kernel: model.KERNEL, set in main()
 
     def last_logits(ids):  # the layers with bf16 projections on a GPU, the head in float32
         h = model.emb(ids).float()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             for i, layer in enumerate(model.layers):
-                h, state[i] = layer(h, state[i], scan="torch")
+                h, state[i] = layer(h, state[i], scan=scan)
         return F.linear(rmsnorm(h[:, -1].float(), model.norm_f, model.cfg.eps), model.emb.weight)
 
     logits = last_logits(torch.from_numpy(prompt).to(device).long())
@@ -90,6 +92,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # the trainer's CUDA scan, from the carried state (plain torch on a CPU)
+        import model as model_mod
+        model_mod.KERNEL = "scan_cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     text = load_train_bytes(args.data, args.train_files.split(","))
