@@ -2,6 +2,7 @@
  * one-sequence drafter of `generate`), the verifier's rule and the round (spec.h). */
 #include "spec.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -235,11 +236,13 @@ static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, mb_err *e) {
     return 0;
 }
 
-/* The most likely id. With held bytes, the most likely id whose bytes begin with all of them
- * (a word the drafter would finish); only when there is none, the most likely id whose bytes are
- * a part of them, so that the rest is cut again at the next step. Short pieces such as a bare
- * space gather the mass of every rare word after them: they must not win over whole words. */
-static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre) {
+/* Ids whose logit is this far below the most likely one's (each weighs under 1.2e-7 of it) are
+ * left out of pick's byte masses. */
+#define PICK_RANGE 8.0f
+
+/* The most likely id, from the first id whose bytes begin with pre (pass 0) or, when none does,
+ * are a part of pre (pass 1). */
+static int most_likely(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre) {
     int best = -1;
     for (int pass = 0; pass < 2 && best < 0; pass++)
         for (int id = 0; id < q->n_vocab; id++) {
@@ -255,12 +258,64 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
     return best;
 }
 
+/* The id to draft, chosen byte by byte. The verifier keeps a drafted byte when it is the byte
+ * model's own choice, so the draft follows, at each of its bytes, the byte that holds the most of
+ * the drafter's probability among the ids that begin with the bytes chosen so far, and ends the
+ * id where the id of exactly those bytes outweighs every longer one: among " a", " and", " as"
+ * and " the" it drafts " a..." when the first three together outweigh " the", which the most
+ * likely id alone would not. The walk starts from the held bytes pre (ids that begin with all of
+ * them: a word the drafter would finish). When no id near the top begins with them, the most
+ * likely id that does, else the most likely id whose bytes are a part of them, so that the rest
+ * is cut again at the next step. cand, w: scratch of n_vocab each. */
+static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre, int *cand,
+                float *w) {
+    float top = -INFINITY;
+    for (int id = 0; id < q->n_vocab; id++)
+        if (logits[id] > top) top = logits[id];
+    int nc = 0;
+    for (int id = 0; id < q->n_vocab; id++) {
+        if (!(logits[id] >= top - PICK_RANGE)) continue;
+        int len;
+        const uint8_t *p = spm_piece(q->tok, id, &len);
+        if ((size_t)len < n_pre || (!len && n_pre) || memcmp(p, pre, n_pre)) continue;
+        w[nc] = expf(logits[id] - top);
+        cand[nc++] = id;
+    }
+    for (size_t n = n_pre; nc > 0; n++) { /* every candidate begins with the chosen n bytes */
+        float mass[256] = {0}, end_mass = 0.f;
+        int end_id = -1;
+        for (int i = 0; i < nc; i++) {
+            int len;
+            const uint8_t *p = spm_piece(q->tok, cand[i], &len);
+            if ((size_t)len == n) {
+                end_mass += w[i];
+                if (end_id < 0 || logits[cand[i]] > logits[end_id]) end_id = cand[i];
+            } else {
+                mass[p[n]] += w[i];
+            }
+        }
+        int b = 0;
+        for (int c = 1; c < 256; c++)
+            if (mass[c] > mass[b]) b = c;
+        if (end_id >= 0 && end_mass >= mass[b]) return end_id;
+        int kept = 0;
+        for (int i = 0; i < nc; i++) {
+            int len;
+            const uint8_t *p = spm_piece(q->tok, cand[i], &len);
+            if ((size_t)len > n && p[n] == b) cand[kept] = cand[i], w[kept++] = w[i];
+        }
+        nc = kept;
+    }
+    return most_likely(q, logits, pre, n_pre);
+}
+
 /* One drafted id from the logits after the last id fed to the scratch state. Returns 1 when
  * the draft goes on (*feed: the id to feed next), 0 when it is complete, -1 on error. */
-static int draft_step(spec_seq *q, const float *logits, int32_t *feed, mb_err *e) {
+static int draft_step(spec_seq *q, const float *logits, int *cand, float *w, int32_t *feed,
+                      mb_err *e) {
     if (q->n_new >= q->max_bytes || q->n_draft >= q->max_tokens) return 0;
     const size_t lead_left = q->cov < q->n_lead ? q->n_lead - q->cov : 0;
-    int id = pick(q, logits, q->bytes + q->cov, lead_left), len;
+    int id = pick(q, logits, q->bytes + q->cov, lead_left, cand, w), len;
     const uint8_t *p = spm_piece(q->tok, id, &len);
     if (!len) return 0; /* a control piece: the drafter ends its text */
     size_t fresh = (size_t)len > lead_left ? (size_t)len - lead_left : 0;
@@ -282,6 +337,8 @@ struct spec_batch {
     int *off;              /* max_seqs + 1 */
     int *slot, *idx, *len; /* max_seqs: the forward's slots, which sequence, ids fed */
     float *logits;         /* max_seqs rows */
+    int *cand;             /* n_vocab: pick's candidates */
+    float *w;              /* n_vocab: their weights */
 };
 
 spec_batch *spec_batch_new(mb_model *m, int max_seqs, int pool_tokens, int chunk, mb_err *e) {
@@ -301,7 +358,10 @@ spec_batch *spec_batch_new(mb_model *m, int max_seqs, int pool_tokens, int chunk
     b->idx = malloc((size_t)max_seqs * sizeof(int));
     b->len = malloc((size_t)max_seqs * sizeof(int));
     b->logits = malloc((size_t)max_seqs * (size_t)b->n_vocab * sizeof(float));
-    if (!b->tokens || !b->off || !b->slot || !b->idx || !b->len || !b->logits) {
+    b->cand = malloc((size_t)b->n_vocab * sizeof(int));
+    b->w = malloc((size_t)b->n_vocab * sizeof(float));
+    if (!b->tokens || !b->off || !b->slot || !b->idx || !b->len || !b->logits || !b->cand ||
+        !b->w) {
         mb_fail(e, "out of memory for drafting %d sequences", max_seqs);
         spec_batch_free(b);
         return NULL;
@@ -317,6 +377,8 @@ void spec_batch_free(spec_batch *b) {
     free(b->idx);
     free(b->len);
     free(b->logits);
+    free(b->cand);
+    free(b->w);
     free(b);
 }
 
@@ -358,7 +420,7 @@ int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const
             return -1;
         if (draft_begin(s, max_bytes[i], max_tokens, e)) return -1;
         int32_t id;
-        int rc = draft_step(s, b->logits + (size_t)k * (size_t)b->n_vocab, &id, e);
+        int rc = draft_step(s, b->logits + (size_t)k * (size_t)b->n_vocab, b->cand, b->w, &id, e);
         if (rc < 0) return -1;
         if (rc) {
             b->idx[na] = i, b->slot[na] = scratch[i], b->tokens[na] = id;
@@ -374,7 +436,8 @@ int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const
         for (int k = 0; k < na; k++) {
             const int i = b->idx[k];
             int32_t id;
-            int rc = draft_step(q[i], b->logits + (size_t)k * (size_t)b->n_vocab, &id, e);
+            int rc =
+                draft_step(q[i], b->logits + (size_t)k * (size_t)b->n_vocab, b->cand, b->w, &id, e);
             if (rc < 0) return -1;
             if (rc) {
                 b->idx[next] = i, b->slot[next] = scratch[i], b->tokens[next] = id;
