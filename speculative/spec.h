@@ -53,8 +53,9 @@ typedef struct spec_batch spec_batch;
 spec_batch *spec_batch_new(mb_model *m, int max_seqs, int pool_tokens, int chunk, mb_err *e);
 void spec_batch_free(spec_batch *b);
 /* Drafts for n sequences: q[i] from committed slot[i], using scratch[i] (all slots different),
- * up to max_bytes[i] bytes in up to max_tokens tokens greedily, one forward of pool p for the ids
- * each must catch up on, then one per drafted token across all of them. A sequence with more than
+ * up to max_bytes[i] bytes in up to max_tokens tokens (each chosen byte by byte by the drafter's
+ * probability of each next byte: spec.c's pick), one forward of pool p for the ids each must
+ * catch up on, then one per drafted token across all of them. A sequence with more than
  * chunk ids to catch up on (a long prompt) feeds chunk of them and drafts nothing this time.
  * Each draft is then read with spec_seq_draft. Returns 0, or -1 (the states are then unknown:
  * start the sequences over). */
@@ -75,8 +76,8 @@ spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max
 void spec_drafter_free(spec_drafter *d);
 /* Starts a sequence whose committed text is text[0..n) (a BOS first when the tokenizer has one). */
 int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e);
-/* Drafts greedily from the committed text: writes up to max_bytes bytes to out and returns how many
- * (0 when max_bytes is 0 or the drafter ends its text), or -1. */
+/* Drafts from the committed text (as spec_draft_batch): writes up to max_bytes bytes to out and
+ * returns how many (0 when max_bytes is 0 or the drafter ends its text), or -1. */
 int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
 /* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
  * was committed after them. The next draft continues from there. */
