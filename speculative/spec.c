@@ -261,12 +261,12 @@ static int most_likely(const spec_seq *q, const float *logits, const uint8_t *pr
 /* The id to draft, chosen byte by byte. The verifier keeps a drafted byte when it is the byte
  * model's own choice, so the draft follows, at each of its bytes, the byte that holds the most of
  * the drafter's probability among the ids that begin with the bytes chosen so far, and ends the
- * id where the id of exactly those bytes outweighs every longer one: among " a", " and", " as"
- * and " the" it drafts " a..." when the first three together outweigh " the", which the most
- * likely id alone would not. The walk starts from the held bytes pre (ids that begin with all of
- * them: a word the drafter would finish). When no id near the top begins with them, the most
- * likely id that does, else the most likely id whose bytes are a part of them, so that the rest
- * is cut again at the next step. cand, w: scratch of n_vocab each. */
+ * id where the id of exactly those bytes outweighs all the longer ones together: among " a",
+ * " and", " as" and " the" it drafts " a..." when the first three together outweigh " the",
+ * which the most likely id alone would not. The walk starts from the held bytes pre (ids that begin
+ * with all of them: a word the drafter would finish). When no id near the top begins with them, the
+ * most likely id that does, else the most likely id whose bytes are a part of them, so that the
+ * rest is cut again at the next step. cand, w: scratch of n_vocab each. */
 static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre, int *cand,
                 float *w) {
     float top = -INFINITY;
@@ -295,9 +295,12 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
             }
         }
         int b = 0;
-        for (int c = 1; c < 256; c++)
+        float more = mass[0];
+        for (int c = 1; c < 256; c++) {
+            more += mass[c];
             if (mass[c] > mass[b]) b = c;
-        if (end_id >= 0 && end_mass >= mass[b]) return end_id;
+        }
+        if (end_id >= 0 && end_mass >= more) return end_id;
         int kept = 0;
         for (int i = 0; i < nc; i++) {
             int len;
