@@ -236,12 +236,12 @@ static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, mb_err *e) {
     return 0;
 }
 
-/* Ids whose logit is this far below the most likely one's (each weighs under 1.2e-7 of it) are
- * left out of pick's byte masses. */
+/* Ids whose logit is this far below the most likely one's (each weighs under 3.4e-4 of it) are
+ * left out of pick's byte masses (5: fewer bytes kept, 12: no more than 8; bench/RESULTS.md). */
 #define PICK_RANGE 8.0f
 
-/* The most likely id, from the first id whose bytes begin with pre (pass 0) or, when none does,
- * are a part of pre (pass 1). */
+/* The most likely id whose bytes begin with pre (pass 0) or, when none does, are a part of pre
+ * (pass 1). */
 static int most_likely(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre) {
     int best = -1;
     for (int pass = 0; pass < 2 && best < 0; pass++)
