@@ -646,6 +646,18 @@ static __device__ void conv_tok(const float *conv_w, const float *conv_b, const 
 #define SCAN_G(N)   ((N) < 32 ? (N) : 32)
 #define SCAN_CPB(N) (CU_BLOCK / SCAN_G(N))
 
+/* One stage of a butterfly sum done as a reduce-scatter over lane bit `bit` (lanes in groups of
+ * G): of the 2H values in v, the lane keeps the upper H where hi (its bit) is set, else the lower
+ * H, and adds its partner's copy of that half, handing over the other: out[k] = kept[k] +
+ * partner's. a + b and b + a are the same bits, so each sum is the butterfly's pair sum. */
+template <int H, int G = 32>
+static __device__ __forceinline__ void rs_stage(const float *v, float *out, bool hi, int bit) {
+#pragma unroll
+    for (int k = 0; k < H; k++)
+        out[k] =
+            (hi ? v[k + H] : v[k]) + __shfl_xor_sync(0xffffffffu, hi ? v[k] : v[k + H], bit, G);
+}
+
 /* Bytes of shared memory scan_block takes: two chunks of dbl rows, then its dt_proj rows. */
 static __host__ __device__ inline size_t scan_smem(int R, int N, int wdt_bf16) {
     return 2 * (size_t)SPAN_CHUNK * (size_t)(R + 2 * N) * sizeof(float) +
@@ -750,20 +762,12 @@ scan_block(const float *A_all, const float *Dv, const int *off, const int *slot,
              * stores and their loads run once a token, not once a token and lane. H200
              * (bench/RESULTS.md): one prompt of 512 on 354M 19.9 -> 16.7 ms, a span of 32
              * 2.62 -> 2.33 ms */
-            float v[8], w4[4], w2[2];
+            float v[8], w4[4], w2[2], w1;
 #pragma unroll
             for (int i = 0; i < 8; i++) v[i] = i < n_t ? yp[i] : 0.0f;
-            const bool b3 = j & 8, b2 = j & 4, b1 = j & 2;
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-                w4[k] = (b3 ? v[k + 4] : v[k]) +
-                        __shfl_xor_sync(0xffffffffu, b3 ? v[k] : v[k + 4], 8, G);
-#pragma unroll
-            for (int k = 0; k < 2; k++)
-                w2[k] = (b2 ? w4[k + 2] : w4[k]) +
-                        __shfl_xor_sync(0xffffffffu, b2 ? w4[k] : w4[k + 2], 4, G);
-            const float w1 =
-                (b1 ? w2[1] : w2[0]) + __shfl_xor_sync(0xffffffffu, b1 ? w2[0] : w2[1], 2, G);
+            rs_stage<4, G>(v, w4, j & 8, 8);
+            rs_stage<2, G>(w4, w2, j & 4, 4);
+            rs_stage<1, G>(w2, &w1, j & 2, 2);
             const float p = w1 + __shfl_xor_sync(0xffffffffu, w1, 1, G);
             const int k = j >> 1; /* this lane's token */
             float uk = 0.0f, zk = 0.0f, dk = 0.0f;
@@ -1117,20 +1121,9 @@ scan_quad_block(const float *A_all, const float *Dv, const int *off, const int *
              * (then 1) each lane adds its partner's four values to its own for the half of the
              * tokens it keeps and hands over the other half; lane q ends with tokens 2q and 2q
              * + 1, whose four values it adds as tree16 does, and runs their gate and stores */
-            const bool b2 = q & 2, b1 = q & 1;
-            float w[4][4], x[2][4];
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-#pragma unroll
-                for (int m = 0; m < 4; m++)
-                    w[k][m] = (b2 ? yv[k + 4][m] : yv[k][m]) +
-                              __shfl_xor_sync(0xffffffffu, b2 ? yv[k][m] : yv[k + 4][m], 2);
-#pragma unroll
-            for (int k = 0; k < 2; k++)
-#pragma unroll
-                for (int m = 0; m < 4; m++)
-                    x[k][m] = (b1 ? w[k + 2][m] : w[k][m]) +
-                              __shfl_xor_sync(0xffffffffu, b1 ? w[k][m] : w[k + 2][m], 1);
+            float w[4][4], x[2][4]; /* a token's four values are one row: halves are rows */
+            rs_stage<16>(yv[0], w[0], q & 2, 2);
+            rs_stage<8>(w[0], x[0], q & 1, 1);
 #pragma unroll
             for (int k = 0; k < 2; k++) {
                 const int i = 2 * q + k;
