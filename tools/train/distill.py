@@ -14,6 +14,7 @@ computed with bf16 projections and the trainer's CUDA scan on a GPU (float32 and
 scan on a CPU): where the byte model's two best bytes are within rounding, a byte can differ from
 the engine's float32 choice. Runs until --seconds."""
 import argparse
+import json
 import lzma
 import os
 import sys
@@ -24,22 +25,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import MambaConfig, MambaLM, load_hf_state_dict, rmsnorm  # noqa: E402
-import st_io  # noqa: E402
-from train import load_train_bytes  # noqa: E402
+from model import config_from_hf, rmsnorm  # noqa: E402
+from train import load_export, load_train_bytes  # noqa: E402
 
 
 def load_model(folder, device):
-    import json
     with open(os.path.join(folder, "config.json")) as f:
-        hc = json.load(f)
-    cfg = MambaConfig(vocab_size=hc["vocab_size"], d_model=hc["hidden_size"], n_layer=hc["num_hidden_layers"],
-                      d_state=hc["state_size"], expand=hc["expand"], d_conv=hc["conv_kernel"],
-                      dt_rank=hc["time_step_rank"], eps=hc["layer_norm_epsilon"])
-    m = MambaLM(cfg)
-    sd = {k: torch.from_numpy(v) for k, v in st_io.read(os.path.join(folder, "model.safetensors")).items()}
-    load_hf_state_dict(m, sd)
-    return m.to(device).float().eval()
+        return load_export(folder, config_from_hf(json.load(f)), device)
 
 
 def prompts(text, n, length, rng):

@@ -205,6 +205,13 @@ def load_hf_state_dict(model: MambaLM, sd):
             p.copy_(sd[k].to(p.dtype).reshape(p.shape))
 
 
+def config_from_hf(hc) -> MambaConfig:
+    """The MambaConfig of an exported config.json (hf_config's inverse)."""
+    return MambaConfig(vocab_size=hc["vocab_size"], d_model=hc["hidden_size"], n_layer=hc["num_hidden_layers"],
+                       d_state=hc["state_size"], expand=hc["expand"], d_conv=hc["conv_kernel"],
+                       dt_rank=hc["time_step_rank"], eps=hc["layer_norm_epsilon"])
+
+
 def hf_config(cfg: MambaConfig, bos=0, eos=0, pad=0, dtype="bfloat16"):
     return {
         "architectures": ["MambaForCausalLM"],
