@@ -10,7 +10,8 @@
 # usage: bench/spec-gpu.sh BOOKS_TEST [extra serve flags...]
 #   BOOKS_TEST  books_test.txt or books_test.txt.xz (documents separated by a form-feed line)
 # env: MB_BIN (build/rel/mambabyte, built with `make` where nvcc is), DEVICE (cuda), N (50),
-#      BYTES (256), CONC (1,8,64), TEMPS (0,0.7), PORT (18191)
+#      BYTES (256), CONC (1,8,64), TEMPS (0,0.7), PORT (18191), MODEL (models/mambabyte-small)
+#      and DRAFT (models/drafter-small): another pair, e.g. mambabyte-base and its drafter
 # Needs nothing else than this tree and the built binary (python3 for the client).
 set -e
 [ $# -ge 1 ] && [ -f "$1" ] || { sed -n 2,15p "$0"; exit 2; }
@@ -22,7 +23,7 @@ PORT=${PORT:-18191}
 TMP=$(mktemp -d)
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT
 python3 bench/books_prompts.py "$BOOKS" "${N:-50}" 256 >"$TMP/prompts.json"
-"$BIN" serve -m models/mambabyte-small --draft models/drafter-small --device "$DEVICE" \
+"$BIN" serve -m "${MODEL:-models/mambabyte-small}" --draft "${DRAFT:-models/drafter-small}" --device "$DEVICE" \
     --port "$PORT" --log-requests false --session-dir "$TMP/sessions" "$@" 2>"$TMP/serve.log" &
 PID=$!
 i=0

@@ -301,7 +301,7 @@ def main():
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, elapsed, ids_seen = ck["step"], ck["elapsed"], ck["ids_seen"]
-        gen.set_state(ck["gen"].cpu() if device == "cpu" else ck["gen"])
+        gen.set_state(ck["gen"].cpu())
         rng = ck["rng"]
         log(f"resumed from {args.ckpt} at step {step}, {elapsed:.0f}s, {ids_seen:,} ids seen")
 
