@@ -29,14 +29,15 @@ int spec_cost_choose(spec_cost *c, int n_decode) {
     const spec_cost_arm *a = c->b[k].arm;
     unsigned long long t = c->b[k].steps++;
     if (a[0].n < SPEC_COST_WARMUP || a[1].n < SPEC_COST_WARMUP) {
-        /* a heavier load than one where drafting lost by more than half: start plain, and
-         * measure drafting only in rare probes (spans cost more, not less, as the batch grows) */
+        /* a heavier load than the nearest measured one where drafting lost: start plain and
+         * measure drafting in probes only (spans cost more, not less, as the batch grows), rare
+         * ones where it lost by more than half */
         for (int j = k - 1; j >= 0; j--) {
             const spec_cost_arm *l = c->b[j].arm;
             if (l[0].n < SPEC_COST_WARMUP || l[1].n < SPEC_COST_WARMUP) continue;
-            if (rate(&l[1]) < 0.5 * rate(&l[0]))
-                return t % SPEC_COST_PERIOD_MAX >= SPEC_COST_PERIOD_MAX - SPEC_COST_PROBE;
-            break;
+            if (rate(&l[1]) >= rate(&l[0])) break;
+            unsigned p = rate(&l[1]) < 0.5 * rate(&l[0]) ? SPEC_COST_PERIOD_MAX : SPEC_COST_PERIOD;
+            return t % p >= p - SPEC_COST_PROBE;
         }
         return a[1].n < a[0].n;
     }

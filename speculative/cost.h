@@ -10,8 +10,11 @@
  * other way to keep both numbers current (both ways alternate until each has been measured).
  * A way that keeps losing by more than half (drafting on a GPU with a drafter as slow as the
  * byte model) is probed ever more rarely, down to once per SPEC_COST_PERIOD_MAX steps; a probe
- * that finds the gap closed returns to SPEC_COST_PERIOD. A load heavier than one where drafting
- * lost by more than half starts plain and measures drafting in those rare probes only.
+ * that finds the gap closed returns to SPEC_COST_PERIOD. A load heavier than the nearest measured
+ * one where drafting lost starts plain and measures drafting in probes only (of the period that
+ * loss would have: SPEC_COST_PERIOD, or SPEC_COST_PERIOD_MAX past half), not by alternating: on
+ * a GPU a drafted step of 64 sequences costs 4x a plain one, and a run whose requests end within
+ * a few hundred steps lost a third of its throughput to that warm-up.
  * Speculation never changes the bytes, only when they come. */
 #ifndef SPEC_COST_H
 #define SPEC_COST_H
