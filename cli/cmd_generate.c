@@ -33,6 +33,8 @@ static const char generate_usage[] =
     "      --draft-bytes N    bytes the drafter drafts per round at most (1-511, default 4:\n"
     "                         longer drafts are mostly rejected and a span costs more than a "
     "step)\n"
+    "      --draft-conf P     end a draft before the drafter's probability that all its bytes\n"
+    "                         are right falls below P (0-1, default 0.1; 0: only the limits)\n"
     "      --lookup N         speculative decoding by prompt lookup: draft what followed the\n"
     "                         latest earlier occurrence of the last N bytes (up to 256; with "
     "--draft,\n"
@@ -69,7 +71,7 @@ static int emit(emitter *em, uint8_t b) {
 /* pos_drafted[p]: the drafter's drafts that held a byte at position p (0: the first drafted
  * byte); pos_kept[p]: those whose byte there was kept (the daemon's metrics count the same). */
 typedef struct spec_stats {
-    long rounds, drafted, accepted, lookup_rounds;
+    long rounds, drafted, accepted, lookup_rounds, ids;
     long pos_drafted[CLI_CHUNK], pos_kept[CLI_CHUNK];
 } spec_stats;
 
@@ -116,6 +118,7 @@ static int gen_spec(mb_model *m, mb_pool *p, spec_drafter *d, int lookup, const 
             st->lookup_rounds++;
         } else if (d) {
             if ((k = spec_drafter_draft(d, draft, cap, e)) < 0) goto out;
+            st->ids += spec_drafter_ids(d);
             model = 1;
         }
         span[0] = last;
@@ -158,27 +161,19 @@ out:
 }
 
 int cmd_generate(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"prompt", 1, 0, 'p'},
-                                         {"max-bytes", 1, 0, 'n'},
-                                         {"temperature", 1, 0, 't'},
-                                         {"top-k", 1, 0, 'k'},
-                                         {"top-p", 1, 0, 'P'},
-                                         {"min-p", 1, 0, 'M'},
-                                         {"seed", 1, 0, 's'},
-                                         {"stop", 1, 0, 'S'},
-                                         {"threads", 1, 0, 'j'},
-                                         {"device", 1, 0, 'V'},
-                                         {"stats", 0, 0, 'x'},
-                                         {"help", 0, 0, 'h'},
-                                         {"prompt-file", 1, 0, 'f'},
-                                         {"draft", 1, 0, 'd'},
-                                         {"draft-tokens", 1, 0, 'D'},
-                                         {"draft-bytes", 1, 0, 'B'},
-                                         {"lookup", 1, 0, 'L'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},       {"prompt", 1, 0, 'p'},
+                                         {"max-bytes", 1, 0, 'n'},   {"temperature", 1, 0, 't'},
+                                         {"top-k", 1, 0, 'k'},       {"top-p", 1, 0, 'P'},
+                                         {"min-p", 1, 0, 'M'},       {"seed", 1, 0, 's'},
+                                         {"stop", 1, 0, 'S'},        {"threads", 1, 0, 'j'},
+                                         {"device", 1, 0, 'V'},      {"stats", 0, 0, 'x'},
+                                         {"help", 0, 0, 'h'},        {"prompt-file", 1, 0, 'f'},
+                                         {"draft", 1, 0, 'd'},       {"draft-tokens", 1, 0, 'D'},
+                                         {"draft-bytes", 1, 0, 'B'}, {"draft-conf", 1, 0, 'C'},
+                                         {"lookup", 1, 0, 'L'},      {0, 0, 0, 0}};
     const char *dir = NULL, *prompt = NULL, *prompt_file = NULL, *draft_dir = NULL;
     int draft_tokens = 8, draft_bytes = 4, lookup = 0;
+    float draft_conf = 0.1f;
     const char *stops[16];
     int n_stops = 0, stats = 0, c;
     mb_backend_opts bo = {0};
@@ -239,6 +234,9 @@ int cmd_generate(int argc, char **argv) {
         case 'B':
             if (cli_int_opt("generate", "draft-bytes", optarg, 1, CLI_CHUNK - 1, &draft_bytes))
                 return 2;
+            break;
+        case 'C':
+            if (cli_real_opt("generate", "draft-conf", optarg, 0, 0, 1, &draft_conf)) return 2;
             break;
         case 'L':
             if (cli_int_opt("generate", "lookup", optarg, 0, 256, &lookup)) return 2;
@@ -301,7 +299,7 @@ int cmd_generate(int argc, char **argv) {
             if (!mb_model_on_gpu(m)) dbo.device = MB_DEVICE_CPU;
             dm = cli_load("generate", draft_dir, &dbo);
         }
-        if (dm) d = spec_drafter_create(dm, tok, draft_tokens, &e);
+        if (dm) d = spec_drafter_create(dm, tok, draft_tokens, draft_conf, &e);
         if (!d) {
             if (!tok || dm) rc = cli_die("generate", e.msg);
             mb_model_free(dm);
@@ -367,6 +365,8 @@ int cmd_generate(int argc, char **argv) {
                     st.drafted ? 100.0 * (double)st.accepted / (double)st.drafted : 0.0,
                     st.rounds ? (double)em.n / (double)st.rounds : 0.0);
         if (d && st.pos_drafted[0]) {
+            fprintf(stderr, "drafter: %ld ids drafted (%.2f a round)\n", st.ids,
+                    (double)st.ids / (double)(st.rounds - st.lookup_rounds));
             fprintf(stderr, "drafter, kept by position (kept/drafted):");
             for (int i = 0; i < CLI_CHUNK && st.pos_drafted[i]; i++)
                 fprintf(stderr, " %ld/%ld", st.pos_kept[i], st.pos_drafted[i]);

@@ -55,6 +55,9 @@ static const key KEYS[] = {
         "occurrence of the last N bytes (0: off)"),
     INT(max_draft_bytes, 1, 32, "16",
         "speculative decoding with the drafter: bytes one draft may propose at most"),
+    DBL(draft_min_confidence, 0, 1, "0.1",
+        "a drafter's draft ends before its probability that all the drafted bytes are right "
+        "falls below this (0: only max_draft_bytes ends it, which adapts to acceptance)"),
     INT(queue_limit, 0, 1 << 20, "1024", "requests waiting for a slot before 429"),
     INT(max_body_bytes, 64, 1 << 30, "1048576", "largest request body (413 beyond)"),
     INT(max_prompt_bytes, 1, 1 << 30, "262144", "longest prompt in bytes"),

@@ -23,10 +23,11 @@ typedef struct cfg {
     double prefill_stall; /* prompt bytes beside decoding add at most this many steps (srv_pace) */
     int lookup;           /* speculative decoding by prompt lookup: key bytes, 0: off */
     int max_draft_bytes;  /* speculative decoding with the drafter: bytes per draft at most */
-    int queue_limit;      /* requests waiting for a slot before 429 */
-    int max_body_bytes;   /* larger request bodies get 413 */
-    int max_prompt_bytes; /* longer prompts get 400 */
-    int max_tokens_limit; /* largest max_tokens a request may ask for (bytes) */
+    double draft_min_confidence; /* a draft ends before the drafter's confidence falls below */
+    int queue_limit;             /* requests waiting for a slot before 429 */
+    int max_body_bytes;          /* larger request bodies get 413 */
+    int max_prompt_bytes;        /* longer prompts get 400 */
+    int max_tokens_limit;        /* largest max_tokens a request may ask for (bytes) */
     int default_max_tokens;
     int max_stop;              /* stop strings per request */
     int max_stop_bytes;        /* bytes per stop string */

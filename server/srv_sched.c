@@ -872,7 +872,7 @@ static void model_drafts(srv_sched *s, int nc, int *budget) {
     mb_err e;
     double t0 = srv_now();
     int rc = spec_draft_batch(s->dbatch, s->dpool, n, s->cq, s->cslot, s->cscr, s->cmax,
-                              DRAFT_TOKENS, &e);
+                              DRAFT_TOKENS, (float)s->c.draft_min_confidence, &e);
     s->t_drafter += srv_now() - t0;
     if (rc) fprintf(stderr, "mambabyte: the drafter failed: %s\n", e.msg);
     for (int c = 0; c < n; c++) {
@@ -922,7 +922,9 @@ static void plan_drafts(srv_sched *s, int *budget) {
             if (!s->step_choice) continue;
         }
         s->ck[nc] = k;
-        s->cmax[nc] = q->dcap < room ? q->dcap : room;
+        /* with a confidence floor each draft finds its own length (spec_draft_batch) */
+        const int cap = s->c.draft_min_confidence > 0 ? room : q->dcap;
+        s->cmax[nc] = cap < room ? cap : room;
         *budget -= s->cmax[nc++];
     }
     if (nc) model_drafts(s, nc, budget);

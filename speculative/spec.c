@@ -27,7 +27,9 @@ struct spec_seq {
     size_t n_bytes, cap_bytes, n_lead; /* n_lead: how many of them were held */
     size_t cov;                        /* bytes covered by the drafted ids */
     int n_new, max_bytes, max_tokens;  /* new bytes drafted, and the limits */
-    int began;                         /* the last spec_draft_batch began a draft */
+    float min_conf;                    /* the draft ends before its confidence falls below */
+    float conf; /* the drafter's probability that every byte drafted so far is right */
+    int began;  /* the last spec_draft_batch began a draft */
 };
 
 static int push_id(spec_seq *q, int32_t id, mb_err *e) {
@@ -216,12 +218,15 @@ spec_seq *spec_seq_load(const spm_tokenizer *tok, const uint8_t *b, size_t len, 
 
 /* ---- drafting ---- */
 
-/* Starts a draft of up to max_bytes new bytes in up to max_tokens ids, from the held bytes. */
-static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, mb_err *e) {
+/* Starts a draft of up to max_bytes new bytes in up to max_tokens ids, from the held bytes, that
+ * ends before the drafter's confidence in it falls below min_conf. */
+static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, float min_conf, mb_err *e) {
     q->n_draft = q->n_new = 0;
     q->n_bytes = q->n_lead = q->cov = 0;
     q->max_bytes = max_bytes;
     q->max_tokens = max_tokens;
+    q->min_conf = min_conf;
+    q->conf = 1.0f;
     q->began = 1;
     if (max_tokens > q->cap_draft) {
         int32_t *d = realloc(q->draft, (size_t)max_tokens * sizeof *d);
@@ -238,40 +243,35 @@ static int draft_begin(spec_seq *q, int max_bytes, int max_tokens, mb_err *e) {
 
 /* Ids whose logit is this far below the most likely one's (each weighs under 3.4e-4 of it) are
  * left out of pick's byte masses (5: fewer bytes kept, 12: no more than 8; bench/RESULTS.md). */
-#define PICK_RANGE 8.0f
+#define PICK_RANGE  8.0f
+#define PICK_LEVELS 64 /* bytes of an id whose probabilities pick reports */
 
-/* The most likely id whose bytes begin with pre (pass 0) or, when none does, are a part of pre
- * (pass 1). */
-static int most_likely(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre) {
+/* What pick says of the id it chose, by the drafter's probabilities (within PICK_RANGE): for
+ * each byte n of it from the held ones on, the share of the mass that byte held among the ids
+ * that begin with the bytes before it (p[n]), and the share of the id itself among the ids that
+ * begin with all its bytes (end: the chance that the text goes on with another id after it). */
+typedef struct pick_probs {
+    float p[PICK_LEVELS];
+    float end;
+} pick_probs;
+
+/* The most likely id whose bytes are a part of pre (the drafter's text cut again after it). */
+static int most_likely_part(const spec_seq *q, const float *logits, const uint8_t *pre,
+                            size_t n_pre) {
     int best = -1;
-    for (int pass = 0; pass < 2 && best < 0; pass++)
-        for (int id = 0; id < q->n_vocab; id++) {
-            int len;
-            const uint8_t *p = spm_piece(q->tok, id, &len);
-            if (!len && n_pre) continue;
-            if (n_pre) {
-                int covers = (size_t)len >= n_pre;
-                if (covers == pass || memcmp(p, pre, covers ? n_pre : (size_t)len)) continue;
-            }
-            if (best < 0 || logits[id] > logits[best]) best = id;
-        }
+    for (int id = 0; id < q->n_vocab; id++) {
+        int len;
+        const uint8_t *p = spm_piece(q->tok, id, &len);
+        if (!len || (size_t)len >= n_pre || memcmp(p, pre, (size_t)len)) continue;
+        if (best < 0 || logits[id] > logits[best]) best = id;
+    }
     return best;
 }
 
-/* The id to draft, chosen byte by byte. The verifier keeps a drafted byte when it is the byte
- * model's own choice, so the draft follows, at each of its bytes, the byte that holds the most of
- * the drafter's probability among the ids that begin with the bytes chosen so far, and ends the
- * id where the id of exactly those bytes outweighs all the longer ones together: among " a",
- * " and", " as" and " the" it drafts " a..." when the first three together outweigh " the",
- * which the most likely id alone would not. The walk starts from the held bytes pre (ids that begin
- * with all of them: a word the drafter would finish). When no id near the top begins with them, the
- * most likely id that does, else the most likely id whose bytes are a part of them, so that the
- * rest is cut again at the next step. cand, w: scratch of n_vocab each. */
-static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre, int *cand,
-                float *w) {
-    float top = -INFINITY;
-    for (int id = 0; id < q->n_vocab; id++)
-        if (logits[id] > top) top = logits[id];
+/* The ids whose bytes begin with pre and whose logit is within PICK_RANGE of top, into cand with
+ * their weights relative to top in w; returns how many. */
+static int candidates(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre,
+                      float top, int *cand, float *w) {
     int nc = 0;
     for (int id = 0; id < q->n_vocab; id++) {
         if (!(logits[id] >= top - PICK_RANGE)) continue;
@@ -280,6 +280,36 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
         if ((size_t)len < n_pre || (!len && n_pre) || memcmp(p, pre, n_pre)) continue;
         w[nc] = expf(logits[id] - top);
         cand[nc++] = id;
+    }
+    return nc;
+}
+
+/* The id to draft, chosen byte by byte. The verifier keeps a drafted byte when it is the byte
+ * model's own choice, so the draft follows, at each of its bytes, the byte that holds the most of
+ * the drafter's probability among the ids that begin with the bytes chosen so far, and ends the
+ * id where the id of exactly those bytes outweighs all the longer ones together: among " a",
+ * " and", " as" and " the" it drafts " a..." when the first three together outweigh " the",
+ * which the most likely id alone would not. The walk starts from the held bytes pre (ids that begin
+ * with all of them: a word the drafter would finish), among the ids near the top; when none of
+ * those begins with them, among the ids near the most likely one that does (the held bytes are
+ * text, whatever the drafter expected); when no id does, it drafts the most likely id whose
+ * bytes are a part of them, so that the rest is cut again at the next step. The probabilities in
+ * pr are shares among the ids that begin with the held bytes. cand, w: scratch of n_vocab each. */
+static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre, int *cand,
+                float *w, pick_probs *pr) {
+    float top = -INFINITY;
+    for (int id = 0; id < q->n_vocab; id++)
+        if (logits[id] > top) top = logits[id];
+    int nc = candidates(q, logits, pre, n_pre, top, cand, w);
+    if (!nc && n_pre) {
+        float best = -INFINITY;
+        for (int id = 0; id < q->n_vocab; id++) {
+            int len;
+            const uint8_t *p = spm_piece(q->tok, id, &len);
+            if ((size_t)len >= n_pre && !memcmp(p, pre, n_pre) && logits[id] > best)
+                best = logits[id];
+        }
+        if (best > -INFINITY) nc = candidates(q, logits, pre, n_pre, best, cand, w);
     }
     for (size_t n = n_pre; nc > 0; n++) { /* every candidate begins with the chosen n bytes */
         float mass[256] = {0}, end_mass = 0.f;
@@ -300,7 +330,11 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
             more += mass[c];
             if (mass[c] > mass[b]) b = c;
         }
-        if (end_id >= 0 && end_mass >= more) return end_id;
+        if (end_id >= 0 && end_mass >= more) {
+            pr->end = end_mass / (end_mass + more);
+            return end_id;
+        }
+        if (n < PICK_LEVELS) pr->p[n] = mass[b] / (end_mass + more);
         int kept = 0;
         for (int i = 0; i < nc; i++) {
             int len;
@@ -309,26 +343,42 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
         }
         nc = kept;
     }
-    return most_likely(q, logits, pre, n_pre);
+    pr->end = 1.f; /* no new bytes: the rest of the held bytes is cut again at the next step */
+    return most_likely_part(q, logits, pre, n_pre);
 }
 
-/* One drafted id from the logits after the last id fed to the scratch state. Returns 1 when
+/* One drafted id from the logits after the last id fed to the scratch state. Its bytes end where
+ * the drafter's probability that all the draft's bytes are right would fall below min_conf (the
+ * product of pick's shares; an id's end share weighs on the bytes after it). Returns 1 when
  * the draft goes on (*feed: the id to feed next), 0 when it is complete, -1 on error. */
 static int draft_step(spec_seq *q, const float *logits, int *cand, float *w, int32_t *feed,
                       mb_err *e) {
     if (q->n_new >= q->max_bytes || q->n_draft >= q->max_tokens) return 0;
     const size_t lead_left = q->cov < q->n_lead ? q->n_lead - q->cov : 0;
-    int id = pick(q, logits, q->bytes + q->cov, lead_left, cand, w), len;
+    pick_probs pr;
+    int id = pick(q, logits, q->bytes + q->cov, lead_left, cand, w, &pr), len;
     const uint8_t *p = spm_piece(q->tok, id, &len);
     if (!len) return 0; /* a control piece: the drafter ends its text */
     size_t fresh = (size_t)len > lead_left ? (size_t)len - lead_left : 0;
     if (fresh > (size_t)(q->max_bytes - q->n_new)) fresh = (size_t)(q->max_bytes - q->n_new);
+    int sure = 1;
+    for (size_t i = 0; i < fresh; i++) {
+        const size_t n = lead_left + i;
+        const float c = q->conf * (n < PICK_LEVELS ? pr.p[n] : 1.f);
+        if (c < q->min_conf) {
+            fresh = i, sure = 0;
+            break;
+        }
+        q->conf = c;
+    }
+    if (!fresh && !sure) return 0; /* not even its first new byte */
+    q->conf *= pr.end;
     if (fresh && append(&q->bytes, &q->n_bytes, &q->cap_bytes, p + lead_left, fresh, e)) return -1;
     q->n_new += (int)fresh;
     q->cov = fresh ? q->n_bytes : q->cov + (size_t)len;
     q->draft[q->n_draft] = id;
     q->draft_end[q->n_draft++] = (int)q->cov;
-    if (q->n_new == q->max_bytes || q->n_draft == q->max_tokens) return 0;
+    if (!sure || q->n_new == q->max_bytes || q->n_draft == q->max_tokens) return 0;
     *feed = id;
     return 1;
 }
@@ -386,7 +436,8 @@ void spec_batch_free(spec_batch *b) {
 }
 
 int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const int *slot,
-                     const int *scratch, const int *max_bytes, int max_tokens, mb_err *e) {
+                     const int *scratch, const int *max_bytes, int max_tokens, float min_conf,
+                     mb_err *e) {
     if (n > b->max_seqs) return mb_fail(e, "drafting %d sequences, room for %d", n, b->max_seqs);
     /* Catching up: each sequence feeds its pending ids (up to chunk, within the forward's
      * budget, at least one each) to its committed slot, the last one with logits. */
@@ -421,7 +472,7 @@ int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const
         if (!all) continue;
         if (mb_pool_copy(p, scratch[i], slot[i], e) || mb_pool_rollback(p, slot[i], len - 1, e))
             return -1;
-        if (draft_begin(s, max_bytes[i], max_tokens, e)) return -1;
+        if (draft_begin(s, max_bytes[i], max_tokens, min_conf, e)) return -1;
         int32_t id;
         int rc = draft_step(s, b->logits + (size_t)k * (size_t)b->n_vocab, b->cand, b->w, &id, e);
         if (rc < 0) return -1;
@@ -467,10 +518,11 @@ struct spec_drafter {
     spec_batch *batch;
     spec_seq *q;
     int max_tokens;
+    float min_conf;
 };
 
 spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens,
-                                  mb_err *e) {
+                                  float min_conf, mb_err *e) {
     const int V = mb_model_config(m)->n_vocab;
     if (V != spm_vocab(tok)) {
         mb_fail(e, "drafter: the model's vocabulary (%d) is not its tokenizer's (%d)", V,
@@ -485,6 +537,7 @@ spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max
     d->m = m;
     d->tok = tok;
     d->max_tokens = max_tokens < 1 ? 1 : max_tokens;
+    d->min_conf = min_conf;
     if (!(d->pool = mb_pool_create(m, 2, FEED_CHUNK, e)) ||
         !(d->batch = spec_batch_new(m, 1, FEED_CHUNK, FEED_CHUNK, e))) {
         spec_drafter_free(d);
@@ -517,13 +570,17 @@ int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e) 
     }
     do { /* a long text catches up in chunks first */
         if (spec_draft_batch(d->batch, d->pool, 1, &d->q, &slot, &scratch, &max_bytes,
-                             d->max_tokens, e))
+                             d->max_tokens, d->min_conf, e))
             return -1;
     } while (!d->q->began);
     const uint8_t *b;
     int n = spec_seq_draft(d->q, &b);
     if (n) memcpy(out, b, (size_t)n);
     return n;
+}
+
+int spec_drafter_ids(const spec_drafter *d) {
+    return d->q ? d->q->n_draft : 0;
 }
 
 int spec_drafter_commit(spec_drafter *d, int n_accept, const uint8_t *extra, int n_extra,

@@ -55,12 +55,15 @@ void spec_batch_free(spec_batch *b);
 /* Drafts for n sequences: q[i] from committed slot[i], using scratch[i] (all slots different),
  * up to max_bytes[i] bytes in up to max_tokens tokens (each chosen byte by byte by the drafter's
  * probability of each next byte: spec.c's pick), one forward of pool p for the ids each must
- * catch up on, then one per drafted token across all of them. A sequence with more than
- * chunk ids to catch up on (a long prompt) feeds chunk of them and drafts nothing this time.
- * Each draft is then read with spec_seq_draft. Returns 0, or -1 (the states are then unknown:
- * start the sequences over). */
+ * catch up on, then one per drafted token across all of them. A draft ends before the byte at
+ * which the drafter's probability that all its bytes are right falls below min_conf (0: never;
+ * a byte model's span costs more with every byte, and the later bytes are mostly not kept). A
+ * sequence with more than chunk ids to catch up on (a long prompt) feeds chunk of them and drafts
+ * nothing this time. Each draft is then read with spec_seq_draft. Returns 0, or -1 (the states are
+ * then unknown: start the sequences over). */
 int spec_draft_batch(spec_batch *b, mb_pool *p, int n, spec_seq *const *q, const int *slot,
-                     const int *scratch, const int *max_bytes, int max_tokens, mb_err *e);
+                     const int *scratch, const int *max_bytes, int max_tokens, float min_conf,
+                     mb_err *e);
 
 /* The length of the next model draft of a sequence: after a draft of `drafted` bytes of which
  * `kept` were kept, doubled when all were, else kept + 2, within [SPEC_CAP_MIN, max]. */
@@ -70,15 +73,18 @@ int spec_next_cap(int cap, int drafted, int kept, int max);
 /* ---- one sequence with its own drafter, for `generate --draft` ---- */
 typedef struct spec_drafter spec_drafter;
 
-/* max_tokens: drafted tokens per round at most. The drafter model's
- * vocabulary must be the tokenizer's. */
-spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens, mb_err *e);
+/* max_tokens: drafted tokens per round at most; min_conf: as for spec_draft_batch. The drafter
+ * model's vocabulary must be the tokenizer's. */
+spec_drafter *spec_drafter_create(mb_model *m, const spm_tokenizer *tok, int max_tokens,
+                                  float min_conf, mb_err *e);
 void spec_drafter_free(spec_drafter *d);
 /* Starts a sequence whose committed text is text[0..n) (a BOS first when the tokenizer has one). */
 int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e);
 /* Drafts from the committed text (as spec_draft_batch): writes up to max_bytes bytes to out and
  * returns how many (0 when max_bytes is 0 or the drafter ends its text), or -1. */
 int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
+/* The ids of the last draft (the drafter's forwards it took past catching up). */
+int spec_drafter_ids(const spec_drafter *d);
 /* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
  * was committed after them. The next draft continues from there. */
 int spec_drafter_commit(spec_drafter *d, int n_accept, const uint8_t *extra, int n_extra,

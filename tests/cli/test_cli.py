@@ -57,7 +57,9 @@ def test_numeric_options():
                         ("--min-p", "-0.5"), ("--min-p", "2"), ("--seed", "-1"), ("--seed", "1e3"),
                         ("--seed", "18446744073709551616"), ("--threads", "-2"), ("--threads", "two"),
                         ("--draft-tokens", "0"), ("--draft-tokens", "257"), ("--draft-bytes", "512"),
-                        ("--draft-bytes", "4096"), ("--draft-bytes", ""), ("--lookup", "-1"), ("--lookup", "257")],
+                        ("--draft-bytes", "4096"), ("--draft-bytes", ""),
+                        ("--draft-conf", "-0.1"), ("--draft-conf", "1.5"), ("--draft-conf", "x"),
+                        ("--lookup", "-1"), ("--lookup", "257")],
            "eval": [("--batch", "0"), ("--batch", "257"), ("--chunk", "0"), ("--chunk", "4097"),
                     ("--chunk", "8k"), ("--threads", "-1")],
            "logits": [("--threads", "x"), ("--threads", "100000")]}
@@ -178,6 +180,9 @@ def test_speculative_equals_plain():
     limits down to 0 and 1, stop strings."""
     M, DR = "models/mambabyte-small", "models/drafter-small"
     cases = [("It was a dark and stormy night", [], ["--draft-bytes", "32", "--draft-tokens", "12"], "80", []),
+             ("It was a dark and stormy night", [], ["--draft-bytes", "32", "--draft-conf", "0"], "80", []),
+             ("She said, \"I", ["--temperature", "0.9", "--seed", "4"], ["--draft-bytes", "24", "--draft-conf", "0.5"],
+              "60", []),
              ("The old man said: \"", ["--temperature", "0.8", "--seed", "5", "--top-k", "40"],
               ["--draft-bytes", "5"], "60", ["--stop", "\n\n"]),
              ("caf\u00e9 na\u00efve \u2014 ", ["--temperature", "1.0", "--top-p", "0.9", "--seed", "2"],

@@ -350,7 +350,7 @@ static void test_draft_batch(void) {
     for (int i = 0; i < N; i++) {
         slot[i] = i, scratch[i] = N + i;
         q[i] = spec_seq_new(tok, (const uint8_t *)text[i], strlen(text[i]), &e);
-        one[i] = spec_drafter_create(m, tok, 6, &e);
+        one[i] = spec_drafter_create(m, tok, 6, 0.0f, &e);
         CHECK(q[i] && one[i] &&
                   !spec_drafter_start(one[i], (const uint8_t *)text[i], strlen(text[i]), &e),
               "%s", e.msg);
@@ -358,7 +358,7 @@ static void test_draft_batch(void) {
     int rounds = 0, caught_up = 0;
     for (int r = 0; r < 12; r++) {
         int max_bytes[N] = {4 + r % 5, 9, r % 3 ? 12 : 1};
-        CHECK(!spec_draft_batch(b, p, N, q, slot, scratch, max_bytes, 6, &e), "%s", e.msg);
+        CHECK(!spec_draft_batch(b, p, N, q, slot, scratch, max_bytes, 6, 0.0f, &e), "%s", e.msg);
         for (int i = 0; i < N; i++) {
             const uint8_t *got;
             int k = spec_seq_draft(q[i], &got);
@@ -390,7 +390,7 @@ static void test_draft_batch(void) {
         spec_seq *two[2] = {q[0], back};
         int sl[2] = {0, 1}, sc[2] = {N, N + 1}, mx[2] = {10, 10};
         const uint8_t *d0, *d1;
-        CHECK(!spec_draft_batch(b, p, 2, two, sl, sc, mx, 6, &e), "%s", e.msg);
+        CHECK(!spec_draft_batch(b, p, 2, two, sl, sc, mx, 6, 0.0f, &e), "%s", e.msg);
         int k0 = spec_seq_draft(q[0], &d0), k1 = spec_seq_draft(back, &d1);
         CHECK(k0 > 0 && k0 == k1 && !memcmp(d0, d1, (size_t)k0), "a loaded text drafts the same");
         spec_seq_free(back);
@@ -406,6 +406,48 @@ static void test_draft_batch(void) {
     }
     spec_batch_free(b);
     mb_pool_free(p);
+    mb_model_free(m);
+    spm_free(tok);
+}
+
+/* A confidence floor ends a draft early and never changes its bytes: each draft is a prefix of
+ * the one without a floor, and drafts shorten as the floor rises. */
+static void test_draft_confidence(void) {
+    mb_err e;
+    mb_backend_opts o = {.n_threads = 1, .device = MB_DEVICE_CPU};
+    spm_tokenizer *tok = spm_load(TOKENIZER, &e);
+    mb_model *m = tok ? mb_model_load("models/drafter-small", &o, &e) : NULL;
+    CHECK(m, "%s", e.msg);
+    if (!m) {
+        spm_free(tok);
+        return;
+    }
+    const char *text[] = {"It was the best of times, it was the worst of times, it was the age of",
+                          "The", "Call me Ishm", "She said that the", "1234 + 56"};
+    const float floor[] = {0.0f, 0.01f, 0.1f, 0.3f, 0.9f};
+    enum { NT = sizeof text / sizeof *text, NF = sizeof floor / sizeof *floor, MAX = 24 };
+    int total[NF] = {0}, shorter = 0;
+    for (int t = 0; t < NT; t++) {
+        uint8_t d[NF][MAX];
+        int k[NF];
+        for (int f = 0; f < NF; f++) {
+            spec_drafter *one = spec_drafter_create(m, tok, 8, floor[f], &e);
+            CHECK(one && !spec_drafter_start(one, (const uint8_t *)text[t], strlen(text[t]), &e),
+                  "%s", e.msg);
+            k[f] = one ? spec_drafter_draft(one, d[f], MAX, &e) : -1;
+            CHECK(k[f] >= 0, "%s", e.msg);
+            spec_drafter_free(one);
+            if (k[f] < 0) k[f] = 0;
+            total[f] += k[f];
+            CHECK(k[f] <= k[0] && !memcmp(d[f], d[0], (size_t)k[f]),
+                  "text %d, floor %.2f: %d bytes, not a prefix of the %d without", t,
+                  (double)floor[f], k[f], k[0]);
+            if (f) CHECK(k[f] <= k[f - 1], "text %d: a higher floor drafts more", t);
+        }
+        shorter += k[NF - 2] < k[0];
+    }
+    CHECK(shorter > 0 && total[NF - 1] < total[1] && total[1] < total[0],
+          "drafted %d / %d / %d bytes", total[0], total[1], total[NF - 1]);
     mb_model_free(m);
     spm_free(tok);
 }
@@ -505,6 +547,7 @@ int main(int argc, char **argv) {
     RUN(test_lookup);
     RUN(test_lookup_matches_scan);
     RUN(test_draft_batch);
+    RUN(test_draft_confidence);
     RUN(test_next_cap);
     RUN(test_cost);
     return check_failures != 0;
