@@ -6,7 +6,8 @@ speculative.enabled false (plain), true (the drafter drafts every round) and abs
 decides by measured cost), the three ways taking turns on rounds of `conc` prompts, so that a
 change of load on the machine meets all three alike. Prints one Markdown row per setting and concurrency: bytes/s of each
 way, the ratios, the drafts' acceptance, bytes per verification round, and the step time split
-(drafter, verifier, host) from /metrics; and checks that every speculative output equals the
+(drafter, verifier, host) from /metrics, and how often the server chose to draft in the auto
+run (model drafts per scheduler step: at concurrency 1, the share of steps that drafted); and checks that every speculative output equals the
 plain one. Then a second table: the forced runs' acceptance by draft position (of the drafts
 that reached position P, the share whose byte there was kept; /metrics).
 
@@ -125,8 +126,8 @@ def main():
     post({"prompt": "warm up", "max_tokens": 32, "speculative": {"enabled": True}})
     print(f"{len(PROMPTS)} prompts x {BYTES} bytes; bytes/s of all requests together (wall clock)\n")
     print("| sampling | conc | plain B/s | spec B/s | spec/plain | auto B/s | auto/plain | accepted | "
-          "bytes/round | spec step split: drafter / verifier / host (s) | exact |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+          "bytes/round | spec step split: drafter / verifier / host (s) | auto drafts/step | exact |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
     positions = []
     for temp in TEMPS:
         for conc in CONC:
@@ -140,11 +141,14 @@ def main():
             acc = tot["accepted_bytes"] / tot["drafted_bytes"] if tot["drafted_bytes"] else 0
             per_round = (tot["accepted_bytes"] + tot["drafts"]) / tot["drafts"] if tot["drafts"] else 0
             dr, fw, host = split(d)
+            ad = ways[2].delta
+            auto_share = ad.get("mambabyte_spec_model_drafts_total", 0) / max(1, ad.get("mambabyte_steps_total", 0))
             exact = "yes" if plain == spec == auto else \
                 f"NO ({sum(a != b for a, b in zip(plain, spec))} spec, {sum(a != b for a, b in zip(plain, auto))} auto)"
             name = "greedy" if temp == 0 else f"T={temp:g} seeded"
             print(f"| {name} | {conc} | {n / tp:.0f} | {n / ts:.0f} | {tp / ts:.2f}x | {n / ta:.0f} | {tp / ta:.2f}x | "
-                  f"{100 * acc:.0f}% | {per_round:.2f} | {dr:.2f} / {fw:.2f} / {host:.2f} | {exact} |", flush=True)
+                  f"{100 * acc:.0f}% | {per_round:.2f} | {dr:.2f} / {fw:.2f} / {host:.2f} | {auto_share:.2f} | {exact} |",
+                  flush=True)
             positions.append((name, conc, by_position(d)))
             if exact != "yes":
                 sys.exit("speculative output differs from plain decoding")
