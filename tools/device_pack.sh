@@ -2,8 +2,8 @@
 # Packs this machine's optimised build for a GPU machine that has none of our Debian packages:
 # the stripped `mambabyte`, `test_gpu` and `bench_gpu`, the CUDA backend (xz), and the shared
 # libraries they need beyond what any Linux with CUDA has (libmicrohttpd, libcjson,
-# libsentencepiece; libcurl and the C/C++ runtimes come from the machine itself: a libcurl
-# carried from here broke that machine's own curl). About 7.5 MB.
+# libsentencepiece and what they load: gnutls and its kin; libcurl and the C/C++ runtimes come
+# from the machine itself: a libcurl carried from here broke that machine's own curl). ~15 MB.
 #
 # usage: tools/device_pack.sh DIR      (then carry DIR; on the machine: sh DIR/unpack.sh)
 # unpack.sh puts the binaries into build/rel (so `make test-gpu`'s scripts and bench/*.sh find
@@ -19,8 +19,10 @@ strip -o "$DIR/mambabyte" build/rel/mambabyte
 strip -o "$DIR/test_gpu" build/rel/tests/gpu/test_gpu
 strip -o "$DIR/bench_gpu" build/rel/bench_gpu
 xz -T0 -c build/rel/libmambabyte_cuda.so >"$DIR/libmambabyte_cuda.so.xz"
-ldd build/rel/mambabyte | awk '/libmicrohttpd|libcjson|libsentencepiece/ {print $3}' |
-    while read -r lib; do cp -L "$lib" "$DIR/"; done
+for lib in $(ldd build/rel/mambabyte | awk '/libmicrohttpd|libcjson|libsentencepiece/ {print $3}'); do
+    echo "$lib"
+    ldd "$lib" | awk '$3 ~ /^\// && !/libc\.so|libm\.so|libstdc\+\+|libgcc_s|ld-linux/ {print $3}'
+done | sort -u | while read -r lib; do cp -L "$lib" "$DIR/"; done
 cat >"$DIR/unpack.sh" <<'EOF'
 #!/bin/sh
 # Puts the packed binaries into build/rel; run from the repository root.
