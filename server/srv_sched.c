@@ -924,10 +924,19 @@ static void plan_drafts(srv_sched *s, int *budget) {
         s->ck[nc] = k;
         /* with a confidence floor each draft finds its own length (spec_draft_batch) */
         const int cap = s->c.draft_min_confidence > 0 ? room : q->dcap;
-        s->cmax[nc] = cap < room ? cap : room;
-        *budget -= s->cmax[nc++];
+        s->cmax[nc++] = cap < room ? cap : room;
     }
-    if (nc) model_drafts(s, nc, budget);
+    /* the budget left is shared: each model draft gets at most an even share of what the ones
+     * before it left (prompt lookup drafted first: no drafter forwards) */
+    int n = 0;
+    for (int c = 0; c < nc; c++) {
+        const int share = *budget / (nc - c);
+        if (share <= 0) continue;
+        s->ck[n] = s->ck[c];
+        s->cmax[n] = s->cmax[c] < share ? s->cmax[c] : share;
+        *budget -= s->cmax[n++];
+    }
+    if (n) model_drafts(s, n, budget);
 }
 
 /* Plans one batch within max_batch_tokens into seq_of/took/dlen and lays it out in tokens, off,

@@ -37,6 +37,10 @@ int spec_cost_choose(spec_cost *c, int n_decode) {
             if (l[0].n < SPEC_COST_WARMUP || l[1].n < SPEC_COST_WARMUP) continue;
             if (rate(&l[1]) >= rate(&l[0])) break;
             unsigned p = rate(&l[1]) < 0.5 * rate(&l[0]) ? SPEC_COST_PERIOD_MAX : SPEC_COST_PERIOD;
+            if (t % p == p - 1) { /* the probe's last step: the periods go on from its end */
+                c->b[k].period = p;
+                c->b[k].steps = SPEC_COST_PROBE + 1;
+            }
             return t % p >= p - SPEC_COST_PROBE;
         }
         return a[1].n < a[0].n;

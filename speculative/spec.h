@@ -83,7 +83,8 @@ int spec_drafter_start(spec_drafter *d, const uint8_t *text, size_t n, mb_err *e
 /* Drafts from the committed text (as spec_draft_batch): writes up to max_bytes bytes to out and
  * returns how many (0 when max_bytes is 0 or the drafter ends its text), or -1. */
 int spec_drafter_draft(spec_drafter *d, uint8_t *out, int max_bytes, mb_err *e);
-/* The ids of the last draft (the drafter's forwards it took past catching up). */
+/* The ids of the last draft: the drafter forwards it took, the one that fed the pending id
+ * included. */
 int spec_drafter_ids(const spec_drafter *d);
 /* Ends a round: the first n_accept bytes of the last draft were kept, then extra[0..n_extra)
  * was committed after them. The next draft continues from there. */

@@ -532,6 +532,13 @@ static void test_cost(void) {
     }
     CHECK(early == 0 && drafted == SPEC_COST_PROBE, "one probe per period: %d drafted, %d early",
           drafted, early);
+    drafted = 0;
+    for (int i = 0; i < SPEC_COST_PERIOD - 2 * SPEC_COST_PROBE; i++) {
+        int d = spec_cost_choose(&c, 50);
+        drafted += d;
+        spec_cost_record(&c, 50, d, d ? 100 : 50, d ? 8e-3 : 2e-3);
+    }
+    CHECK(drafted == 0, "the next probe comes a period after the first: %d drafted", drafted);
     CHECK(!spec_cost_better(&c, 50), "the probe measured drafting");
 }
 
