@@ -268,16 +268,20 @@ static int most_likely_part(const spec_seq *q, const float *logits, const uint8_
     return best;
 }
 
+/* Whether id's bytes begin with pre (the empty piece of a control id begins with nothing). */
+static int begins_with(const spec_seq *q, int id, const uint8_t *pre, size_t n_pre) {
+    int len;
+    const uint8_t *p = spm_piece(q->tok, id, &len);
+    return (size_t)len >= n_pre && (len || !n_pre) && !memcmp(p, pre, n_pre);
+}
+
 /* The ids whose bytes begin with pre and whose logit is within PICK_RANGE of top, into cand with
  * their weights relative to top in w; returns how many. */
 static int candidates(const spec_seq *q, const float *logits, const uint8_t *pre, size_t n_pre,
                       float top, int *cand, float *w) {
     int nc = 0;
     for (int id = 0; id < q->n_vocab; id++) {
-        if (!(logits[id] >= top - PICK_RANGE)) continue;
-        int len;
-        const uint8_t *p = spm_piece(q->tok, id, &len);
-        if ((size_t)len < n_pre || (!len && n_pre) || memcmp(p, pre, n_pre)) continue;
+        if (!(logits[id] >= top - PICK_RANGE) || !begins_with(q, id, pre, n_pre)) continue;
         w[nc] = expf(logits[id] - top);
         cand[nc++] = id;
     }
@@ -303,12 +307,8 @@ static int pick(const spec_seq *q, const float *logits, const uint8_t *pre, size
     int nc = candidates(q, logits, pre, n_pre, top, cand, w);
     if (!nc && n_pre) {
         float best = -INFINITY;
-        for (int id = 0; id < q->n_vocab; id++) {
-            int len;
-            const uint8_t *p = spm_piece(q->tok, id, &len);
-            if ((size_t)len >= n_pre && !memcmp(p, pre, n_pre) && logits[id] > best)
-                best = logits[id];
-        }
+        for (int id = 0; id < q->n_vocab; id++)
+            if (logits[id] > best && begins_with(q, id, pre, n_pre)) best = logits[id];
         if (best > -INFINITY) nc = candidates(q, logits, pre, n_pre, best, cand, w);
     }
     for (size_t n = n_pre; nc > 0; n++) { /* every candidate begins with the chosen n bytes */

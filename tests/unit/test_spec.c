@@ -327,16 +327,23 @@ static void bench(void) {
  * with its own pool), round after round, with partial acceptances re-cut, a long text caught up
  * in chunks, and plain bytes appended between drafts; and a saved drafter text comes back the
  * same (spec_seq_save / load), while a damaged one is refused. */
-static void test_draft_batch(void) {
+/* The bundled drafter on one CPU thread, with its tokenizer in *tok; NULL (checked) when either
+ * fails to load. */
+static mb_model *load_drafter(spm_tokenizer **tok) {
     mb_err e;
     mb_backend_opts o = {.n_threads = 1, .device = MB_DEVICE_CPU};
-    spm_tokenizer *tok = spm_load(TOKENIZER, &e);
-    mb_model *m = tok ? mb_model_load("models/drafter-small", &o, &e) : NULL;
+    *tok = spm_load(TOKENIZER, &e);
+    mb_model *m = *tok ? mb_model_load("models/drafter-small", &o, &e) : NULL;
     CHECK(m, "%s", e.msg);
-    if (!m) {
-        spm_free(tok);
-        return;
-    }
+    if (!m) spm_free(*tok);
+    return m;
+}
+
+static void test_draft_batch(void) {
+    mb_err e;
+    spm_tokenizer *tok;
+    mb_model *m = load_drafter(&tok);
+    if (!m) return;
     enum { N = 3, CHUNK = 16 };
     const char *text[N] = {"It was the best of times, it was the worst of times, it was the age of",
                            "The",
@@ -414,14 +421,9 @@ static void test_draft_batch(void) {
  * the one without a floor, and drafts shorten as the floor rises. */
 static void test_draft_confidence(void) {
     mb_err e;
-    mb_backend_opts o = {.n_threads = 1, .device = MB_DEVICE_CPU};
-    spm_tokenizer *tok = spm_load(TOKENIZER, &e);
-    mb_model *m = tok ? mb_model_load("models/drafter-small", &o, &e) : NULL;
-    CHECK(m, "%s", e.msg);
-    if (!m) {
-        spm_free(tok);
-        return;
-    }
+    spm_tokenizer *tok;
+    mb_model *m = load_drafter(&tok);
+    if (!m) return;
     const char *text[] = {"It was the best of times, it was the worst of times, it was the age of",
                           "The", "Call me Ishm", "She said that the", "1234 + 56"};
     const float floor[] = {0.0f, 0.01f, 0.1f, 0.3f, 0.9f};
