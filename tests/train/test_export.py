@@ -1,7 +1,8 @@
-"""The shipped models (models/mambabyte-small, models/drafter-small) are in the Hugging Face
-MambaForCausalLM layout the engine loads: config keys, tensor names, shapes and dtypes, tied head;
-and a float32 numpy forward of the exported weights gives the trainer's log-probabilities on a
-short text (tests/train/ref_<model>.json, written by tools/train/train.py --ref-json)."""
+"""The shipped models (models/mambabyte-small, drafter-small, mambabyte-base, drafter-base) are in
+the Hugging Face MambaForCausalLM layout the engine loads: config keys, tensor names, shapes and
+dtypes, tied head; and a float32 numpy forward of the exported weights gives the trainer's
+log-probabilities on a short text (tests/train/ref_<model>.json, written by tools/train/train.py
+--ref-json)."""
 import json
 import os
 import sys
@@ -93,7 +94,7 @@ def check(name, vocab):
         assert v["dtype"] in ("BF16", "F16"), (k, v["dtype"])
     n = sum(int(np.prod(s)) for s in exp.values())
     print(f"ok {name}: {len(exp)} tensors, {n:,} parameters, layout and config keys")
-    if name == "drafter-small":
+    if name.startswith("drafter-"):
         assert os.path.exists(os.path.join(d, "tokenizer.model"))
     ref_path = os.path.join(HERE, f"ref_{name}.json")
     if not os.path.exists(ref_path):
@@ -115,4 +116,6 @@ def check(name, vocab):
 if __name__ == "__main__":
     check("mambabyte-small", 256)
     check("drafter-small", 4096)
+    check("mambabyte-base", 256)
+    check("drafter-base", 4096)
     print("test_export: all ok")
