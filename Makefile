@@ -165,16 +165,19 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 
 # Serve a bundled pair (on the GPU when one is usable, else the CPU): the byte model, with the
 # subword drafter for speculative decoding (the server drafts where the measured cost says it
-# pays: on a GPU; on a small CPU it switches itself off). Where nvidia-smi sees a GPU the pair is
-# mambabyte-base + drafter-base (24 layers: better text, and speculation pays there), otherwise
-# mambabyte-small + drafter-small (five times faster than base on two CPU cores). RUN_MODEL and
-# RUN_DRAFT choose another pair.
-GPU_SEEN = $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-RUN_MODEL ?= $(if $(GPU_SEEN),models/mambabyte-base,models/mambabyte-small)
-RUN_DRAFT ?= $(if $(GPU_SEEN),models/drafter-base,models/drafter-small)
+# pays: on a GPU; on a small CPU it switches itself off). With the CUDA backend built and a GPU
+# that nvidia-smi sees, the pair is mambabyte-base + drafter-base (24 layers: better text; with
+# it speculation pays on an H200), otherwise mambabyte-small + drafter-small (base decodes about
+# four times slower on two CPU cores). RUN_MODEL=DIR [RUN_DRAFT=DIR] serves another model, with
+# RUN_DRAFT's drafter or none.
 run: deps
 	$(MAKE) build/rel/mambabyte
-	build/rel/mambabyte serve -m $(RUN_MODEL) --draft $(RUN_DRAFT)
+	@if [ -n "$(RUN_MODEL)" ]; then m="$(RUN_MODEL)" d="$(RUN_DRAFT)"; \
+	elif [ -f build/rel/libmambabyte_cuda.so ] && nvidia-smi -L >/dev/null 2>&1; then \
+	  m=models/mambabyte-base d=models/drafter-base; \
+	else m=models/mambabyte-small d=models/drafter-small; fi; \
+	echo "make run: serving $$m$${d:+ with the drafter $$d}"; \
+	exec build/rel/mambabyte serve -m "$$m" $${d:+--draft "$$d"}
 
 build/rel/bench_engine: bench/bench_engine.c build/rel/libengine.a
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(INC) -o $@ $^ -lcjson -lpthread -lm

@@ -2,11 +2,12 @@
 # One GPU call (~4 min, at most ~6) for the faster trainer (issue 12): the CUDA scan's tests, the
 # fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s with the
 # fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults) in the same call
-# (train.py --bench 40, 65,536 bytes a step in windows of 4,096) at d_model 512 x 24 and x 6 layers,
-# the fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step),
-# and last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 1024). Full logs
-# go to OUT_DIR.
-# usage: tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is enough)
+# (train.py --bench 40, 65,536 bytes a step in windows of 4,096) at d_model DM (default 512; 384 is
+# mambabyte-base's) x 24 and x 6 layers, the fast path with the previous kernel build (BWD_RED 0:
+# dB, dC summed by shuffles every step), and last the scan kernel's builds at the trainer's shape
+# (bench_scan.py 16 4096 2*DM). Full logs go to OUT_DIR.
+# usage: [DM=384] tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is
+# enough)
 mkdir -p "$2"
 D=$(realpath "$1"); O=$(realpath "$2")
 export PYTHONUNBUFFERED=1
@@ -23,7 +24,7 @@ timeout 90 python3 tools/train/check_fast.py /tmp/bt_data/books_test.txt.xz 2>&1
   | grep -v "^W[0-9]"
 T="python3 tools/train/train.py --kind byte --data /tmp/bt_data --train-files books_test.txt.xz --out /tmp/bt_out
    --scan-impl cuda --tokens-per-step 65536 --seq-min 4096 --seq-max 4096 --bench 40 --log-every 10 --val-every 0
-   --d-model 512"
+   --d-model ${DM:-512}"
 run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and the wall time
   local s=$1 n=$2; shift 2
   local t0=$SECONDS
@@ -38,4 +39,4 @@ run 75 l24_on --n-layer 24 --fast compile
 run 45 l24_on_red0 --n-layer 24 --fast compile --scan-cfg '{"BWD_RED":0}'
 run 25 l6_off --n-layer 6 --fast off --scan-cfg "$OLD"
 run 30 l6_on --n-layer 6 --fast compile
-timeout 45 python3 tools/train/bench_scan.py 16 4096 1024 cuda 2>&1 | tee "$O/bench_scan.log" | grep -E "impl|best"
+timeout 45 python3 tools/train/bench_scan.py 16 4096 $((2 * ${DM:-512})) cuda 2>&1 | tee "$O/bench_scan.log" | grep -E "impl|best"

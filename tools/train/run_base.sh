@@ -7,6 +7,7 @@
 # both halves), WU the warm-up steps, LR the peak learning rate.
 # usage: [STOP=s] [TB=s] [LR=x] [WU=n] [TF=a.xz,b.xz] run_base.sh DATA OUT_FOLDER RUN_FOLDER [INIT]
 D=$1; M=$2; R=$3; I=$4
+set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 mkdir -p "$R"
 python3 tools/train/train.py --kind byte --data "$D" ${TF:+--train-files "$TF"} --out "$M" \

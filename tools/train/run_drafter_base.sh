@@ -8,6 +8,7 @@
 # issue 12 asks for a forward of at most 1/6 of the byte model's step, drafter-small's is 0.21).
 # usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
 B=$1; D=$2; M=$3; R=$4
+set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 mkdir -p "$R/init"
 [ -f "$D/distill.txt" ] || python3 tools/train/distill.py --model "$B" --data "$D" \
