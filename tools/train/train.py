@@ -71,13 +71,14 @@ class Tok:
         return out
 
 
-def lr_at(args, progress):
-    """Linear warm-up over the first --warmup steps' share of progress, then cosine to min_lr_frac."""
-    w = min(0.5, args.warmup / max(1, args.steps))
-    if progress < w:
-        return args.lr * max(progress, 1e-4) / w
-    p = min(1.0, (progress - w) / (1 - w))
-    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+def lr_at(args, progress, step):
+    """Cosine from --lr to min_lr_frac of it over progress (steps or time, whichever is further),
+    times a linear warm-up over the first --warmup steps. The warm-up counts steps, not progress: a
+    run bound by time (--steps far away) would otherwise warm up over a share of its seconds, which
+    the first step's compilation can use up."""
+    p = min(1.0, max(0.0, progress))
+    cos = args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
+    return args.lr * cos * min(1.0, (step + 1) / max(1, args.warmup))
 
 
 @torch.no_grad()
@@ -339,7 +340,7 @@ def main():
         offs = torch.randint(0, n_train - L - 1, (bsz,), device=device, generator=gen)
         idx = offs[:, None] + torch.arange(L + 1, device=device)[None]
         batch = train_dev[idx].long()
-        lr = lr_at(args, max((step + 1) / args.steps, tfrac))
+        lr = lr_at(args, max((step + 1) / args.steps, tfrac), step)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
