@@ -22,4 +22,5 @@ python3 tools/train/train.py --kind token --data "$D" \
   --d-model 320 --n-layer "${NL:-4}" --steps 100000 --time-budget "${TD:-240}" --warmup "${WU:-100}" \
   --lr "${LR:-1e-3}" --tokens-per-step 65536 --seq-min 1024 --seq-max 2048 --seq-quant 256 \
   --val-every 0 --log-every 200 --scan-impl cuda --ckpt "$R/ck.pt" --resume \
-  ${STOP:+--stop-after "$STOP"} --metrics "$R/drafter.json" 2>&1 | tee -a "$R/drafter.log"
+  ${STOP:+--stop-after "$STOP"} --metrics "$R/drafter.json" --ref-json "$R/ref_drafter-base.json" 2>&1 |
+  tee -a "$R/drafter.log"
