@@ -9,12 +9,9 @@ import json
 import os
 import sys
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import config_from_hf  # noqa: E402
-from train import REF_TEXT, Tok, load_export, reference_dump  # noqa: E402
+from train import Tok, load_export, reference_dump, reference_ids  # noqa: E402
 
 
 def main():
@@ -23,12 +20,7 @@ def main():
     d, out = sys.argv[1:]
     cfg = config_from_hf(json.load(open(os.path.join(d, "config.json"))))
     tok_path = os.path.join(d, "tokenizer.model")
-    if os.path.exists(tok_path):
-        tok = Tok(tok_path)
-        ids = torch.cat([torch.tensor([tok.bos], dtype=torch.int32),
-                         torch.from_numpy(tok.encode_stream(REF_TEXT.encode()))])
-    else:
-        ids = torch.from_numpy(np.frombuffer(REF_TEXT.encode(), dtype=np.uint8).copy())
+    ids = reference_ids(Tok(tok_path) if os.path.exists(tok_path) else None)
     reference_dump(load_export(d, cfg, "cpu"), ids, out, "cpu")
     print(f"{out}: {len(ids)} ids")
 

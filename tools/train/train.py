@@ -157,6 +157,14 @@ def hf_check(out_dir, model, ids, device):
                 max_abs_logit=scale, n_positions=int(x.shape[1]))
 
 
+def reference_ids(tok=None):
+    """REF_TEXT as the model reads it: its bytes, or with a tokenizer BOS and then its ids."""
+    if tok is None:
+        return torch.from_numpy(np.frombuffer(REF_TEXT.encode(), dtype=np.uint8).copy())
+    return torch.cat([torch.tensor([tok.bos], dtype=torch.int32),
+                      torch.from_numpy(tok.encode_stream(REF_TEXT.encode()))])
+
+
 def reference_dump(model, ids, path, device):
     """Log-probabilities of a short text under the exported weights (fp32 maths), for the
     repository's numpy check of the export (tests/train)."""
@@ -413,8 +421,7 @@ def main():
                 log(f"{name}: {dbits / dn:.4f} bits/byte, each document from a fresh state")
             log(f"{name}: {metrics[f'{name}_bits_per_byte']:.4f} bits/byte (exported bf16 weights, fp32 maths, one stream)")
         metrics["eval_seconds"] = time.time() - t1
-    ref_ids = (torch.from_numpy(np.frombuffer(REF_TEXT.encode(), dtype=np.uint8).copy()) if args.kind == "byte"
-               else torch.cat([bos, torch.from_numpy(tok.encode_stream(REF_TEXT.encode()))]))
+    ref_ids = reference_ids(None if args.kind == "byte" else tok)
     if args.ref_json:
         reference_dump(em, ref_ids, args.ref_json, device)
     if args.hf_check:
