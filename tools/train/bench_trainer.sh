@@ -6,7 +6,8 @@
 # mambabyte-base's) x 24 and x 6 layers, the fast path with the previous kernel build (BWD_RED 0:
 # dB, dC summed by shuffles every step), and last the scan kernel's builds at the trainer's shape
 # (bench_scan.py 16 4096 2*DM). Full logs go to OUT_DIR.
-# usage: [DM=384] tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is
+# QUICK=1: the 24-layer plain and fast runs only (~2 min).
+# usage: [DM=384] [QUICK=1] tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is
 # enough)
 mkdir -p "$2"
 D=$(realpath "$1"); O=$(realpath "$2")
@@ -36,6 +37,7 @@ run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and t
 OLD='{"BWD_OCC":0,"BWD_RED":0}'
 run 40 l24_off --n-layer 24 --fast off --scan-cfg "$OLD"
 run 75 l24_on --n-layer 24 --fast compile
+[ -n "$QUICK" ] && exit 0
 run 45 l24_on_red0 --n-layer 24 --fast compile --scan-cfg '{"BWD_RED":0}'
 run 25 l6_off --n-layer 6 --fast off --scan-cfg "$OLD"
 run 30 l6_on --n-layer 6 --fast compile

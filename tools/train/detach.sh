@@ -33,9 +33,12 @@ start)
     rm -rf "$run/src" "$run/detached.rc"
     mkdir -p "$run/src"
     cp -r tools "$run/src/"
-    (cd "$run/src" && setsid nohup bash -c '"$@"; echo $? > "$0/detached.rc"' \
-        "$run" "$@" >"$run/detached.log" 2>&1 </dev/null &
-        echo $! >"$run/detached.pid")
+    rm -f "$run/detached.pid"
+    # the detached shell writes its own pid: setsid forks when it leads a process group, so $! here
+    # would name a process that has already exited
+    (cd "$run/src" && setsid nohup bash -c 'echo $$ > "$0/detached.pid"; "$@"; echo $? > "$0/detached.rc"' \
+        "$run" "$@" >"$run/detached.log" 2>&1 </dev/null &)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$run/detached.pid" ] && break; sleep 0.5; done
     exec "$0" wait "$run" "$secs"
     ;;
 wait)
