@@ -7,8 +7,8 @@
 # dB, dC summed by shuffles every step), and last the scan kernel's builds at the trainer's shape
 # (bench_scan.py 16 4096 2*DM). Full logs go to OUT_DIR.
 # QUICK=1: the 24-layer plain and fast runs only (~2 min).
-# usage: [DM=384] [QUICK=1] tools/train/bench_trainer.sh DATA_DIR OUT_DIR   (DATA_DIR: books_test.txt.xz is
-# enough)
+# usage: [DM=384] [QUICK=1] tools/train/bench_trainer.sh DATA_DIR OUT_DIR
+# (DATA_DIR: books_test.txt.xz is enough)
 mkdir -p "$2"
 D=$(realpath "$1"); O=$(realpath "$2")
 export PYTHONUNBUFFERED=1

@@ -30,10 +30,9 @@ start)
         echo "detach.sh: a run is already going in $run (pid $(cat "$run/detached.pid"))" >&2
         exit 1
     fi
-    rm -rf "$run/src" "$run/detached.rc"
+    rm -rf "$run/src" "$run/detached.rc" "$run/detached.pid"
     mkdir -p "$run/src"
     cp -r tools "$run/src/"
-    rm -f "$run/detached.pid"
     # the detached shell writes its own pid: setsid forks when it leads a process group, so $! here
     # would name a process that has already exited
     (cd "$run/src" && setsid nohup bash -c 'echo $$ > "$0/detached.pid"; "$@"; echo $? > "$0/detached.rc"' \

@@ -1,11 +1,12 @@
 #!/bin/bash
 # A drafter for mambabyte-base (issue 12) on one H200: DS seconds of the byte model's greedy
-# continuations of train prompts (distill.py), then TD seconds of training drafter-small on them
-# mixed with the train split (train.py --init: drafter-small's shape and tokenizer). Measure the
-# result with tools/train/accept.py. RUN_FOLDER keeps the distilled text and the checkpoint.
-# INIT is the drafter to start from (drafter-small; the drafter of mambabyte-base run 2 started
-# from run 1's, see bench/RESULTS.md). NL: the drafter's layers (4; fewer take INIT's first NL:
-# issue 12 asks for a forward of at most 1/6 of the byte model's step, drafter-small's is 0.21).
+# continuations of train prompts (distill.py; kept in DATA/distill.txt and reused while it is
+# there), then TD seconds of training a drafter of width 320 on them mixed with the train split
+# (train.py --init: INIT's weights and tokenizer). Measure the result with tools/train/accept.py.
+# RUN_FOLDER keeps the checkpoint. INIT is the drafter to start from (default drafter-small;
+# models/drafter-base started from the earlier 4-layer drafter-base). NL: the drafter's layers
+# (default 4; fewer take INIT's first NL). Issue 12 asks for a forward of at most 1/6 of the byte
+# model's step: on an H200 4 layers cost 0.219 of it, 3 0.183, 2 0.133 (drafter-base has 2).
 # usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
 B=$1; D=$2; M=$3; R=$4
 set -o pipefail
