@@ -58,12 +58,14 @@ def scan_torch(x, dt, A, B, C, D, z, dt_bias, s0=None):
     return y, s
 
 
-def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str):
+def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str,
+               p: float = 0.0):
     """MambaBlock.forward from the zero state, written for torch.compile: a function of tensors (one
     compiled graph serves every layer), x kept in (b, L, E) layout with the causal depthwise conv as
     K shifted multiply-adds (fused with the SiLU), the scan the opaque custom op of scan_op.py.
     The conv runs in float32 with float32 weights and rounds once (the plain path's cuDNN conv
-    takes weights rounded to the activation dtype): the same maths up to that rounding."""
+    takes weights rounded to the activation dtype): the same maths up to that rounding.
+    p: dropout on the block's output before the residual add (training only; see MambaLM)."""
     E, K = conv_w.shape[0], conv_w.shape[2]
     R, N, L = dt_w.shape[1], A_log.shape[1], h.shape[1]
     x, z = F.linear(rmsnorm(h, norm_w, eps), in_w).split(E, -1)
@@ -75,7 +77,12 @@ def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, 
     dt_low, Bm, Cm = F.linear(x, x_proj_w).split([R, N, N], -1)
     dt = F.linear(dt_low, dt_w)
     y = scan_op.selective_scan(x, dt, -torch.exp(A_log.float()), Bm, Cm, D, z, dt_b, kernel)
-    return h + F.linear(y, out_w).float()
+    return h + residual_dropout(F.linear(y, out_w).float(), p)
+
+
+def residual_dropout(out, p: float):
+    """Dropout on a block's output (the residual branch), or the output itself when p is 0."""
+    return F.dropout(out, p) if p > 0 else out
 
 
 class MambaBlock(nn.Module):
@@ -102,9 +109,9 @@ class MambaBlock(nn.Module):
         with torch.no_grad():  # GPT-2 style rescale of the residual branch
             self.out_proj.weight /= math.sqrt(cfg.n_layer)
 
-    def forward(self, h, state=None, scan="triton"):
+    def forward(self, h, state=None, scan="triton", p=0.0):
         """h: (b, L, d) float32 residual. state: None (zeros) or (conv_tail (b, E, K-1), ssm (b, E, N)).
-        Returns (h_out, new_state or None)."""
+        p: dropout on the output before the residual add. Returns (h_out, new_state or None)."""
         cfg = self.cfg
         E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         L = h.shape[1]
@@ -133,8 +140,8 @@ class MambaBlock(nn.Module):
             k = importlib.import_module(KERNEL)
             y, _, sT = k.scan_forward(x, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(),
                                     s0=state[1], store_ck=False, return_state=True)
-        out = self.out_proj(y)
-        return h + out.float(), ((new_tail, sT) if state is not None else None)
+        out = residual_dropout(self.out_proj(y).float(), p)
+        return h + out, ((new_tail, sT) if state is not None else None)
 
     def weights(self):
         """The tensors block_fast takes, in its order."""
@@ -150,6 +157,9 @@ class MambaLM(nn.Module):
         nn.init.normal_(self.emb.weight, std=0.02)
         self.layers = nn.ModuleList([MambaBlock(cfg, i) for i in range(cfg.n_layer)])
         self.norm_f = nn.Parameter(torch.ones(cfg.d_model))
+        # dropout on every block's output in training mode (train.py --dropout); not part of the
+        # exported model: inference and evaluation (eval mode) never drop
+        self.dropout = 0.0
 
     def init_state(self, bsz, device):
         c = self.cfg
@@ -162,11 +172,12 @@ class MambaLM(nn.Module):
         if fast is not None and state is not None:
             raise ValueError("the fast block starts from the zero state")
         h = self.emb(ids).float()
+        p = self.dropout if self.training else 0.0
         for i, layer in enumerate(self.layers):
             if fast is not None:
-                h = fast(h, *layer.weights(), eps=self.cfg.eps, kernel=KERNEL)
+                h = fast(h, *layer.weights(), eps=self.cfg.eps, kernel=KERNEL, p=p)
             else:
-                h, st = layer(h, None if state is None else state[i], scan=scan)
+                h, st = layer(h, None if state is None else state[i], scan=scan, p=p)
                 if state is not None:
                     state[i] = st
         h = rmsnorm(h, self.norm_f, self.cfg.eps)

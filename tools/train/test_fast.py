@@ -1,10 +1,12 @@
 """The fast block (model.block_fast: shifted-add conv, the scan as the custom op of scan_op.py)
 against the plain MambaBlock path on the CPU in float32: loss and every parameter's gradient,
-eager and through torch.compile, plus torch.library.opcheck of the scan op (fake shapes, autograd).
+eager and through torch.compile, with and without dropout, plus torch.library.opcheck of the scan
+op (fake shapes, autograd).
 The op runs the float64 reference on the CPU, the plain path the float32 torch scan.
 
   python3 tools/train/test_fast.py            (CPU; ~1-3 min, most of it compiling)
 """
+import math
 import os
 import sys
 
@@ -60,6 +62,36 @@ def check_op():
     return ok
 
 
+def check_dropout(m, ids, ref):
+    """--dropout: both paths draw the same masks from the same seed (eager), the masks change the
+    result in training mode, and eval mode (evaluation, export) never drops."""
+    def seeded(seed, **kw):
+        torch.manual_seed(seed)
+        return loss_and_grads(m, ids, **kw)
+
+    m.dropout = 0.3
+    ref_d = seeded(5, scan="torch")
+    ok = compare("block_fast with dropout 0.3, eager", ref_d, seeded(5, fast=M.block_fast))
+    err, what = worst_difference(ref, ref_d)
+    ok &= err > 100 * TOL
+    print(f"{'ok' if err > 100 * TOL else 'FAIL'} control: dropout 0.3 in training mode differs by {what}")
+    # compiled, the masks come from another generator: the graph must hold the dropout
+    # (fullgraph, as train.py compiles it) and still drop
+    got = seeded(5, fast=torch.compile(M.block_fast, fullgraph=True))
+    err, what = worst_difference(ref, got)
+    drops = math.isfinite(got[0]) and err > 100 * TOL
+    ok &= drops
+    print(f"{'ok' if drops else 'FAIL'} block_fast with dropout 0.3, torch.compile(fullgraph): loss {got[0]:.6f} "
+          f"(eager's masks {ref_d[0]:.6f}), differs from no dropout by {what}")
+    m.eval()
+    err, what = worst_difference(ref, seeded(6, scan="torch"))
+    ok &= err == 0
+    print(f"{'ok' if err == 0 else 'FAIL'} dropout 0.3 in eval mode: worst relative difference {what}")
+    m.train()
+    m.dropout = 0.0
+    return ok
+
+
 def main():
     torch.manual_seed(0)
     cfg = M.MambaConfig(vocab_size=64, d_model=32, n_layer=2, d_state=4, expand=2)
@@ -77,6 +109,7 @@ def main():
     err, what = worst_difference(ref, loss_and_grads(m, ids, fast=shifted))
     ok &= err > 100 * TOL
     print(f"{'ok' if err > 100 * TOL else 'FAIL'} control: block_fast one step late differs by {what}")
+    ok &= check_dropout(m, ids, ref)
     print("test_fast: all ok" if ok else "test_fast: FAILED")
     sys.exit(0 if ok else 1)
 

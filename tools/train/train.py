@@ -198,6 +198,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="dropout on every block's output before the residual add, in training only (against many passes over the data)")
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--tokens-per-step", type=int, default=131072)
     ap.add_argument("--seq-min", type=int, default=2048)
@@ -297,8 +299,9 @@ def main():
         fast = torch.compile(model_mod.block_fast, fullgraph=True)
     elif args.fast == "eager":
         fast = model_mod.block_fast
+    model.dropout = args.dropout
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.to_dict()} params {n_params:,}; fast path {args.fast}")
+    log(f"model: {cfg.to_dict()} params {n_params:,}; fast path {args.fast}; dropout {args.dropout}")
     opt = torch.optim.AdamW(model.param_groups(args.wd), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                             fused=device == "cuda")
     step, elapsed, ids_seen = 0, 0.0, 0
