@@ -7,7 +7,7 @@
 # models/drafter-base started from the earlier 4-layer drafter-base). NL: the drafter's layers
 # (default 4; fewer take INIT's first NL). Issue 12 asks for a forward of at most 1/6 of the byte
 # model's step: on an H200 4 layers cost 0.219 of it, 3 0.183, 2 0.133 (drafter-base has 2).
-# usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
+# usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] [STOP=s] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
 B=$1; D=$2; M=$3; R=$4
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
