@@ -113,6 +113,17 @@ class Server:
             out.append(col)
         return out
 
+    def wait_counter(self, name, at_least, timeout=10):
+        """/metrics once the counter `name` has reached at_least. A request is counted when the
+        HTTP library reports it finished, which can come after the client has read the whole
+        response: a scrape right after the response may not count it yet."""
+        deadline = time.time() + timeout
+        m = self.metrics()
+        while m.get(name, 0) < at_least and time.time() < deadline:
+            time.sleep(0.02)
+            m = self.metrics()
+        return m
+
     def wait_idle(self, timeout=30):
         """Waits until no slot runs a request and nothing waits: what a leak would prevent."""
         deadline = time.time() + timeout

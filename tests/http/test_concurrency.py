@@ -57,7 +57,9 @@ def test_512_concurrent_streams():
 
     texts = parallel(one, reqs)
     assert len(texts) == 512
-    m = SRV.wait_idle()
+    SRV.wait_idle()
+    ok_name = 'mambabyte_requests_total{code="200"}'
+    m = SRV.wait_counter(ok_name, before[ok_name] + 512)
     ok = m['mambabyte_requests_total{code="200"}'] - before['mambabyte_requests_total{code="200"}']
     assert ok >= 512, ok
     errors = {k: v - before.get(k, 0) for k, v in m.items()

@@ -79,7 +79,8 @@ def test_admission_out_of_memory_is_503():
             out = json.loads(r.read())
             c.close()
             assert r.status == 503 and out["error"]["code"] == "out_of_memory", (r.status, out)
-        m = srv.wait_idle()
+        srv.wait_idle()
+        m = srv.wait_counter('mambabyte_requests_total{code="503"}', before + 2)
         assert m['mambabyte_requests_total{code="503"}'] - before == 2, m
         # session jobs do not pass through the waiting list and still work
         assert srv.post("/v1/sessions", {})["object"] == "session"
