@@ -6,8 +6,9 @@
 # mambabyte-base's) x 24 and x 6 layers, the fast path with the previous kernel build (BWD_RED 0:
 # dB, dC summed by shuffles every step), and last the scan kernel's builds at the trainer's shape
 # (bench_scan.py 16 4096 2*DM). Full logs go to OUT_DIR.
-# QUICK=1: the 24-layer plain and fast runs only (~2 min).
-# usage: [DM=384] [QUICK=1] tools/train/bench_trainer.sh DATA_DIR OUT_DIR
+# QUICK=1: the 24-layer plain and fast runs only (~2 min). OLD_SRC=file: the plain runs build that
+# version of scan_cuda.cu (the trainer as it was before a kernel change) instead of this one's.
+# usage: [DM=384] [QUICK=1] [OLD_SRC=scan_cuda.cu] tools/train/bench_trainer.sh DATA_DIR OUT_DIR
 # (DATA_DIR: books_test.txt.xz is enough)
 mkdir -p "$2"
 D=$(realpath "$1"); O=$(realpath "$2")
@@ -28,8 +29,9 @@ T="python3 tools/train/train.py --kind byte --data /tmp/bt_data --train-files bo
    --d-model ${DM:-512}"
 run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and the wall time
   local s=$1 n=$2; shift 2
-  local t0=$SECONDS
-  timeout "$s" $T "$@" > "$O/$n.log" 2>&1
+  local t0=$SECONDS src=
+  case " $* " in *" --fast off "*) src=${OLD_SRC:+$(realpath "$OLD_SRC")} ;; esac
+  MB_SCAN_SRC=$src timeout "$s" $T "$@" > "$O/$n.log" 2>&1
   echo "== $n ($*): $(grep -E '^step +(20|30|40) ' "$O/$n.log" | sed -E 's/.*\| ([0-9.]+) MB\/s.*/\1/' | tr '\n' ' ')MB/s" \
     "(steps 20, 30, 40), $((SECONDS - t0)) s"
   grep -E "Error|error" "$O/$n.log" | tail -3

@@ -3,16 +3,18 @@
 //
 // One block per (batch row, BD channels); four threads per channel, each owning four of its 16
 // states, walk time in order, CH steps at a time. A chunk's inputs are staged in shared memory
-// (softplus, delta * x and the gate done once per (t, channel)) while the next chunk's are loaded
-// into registers; a state update s = exp(delta A) s + delta x B is one ex2 and one FMA, and y sums
+// (softplus, delta * x and the gate done once per (t, channel), their exponentials and logarithms
+// in the MUFU) while the next chunk's are loaded into registers, 32-bit offsets into the block's
+// row; a state update s = exp(delta A) s + delta x B is one ex2 and one FMA, and y sums
 // over the states in registers and then over the quad with two shuffles. The forward stores the
 // state at the start of every chunk (the checkpoints, float32).
 //
 // The backward walks the chunks in reverse. A chunk's CH states are recomputed from its
 // checkpoint into registers, then the adjoint g_t = dL/ds_t runs backwards,
 // g_t = a_{t+1} g_{t+1} + C_t dy'_t, and every gradient comes from s_{t-1}, s_t, a_t and g_t.
-// Sums over channels (dB, dC): each step's per-thread terms go to shared memory and are summed per
-// chunk, one (step, state) per thread (BWD_RED 1; 0: shuffles to two slots per warp each step),
+// Sums over channels (dB = sum g u, dC = sum s dy'): each step's g and s go to shared memory and
+// are summed per chunk, times u and dy', one (step, state) per thread (BWD_RED 1; 0: the products
+// summed by shuffles to two slots per warp each step),
 // into per-block partials that the caller sums (no atomics: the results do not depend on
 // scheduling). dA, dD and dt_bias are per batch row, summed by the caller.
 #include <cuda_bf16.h>
@@ -39,6 +41,7 @@
 #define BWD_RED 1
 #endif
 #define LOG2E 1.4426950408889634f
+#define LN2   0.6931471805599453f
 #define FULL  0xffffffffu
 
 struct ScanArgs {
@@ -50,30 +53,42 @@ struct ScanArgs {
     int bsz, L, E, nck, nblk;
 };
 
-__device__ __forceinline__ float ld(const float *p, long long i) {
+/* Element i of a row (p points at the block's row, i < 2^31: scan_cuda.py checks the sizes) */
+__device__ __forceinline__ float ld(const float *p, int i) {
     return p[i];
 }
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, long long i) {
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int i) {
     return __bfloat162float(p[i]);
 }
-__device__ __forceinline__ void st(float *p, long long i, float v) {
+__device__ __forceinline__ void st(float *p, int i, float v) {
     p[i] = v;
 }
-__device__ __forceinline__ void st(__nv_bfloat16 *p, long long i, float v) {
+__device__ __forceinline__ void st(__nv_bfloat16 *p, int i, float v) {
     p[i] = __float2bfloat16(v);
 }
 
-/* 2^v for v <= 0 (delta A is never positive) */
+/* 2^v and log2(v) in the MUFU */
 __device__ __forceinline__ float ex2(float v) {
     float r;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
     return r;
 }
-__device__ __forceinline__ float softplus(float v) {
-    return v > 20.f ? v : (v < -15.f ? __expf(v) : log1pf(__expf(v)));
+__device__ __forceinline__ float lg2(float v) {
+    float r;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
 }
+/* ln(1 + e^v): v itself above 20; below e^v = 2^-5, where 1 + e^v would round away the low bits
+   of e^v, the series e - e^2/2 + e^3/3 - e^4/4 (relative error under 2e-7 there) */
+__device__ __forceinline__ float softplus(float v) {
+    const float e = ex2(fminf(v, 20.f) * LOG2E);
+    const float s = e < 0.03125f ? e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 1.f / 3.f), -0.5f), 1.f)
+                                 : lg2(1.f + e) * LN2;
+    return v > 20.f ? v : s;
+}
+/* 1 / (1 + e^-v); the approximate division returns 0 where e^-v overflows */
 __device__ __forceinline__ float sigmoid(float v) {
-    return 1.f / (1.f + __expf(-v));
+    return __fdividef(1.f, 1.f + ex2(-v * LOG2E));
 }
 __device__ __forceinline__ float sum_quad(float v) {
     v += __shfl_xor_sync(FULL, v, 1);
@@ -85,24 +100,30 @@ __device__ __forceinline__ float sum_quad(float v) {
 template <typename T, int BD> struct Fetch {
     static constexpr int NT = BD * Q, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
     float x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB];
+    /* Element p of a chunk is step c0 + tid / BD + p * Q of channel d0 + tid % BD (the same channel
+       for every p); the row pointers are the same for the whole block. */
     __device__ void load(const ScanArgs &a, long long b, int d0, int c0, bool bwd) {
-        const T *xp = (const T *)a.x, *dtp = (const T *)a.dt, *zp = (const T *)a.z,
-                *dyp = (const T *)a.dy;
+        const T *xr = (const T *)a.x + (b * a.sxb + d0), *dtr = (const T *)a.dt + (b * a.sdb + d0),
+                *zr = (const T *)a.z + (b * a.szb + d0),
+                *dyr = (const T *)a.dy + (b * a.L * a.E + d0), *Br = (const T *)a.B + b * a.sBb,
+                *Cr = (const T *)a.C + b * a.sCb;
+        const int j = threadIdx.x % BD, t0 = c0 + threadIdx.x / BD;
+        const bool jok = d0 + j < a.E;
 #pragma unroll
         for (int p = 0; p < PX; p++) {
-            const int i = threadIdx.x + p * NT, tt = c0 + i / BD, dd = d0 + i % BD;
-            const bool ok = tt < a.L && dd < a.E;
-            x[p] = ok ? ld(xp, b * a.sxb + tt * a.sxl + dd) : 0.f;
-            dt[p] = ok ? ld(dtp, b * a.sdb + tt * a.sdl + dd) : 0.f;
-            z[p] = ok && zp ? ld(zp, b * a.szb + tt * a.szl + dd) : 0.f;
-            dy[p] = ok && bwd ? ld(dyp, (b * a.L + tt) * a.E + dd) : 0.f;
+            const int tt = t0 + p * Q;
+            const bool ok = jok && tt < a.L;
+            x[p] = ok ? ld(xr, tt * (int)a.sxl + j) : 0.f;
+            dt[p] = ok ? ld(dtr, tt * (int)a.sdl + j) : 0.f;
+            z[p] = ok && a.z ? ld(zr, tt * (int)a.szl + j) : 0.f;
+            dy[p] = ok && bwd ? ld(dyr, tt * a.E + j) : 0.f;
         }
 #pragma unroll
         for (int p = 0; p < PB; p++) {
             const int i = threadIdx.x + p * NT, tt = c0 + i / NS, j = i % NS;
             const bool ok = i < CH * NS && tt < a.L;
-            B[p] = ok ? ld((const T *)a.B, b * a.sBb + tt * a.sBl + j) : 0.f;
-            C[p] = ok ? ld((const T *)a.C, b * a.sCb + tt * a.sCl + j) : 0.f;
+            B[p] = ok ? ld(Br, tt * (int)a.sBl + j) : 0.f;
+            C[p] = ok ? ld(Cr, tt * (int)a.sCl + j) : 0.f;
         }
     }
     /* The chunk's B and C rows (loaded by load()) into shared memory. */
@@ -120,13 +141,16 @@ template <typename T, int BD> struct Fetch {
 
 template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(ScanArgs a) {
     using F = Fetch<T, BD>;
-    constexpr int NT = F::NT;
     __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS];
     __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_z[CH][BD], s_y[CH][BD];
     const int tid = threadIdx.x, q = tid % Q, c = tid / Q, L = a.L, E = a.E;
-    const int d0 = blockIdx.x * BD, d = d0 + c;
+    const int d0 = blockIdx.x * BD, d = d0 + c, j = tid % BD, t0 = tid / BD;
     const long long b = blockIdx.y;
-    const bool dok = d < E;
+    const bool dok = d < E, jok = d0 + j < E;
+    /* the staging and output loops' channel (tid % BD, the same in every round) */
+    const float Dj = jok ? a.D[d0 + j] : 0.f, bj = jok ? a.bias[d0 + j] : 0.f;
+    float *ckr = a.ck ? a.ck + b * a.nck * E * NS : nullptr;
+    T *yr = (T *)a.y + (b * L * E + d0);
     float A2[SPT], s[SPT];
 #pragma unroll
     for (int k = 0; k < SPT; k++) {
@@ -136,15 +160,13 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(
     F f;
     f.load(a, b, d0, 0, false);
     for (int c0 = 0, ci = 0; c0 < L; c0 += CH, ci++) {
-        if (a.ck && dok)
-            *(float4 *)&a.ck[((b * a.nck + ci) * E + d) * NS + q * SPT] =
-                make_float4(s[0], s[1], s[2], s[3]);
+        if (ckr && dok)
+            *(float4 *)&ckr[(ci * E + d) * NS + q * SPT] = make_float4(s[0], s[1], s[2], s[3]);
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < F::PX; p++) {
-            const int i = tid + p * NT, t = i / BD, j = i % BD;
-            const bool ok = c0 + t < L && d0 + j < E;
-            const float dl = ok ? softplus(f.dt[p] + a.bias[d0 + j]) : 0.f;
+            const int t = t0 + p * Q;
+            const float dl = jok && c0 + t < L ? softplus(f.dt[p] + bj) : 0.f;
             s_dl[t][j] = dl;
             s_u[t][j] = dl * f.x[p];
             s_x[t][j] = f.x[p];
@@ -169,14 +191,14 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < F::PX; p++) {
-            const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
-            if (tt < L && dd < E) {
-                float v = s_y[t][j] + a.D[dd] * s_x[t][j];
+            const int t = t0 + p * Q, tt = c0 + t;
+            if (jok && tt < L) {
+                float v = s_y[t][j] + Dj * s_x[t][j];
                 if (a.z) {
                     const float zv = s_z[t][j];
                     v *= zv * sigmoid(zv);
                 }
-                st((T *)a.y, (b * L + tt) * E + dd, v);
+                st(yr, tt * E + j, v);
             }
         }
     }
@@ -188,21 +210,29 @@ template <typename T, int BD>
 __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a) {
     using F = Fetch<T, BD>;
     constexpr int NT = F::NT, NW = NT / 32, SL = 2 * NW; /* warps; dB/dC slots (two per warp) */
-    /* RED: the per (step, channel, state) terms of dB and dC go to shared memory, a row per step
-       padded by 16 so that the summing threads of a warp (two steps, 16 states) hit distinct
-       banks; only where that fits the 48 KB of static shared memory (not at CH 16 x BD 32) */
+    /* RED: the adjoints g and the states s of every (step, channel, state) go to shared memory, a
+       row per step padded by 16 so that the summing threads of a warp (two steps, 16 states) hit
+       distinct banks, and dB = sum g u, dC = sum s dy' over the channels are summed from there once
+       a chunk; only where that fits the 48 KB of static shared memory (not at CH 16 x BD 32) */
     constexpr int QS = BD * NS + 16;
     constexpr bool RED = BWD_RED && CH * QS * 8 <= 36 * 1024;
     __shared__ __align__(16) float s_B[CH][NS], s_C[CH][NS], s_qB[RED ? CH : 1][RED ? QS : 4],
-        s_qC[RED ? CH : 1][RED ? QS : 4], s_dBw[RED ? 1 : SL][CH][NS], s_dCw[RED ? 1 : SL][CH][NS];
-    __shared__ float s_dl[CH][BD], s_u[CH][BD], s_x[CH][BD], s_dyp[CH][BD], s_sg[CH][BD],
-        s_dzf[CH][BD];
+        s_qC[RED ? CH : 1][RED ? QS : 4], s_dBw[RED ? 1 : SL][CH][NS], s_dCw[RED ? 1 : SL][CH][NS],
+        s_u[CH][BD], s_dyp[CH][BD];
+    __shared__ float s_dl[CH][BD], s_x[CH][BD], s_sg[CH][BD], s_dzf[CH][BD];
     __shared__ float s_ddl[CH][BD], s_gB[CH][BD], s_yp[CH][BD], s_red[2][NT];
     const int tid = threadIdx.x, q = tid % Q, c = tid / Q, lane = tid % 32, w = tid / 32, L = a.L,
               E = a.E;
-    const int d0 = blockIdx.x * BD, d = d0 + c;
+    const int d0 = blockIdx.x * BD, d = d0 + c, j = tid % BD, t0 = tid / BD;
     const long long b = blockIdx.y;
-    const bool dok = d < E;
+    const bool dok = d < E, jok = d0 + j < E;
+    /* the staging and output loops' channel (tid % BD, the same in every round) */
+    const float Dj = jok ? a.D[d0 + j] : 0.f, bj = jok ? a.bias[d0 + j] : 0.f;
+    const float *ckr = a.ck + b * a.nck * E * NS;
+    T *dxr = (T *)a.dx + (b * L * E + d0), *ddtr = (T *)a.ddt + (b * L * E + d0),
+      *dzr = (T *)a.dz + (b * L * E + d0);
+    float *dBr = a.dBp + (b * a.nblk + blockIdx.x) * L * NS,
+          *dCr = a.dCp + (b * a.nblk + blockIdx.x) * L * NS;
     float Av[SPT], A2[SPT], g[SPT], an[SPT], dA[SPT];
 #pragma unroll
     for (int k = 0; k < SPT; k++) {
@@ -214,16 +244,16 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
     F f;
     f.load(a, b, d0, (a.nck - 1) * CH, true);
     /* the checkpoint of the chunk to come, loaded one chunk ahead like its inputs */
-    float4 ckv = dok ? *(const float4 *)&a.ck[((b * a.nck + a.nck - 1) * E + d) * NS + q * SPT]
+    float4 ckv = dok ? *(const float4 *)&ckr[((a.nck - 1) * E + d) * NS + q * SPT]
                      : make_float4(0.f, 0.f, 0.f, 0.f);
     for (int ci = a.nck - 1; ci >= 0; ci--) {
         const int c0 = ci * CH;
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < F::PX; p++) {
-            const int i = tid + p * NT, t = i / BD, j = i % BD;
-            const bool ok = c0 + t < L && d0 + j < E;
-            const float v = f.dt[p] + (ok ? a.bias[d0 + j] : 0.f), zv = f.z[p];
+            const int t = t0 + p * Q;
+            const bool ok = jok && c0 + t < L;
+            const float v = f.dt[p] + (ok ? bj : 0.f), zv = f.z[p];
             const float dl = ok ? softplus(v) : 0.f, sz = sigmoid(zv);
             s_dl[t][j] = dl;
             s_u[t][j] = dl * f.x[p];
@@ -237,7 +267,7 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
         float hs[CH][SPT], s[SPT] = {ckv.x, ckv.y, ckv.z, ckv.w};
         if (ci > 0) {
             f.load(a, b, d0, c0 - CH, true);
-            if (dok) ckv = *(const float4 *)&a.ck[((b * a.nck + ci - 1) * E + d) * NS + q * SPT];
+            if (dok) ckv = *(const float4 *)&ckr[((ci - 1) * E + d) * NS + q * SPT];
         }
 #pragma unroll
         for (int t = 0; t < CH; t++) {
@@ -256,10 +286,10 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
             const float4 Bv = *(const float4 *)&s_B[t][q * SPT],
                          Cv = *(const float4 *)&s_C[t][q * SPT];
             const float bv[SPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, cv[SPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
-            float r1 = 0.f, r2 = 0.f, r3 = 0.f, qB[SPT], qC[SPT];
+            float r1 = 0.f, r2 = 0.f, r3 = 0.f, sc[SPT];
 #pragma unroll
             for (int k = 0; k < SPT; k++) {
-                const float sc = t == CH - 1 ? s[k] : hs[t + 1][k]; /* s_t */
+                sc[k] = t == CH - 1 ? s[k] : hs[t + 1][k]; /* s_t */
                 const float at = ex2(dl * A2[k]);
                 g[k] = fmaf(an[k], g[k], dyp * cv[k]);
                 an[k] = at;
@@ -267,9 +297,7 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 dA[k] = fmaf(gsa, dl, dA[k]);
                 r1 = fmaf(gsa, Av[k], r1);
                 r2 = fmaf(g[k], bv[k], r2);
-                r3 = fmaf(sc, cv[k], r3);
-                qB[k] = g[k] * u;
-                qC[k] = sc * dyp;
+                r3 = fmaf(sc[k], cv[k], r3);
             }
             r1 = sum_quad(r1), r2 = sum_quad(r2), r3 = sum_quad(r3);
             if (q == 0) {
@@ -277,12 +305,15 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
                 s_gB[t][c] = r2;
                 s_yp[t][c] = r3;
             }
-            if constexpr (RED) { /* summed over channels after the chunk, no shuffles here */
-                *(float4 *)&s_qB[t][c * NS + q * SPT] = make_float4(qB[0], qB[1], qB[2], qB[3]);
-                *(float4 *)&s_qC[t][c * NS + q * SPT] = make_float4(qC[0], qC[1], qC[2], qC[3]);
+            if constexpr (RED) { /* g and s_t as they are; times u and dy' where they are summed */
+                *(float4 *)&s_qB[t][c * NS + q * SPT] = make_float4(g[0], g[1], g[2], g[3]);
+                *(float4 *)&s_qC[t][c * NS + q * SPT] = make_float4(sc[0], sc[1], sc[2], sc[3]);
             } else {
+                float qB[SPT], qC[SPT];
 #pragma unroll
                 for (int k = 0; k < SPT; k++) { /* over the warp's channels, two groups of four */
+                    qB[k] = g[k] * u;
+                    qC[k] = sc[k] * dyp;
                     qB[k] += __shfl_xor_sync(FULL, qB[k], 4);
                     qB[k] += __shfl_xor_sync(FULL, qB[k], 8);
                     qC[k] += __shfl_xor_sync(FULL, qC[k], 4);
@@ -298,38 +329,45 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < F::PX; p++) {
-            const int i = tid + p * NT, t = i / BD, j = i % BD, tt = c0 + t, dd = d0 + j;
-            if (tt < L && dd < E) {
-                const float xv = s_x[t][j], dyp = s_dyp[t][j], Dv = a.D[dd];
+            const int t = t0 + p * Q, tt = c0 + t;
+            if (jok && tt < L) {
+                const float xv = s_x[t][j], dyp = s_dyp[t][j];
                 const float gd = s_ddl[t][j] * s_sg[t][j];
-                const long long o = (b * L + tt) * E + dd;
-                st((T *)a.dx, o, dyp * Dv + s_dl[t][j] * s_gB[t][j]);
-                st((T *)a.ddt, o, gd);
-                if (a.z) st((T *)a.dz, o, s_dzf[t][j] * (s_yp[t][j] + Dv * xv));
+                const int o = tt * E + j;
+                st(dxr, o, dyp * Dj + s_dl[t][j] * s_gB[t][j]);
+                st(ddtr, o, gd);
+                if (a.z) st(dzr, o, s_dzf[t][j] * (s_yp[t][j] + Dj * xv));
                 dDacc = fmaf(dyp, xv, dDacc);
                 dbacc += gd;
             }
         }
         for (int i = tid; i < CH * NS; i += NT) {
-            const int t = i / NS, j = i % NS, tt = c0 + t;
+            const int t = i / NS, n = i % NS, tt = c0 + t;
             if (tt < L) {
                 float sb = 0.f, sc = 0.f;
                 if constexpr (RED) {
-#pragma unroll 8
-                    for (int k = 0; k < BD; k++) {
-                        sb += s_qB[t][k * NS + j];
-                        sc += s_qC[t][k * NS + j];
+#pragma unroll 2
+                    for (int k = 0; k < BD; k += 4) {
+                        const float4 u4 = *(const float4 *)&s_u[t][k],
+                                     y4 = *(const float4 *)&s_dyp[t][k];
+                        sb = fmaf(s_qB[t][k * NS + n], u4.x, sb);
+                        sc = fmaf(s_qC[t][k * NS + n], y4.x, sc);
+                        sb = fmaf(s_qB[t][(k + 1) * NS + n], u4.y, sb);
+                        sc = fmaf(s_qC[t][(k + 1) * NS + n], y4.y, sc);
+                        sb = fmaf(s_qB[t][(k + 2) * NS + n], u4.z, sb);
+                        sc = fmaf(s_qC[t][(k + 2) * NS + n], y4.z, sc);
+                        sb = fmaf(s_qB[t][(k + 3) * NS + n], u4.w, sb);
+                        sc = fmaf(s_qC[t][(k + 3) * NS + n], y4.w, sc);
                     }
                 } else {
 #pragma unroll
                     for (int k = 0; k < SL; k++) {
-                        sb += s_dBw[k][t][j];
-                        sc += s_dCw[k][t][j];
+                        sb += s_dBw[k][t][n];
+                        sc += s_dCw[k][t][n];
                     }
                 }
-                const long long o = ((b * a.nblk + blockIdx.x) * L + tt) * NS + j;
-                a.dBp[o] = sb;
-                a.dCp[o] = sc;
+                dBr[tt * NS + n] = sb;
+                dCr[tt * NS + n] = sc;
             }
         }
     }

@@ -4,9 +4,10 @@ an H200 (14.4 against 49.8 ms at batch 16, L 8192, E 1024: bench/RESULTS.md). d_
 
 The library is built on first use with nvcc (CUDA_HOME/bin or PATH) for the GPU's architecture and
 cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the build
-options (CH, BWD_OCC, BWD_RED). It is called through ctypes on PyTorch's current stream; inputs with another
-stride than 1 along the channel dimension (x, dt, z) or the state dimension (B, C) are copied
-first; other strides are free.
+options (CH, BWD_OCC, BWD_RED); $MB_SCAN_SRC names another source (an older kernel to compare).
+It is called through ctypes on PyTorch's current stream; inputs with another stride than 1 along
+the channel dimension (x, dt, z) or the state dimension (B, C) are copied first; other strides are
+free. The kernel indexes within a row in 32 bits, so a row (L x its stride) must stay under 2^31.
 """
 import ctypes
 import hashlib
@@ -17,7 +18,8 @@ import torch
 
 from scan_triton import differentiable
 
-SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
+# MB_SCAN_SRC builds another version of the kernel (bench_trainer.sh's baseline)
+SRC = os.environ.get("MB_SCAN_SRC") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
 # channels per block; steps per chunk, threads per SM the backward must fit and how it sums dB, dC
 # over channels (build options, see scan_cuda.cu)
 CFG = dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=1)
@@ -78,6 +80,10 @@ def _prep(x, dt, B, C, z):
 
 
 def _fill(a, x, dt, z, B, C):
+    L, E = x.shape[1], x.shape[2]
+    if max(L * max(t.stride(1) for t in (x, dt, B, C) + ((z,) if z is not None else ())),
+           (L + CFG["CH"]) * E * 16) >= 2 ** 31:
+        raise ValueError(f"scan_cuda: a row of {L} steps x {E} channels is too long for 32-bit indexing")
     a.sxb, a.sxl = x.stride(0), x.stride(1)
     a.sdb, a.sdl = dt.stride(0), dt.stride(1)
     zz = z if z is not None else x
