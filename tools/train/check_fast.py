@@ -3,7 +3,8 @@ of scan_op.py) against the plain one with identical weights, on a few batches of
 trainer's shape, both in bf16 autocast as train.py runs them, each measured against the same model
 in float32 (plain path, no TF32). The fast path changes roundings only, so it passes when for the
 loss and for every parameter's gradient its distance to float32 is at most twice the plain path's
-(plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones).
+(plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones), and
+a drafter's shape through the compiled block at three lengths in turn.
 
 usage: python3 tools/train/check_fast.py TEXT.xz [--layers 2] [--bsz 16] [--seq 4096] [--batches 3]
 """
@@ -53,6 +54,27 @@ def opcheck():
     return ok
 
 
+def lengths_check():
+    """A drafter's shape (vocab 4096, d_model 320: x_proj 20 + 32 = 52 wide) through the compiled
+    block at three window lengths in turn, as train.py draws them, forward and backward at each: the
+    graph recompiled for dynamic lengths once stopped a drafter's run at its second step."""
+    torch.manual_seed(1)
+    V = 4096
+    m = M.MambaLM(M.MambaConfig(vocab_size=V, d_model=320, n_layer=2)).cuda()
+    fast = M.compile_block()
+    try:
+        for L in (1792, 2048, 1280):
+            ids = torch.randint(0, V, (4, L + 1), device="cuda")
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = m(ids[:, :-1], fast=fast)
+            F.cross_entropy(logits.float().reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
+    except Exception as e:  # noqa: BLE001 (any failure of the compiled graph fails the check)
+        print(f"FAIL compiled block across lengths (drafter shape): {e!r}"[:400], flush=True)
+        return False
+    print("ok compiled block across lengths 1792, 2048, 1280 (drafter shape, forward and backward)", flush=True)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("text")
@@ -64,10 +86,11 @@ def main():
     args = ap.parse_args()
     M.KERNEL = "scan_cuda"
     ok = opcheck()
+    ok &= lengths_check()
     torch.manual_seed(0)
     data = torch.from_numpy(np.frombuffer(read_text(args.text), dtype=np.uint8).copy()).cuda()
     m = M.MambaLM(M.MambaConfig(vocab_size=256, d_model=args.d_model, n_layer=args.layers)).cuda()
-    fast = torch.compile(M.block_fast, fullgraph=True)
+    fast = M.compile_block()
     worst = {}  # quantity -> (fast vs fp32, plain vs fp32, fast vs plain), max over batches
     for i in range(args.batches):
         offs = torch.randint(0, len(data) - args.seq - 1, (args.bsz,), device="cuda")

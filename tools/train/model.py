@@ -80,6 +80,16 @@ def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, 
     return h + residual_dropout(F.linear(y, out_w).float(), p)
 
 
+def compile_block():
+    """block_fast under torch.compile, as train.py runs it. Inductor's matmul shape padding is off:
+    with it, a projection whose width is not a multiple of 8 (a drafter's x_proj, 20 + 2 x 16 = 52
+    wide) could come out padded to stride 56 in the graph compiled for the first window length,
+    and the graph recompiled for dynamic lengths then asserted that static stride on the next length
+    and stopped the run (an H200, torch 2.11, 2026-12-02; check_fast.py tests a drafter's shape
+    across lengths)."""
+    return torch.compile(block_fast, fullgraph=True, options={"shape_padding": False})
+
+
 def residual_dropout(out, p: float):
     """Dropout on a block's output (the residual branch), or the output itself when p is 0."""
     return F.dropout(out, p) if p > 0 else out

@@ -77,7 +77,7 @@ def check_dropout(m, ids, ref):
     print(f"{'ok' if err > 100 * TOL else 'FAIL'} control: dropout 0.3 in training mode differs by {what}")
     # compiled, the masks come from another generator: the graph must hold the dropout
     # (fullgraph, as train.py compiles it) and still drop
-    got = seeded(5, fast=torch.compile(M.block_fast, fullgraph=True))
+    got = seeded(5, fast=M.compile_block())
     err, what = worst_difference(ref, got)
     drops = math.isfinite(got[0]) and err > 100 * TOL
     ok &= drops
@@ -103,7 +103,7 @@ def main():
     ref = loss_and_grads(m, ids, scan="torch")
     ok = check_op()
     ok &= compare("block_fast, eager", ref, loss_and_grads(m, ids, fast=M.block_fast))
-    ok &= compare("block_fast, torch.compile", ref, loss_and_grads(m, ids, fast=torch.compile(M.block_fast)))
+    ok &= compare("block_fast, torch.compile", ref, loss_and_grads(m, ids, fast=M.compile_block()))
     # the comparison must catch a block that is off by one step in time
     shifted = lambda h, *w, **kw: M.block_fast(F.pad(h, (0, 0, 1, 0))[:, :-1], *w, **kw)
     err, what = worst_difference(ref, loss_and_grads(m, ids, fast=shifted))

@@ -296,7 +296,7 @@ def main():
         fwd_model = DistributedDataParallel(model)
     fast = None
     if args.fast == "compile":
-        fast = torch.compile(model_mod.block_fast, fullgraph=True)
+        fast = model_mod.compile_block()
     elif args.fast == "eager":
         fast = model_mod.block_fast
     model.dropout = args.dropout
