@@ -4,7 +4,8 @@ trainer's shape, both in bf16 autocast as train.py runs them, each measured agai
 in float32 (plain path, no TF32). The fast path changes roundings only, so it passes when for the
 loss and for every parameter's gradient its distance to float32 is at most twice the plain path's
 (plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones), and
-a drafter's shape through the compiled block at three lengths in turn.
+a drafter's shape through the compiled block at three lengths in turn with inductor's matmul
+padding forced (and, reported only, the same through torch.compile's defaults).
 
 usage: python3 tools/train/check_fast.py TEXT.xz [--layers 2] [--bsz 16] [--seq 4096] [--batches 3]
 """
@@ -54,24 +55,28 @@ def opcheck():
     return ok
 
 
-def lengths_check():
-    """A drafter's shape (vocab 4096, d_model 320: x_proj 20 + 32 = 52 wide) through the compiled
-    block at three window lengths in turn, as train.py draws them, forward and backward at each: the
-    graph recompiled for dynamic lengths once stopped a drafter's run at its second step."""
+def lengths_check(compile_fn, name):
+    """A drafter's shape (vocab 4096, d_model 320: x_proj 20 + 32 = 52 wide) through a compiled block
+    at three window lengths in turn, batch 65536 // L as train.py draws them, forward and backward at
+    each, with inductor's matmul padding forced (force_shape_pad): a drafter's run once stopped at its
+    second step when the graph recompiled for dynamic lengths asserted the first length's padded
+    stride of x_proj's output (52 -> 56). Returns whether every step ran."""
     torch.manual_seed(1)
     V = 4096
     m = M.MambaLM(M.MambaConfig(vocab_size=V, d_model=320, n_layer=2)).cuda()
-    fast = M.compile_block()
+    torch._dynamo.reset()
+    fast = compile_fn()
     try:
-        for L in (1792, 2048, 1280):
-            ids = torch.randint(0, V, (4, L + 1), device="cuda")
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = m(ids[:, :-1], fast=fast)
-            F.cross_entropy(logits.float().reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
-    except Exception as e:  # noqa: BLE001 (any failure of the compiled graph fails the check)
-        print(f"FAIL compiled block across lengths (drafter shape): {e!r}"[:400], flush=True)
+        with torch._inductor.config.patch(force_shape_pad=True):
+            for L in (1792, 2048, 1280):
+                ids = torch.randint(0, V, (65536 // L, L + 1), device="cuda")
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = m(ids[:, :-1], fast=fast)
+                F.cross_entropy(logits.float().reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
+    except Exception as e:  # noqa: BLE001 (any failure of the compiled graph counts)
+        print(f"{name}: failed across lengths 1792, 2048, 1280 (drafter shape): {e!r}"[:400], flush=True)
         return False
-    print("ok compiled block across lengths 1792, 2048, 1280 (drafter shape, forward and backward)", flush=True)
+    print(f"{name}: ran across lengths 1792, 2048, 1280 (drafter shape, forward and backward)", flush=True)
     return True
 
 
@@ -86,7 +91,14 @@ def main():
     args = ap.parse_args()
     M.KERNEL = "scan_cuda"
     ok = opcheck()
-    ok &= lengths_check()
+    good = lengths_check(M.compile_block, "model.compile_block, padding forced")
+    print(f"{'ok' if good else 'FAIL'} the trainer's compiled block across window lengths", flush=True)
+    ok &= good
+    # control, reported only: torch.compile's defaults with the padding forced are expected to
+    # stop as the drafter's run did if the padding is what stopped it
+    bad = not lengths_check(lambda: torch.compile(M.block_fast, fullgraph=True), "control, torch.compile defaults")
+    print(f"control: the defaults with padding forced {'fail as the drafter run did' if bad else 'ran too'}",
+          flush=True)
     torch.manual_seed(0)
     data = torch.from_numpy(np.frombuffer(read_text(args.text), dtype=np.uint8).copy()).cuda()
     m = M.MambaLM(M.MambaConfig(vocab_size=256, d_model=args.d_model, n_layer=args.layers)).cuda()
