@@ -81,7 +81,7 @@ __device__ __forceinline__ float lg2(float v) {
 /* ln(1 + e^v): v itself above 20; below e^v = 2^-5, where 1 + e^v would round away the low bits
    of e^v, the series e - e^2/2 + e^3/3 - e^4/4 (relative error under 2e-7 there) */
 __device__ __forceinline__ float softplus(float v) {
-    const float e = ex2(fminf(v, 20.f) * LOG2E);
+    const float e = ex2((v > 20.f ? 20.f : v) * LOG2E); /* not fminf: it would turn NaN into 20 */
     const float s = e < 0.03125f ? e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 1.f / 3.f), -0.5f), 1.f)
                                  : lg2(1.f + e) * LN2;
     return v > 20.f ? v : s;

@@ -80,10 +80,13 @@ def _prep(x, dt, B, C, z):
 
 
 def _fill(a, x, dt, z, B, C):
+    # the kernel's largest offsets into a row: L x an input's step stride, and the row's checkpoints
+    # (n_chunks(L) x E x 16, more than the L x E of y, dy and the gradients)
     L, E = x.shape[1], x.shape[2]
-    if max(L * max(t.stride(1) for t in (x, dt, B, C) + ((z,) if z is not None else ())),
-           (L + CFG["CH"]) * E * 16) >= 2 ** 31:
-        raise ValueError(f"scan_cuda: a row of {L} steps x {E} channels is too long for 32-bit indexing")
+    step = max(t.stride(1) for t in (x, dt, B, C) + ((z,) if z is not None else ()))
+    if max(L * step, n_chunks(L) * E * 16) >= 2 ** 31:
+        raise ValueError(f"scan_cuda: a row of {L} steps (stride {step}) x {E} channels is too long "
+                         "for the kernel's 32-bit offsets")
     a.sxb, a.sxl = x.stride(0), x.stride(1)
     a.sdb, a.sdl = dt.stride(0), dt.stride(1)
     zz = z if z is not None else x
