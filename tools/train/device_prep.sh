@@ -5,7 +5,8 @@
 #   .trdata   INIT's config.json and model.safetensors (as xz), books_valid, books_test and
 #             books_train_1 (the first call; ~57 MB, 62 with the working tree)
 #   .trdata2  books_train_2, the drafter DRAFT in dinit/ (for run_drafter_base.sh's INIT and
-#             bench/spec-gpu.sh) and this machine's build in gpurun/ (tools/device_pack.sh)
+#             bench/spec-gpu.sh), this machine's build in gpurun/ (tools/device_pack.sh) and the
+#             training scan's libraries in scan/ (prebuild_scan.sh --tests: MB_SCAN_CACHE there)
 #
 # Both folders are added to .git/info/exclude (ignored, so they travel only where `carry` names
 # them). The tracked models/ folder is too large to travel: move it out of the working tree for
@@ -35,15 +36,18 @@ cp "$DATA/books_valid.txt.xz" "$DATA/books_test.txt.xz" "$DATA/books_train_1.txt
 cp "$DATA/books_train_2.txt.xz" .trdata2/
 cp "$DRAFT"/* .trdata2/dinit/
 tools/device_pack.sh .trdata2/gpurun >/dev/null
+tools/train/prebuild_scan.sh .trdata2/scan --tests >/dev/null
 du -sh .trdata .trdata2
 cat <<'EOF'
 The calls (models/ moved out of the working tree first), back to back:
   1. carry [".trdata"]:
      mkdir -p /root/init /root/data && xz -dc .trdata/init/model.safetensors.xz >/root/init/model.safetensors && cp .trdata/init/config.json /root/init/ && cp .trdata/books_*.xz /root/data/
   2. carry [".trdata2"]:
-     cp .trdata2/books_train_2.txt.xz /root/data/ && cp -r .trdata2/dinit /root/dinit && cp -r .trdata2/gpurun /root/gpurun && tools/train/detach.sh start /root/run 520 env TB=... WU=100 LR=1e-3 [DO=...] tools/train/run_base.sh /root/data /root/run/m /root/run /root/init
+     cp .trdata2/books_train_2.txt.xz /root/data/ && cp -r .trdata2/dinit /root/dinit && cp -r .trdata2/gpurun /root/gpurun && cp -r .trdata2/scan /root/scan && export MB_SCAN_CACHE=/root/scan && tools/train/detach.sh start /root/run 520 env TB=... WU=100 LR=1e-3 [DO=...] tools/train/run_base.sh /root/data /root/run/m /root/run /root/init
+     (the kernel's tests first, no compilation: MB_SCAN_CACHE=/root/scan python3 tools/train/test_scan_triton.py --impl cuda)
      (another shape, DM=... NL=..., starts from scratch: leave out /root/init)
   then wait (for i in $(seq 1 110); do [ -f /root/run/detached.rc ] && break; sleep 5; done), and
   fetch: tools/train/detach.sh fetch /root/run/m/model.safetensors $OUT/base
+  a drafter for it (MB_SCAN_CACHE=/root/scan): DS=40 TD=75 WU=50 INIT=/root/dinit NL=2 tools/train/run_drafter_base.sh /root/run/m /root/data /root/d2/m /root/d2
   the pair in the daemon: eval "$(sh /root/gpurun/unpack.sh)"; MODEL=/root/run/m DRAFT=/root/dinit bench/spec-gpu.sh /root/data/books_test.txt.xz
 EOF

@@ -4,7 +4,8 @@ an H200 (14.4 against 49.8 ms at batch 16, L 8192, E 1024: bench/RESULTS.md). d_
 
 The library is built on first use with nvcc (CUDA_HOME/bin or PATH) for the GPU's architecture and
 cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the build
-options (CH, BWD_OCC, BWD_RED); $MB_SCAN_SRC names another source (an older kernel to compare).
+options (CH, BWD_OCC, BWD_RED; prebuild_scan.sh writes the same names without a GPU);
+$MB_SCAN_SRC names another source (an older kernel to compare).
 It is called through ctypes on PyTorch's current stream; inputs with another stride than 1 along
 the channel dimension (x, dt, z) or the state dimension (B, C) are copied first; other strides are
 free. The kernel indexes within a row in 32 bits, so a row (L x its stride) must stay under 2^31.
