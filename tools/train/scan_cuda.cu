@@ -53,13 +53,15 @@ struct ScanArgs {
     int bsz, L, E, nck, nblk;
 };
 
+/* A loaded element as float: converted where it is used, not where it is loaded, so that a load
+   issued a chunk ahead is waited for a chunk later */
+__device__ __forceinline__ float to_f(float v) {
+    return v;
+}
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
 /* Element i of a row (p points at the block's row, i < 2^31: scan_cuda.py checks the sizes) */
-__device__ __forceinline__ float ld(const float *p, int i) {
-    return p[i];
-}
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int i) {
-    return __bfloat162float(p[i]);
-}
 __device__ __forceinline__ void st(float *p, int i, float v) {
     p[i] = v;
 }
@@ -99,7 +101,7 @@ __device__ __forceinline__ float sum_quad(float v) {
    loaded into registers one chunk ahead. */
 template <typename T, int BD> struct Fetch {
     static constexpr int NT = BD * Q, PX = CH * BD / NT, PB = (CH * NS + NT - 1) / NT;
-    float x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB];
+    T x[PX], dt[PX], z[PX], dy[PX], B[PB], C[PB]; /* as loaded (to_f where used) */
     /* Element p of a chunk is step c0 + tid / BD + p * Q of channel d0 + tid % BD (the same channel
        for every p); the row pointers are the same for the whole block. */
     __device__ void load(const ScanArgs &a, long long b, int d0, int c0, bool bwd) {
@@ -113,17 +115,17 @@ template <typename T, int BD> struct Fetch {
         for (int p = 0; p < PX; p++) {
             const int tt = t0 + p * Q;
             const bool ok = jok && tt < a.L;
-            x[p] = ok ? ld(xr, tt * (int)a.sxl + j) : 0.f;
-            dt[p] = ok ? ld(dtr, tt * (int)a.sdl + j) : 0.f;
-            z[p] = ok && a.z ? ld(zr, tt * (int)a.szl + j) : 0.f;
-            dy[p] = ok && bwd ? ld(dyr, tt * a.E + j) : 0.f;
+            x[p] = ok ? xr[tt * (int)a.sxl + j] : T(0.f);
+            dt[p] = ok ? dtr[tt * (int)a.sdl + j] : T(0.f);
+            z[p] = ok && a.z ? zr[tt * (int)a.szl + j] : T(0.f);
+            dy[p] = ok && bwd ? dyr[tt * a.E + j] : T(0.f);
         }
 #pragma unroll
         for (int p = 0; p < PB; p++) {
             const int i = threadIdx.x + p * NT, tt = c0 + i / NS, j = i % NS;
             const bool ok = i < CH * NS && tt < a.L;
-            B[p] = ok ? ld(Br, tt * (int)a.sBl + j) : 0.f;
-            C[p] = ok ? ld(Cr, tt * (int)a.sCl + j) : 0.f;
+            B[p] = ok ? Br[tt * (int)a.sBl + j] : T(0.f);
+            C[p] = ok ? Cr[tt * (int)a.sCl + j] : T(0.f);
         }
     }
     /* The chunk's B and C rows (loaded by load()) into shared memory. */
@@ -132,8 +134,8 @@ template <typename T, int BD> struct Fetch {
         for (int p = 0; p < PB; p++) {
             const int i = threadIdx.x + p * NT;
             if (i < CH * NS) {
-                sB[i / NS][i % NS] = B[p];
-                sC[i / NS][i % NS] = C[p];
+                sB[i / NS][i % NS] = to_f(B[p]);
+                sC[i / NS][i % NS] = to_f(C[p]);
             }
         }
     }
@@ -166,11 +168,12 @@ template <typename T, int BD> __global__ void __launch_bounds__(BD *Q) scan_fwd(
 #pragma unroll
         for (int p = 0; p < F::PX; p++) {
             const int t = t0 + p * Q;
-            const float dl = jok && c0 + t < L ? softplus(f.dt[p] + bj) : 0.f;
+            const float xv = to_f(f.x[p]);
+            const float dl = jok && c0 + t < L ? softplus(to_f(f.dt[p]) + bj) : 0.f;
             s_dl[t][j] = dl;
-            s_u[t][j] = dl * f.x[p];
-            s_x[t][j] = f.x[p];
-            s_z[t][j] = f.z[p];
+            s_u[t][j] = dl * xv;
+            s_x[t][j] = xv;
+            s_z[t][j] = to_f(f.z[p]);
         }
         f.store_BC(s_B, s_C);
         __syncthreads();
@@ -253,14 +256,15 @@ __global__ void __launch_bounds__(BD *Q, BWD_OCC / (BD * Q)) scan_bwd(ScanArgs a
         for (int p = 0; p < F::PX; p++) {
             const int t = t0 + p * Q;
             const bool ok = jok && c0 + t < L;
-            const float v = f.dt[p] + (ok ? bj : 0.f), zv = f.z[p];
+            const float v = to_f(f.dt[p]) + (ok ? bj : 0.f), zv = to_f(f.z[p]);
+            const float xv = to_f(f.x[p]), dy = to_f(f.dy[p]);
             const float dl = ok ? softplus(v) : 0.f, sz = sigmoid(zv);
             s_dl[t][j] = dl;
-            s_u[t][j] = dl * f.x[p];
-            s_x[t][j] = f.x[p];
-            s_dyp[t][j] = a.z ? f.dy[p] * zv * sz : f.dy[p];
+            s_u[t][j] = dl * xv;
+            s_x[t][j] = xv;
+            s_dyp[t][j] = a.z ? dy * zv * sz : dy;
             s_sg[t][j] = v > 20.f ? 1.f : sigmoid(v);
-            s_dzf[t][j] = f.dy[p] * sz * (1.f + zv * (1.f - sz));
+            s_dzf[t][j] = dy * sz * (1.f + zv * (1.f - sz));
         }
         f.store_BC(s_B, s_C);
         __syncthreads();
