@@ -6,7 +6,7 @@
 #             books_train_1 (the first call; ~57 MB, 62 with the working tree)
 #   .trdata2  books_train_2, the drafter DRAFT in dinit/ (for run_drafter_base.sh's INIT and
 #             bench/spec-gpu.sh), this machine's build in gpurun/ (tools/device_pack.sh) and the
-#             training scan's libraries in scan/ (prebuild_scan.sh --tests: MB_SCAN_CACHE there)
+#             training scan's libraries in scan/ (scan_build.py --tests: MB_SCAN_CACHE there)
 #
 # Both folders are added to .git/info/exclude (ignored, so they travel only where `carry` names
 # them). The tracked models/ folder is too large to travel: move it out of the working tree for
@@ -36,7 +36,7 @@ cp "$DATA/books_valid.txt.xz" "$DATA/books_test.txt.xz" "$DATA/books_train_1.txt
 cp "$DATA/books_train_2.txt.xz" .trdata2/
 cp "$DRAFT"/* .trdata2/dinit/
 tools/device_pack.sh .trdata2/gpurun >/dev/null
-tools/train/prebuild_scan.sh .trdata2/scan --tests >/dev/null
+python3 tools/train/scan_build.py .trdata2/scan --tests >/dev/null
 du -sh .trdata .trdata2
 cat <<'EOF'
 The calls (models/ moved out of the working tree first), back to back:

@@ -2,25 +2,24 @@
 scan_triton.py (selective_scan, scan_forward); forward and backward together about 3.5x faster on
 an H200 (14.4 against 49.8 ms at batch 16, L 8192, E 1024: bench/RESULTS.md). d_state must be 16.
 
-The library is built on first use with nvcc (CUDA_HOME/bin or PATH) for the GPU's architecture and
-cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source and the build
-options (CH, BWD_OCC, BWD_RED; prebuild_scan.sh writes the same names without a GPU);
-$MB_SCAN_SRC names another source (an older kernel to compare).
+The library is built on first use by scan_build.py (nvcc from CUDA_HOME/bin or PATH) for the GPU's
+architecture and cached under $MB_SCAN_CACHE (default ~/.cache/mambabyte) by a hash of the source
+and the build options (CH, BWD_OCC, BWD_RED); scan_build.py also builds it ahead on a machine
+without a GPU. $MB_SCAN_SRC names another source (an older kernel to compare).
 It is called through ctypes on PyTorch's current stream; inputs with another stride than 1 along
 the channel dimension (x, dt, z) or the state dimension (B, C) are copied first; other strides are
 free. The kernel indexes within a row in 32 bits, so a row (L x its stride) must stay under 2^31.
 """
 import ctypes
-import hashlib
 import os
-import subprocess
 
 import torch
 
+import scan_build
 from scan_triton import differentiable
 
 # MB_SCAN_SRC builds another version of the kernel (bench_trainer.sh's baseline)
-SRC = os.environ.get("MB_SCAN_SRC") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan_cuda.cu")
+SRC = os.environ.get("MB_SCAN_SRC") or scan_build.SRC
 # channels per block; steps per chunk, threads per SM the backward must fit and how it sums dB, dC
 # over channels (build options, see scan_cuda.cu)
 CFG = dict(BD_FWD=32, BD_BWD=32, CH=8, BWD_OCC=512, BWD_RED=1)
@@ -37,18 +36,8 @@ class _Args(ctypes.Structure):
 def _load(ch, occ, red):
     if (ch, occ, red) in _libs:
         return _libs[ch, occ, red]
-    src = open(SRC, "rb").read()
     major, minor = torch.cuda.get_device_capability()
-    arch = f"sm_{major}{minor}"
-    cache = os.environ.get("MB_SCAN_CACHE", os.path.expanduser("~/.cache/mambabyte"))
-    so = os.path.join(cache, f"libscan-{arch}-ch{ch}-occ{occ}-red{red}-{hashlib.sha256(src).hexdigest()[:16]}.so")
-    if not os.path.exists(so):
-        os.makedirs(cache, exist_ok=True)
-        nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-        tmp = f"{so}.{os.getpid()}.tmp"
-        subprocess.run([nvcc if os.path.exists(nvcc) else "nvcc", "-O3", f"-arch={arch}", "-shared",
-                        "-Xcompiler", "-fPIC", f"-DCH={ch}", f"-DBWD_OCC={occ}", f"-DBWD_RED={red}", "-o", tmp, SRC], check=True)
-        os.replace(tmp, so)
+    so = scan_build.library(SRC, f"sm_{major}{minor}", ch, occ, red)
     lib = ctypes.CDLL(so)
     lib.mb_scan.argtypes = [ctypes.POINTER(_Args), ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.mb_scan.restype = ctypes.c_int
