@@ -1,13 +1,14 @@
 #!/bin/bash
-# One GPU call (~4 min, at most ~6) for the faster trainer (issue 12): the CUDA scan's tests, the
-# fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s with the
-# fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults) in the same call
-# (train.py --bench 40, 65,536 bytes a step in windows of 4,096) at d_model DM (default 512; 384 is
-# mambabyte-base's) x 24 and x 6 layers, the fast path with the previous kernel build (BWD_RED 0:
-# dB, dC summed by shuffles every step), and last the scan kernel's builds at the trainer's shape
-# (bench_scan.py 16 4096 2*DM). Full logs go to OUT_DIR.
-# QUICK=1: the 24-layer plain and fast runs only (~2 min). OLD_SRC=file: the plain runs build that
-# version of scan_cuda.cu (the trainer as it was before a kernel change) instead of this one's.
+# One GPU call (~5 min, at most ~7) for the faster trainer (issue 12): the CUDA scan's and conv's
+# tests, the fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s
+# with the fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults; the
+# conv inline and as conv_op.py's op) in the same call (train.py --bench 40, 65,536 bytes a step in
+# windows of 4,096) at d_model DM (default 512; 384 is mambabyte-base's) x 24 and x 6 layers, the
+# fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step), and
+# last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 2*DM). Full logs go
+# to OUT_DIR.
+# QUICK=1: the 24-layer runs only (~3 min). OLD_SRC=file: the plain runs build that version of
+# scan_cuda.cu (the trainer as it was before a kernel change) instead of this one's.
 # usage: [DM=384] [QUICK=1] [OLD_SRC=scan_cuda.cu] tools/train/bench_trainer.sh DATA_DIR OUT_DIR
 # (DATA_DIR: books_test.txt.xz is enough)
 mkdir -p "$2"
@@ -22,7 +23,9 @@ nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 timeout 120 python3 tools/train/test_scan_triton.py --impl cuda > "$O/test_scan_cuda.log" 2>&1
 echo "test_scan_triton --impl cuda: $(tail -1 "$O/test_scan_cuda.log")"
-timeout 90 python3 tools/train/check_fast.py /tmp/bt_data/books_test.txt.xz 2>&1 | tee "$O/check_fast.log" \
+timeout 60 python3 tools/train/test_conv_cuda.py > "$O/test_conv_cuda.log" 2>&1
+echo "test_conv_cuda: $(tail -2 "$O/test_conv_cuda.log" | tr '\n' ' ')"
+timeout 150 python3 tools/train/check_fast.py /tmp/bt_data/books_test.txt.xz 2>&1 | tee "$O/check_fast.log" \
   | grep -v "^W[0-9]"
 T="python3 tools/train/train.py --kind byte --data /tmp/bt_data --train-files books_test.txt.xz --out /tmp/bt_out
    --scan-impl cuda --tokens-per-step 65536 --seq-min 4096 --seq-max 4096 --bench 40 --log-every 10 --val-every 0
@@ -39,6 +42,7 @@ run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and t
 OLD='{"BWD_OCC":0,"BWD_RED":0}'
 run 40 l24_off --n-layer 24 --fast off --scan-cfg "$OLD"
 run 75 l24_on --n-layer 24 --fast compile
+run 75 l24_on_conv --n-layer 24 --fast compile --conv-impl op
 [ -n "$QUICK" ] && exit 0
 run 45 l24_on_red0 --n-layer 24 --fast compile --scan-cfg '{"BWD_RED":0}'
 run 25 l6_off --n-layer 6 --fast off --scan-cfg "$OLD"

@@ -44,7 +44,7 @@ The calls (models/ moved out of the working tree first), back to back:
      mkdir -p /root/init /root/data && xz -dc .trdata/init/model.safetensors.xz >/root/init/model.safetensors && cp .trdata/init/config.json /root/init/ && cp .trdata/books_*.xz /root/data/
   2. carry [".trdata2"]:
      cp .trdata2/books_train_2.txt.xz /root/data/ && cp -r .trdata2/dinit /root/dinit && cp -r .trdata2/gpurun /root/gpurun && cp -r .trdata2/scan /root/scan && export MB_SCAN_CACHE=/root/scan && tools/train/detach.sh start /root/run 520 env TB=... WU=100 LR=1e-3 [DO=...] tools/train/run_base.sh /root/data /root/run/m /root/run /root/init
-     (the kernel's tests first, no compilation: MB_SCAN_CACHE=/root/scan python3 tools/train/test_scan_triton.py --impl cuda)
+     (the kernels' tests first, no compilation: MB_SCAN_CACHE=/root/scan python3 tools/train/test_scan_triton.py --impl cuda; and test_conv_cuda.py)
      (another shape, DM=... NL=..., starts from scratch: leave out /root/init)
   then wait (for i in $(seq 1 110); do [ -f /root/run/detached.rc ] && break; sleep 5; done), and
   fetch: tools/train/detach.sh fetch /root/run/m/model.safetensors $OUT/base

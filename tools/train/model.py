@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import conv_op
 import scan_op
 
 
 KERNEL = "scan_triton"  # module of the scan kernel: scan_triton or scan_cuda (train.py --scan-impl)
+CONV = "inline"  # block_fast's conv: inline (shifted multiply-adds) or op (conv_op.py; train.py --conv-impl)
 
 
 @dataclass
@@ -59,21 +61,23 @@ def scan_torch(x, dt, A, B, C, D, z, dt_bias, s0=None):
 
 
 def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str,
-               p: float = 0.0):
+               p: float = 0.0, conv: str = "inline"):
     """MambaBlock.forward from the zero state, written for torch.compile: a function of tensors (one
     compiled graph serves every layer), x kept in (b, L, E) layout with the causal depthwise conv as
-    K shifted multiply-adds (fused with the SiLU), the scan the opaque custom op of scan_op.py.
+    K shifted multiply-adds (conv_op.pre_activation, fused with the SiLU), the scan the opaque custom
+    op of scan_op.py.
     The conv runs in float32 with float32 weights and rounds once (the plain path's cuDNN conv
     takes weights rounded to the activation dtype): the same maths up to that rounding.
-    p: dropout on the block's output before the residual add (training only; see MambaLM)."""
-    E, K = conv_w.shape[0], conv_w.shape[2]
-    R, N, L = dt_w.shape[1], A_log.shape[1], h.shape[1]
+    p: dropout on the block's output before the residual add (training only; see MambaLM).
+    conv: "op" runs the conv and its SiLU as conv_op.py's custom op (the same maths, one kernel each
+    way on a GPU) instead of inline."""
+    E = conv_w.shape[0]
+    R, N = dt_w.shape[1], A_log.shape[1]
     x, z = F.linear(rmsnorm(h, norm_w, eps), in_w).split(E, -1)
-    xp = F.pad(x, (0, 0, K - 1, 0))
-    xc = conv_b + xp[:, :L] * conv_w[:, 0, 0]
-    for k in range(1, K):
-        xc = xc + xp[:, k:k + L] * conv_w[:, 0, k]
-    x = F.silu(xc).to(z.dtype)
+    if conv == "op":
+        x = conv_op.conv_silu(x, conv_w[:, 0], conv_b)
+    else:
+        x = F.silu(conv_op.pre_activation(x, conv_w[:, 0], conv_b)).to(z.dtype)
     dt_low, Bm, Cm = F.linear(x, x_proj_w).split([R, N, N], -1)
     dt = F.linear(dt_low, dt_w)
     y = scan_op.selective_scan(x, dt, -torch.exp(A_log.float()), Bm, Cm, D, z, dt_b, kernel)
@@ -185,7 +189,7 @@ class MambaLM(nn.Module):
         p = self.dropout if self.training else 0.0
         for i, layer in enumerate(self.layers):
             if fast is not None:
-                h = fast(h, *layer.weights(), eps=self.cfg.eps, kernel=KERNEL, p=p)
+                h = fast(h, *layer.weights(), eps=self.cfg.eps, kernel=KERNEL, p=p, conv=CONV)
             else:
                 h, st = layer(h, None if state is None else state[i], scan=scan, p=p)
                 if state is not None:

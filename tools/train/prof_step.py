@@ -5,6 +5,7 @@ kernel (the scan's forward and backward, matmuls, inductor's compiled glue, the 
 and the costliest kernels, against the step's wall time.
 
 usage: python3 tools/train/prof_step.py [--d-model 384] [--n-layer 24] [--bsz 16] [--seq 4096] [--steps 3]
+                                       [--conv-impl inline|op]
 """
 import argparse
 import collections
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model as M  # noqa: E402
 
-KINDS = (("scan forward", ("scan_fwd",)), ("scan backward", ("scan_bwd",)),
+KINDS = (("scan forward", ("scan_fwd",)), ("scan backward", ("scan_bwd",)), ("conv op", ("conv_fwd", "conv_bwd")),
          ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "splitk")),
          ("compiled glue (triton)", ("triton_",)), ("optimizer", ("adam", "multi_tensor")))
 
@@ -39,8 +40,9 @@ def main():
     ap.add_argument("--bsz", type=int, default=16)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--conv-impl", choices=["inline", "op"], default="inline")
     args = ap.parse_args()
-    M.KERNEL = "scan_cuda"
+    M.KERNEL, M.CONV = "scan_cuda", args.conv_impl
     torch.backends.cuda.matmul.allow_tf32 = True
     m = M.MambaLM(M.MambaConfig(d_model=args.d_model, n_layer=args.n_layer)).cuda().train()
     fast = M.compile_block()
@@ -75,7 +77,7 @@ def main():
             by_kind[kind(e.name)] += us
             by_name[e.name[:90]] += us
     busy = sum(by_kind.values()) / 1e3
-    print(f"d_model {args.d_model} x {args.n_layer} layers, {args.bsz} x {args.seq} bytes a step: "
+    print(f"d_model {args.d_model} x {args.n_layer} layers, {args.bsz} x {args.seq} bytes a step, conv {args.conv_impl}: "
           f"{wall:.1f} ms a step unprofiled ({args.bsz * args.seq / wall / 1e3:.3f} MB/s), "
           f"GPU busy {busy:.1f} ms a step (profiled)")
     for k, us in by_kind.most_common():

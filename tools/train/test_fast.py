@@ -1,7 +1,7 @@
 """The fast block (model.block_fast: shifted-add conv, the scan as the custom op of scan_op.py)
 against the plain MambaBlock path on the CPU in float32: loss and every parameter's gradient,
-eager and through torch.compile, with and without dropout, plus torch.library.opcheck of the scan
-op (fake shapes, autograd).
+eager and through torch.compile, with and without dropout, with the conv inline and as conv_op.py's
+custom op (its closed-form backward), plus torch.library.opcheck of both ops (fake shapes, autograd).
 The op runs the float64 reference on the CPU, the plain path the float32 torch scan.
 
   python3 tools/train/test_fast.py            (CPU; ~1-3 min, most of it compiling)
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conv_op  # noqa: E402
 import model as M  # noqa: E402
 import scan_op  # noqa: E402
 
@@ -56,9 +57,13 @@ def check_op():
             (-torch.exp(r(E, N) * 0.5)).requires_grad_(), r(bsz, L, N).requires_grad_(),
             r(bsz, L, N).requires_grad_(), r(E).requires_grad_(), r(bsz, L, E).requires_grad_(),
             (r(E) * 0.5).requires_grad_(), "scan_cuda")
-    res = torch.library.opcheck(scan_op.scan_fwd, args)
-    ok = all(v == "SUCCESS" for v in res.values())
-    print(f"{'ok' if ok else 'FAIL'} opcheck mambabyte::scan_fwd: {res}", flush=True)
+    ok = True
+    for op, a in ((scan_op.scan_fwd, args), (conv_op.conv_silu, (r(bsz, L, E)[:, :, :5].requires_grad_(),
+                                                               r(5, 4).requires_grad_(), r(5).requires_grad_()))):
+        res = torch.library.opcheck(op, a)
+        good = all(v == "SUCCESS" for v in res.values())
+        ok &= good
+        print(f"{'ok' if good else 'FAIL'} opcheck {op}: {res}", flush=True)
     return ok
 
 
@@ -104,6 +109,10 @@ def main():
     ok = check_op()
     ok &= compare("block_fast, eager", ref, loss_and_grads(m, ids, fast=M.block_fast))
     ok &= compare("block_fast, torch.compile", ref, loss_and_grads(m, ids, fast=M.compile_block()))
+    M.CONV = "op"
+    ok &= compare("block_fast, the conv op, eager", ref, loss_and_grads(m, ids, fast=M.block_fast))
+    ok &= compare("block_fast, the conv op, torch.compile", ref, loss_and_grads(m, ids, fast=M.compile_block()))
+    M.CONV = "inline"
     # the comparison must catch a block that is off by one step in time
     shifted = lambda h, *w, **kw: M.block_fast(F.pad(h, (0, 0, 1, 0))[:, :-1], *w, **kw)
     err, what = worst_difference(ref, loss_and_grads(m, ids, fast=shifted))
