@@ -1,5 +1,5 @@
 #!/bin/bash
-# One GPU call (~5 min, at most ~7) for the faster trainer (issue 12): the CUDA scan's and conv's
+# One GPU call (~6 min, at most ~8) for the faster trainer (issue 12): the CUDA scan's and conv's
 # tests, the fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s
 # with the fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults; the
 # conv inline and as conv_op.py's op) in the same call (train.py --bench 40, 65,536 bytes a step in
@@ -7,8 +7,9 @@
 # fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step), and
 # last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 2*DM). Full logs go
 # to OUT_DIR.
-# QUICK=1: the 24-layer runs only (~3 min). OLD_SRC=file: the plain runs build that version of
-# scan_cuda.cu (the trainer as it was before a kernel change) instead of this one's.
+# QUICK=1: the 24-layer runs and prof_step.py's profile of a step with each conv only (~4 min).
+# OLD_SRC=file: the plain runs build that version of scan_cuda.cu (the trainer as it was before a
+# kernel change) instead of this one's.
 # usage: [DM=384] [QUICK=1] [OLD_SRC=scan_cuda.cu] tools/train/bench_trainer.sh DATA_DIR OUT_DIR
 # (DATA_DIR: books_test.txt.xz is enough)
 mkdir -p "$2"
@@ -43,6 +44,11 @@ OLD='{"BWD_OCC":0,"BWD_RED":0}'
 run 40 l24_off --n-layer 24 --fast off --scan-cfg "$OLD"
 run 75 l24_on --n-layer 24 --fast compile
 run 75 l24_on_conv --n-layer 24 --fast compile --conv-impl op
+for c in inline op; do  # where a step's time goes, by kind of kernel
+  timeout 100 python3 tools/train/prof_step.py --d-model "${DM:-512}" --conv-impl $c 2>&1 | grep -v "^W[0-9]" \
+    > "$O/prof_step_$c.log"
+  head -9 "$O/prof_step_$c.log"
+done
 [ -n "$QUICK" ] && exit 0
 run 45 l24_on_red0 --n-layer 24 --fast compile --scan-cfg '{"BWD_RED":0}'
 run 25 l6_off --n-layer 6 --fast off --scan-cfg "$OLD"
