@@ -1,11 +1,12 @@
 """On a GPU: the fast training path (model.block_fast under torch.compile, the scan as the custom op
-of scan_op.py; its conv inline and as conv_op.py's custom op) against the plain one with identical weights, on a few batches of real text at the
-trainer's shape, both in bf16 autocast as train.py runs them, each measured against the same model
-in float32 (plain path, no TF32). The fast path changes roundings only, so it passes when for the
-loss and for every parameter's gradient its distance to float32 is at most twice the plain path's
-(plus a floor). Also torch.library.opcheck of the op on CUDA tensors (fake shapes = real ones), and
-a drafter's shape through the compiled block at three lengths in turn with inductor's matmul
-padding forced (and, reported only, the same through torch.compile's defaults).
+of scan_op.py; its conv inline and as conv_op.py's custom op) against the plain one with identical
+weights, on a few batches of real text at the trainer's shape, both in bf16 autocast as train.py
+runs them, each measured against the same model in float32 (plain path, no TF32). The fast path
+changes roundings only, so it passes when for the loss and for every parameter's gradient its
+distance to float32 is at most twice the plain path's (plus a floor). Also torch.library.opcheck
+of the ops on CUDA tensors (fake shapes = real ones), and a drafter's shape through the compiled
+block at three lengths in turn with inductor's matmul padding forced (and, reported only, the same
+through torch.compile's defaults).
 
 usage: python3 tools/train/check_fast.py TEXT.xz [--layers 2] [--bsz 16] [--seq 4096] [--batches 3]
 """
@@ -135,8 +136,8 @@ def main():
         ok &= good
         print(f"{k:36s} {ef:10.2e} {eo:10.2e} {ep:10.2e}  {'ok' if good else 'WORSE'}")
     print(f"{'PASS' if ok else 'FAIL'}: fast path (torch.compile + custom-op scan, conv inline and as the op) vs "
-          f"plain path, {args.layers} layers, {args.bsz} x {args.seq}, {args.batches} batches: fast-fp32 <= 2 x plain-fp32 "
-          f"+ {FLOOR:g} for the loss and every gradient{'' if ok else ' NOT met'}")
+          f"plain path, {args.layers} layers, {args.bsz} x {args.seq}, {args.batches} batches: "
+          f"fast-fp32 <= 2 x plain-fp32 + {FLOOR:g} for the loss and every gradient{'' if ok else ' NOT met'}")
     sys.exit(0 if ok else 1)
 
 

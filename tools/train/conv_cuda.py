@@ -33,15 +33,16 @@ def _load():
 def _args(x, w, b):
     """x with unit channel stride in float32 or bf16, w (E, K) and b (E) float32, and the call's
     arguments so far."""
-    if w.shape[1] != _load().mb_conv_k():
-        raise ValueError(f"conv_cuda: d_conv {w.shape[1]}, the kernel is built for {_load().mb_conv_k()}")
+    lib = _load()
+    if w.shape[1] != lib.mb_conv_k():
+        raise ValueError(f"conv_cuda: d_conv {w.shape[1]}, the kernel is built for {lib.mb_conv_k()}")
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"conv_cuda: x is {x.dtype}, the kernel takes float32 or bfloat16")
     if x.stride(-1) != 1:
         x = x.contiguous()
     w, b = w.float().contiguous(), b.float().contiguous()
     bsz, L, E = x.shape
-    tile = _load().mb_conv_tile()
+    tile = lib.mb_conv_tile()
     a = _Args(x=x.data_ptr(), w=w.data_ptr(), bias=b.data_ptr(), sxb=x.stride(0), sxl=x.stride(1), bsz=bsz, L=L,
               E=E, ntile=(L + tile - 1) // tile)
     return x, w, b, a

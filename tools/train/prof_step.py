@@ -77,8 +77,8 @@ def main():
             by_kind[kind(e.name)] += us
             by_name[e.name[:90]] += us
     busy = sum(by_kind.values()) / 1e3
-    print(f"d_model {args.d_model} x {args.n_layer} layers, {args.bsz} x {args.seq} bytes a step, conv {args.conv_impl}: "
-          f"{wall:.1f} ms a step unprofiled ({args.bsz * args.seq / wall / 1e3:.3f} MB/s), "
+    print(f"d_model {args.d_model} x {args.n_layer} layers, {args.bsz} x {args.seq} bytes a step, "
+          f"conv {args.conv_impl}: {wall:.1f} ms a step unprofiled ({args.bsz * args.seq / wall / 1e3:.3f} MB/s), "
           f"GPU busy {busy:.1f} ms a step (profiled)")
     for k, us in by_kind.most_common():
         print(f"  {k:24s} {us / 1e3:8.2f} ms  {100 * us / 1e3 / busy:5.1f} %")
