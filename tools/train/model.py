@@ -13,7 +13,7 @@ import scan_op
 
 
 KERNEL = "scan_triton"  # module of the scan kernel: scan_triton or scan_cuda (train.py --scan-impl)
-CONV = "inline"  # block_fast's conv: inline (shifted multiply-adds) or op (conv_op.py; train.py --conv-impl)
+CONV = "op"  # block_fast's conv: op (conv_op.py's kernels) or inline (shifted multiply-adds); train.py --conv-impl
 
 
 @dataclass
@@ -61,7 +61,7 @@ def scan_torch(x, dt, A, B, C, D, z, dt_bias, s0=None):
 
 
 def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str,
-               p: float = 0.0, conv: str = "inline"):
+               p: float = 0.0, conv: str = "op"):
     """MambaBlock.forward from the zero state, written for torch.compile: a function of tensors (one
     compiled graph serves every layer), x kept in (b, L, E) layout with the causal depthwise conv as
     K shifted multiply-adds (conv_op.pre_activation, fused with the SiLU), the scan the opaque custom

@@ -5,7 +5,7 @@ kernel (the scan's forward and backward, matmuls, inductor's compiled glue, the 
 and the costliest kernels, against the step's wall time.
 
 usage: python3 tools/train/prof_step.py [--d-model 384] [--n-layer 24] [--bsz 16] [--seq 4096] [--steps 3]
-                                       [--conv-impl inline|op]
+                                       [--conv-impl op|inline]
 """
 import argparse
 import collections
@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--bsz", type=int, default=16)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--conv-impl", choices=["inline", "op"], default="inline")
+    ap.add_argument("--conv-impl", choices=["inline", "op"], default="op")
     args = ap.parse_args()
     M.KERNEL, M.CONV = "scan_cuda", args.conv_impl
     torch.backends.cuda.matmul.allow_tf32 = True

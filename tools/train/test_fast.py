@@ -107,12 +107,12 @@ def main():
     ids = torch.randint(0, cfg.vocab_size, (2, 21))
     ref = loss_and_grads(m, ids, scan="torch")
     ok = check_op()
+    M.CONV = "inline"
     ok &= compare("block_fast, eager", ref, loss_and_grads(m, ids, fast=M.block_fast))
     ok &= compare("block_fast, torch.compile", ref, loss_and_grads(m, ids, fast=M.compile_block()))
     M.CONV = "op"
     ok &= compare("block_fast, the conv op, eager", ref, loss_and_grads(m, ids, fast=M.block_fast))
     ok &= compare("block_fast, the conv op, torch.compile", ref, loss_and_grads(m, ids, fast=M.compile_block()))
-    M.CONV = "inline"
     # the comparison must catch a block that is off by one step in time
     shifted = lambda h, *w, **kw: M.block_fast(F.pad(h, (0, 0, 1, 0))[:, :-1], *w, **kw)
     err, what = worst_difference(ref, loss_and_grads(m, ids, fast=shifted))

@@ -224,9 +224,9 @@ def main():
     ap.add_argument("--scan-impl", choices=["triton", "cuda"], default="triton",
                     help="scan kernel: scan_triton.py or scan_cuda.cu (built with nvcc on first use)")
     ap.add_argument("--scan-cfg", help='JSON tile settings for the kernel module\'s CFG, e.g. {"BD_FWD": 32}')
-    ap.add_argument("--conv-impl", choices=["inline", "op"], default="inline",
-                    help="the fast path's conv + SiLU: inline (compiled by inductor) or op (conv_op.py: "
-                         "conv_cuda.cu's kernels on a GPU)")
+    ap.add_argument("--conv-impl", choices=["inline", "op"], default="op",
+                    help="the fast path's conv + SiLU: op (conv_op.py: conv_cuda.cu's kernels on a GPU; default) or "
+                         "inline (compiled by inductor)")
     ap.add_argument("--fast", choices=["compile", "eager", "off"], default="compile",
                     help="training forward through model.block_fast (the scan as a custom op), compiled "
                          "with torch.compile, or eager; off: the plain MambaBlock path")
