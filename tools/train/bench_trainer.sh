@@ -1,8 +1,8 @@
 #!/bin/bash
 # One GPU call (~6 min, at most ~8) for the faster trainer (issue 12): the CUDA scan's and conv's
 # tests, the fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s
-# with the fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults; the
-# conv inline and as conv_op.py's op) in the same call (train.py --bench 40, 65,536 bytes a step in
+# with the fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults, the
+# conv as conv_op.py's op; and with the conv inline) in the same call (train.py --bench 40, 65,536 bytes a step in
 # windows of 4,096) at d_model DM (default 512; 384 is mambabyte-base's) x 24 and x 6 layers, the
 # fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step), and
 # last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 2*DM). Full logs go
@@ -42,7 +42,7 @@ run() {  # run SECONDS NAME ARGS...: the rate of steps 11-20, 21-30, 31-40 and t
 }
 OLD='{"BWD_OCC":0,"BWD_RED":0}'
 run 40 l24_off --n-layer 24 --fast off --scan-cfg "$OLD"
-run 75 l24_on --n-layer 24 --fast compile
+run 75 l24_on --n-layer 24 --fast compile --conv-impl inline
 run 75 l24_on_conv --n-layer 24 --fast compile --conv-impl op
 for c in inline op; do  # where a step's time goes, by kind of kernel
   timeout 100 python3 tools/train/prof_step.py --d-model "${DM:-512}" --conv-impl $c 2>&1 | grep -v "^W[0-9]" \
