@@ -2,11 +2,11 @@
 # One GPU call (~6 min, at most ~8) for the faster trainer (issue 12): the CUDA scan's and conv's
 # tests, the fast path against the plain one (check_fast.py: PASS/FAIL), then the trainer's MB/s
 # with the fast path off (the old kernel build: BWD_OCC 0, BWD_RED 0) and on (the defaults, the
-# conv as conv_op.py's op; and with the conv inline) in the same call (train.py --bench 40, 65,536 bytes a step in
-# windows of 4,096) at d_model DM (default 512; 384 is mambabyte-base's) x 24 and x 6 layers, the
-# fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles every step), and
-# last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096 2*DM). Full logs go
-# to OUT_DIR.
+# conv as conv_op.py's op; and with the conv inline) in the same call (train.py --bench 40, 65,536
+# bytes a step in windows of 4,096) at d_model DM (default 512; 384 is mambabyte-base's) x 24 and
+# x 6 layers, the fast path with the previous kernel build (BWD_RED 0: dB, dC summed by shuffles
+# every step), and last the scan kernel's builds at the trainer's shape (bench_scan.py 16 4096
+# 2*DM). Full logs go to OUT_DIR.
 # QUICK=1: the 24-layer runs and prof_step.py's profile of a step with each conv only (~4 min).
 # OLD_SRC=file: the plain runs build that version of scan_cuda.cu (the trainer as it was before a
 # kernel change) instead of this one's.
