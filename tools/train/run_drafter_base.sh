@@ -6,8 +6,9 @@
 # RUN_FOLDER keeps the checkpoint. INIT is the drafter to start from (default drafter-small;
 # models/drafter-base started from the earlier 4-layer drafter-base). NL: the drafter's layers
 # (default 4; fewer take INIT's first NL). Issue 12 asks for a forward of at most 1/6 of the byte
-# model's step: on an H200 4 layers cost 0.219 of it, 3 0.183, 2 0.133 (drafter-base has 2).
-# usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] [STOP=s] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
+# model's step: on an H200 4 layers cost 0.219 of it, 3 0.183, 2 0.133 (drafter-base has 2). CONV:
+# the fast path's conv (train.py --conv-impl: op, the default, or inline, as drafter-base had it).
+# usage: [DS=s] [TD=s] [LR=x] [WU=steps] [INIT=dir] [NL=n] [STOP=s] [CONV=c] run_drafter_base.sh BYTE_MODEL DATA OUT RUN
 B=$1; D=$2; M=$3; R=$4
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -23,5 +24,6 @@ python3 tools/train/train.py --kind token --data "$D" \
   --d-model 320 --n-layer "${NL:-4}" --steps 100000 --time-budget "${TD:-240}" --warmup "${WU:-100}" \
   --lr "${LR:-1e-3}" --tokens-per-step 65536 --seq-min 1024 --seq-max 2048 --seq-quant 256 \
   --val-every 0 --log-every 200 --scan-impl cuda --ckpt "$R/ck.pt" --resume \
-  ${STOP:+--stop-after "$STOP"} --metrics "$R/drafter.json" --ref-json "$R/ref_drafter-base.json" 2>&1 |
+  ${STOP:+--stop-after "$STOP"} ${CONV:+--conv-impl "$CONV"} --metrics "$R/drafter.json" \
+  --ref-json "$R/ref_drafter-base.json" 2>&1 |
   tee -a "$R/drafter.log"
