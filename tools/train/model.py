@@ -63,14 +63,14 @@ def scan_torch(x, dt, A, B, C, D, z, dt_bias, s0=None):
 def block_fast(h, norm_w, in_w, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, eps: float, kernel: str,
                p: float = 0.0, conv: str = "op"):
     """MambaBlock.forward from the zero state, written for torch.compile: a function of tensors (one
-    compiled graph serves every layer), x kept in (b, L, E) layout with the causal depthwise conv as
-    K shifted multiply-adds (conv_op.pre_activation, fused with the SiLU), the scan the opaque custom
-    op of scan_op.py.
-    The conv runs in float32 with float32 weights and rounds once (the plain path's cuDNN conv
-    takes weights rounded to the activation dtype): the same maths up to that rounding.
-    p: dropout on the block's output before the residual add (training only; see MambaLM).
-    conv: "op" runs the conv and its SiLU as conv_op.py's custom op (the same maths, one kernel each
-    way on a GPU) instead of inline."""
+    compiled graph serves every layer), x kept in (b, L, E) layout, the scan the opaque custom op of
+    scan_op.py.
+    conv: the causal depthwise conv and its SiLU as conv_op.py's custom op ("op": one CUDA kernel
+    each way on a GPU) or as K shifted multiply-adds that inductor fuses ("inline":
+    conv_op.pre_activation); the same maths either way. It runs in float32 with float32 weights and
+    rounds once (the plain path's cuDNN conv takes weights rounded to the activation dtype): the
+    same maths as the plain block up to that rounding.
+    p: dropout on the block's output before the residual add (training only; see MambaLM)."""
     E = conv_w.shape[0]
     R, N = dt_w.shape[1], A_log.shape[1]
     x, z = F.linear(rmsnorm(h, norm_w, eps), in_w).split(E, -1)
